@@ -1,0 +1,169 @@
+//! The gRPC edge: converts requests into calls on the core and answers back. Nothing here
+//! decides anything; [`status`] is the one mapping from core errors to gRPC codes.
+
+use std::sync::Arc;
+
+use fnrt_proto::agent::v1 as pb;
+use fnrt_proto::agent::v1::agent_server::Agent as AgentApi;
+use tonic::{Code, Request, Response, Status};
+
+use crate::containerd::ContainerdError;
+use crate::error::Error;
+use crate::image::{ContentError, ImageError, ImageInfo, RegistryError, UnpackError};
+use crate::instance::{Instance, StartRequest};
+use crate::network::NetworkError;
+use crate::runtime::RuntimeError;
+use crate::Node;
+
+/// The tonic service over a node.
+pub struct Api {
+    node: Arc<Node>,
+}
+
+impl Api {
+    /// The service of `node`.
+    pub fn new(node: Arc<Node>) -> Api {
+        Api { node }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentApi for Api {
+    async fn node_status(&self, _: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        let s = self.node.status().await.map_err(status)?;
+        Ok(Response::new(pb::NodeStatusResponse {
+            agent_version: s.agent_version,
+            containerd_version: s.containerd_version,
+            architecture: s.architecture,
+            namespace: s.namespace,
+            dataplane_address: s.dataplane_address,
+            instances: s.instances.into_iter().map(instance).collect(),
+            images: s.images.into_iter().map(image).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(reference = %req.get_ref().reference))]
+    async fn pull_image(&self, req: Request<pb::PullImageRequest>) -> Result<Response<pb::PullImageResponse>, Status> {
+        let info = self.node.instances.images().pull(&req.into_inner().reference).await.map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::PullImageResponse { image: Some(image(info)) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(function = %req.get_ref().function, image = %req.get_ref().image))]
+    async fn start_instance(
+        &self,
+        req: Request<pb::StartInstanceRequest>,
+    ) -> Result<Response<pb::StartInstanceResponse>, Status> {
+        let r = req.into_inner();
+        let start = StartRequest { function: r.function, image: r.image, env: r.env.into_iter().collect() };
+        let inst = self.node.instances.start(start).await.map_err(status)?;
+        Ok(Response::new(pb::StartInstanceResponse { instance: Some(instance(inst)) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().id))]
+    async fn stop_instance(&self, req: Request<pb::StopInstanceRequest>) -> Result<Response<pb::StopInstanceResponse>, Status> {
+        self.node.instances.stop(&req.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(pb::StopInstanceResponse {}))
+    }
+
+    async fn list_instances(
+        &self,
+        req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let f = req.into_inner().function;
+        let list = self.node.instances.list(Some(f.as_str()).filter(|f| !f.is_empty())).await.map_err(status)?;
+        Ok(Response::new(pb::ListInstancesResponse { instances: list.into_iter().map(instance).collect() }))
+    }
+}
+
+fn instance(i: Instance) -> pb::Instance {
+    pb::Instance {
+        id: i.id,
+        function: i.function,
+        image: i.image,
+        address: i.address.to_string(),
+        state: i.state,
+        pid: i.pid,
+        created_at: humantime::format_rfc3339_seconds(i.created_at).to_string(),
+    }
+}
+
+fn image(i: ImageInfo) -> pb::Image {
+    pb::Image { reference: i.reference, digest: i.digest, size_bytes: i.size_bytes }
+}
+
+/// The one mapping from the core's errors to gRPC statuses; the message keeps the whole
+/// cause chain.
+pub fn status(e: Error) -> Status {
+    let code = match &e {
+        Error::InvalidArgument { .. } => Code::InvalidArgument,
+        Error::InstanceNotFound(_) => Code::NotFound,
+        Error::NotListening(_) => Code::DeadlineExceeded,
+        Error::Containerd(c) => containerd_code(c),
+        Error::Network(n) => match n {
+            NetworkError::Netns { .. } | NetworkError::Plugin { .. } => Code::Internal,
+            NetworkError::PluginMissing { .. } => Code::FailedPrecondition,
+        },
+        Error::Runtime(r) => match r {
+            RuntimeError::Spec(_) => Code::FailedPrecondition,
+            RuntimeError::Containerd(c) => containerd_code(c),
+            RuntimeError::Encode { .. } => Code::Internal,
+        },
+        Error::Image(i) => image_code(i),
+    };
+    Status::new(code, chain(&e))
+}
+
+fn image_code(e: &ImageError) -> Code {
+    match e {
+        ImageError::BadReference(_) => Code::InvalidArgument,
+        ImageError::Registry(r) => registry_code(r),
+        ImageError::Content(c) => match c {
+            ContentError::Containerd(c) => containerd_code(c),
+            ContentError::Registry(r) => registry_code(r),
+            ContentError::Mismatch { .. } => Code::DataLoss,
+        },
+        ImageError::Unpack(u) => match u {
+            UnpackError::Containerd(c) => containerd_code(c),
+            UnpackError::DiffIdMismatch { .. } => Code::DataLoss,
+        },
+        ImageError::Containerd(c) => containerd_code(c),
+        ImageError::Malformed { .. } => Code::FailedPrecondition,
+        ImageError::Architecture { .. } => Code::FailedPrecondition,
+        ImageError::NotPulled { .. } => Code::NotFound,
+    }
+}
+
+fn registry_code(e: &RegistryError) -> Code {
+    match e {
+        RegistryError::Unreachable { .. } | RegistryError::Read { .. } => Code::Unavailable,
+        RegistryError::NotFound { .. } => Code::NotFound,
+        RegistryError::Unauthorized { .. } => Code::PermissionDenied,
+        RegistryError::HttpsUnsupported { .. } => Code::Unimplemented,
+        RegistryError::Status { .. } => Code::Unknown,
+    }
+}
+
+fn containerd_code(e: &ContainerdError) -> Code {
+    match e.code() {
+        // containerd's own NOT_FOUND on an inner object is the agent's fault, not the caller's.
+        Code::NotFound => Code::Internal,
+        Code::Unavailable => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// The error with all its sources, ": "-joined, without repeating a source the message
+/// already contains.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

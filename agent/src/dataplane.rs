@@ -1,0 +1,115 @@
+//! The HTTP data plane: takes calls for a function and forwards them to one of its
+//! instances on :9000.
+//!
+//! `/function/<name>/<path>?<query>` is passed to an instance as `/<path>?<query>`, with
+//! method, headers and body streamed through.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::instance::Instances;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The data plane's state: the instances to forward to and a pooled HTTP client.
+pub struct Dataplane {
+    instances: Arc<Instances>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Dataplane {
+    /// A data plane over `instances`.
+    pub fn new(instances: Arc<Instances>) -> Dataplane {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Dataplane { instances, client }
+    }
+
+    /// Serves on `listener` until `shutdown` turns true.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "data plane accept");
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "data plane connection");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        if path == "/healthz" {
+            return text(StatusCode::OK, "ok\n".into());
+        }
+        let Some(rest) = path.strip_prefix("/function/") else {
+            return error(StatusCode::NOT_FOUND, format!("no route for {path}; call a function at /function/<name>/<path>"));
+        };
+        let (function, tail) = rest.split_once('/').map_or((rest, ""), |(f, t)| (f, t));
+        let Some(instance) = self.instances.pick(function) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("function {function:?} has no running instance on this node; start one with agentctl instance start {function} <image>"),
+            );
+        };
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let uri: Uri = match format!("http://{}/{tail}{query}", instance.address).parse() {
+            Ok(u) => u,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}")),
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        if let Ok(host) = HeaderValue::from_str(&instance.address.to_string()) {
+            parts.headers.insert(HOST, host);
+        }
+        match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => resp.map(|b| b.boxed()),
+            Err(e) => error(
+                StatusCode::BAD_GATEWAY,
+                format!("instance {} of function {function:?} did not answer: {e}", instance.id),
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+fn error(status: StatusCode, message: String) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut resp = text(status, body);
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

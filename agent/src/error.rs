@@ -1,0 +1,38 @@
+//! The agent's error: every module's errors rolled up, for the API edge to map.
+
+use crate::containerd::ContainerdError;
+use crate::health::NotListening;
+use crate::image::ImageError;
+use crate::network::NetworkError;
+use crate::runtime::RuntimeError;
+
+/// Anything an agent operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field that is wrong.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// No such instance on this node.
+    #[error("instance {0:?} not found on this node; agentctl instance ls lists them")]
+    InstanceNotFound(String),
+    /// Pulling or reading an image failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The instance's network failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The instance's container failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The instance did not listen on :9000 in time.
+    #[error(transparent)]
+    NotListening(#[from] NotListening),
+    /// containerd failed.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+}

@@ -1,0 +1,365 @@
+//! Images: pulling from an OCI registry into containerd (content + unpacked snapshots) and
+//! reading back what an instance needs to start.
+//!
+//! The pull follows containerd's own client: a lease keeps everything from the garbage
+//! collector while it runs; blobs go through the content store with their expected digest;
+//! GC labels tie the image record to its manifest, config, layers and snapshot; layers are
+//! applied with the Diff service onto snapshots named by chain ID.
+
+mod content;
+mod reference;
+mod registry;
+mod unpack;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use containerd_client::services::v1::{
+    CreateImageRequest, DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image as CdImage,
+    ListImagesRequest, UpdateImageRequest,
+};
+use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
+use containerd_client::types::Descriptor;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
+
+pub use content::ContentError;
+pub use reference::{BadReference, ImageRef};
+pub use registry::{Registry, RegistryError};
+pub use unpack::{remove_snapshot, UnpackError};
+
+use crate::containerd::{call_err, Containerd, ContainerdError};
+
+/// How many layers are downloaded at once.
+const PARALLEL_LAYERS: usize = 3;
+
+/// A failure to pull or read an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The reference is malformed.
+    #[error(transparent)]
+    BadReference(#[from] BadReference),
+    /// The registry failed or refused.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A blob could not be stored.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// A layer could not be unpacked.
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    /// containerd failed.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    /// A manifest, index or config that cannot be understood.
+    #[error("image {reference}: {what} {digest} is not valid: {reason}")]
+    Malformed {
+        /// The image.
+        reference: String,
+        /// "manifest", "index" or "config".
+        what: &'static str,
+        /// Its digest.
+        digest: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The image is not for linux/amd64.
+    #[error("image {reference} is for {found}; functions run on x86_64, so the image must be built for linux/amd64")]
+    Architecture {
+        /// The image.
+        reference: String,
+        /// The platform(s) it offers.
+        found: String,
+    },
+    /// The image is not on this node.
+    #[error("image {reference} is not on this node; pull it first (agentctl image pull {reference})")]
+    NotPulled {
+        /// The image.
+        reference: String,
+    },
+}
+
+/// What the node knows of an image.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    /// The normalized reference (also the containerd image name).
+    pub reference: String,
+    /// Digest of the linux/amd64 manifest.
+    pub digest: String,
+    /// Sum of the compressed layer sizes.
+    pub size_bytes: u64,
+}
+
+/// What an instance needs from its image.
+#[derive(Clone, Debug)]
+pub struct RunnableImage {
+    /// The image.
+    pub info: ImageInfo,
+    /// Its config (entrypoint, cmd, env, working dir, user).
+    pub config: ImageConfiguration,
+    /// Chain ID of the top layer: the parent of an instance's root filesystem.
+    pub top_snapshot: String,
+}
+
+/// The node's images, in the agent's containerd namespace.
+#[derive(Clone, Debug)]
+pub struct ImageStore {
+    cd: Containerd,
+    registry: Registry,
+    snapshotter: String,
+}
+
+impl ImageStore {
+    /// A store over `cd` that unpacks with `snapshotter`.
+    pub fn new(cd: Containerd, snapshotter: &str) -> ImageStore {
+        ImageStore { cd, registry: Registry::new(), snapshotter: snapshotter.to_string() }
+    }
+
+    /// Pulls `reference` and makes it runnable: every blob in the content store, every layer
+    /// unpacked, and the image record pointing at them.
+    pub async fn pull(&self, reference: &str) -> Result<ImageInfo, ImageError> {
+        let image = ImageRef::parse(reference)?;
+        let lease = format!("fnrt-pull-{:016x}", rand::random::<u64>());
+        let expire = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
+        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire.to_string())]);
+        self.cd
+            .leases()
+            .create(self.cd.req(CreateLeaseRequest { id: lease.clone(), labels }))
+            .await
+            .map_err(call_err(format!("create lease {lease}")))?;
+        let result = self.pull_leased(&image, &lease).await;
+        // Without the lease, whatever a failed pull wrote is collected by containerd's GC.
+        let deleted = self.cd.leases().delete(self.cd.req(DeleteLeaseRequest { id: lease.clone(), sync: false })).await;
+        if let Err(s) = deleted {
+            tracing::warn!(%lease, error = %s.message(), "could not delete pull lease; it expires in an hour");
+        }
+        result
+    }
+
+    async fn pull_leased(&self, image: &ImageRef, lease: &str) -> Result<ImageInfo, ImageError> {
+        let cd = &self.cd;
+        let top = self.registry.manifest(image, image.manifest_reference()).await?;
+        if let Some(pinned) = image.digest() {
+            if pinned != top.digest {
+                return Err(malformed(image, "manifest", &top.digest, format!("its digest is not the pinned {pinned}")));
+            }
+        }
+        let (manifest_raw, index) = match parse_top(image, &top)? {
+            Top::Manifest => (top, None),
+            Top::Index(index) => {
+                let desc = pick_amd64(image, &index)?;
+                let raw = self.registry.manifest(image, &desc).await?;
+                if raw.digest != desc {
+                    return Err(malformed(image, "manifest", &raw.digest, format!("the index names {desc}")));
+                }
+                (raw, Some(top))
+            }
+        };
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_raw.bytes)
+            .map_err(|e| malformed(image, "manifest", &manifest_raw.digest, e.to_string()))?;
+        let config_desc = manifest.config();
+        let config_digest = config_desc.digest().to_string();
+        let config_bytes = self.fetch_small(image, &config_digest).await?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+            .map_err(|e| malformed(image, "config", &config_digest, e.to_string()))?;
+        check_platform(image, &config)?;
+        let diff_ids = config.rootfs().diff_ids().clone();
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(malformed(image, "config", &config_digest, format!(
+                "it lists {} diff IDs for {} layers", diff_ids.len(), manifest.layers().len())));
+        }
+        let layers: Vec<unpack::Layer> = manifest
+            .layers()
+            .iter()
+            .zip(&diff_ids)
+            .map(|(l, d)| unpack::Layer {
+                blob: Descriptor {
+                    media_type: l.media_type().to_string(),
+                    digest: l.digest().to_string(),
+                    size: l.size() as i64,
+                    annotations: HashMap::new(),
+                },
+                diff_id: d.clone(),
+            })
+            .collect();
+        let fetches = layers.iter().cloned().map(|layer| {
+            let (this, image, lease) = (self.clone(), image.clone(), lease.to_string());
+            async move { this.fetch_layer(&image, &lease, &layer).await }
+        });
+        futures_util::stream::iter(fetches)
+            .buffer_unordered(PARALLEL_LAYERS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let top_snapshot = unpack::unpack(cd, lease, &self.snapshotter, &layers).await?;
+
+        // Blobs that refer to others carry GC labels, written bottom-up.
+        let snap_label = format!("containerd.io/gc.ref.snapshot.{}", self.snapshotter);
+        let config_labels = HashMap::from([(snap_label, top_snapshot)]);
+        content::write_bytes(cd, lease, &config_digest, config_bytes, config_labels).await?;
+        let mut manifest_labels =
+            HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config_digest.clone())]);
+        for (i, l) in layers.iter().enumerate() {
+            manifest_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.blob.digest.clone());
+        }
+        content::write_bytes(cd, lease, &manifest_raw.digest, manifest_raw.bytes.clone(), manifest_labels).await?;
+        let target = match &index {
+            None => descriptor(&manifest_raw.digest, manifest_media_type(&manifest), manifest_raw.bytes.len()),
+            Some(idx) => {
+                let labels = HashMap::from([("containerd.io/gc.ref.content.m.0".to_string(), manifest_raw.digest.clone())]);
+                content::write_bytes(cd, lease, &idx.digest, idx.bytes.clone(), labels).await?;
+                descriptor(&idx.digest, "application/vnd.oci.image.index.v1+json".into(), idx.bytes.len())
+            }
+        };
+        self.put_image_record(lease, &image.name(), target).await?;
+        let size_bytes = layers.iter().map(|l| l.blob.size as u64).sum();
+        Ok(ImageInfo { reference: image.name(), digest: manifest_raw.digest, size_bytes })
+    }
+
+    async fn fetch_small(&self, image: &ImageRef, digest: &str) -> Result<Bytes, ImageError> {
+        let body = self.registry.blob(image, digest).await?;
+        let bytes: Vec<Bytes> = body.try_collect().await?;
+        let bytes = Bytes::from(bytes.concat());
+        let actual = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+        if actual != digest {
+            return Err(malformed(image, "config", digest, format!("the registry sent bytes with digest {actual}")));
+        }
+        Ok(bytes)
+    }
+
+    async fn fetch_layer(&self, image: &ImageRef, lease: &str, layer: &unpack::Layer) -> Result<(), ImageError> {
+        if content::exists(&self.cd, &layer.blob.digest).await? {
+            return Ok(());
+        }
+        let body = self.registry.blob(image, &layer.blob.digest).await?;
+        let labels = HashMap::from([("containerd.io/uncompressed".to_string(), layer.diff_id.clone())]);
+        content::write(&self.cd, lease, &layer.blob.digest, layer.blob.size as u64, labels, body).await?;
+        Ok(())
+    }
+
+    async fn put_image_record(&self, lease: &str, name: &str, target: Descriptor) -> Result<(), ContainerdError> {
+        let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+        let record = CdImage {
+            name: name.to_string(),
+            labels: HashMap::new(),
+            target: Some(target),
+            created_at: Some(now),
+            updated_at: Some(now),
+        };
+        let create = CreateImageRequest { image: Some(record.clone()), source_date_epoch: None };
+        match self.cd.images().create(self.cd.leased(create, lease)).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                let update = UpdateImageRequest { image: Some(record), update_mask: None, source_date_epoch: None };
+                self.cd.images().update(self.cd.leased(update, lease)).await.map_err(call_err(format!("update image {name}")))?;
+                Ok(())
+            }
+            Err(s) => Err(call_err(format!("create image {name}"))(s)),
+        }
+    }
+
+    /// Reads what an instance of `reference` needs; the image must have been pulled.
+    pub async fn runnable(&self, reference: &str) -> Result<RunnableImage, ImageError> {
+        let image = ImageRef::parse(reference)?;
+        let name = image.name();
+        let record = match self.cd.images().get(self.cd.req(GetImageRequest { name: name.clone() })).await {
+            Ok(r) => r.into_inner().image,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(call_err(format!("get image {name}"))(s).into()),
+        };
+        let target = record.and_then(|r| r.target).ok_or_else(|| ImageError::NotPulled { reference: name.clone() })?;
+        let mut digest = target.digest.clone();
+        let mut bytes = content::read(&self.cd, &digest).await?;
+        let raw = registry::RawManifest { bytes: Bytes::from(bytes.clone()), digest: digest.clone() };
+        if let Top::Index(index) = parse_top(&image, &raw)? {
+            digest = pick_amd64(&image, &index)?;
+            bytes = content::read(&self.cd, &digest).await?;
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| malformed(&image, "manifest", &digest, e.to_string()))?;
+        let config_digest = manifest.config().digest().to_string();
+        let config: ImageConfiguration = serde_json::from_slice(&content::read(&self.cd, &config_digest).await?)
+            .map_err(|e| malformed(&image, "config", &config_digest, e.to_string()))?;
+        let top_snapshot = unpack::chain_ids(config.rootfs().diff_ids()).pop().ok_or_else(|| {
+            malformed(&image, "config", &config_digest, "it has no layers".into())
+        })?;
+        if !unpack::snapshot_exists(&self.cd, &self.snapshotter, &top_snapshot).await? {
+            return Err(ImageError::NotPulled { reference: name });
+        }
+        let size_bytes = manifest.layers().iter().map(|l| l.size()).sum();
+        Ok(RunnableImage { info: ImageInfo { reference: name, digest, size_bytes }, config, top_snapshot })
+    }
+
+    /// The images in the agent's namespace.
+    pub async fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        let images = self
+            .cd
+            .images()
+            .list(self.cd.req(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(call_err("list images"))?
+            .into_inner()
+            .images;
+        let mut out = Vec::with_capacity(images.len());
+        for img in images {
+            match self.runnable(&img.name).await {
+                Ok(r) => out.push(r.info),
+                Err(e) => {
+                    let digest = img.target.map(|t| t.digest).unwrap_or_default();
+                    tracing::debug!(image = %img.name, error = %e, "image is not runnable");
+                    out.push(ImageInfo { reference: img.name, digest, size_bytes: 0 });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+enum Top {
+    Manifest,
+    Index(ImageIndex),
+}
+
+fn parse_top(image: &ImageRef, raw: &registry::RawManifest) -> Result<Top, ImageError> {
+    let value: serde_json::Value = serde_json::from_slice(&raw.bytes)
+        .map_err(|e| malformed(image, "manifest", &raw.digest, e.to_string()))?;
+    if value.get("manifests").is_some() {
+        let index = serde_json::from_value(value).map_err(|e| malformed(image, "index", &raw.digest, e.to_string()))?;
+        Ok(Top::Index(index))
+    } else {
+        serde_json::from_value::<ImageManifest>(value)
+            .map_err(|e| malformed(image, "manifest", &raw.digest, e.to_string()))?;
+        Ok(Top::Manifest)
+    }
+}
+
+/// The digest of the linux/amd64 manifest of an index.
+fn pick_amd64(image: &ImageRef, index: &ImageIndex) -> Result<String, ImageError> {
+    let mut found = Vec::new();
+    for m in index.manifests() {
+        match m.platform() {
+            Some(p) if *p.architecture() == Arch::Amd64 && *p.os() == Os::Linux => return Ok(m.digest().to_string()),
+            Some(p) => found.push(format!("{}/{}", p.os(), p.architecture())),
+            None => found.push("unknown platform".into()),
+        }
+    }
+    Err(ImageError::Architecture { reference: image.name(), found: found.join(", ") })
+}
+
+fn check_platform(image: &ImageRef, config: &ImageConfiguration) -> Result<(), ImageError> {
+    if *config.architecture() == Arch::Amd64 && *config.os() == Os::Linux {
+        return Ok(());
+    }
+    Err(ImageError::Architecture { reference: image.name(), found: format!("{}/{}", config.os(), config.architecture()) })
+}
+
+fn manifest_media_type(m: &ImageManifest) -> String {
+    m.media_type().as_ref().map_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string(), |t| t.to_string())
+}
+
+fn descriptor(digest: &str, media_type: String, size: usize) -> Descriptor {
+    Descriptor { media_type, digest: digest.to_string(), size: size as i64, annotations: HashMap::new() }
+}
+
+fn malformed(image: &ImageRef, what: &'static str, digest: &str, reason: String) -> ImageError {
+    ImageError::Malformed { reference: image.name(), what, digest: digest.to_string(), reason }
+}

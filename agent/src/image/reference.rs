@@ -1,0 +1,113 @@
+//! Image references: parsing, normalizing, and how to reach their registry.
+
+use oci_spec::distribution::Reference;
+
+/// A parsed image reference, e.g. `127.0.0.1:5000/fnrt/echo:latest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    inner: Reference,
+}
+
+/// A reference that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "malformed image reference {reference:?}: {reason}; expected [registry/]repository[:tag][@sha256:digest], \
+     e.g. 127.0.0.1:5000/fnrt/echo:latest"
+)]
+pub struct BadReference {
+    /// What was given.
+    pub reference: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ImageRef {
+    /// Parses and normalizes a reference (Docker Hub and `latest` are the defaults).
+    pub fn parse(text: &str) -> Result<ImageRef, BadReference> {
+        let bad = |reason: String| BadReference { reference: text.to_string(), reason };
+        if text.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        if text.trim() != text || text.chars().any(char::is_whitespace) {
+            return Err(bad("it contains white space".into()));
+        }
+        let inner: Reference = text.parse().map_err(|e| bad(format!("{e}")))?;
+        if let Some(d) = inner.digest() {
+            let hex = d.strip_prefix("sha256:").ok_or_else(|| bad("only sha256 digests are supported".into()))?;
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!("digest {d:?} is not sha256: and 64 hex digits")));
+            }
+        }
+        Ok(ImageRef { inner })
+    }
+
+    /// The registry host (and port).
+    pub fn registry(&self) -> &str {
+        self.inner.resolve_registry()
+    }
+
+    /// The repository path inside the registry.
+    pub fn repository(&self) -> &str {
+        self.inner.repository()
+    }
+
+    /// What to ask the registry's manifest endpoint for: the digest if given, else the tag.
+    pub fn manifest_reference(&self) -> &str {
+        self.inner.digest().or(self.inner.tag()).unwrap_or("latest")
+    }
+
+    /// The pinned digest, if the reference has one.
+    pub fn digest(&self) -> Option<&str> {
+        self.inner.digest()
+    }
+
+    /// Registries on the loopback are spoken to over plain HTTP; all others over HTTPS.
+    pub fn plain_http(&self) -> bool {
+        let host = self.inner.registry();
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+        });
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    }
+
+    /// The normalized text form, which is also the containerd image name.
+    pub fn name(&self) -> String {
+        self.inner.whole()
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_reference_is_plain_http_and_keeps_its_port() {
+        let r = ImageRef::parse("127.0.0.1:5000/fnrt/echo:v1").expect("parse");
+        assert_eq!(r.registry(), "127.0.0.1:5000");
+        assert_eq!(r.repository(), "fnrt/echo");
+        assert_eq!(r.manifest_reference(), "v1");
+        assert!(r.plain_http());
+        assert_eq!(r.name(), "127.0.0.1:5000/fnrt/echo:v1");
+    }
+
+    #[test]
+    fn defaults_to_latest_and_https_elsewhere() {
+        let r = ImageRef::parse("example.com/app").expect("parse");
+        assert_eq!(r.manifest_reference(), "latest");
+        assert!(!r.plain_http());
+    }
+
+    #[test]
+    fn malformed_references_say_what_is_allowed() {
+        for bad in ["", "UPPER/Case", "a b", "x@sha256:1234", "127.0.0.1:5000/echo:bad:tag"] {
+            let err = ImageRef::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("expected [registry/]repository"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The node's instances: starting one (image, network, container, readiness), stopping
+//! one, listing them, and picking one for a call.
+//!
+//! The table in memory is rebuilt from containerd's labels when the agent starts; a lock
+//! is held only to read or change the table, never across a containerd or CNI call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::error::Error;
+use crate::health::{self, FUNCTION_PORT};
+use crate::image::ImageStore;
+use crate::network::Network;
+use crate::runtime::{labels, NewInstance, Runtime};
+
+/// One instance as the agent knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Unique id, `<function>-<8 hex>`.
+    pub id: String,
+    /// The function it serves.
+    pub function: String,
+    /// Its image reference.
+    pub image: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its task state ("running", ...).
+    pub state: String,
+    /// Its init process on the node.
+    pub pid: u32,
+    /// When it was started.
+    pub created_at: SystemTime,
+}
+
+/// A request to start an instance, checked.
+#[derive(Clone, Debug)]
+pub struct StartRequest {
+    /// Function name, validated by [`validate_function_name`].
+    pub function: String,
+    /// Image reference.
+    pub image: String,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Checks a function name: 1 to 63 of a-z, 0-9 and '-', starting with a letter, not
+/// ending with '-' (it becomes part of host names, ids and paths).
+pub fn validate_function_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            field: "function",
+            reason: format!(
+                "{name:?} is not a valid function name: use 1 to 63 characters of a-z, 0-9 and '-', \
+                 starting with a letter and not ending with '-'"
+            ),
+        })
+    }
+}
+
+/// Owns the node's instances.
+#[derive(Debug)]
+pub struct Instances {
+    images: ImageStore,
+    network: Network,
+    runtime: Runtime,
+    health_timeout: Duration,
+    table: Mutex<HashMap<String, Instance>>,
+    next: AtomicUsize,
+}
+
+impl Instances {
+    /// The instance owner over the given parts.
+    pub fn new(images: ImageStore, network: Network, runtime: Runtime, health_timeout: Duration) -> Instances {
+        Instances { images, network, runtime, health_timeout, table: Mutex::new(HashMap::new()), next: AtomicUsize::new(0) }
+    }
+
+    /// The image store the instances come from.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// Rebuilds the table from containerd: running instances are adopted; the rest (no
+    /// task, or a task that is not running) are removed with all they own.
+    pub async fn adopt(&self) -> Result<(), Error> {
+        for rec in self.runtime.list().await? {
+            let address = rec.labels.get(labels::ADDRESS).and_then(|a| a.parse().ok());
+            match (rec.state, address) {
+                (Some("running"), Some(address)) => {
+                    let inst = Instance {
+                        function: rec.labels.get(labels::FUNCTION).cloned().unwrap_or_default(),
+                        image: rec.labels.get(labels::IMAGE).cloned().unwrap_or_default(),
+                        address,
+                        state: "running".into(),
+                        pid: rec.pid,
+                        created_at: rec.created_at.unwrap_or(SystemTime::UNIX_EPOCH),
+                        id: rec.id.clone(),
+                    };
+                    tracing::info!(instance = %rec.id, "re-adopted running instance");
+                    self.lock().insert(rec.id, inst);
+                }
+                _ => {
+                    tracing::info!(instance = %rec.id, state = ?rec.state, "removing instance that is not running");
+                    self.teardown(&rec.id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
+        // A panic while holding this lock cannot leave the map half-changed.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an instance and returns once it accepts connections on :9000. On any
+    /// failure nothing of it is left.
+    pub async fn start(&self, req: StartRequest) -> Result<Instance, Error> {
+        validate_function_name(&req.function)?;
+        let image = match self.images.runnable(&req.image).await {
+            Ok(img) => img,
+            Err(crate::image::ImageError::NotPulled { .. }) => {
+                self.images.pull(&req.image).await?;
+                self.images.runnable(&req.image).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let id = format!("{}-{:08x}", req.function, rand::random::<u32>());
+        let attached = self.network.attach(&id).await?;
+        let address = SocketAddr::new(attached.ip, FUNCTION_PORT);
+        let address_text = address.to_string();
+        let new = NewInstance {
+            id: &id,
+            function: &req.function,
+            image: &image,
+            netns: &attached.netns,
+            address: &address_text,
+            env: &req.env,
+        };
+        let pid = match self.launch(&new, address).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Err(cleanup) = self.teardown(&id).await {
+                    tracing::warn!(instance = %id, error = %cleanup, "cleanup after a failed start");
+                }
+                return Err(e);
+            }
+        };
+        let inst = Instance {
+            id: id.clone(),
+            function: req.function,
+            image: image.info.reference,
+            address,
+            state: "running".into(),
+            pid,
+            created_at: SystemTime::now(),
+        };
+        self.lock().insert(id, inst.clone());
+        Ok(inst)
+    }
+
+    async fn launch(&self, new: &NewInstance<'_>, address: SocketAddr) -> Result<u32, Error> {
+        let pid = self.runtime.start(new).await?;
+        let waited = health::wait_listening(address, self.health_timeout).await?;
+        tracing::info!(instance = %new.id, %address, ready_ms = waited.as_millis() as u64, "instance ready");
+        Ok(pid)
+    }
+
+    /// Stops an instance and removes all it owned.
+    pub async fn stop(&self, id: &str) -> Result<(), Error> {
+        let known = self.lock().remove(id).is_some();
+        if !known && !self.runtime.list().await?.iter().any(|r| r.id == id) {
+            return Err(Error::InstanceNotFound(id.to_string()));
+        }
+        self.teardown(id).await
+    }
+
+    async fn teardown(&self, id: &str) -> Result<(), Error> {
+        let removed = self.runtime.remove(id).await;
+        let detached = self.network.detach(id).await;
+        removed?;
+        detached?;
+        Ok(())
+    }
+
+    /// Stops every instance (used by tests and at shutdown when asked to).
+    pub async fn stop_all(&self) -> Result<(), Error> {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            self.stop(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// The instances, with their task states read from containerd.
+    pub async fn list(&self, function: Option<&str>) -> Result<Vec<Instance>, Error> {
+        let records = self.runtime.list().await?;
+        let table = self.lock().clone();
+        let mut out: Vec<Instance> = records
+            .into_iter()
+            .filter_map(|r| {
+                let mut inst = table.get(&r.id)?.clone();
+                inst.state = r.state.unwrap_or("created").to_string();
+                inst.pid = r.pid;
+                Some(inst)
+            })
+            .filter(|i| function.is_none_or(|f| i.function == f))
+            .collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Picks a running instance of `function` for a call, round robin.
+    pub fn pick(&self, function: &str) -> Option<Instance> {
+        let table = self.lock();
+        let mut candidates: Vec<&Instance> = table.values().filter(|i| i.function == function).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        candidates.sort_by(|a, b| a.id.cmp(&b.id));
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(candidates[n % candidates.len()].clone())
+    }
+
+    /// How many instances the table holds.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Shared handle.
+pub type SharedInstances = Arc<Instances>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_names_follow_the_rule_and_the_error_says_it() {
+        for good in ["echo", "a", "fn-2", &"a".repeat(63)] {
+            validate_function_name(good).expect(good);
+        }
+        for bad in ["", "Echo", "1fn", "fn-", "a_b", "a/b", &"a".repeat(64)] {
+            let e = validate_function_name(bad).expect_err(bad).to_string();
+            assert!(e.contains("1 to 63 characters"), "{e}");
+        }
+    }
+}

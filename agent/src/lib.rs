@@ -1,0 +1,252 @@
+//! The fnrt agent: the per-node owner of function containers.
+//!
+//! It pulls function images into containerd, runs instances of them (each in its own
+//! network namespace on the node's function bridge), waits for them to listen on :9000,
+//! and forwards calls to them through its HTTP data plane. Its gRPC API (`proto/agent.proto`)
+//! is served on a Unix socket, and on TCP only with a bearer token.
+//!
+//! [`start`] brings a node up and returns a handle that knows its addresses and shuts the
+//! servers down when dropped; [`run`] is what the binary calls.
+
+pub mod api;
+pub mod config;
+pub mod containerd;
+pub mod dataplane;
+pub mod error;
+pub mod health;
+pub mod image;
+pub mod instance;
+pub mod network;
+pub mod runtime;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fnrt_proto::agent::v1::agent_server::AgentServer;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+pub use config::Config;
+pub use error::Error;
+
+use containerd::Containerd;
+use image::{ImageInfo, ImageStore};
+use instance::{Instance, Instances};
+use network::Network;
+use runtime::Runtime;
+
+/// A node: the agent's core, shared by the gRPC API and the data plane.
+pub struct Node {
+    cd: Containerd,
+    /// The node's instances.
+    pub instances: Arc<Instances>,
+    dataplane_address: SocketAddr,
+}
+
+/// What `NodeStatus` reports.
+#[derive(Debug)]
+pub struct NodeStatus {
+    /// The agent's version.
+    pub agent_version: String,
+    /// containerd's version.
+    pub containerd_version: String,
+    /// The node's architecture, in OCI terms.
+    pub architecture: String,
+    /// The agent's containerd namespace.
+    pub namespace: String,
+    /// The data plane's address.
+    pub dataplane_address: String,
+    /// The instances.
+    pub instances: Vec<Instance>,
+    /// The images.
+    pub images: Vec<ImageInfo>,
+}
+
+impl Node {
+    /// The node's status.
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        Ok(NodeStatus {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            containerd_version: self.cd.version().await?,
+            architecture: oci_arch(std::env::consts::ARCH).to_string(),
+            namespace: self.cd.namespace().to_string(),
+            dataplane_address: self.dataplane_address.to_string(),
+            instances: self.instances.list(None).await?,
+            images: self.instances.images().list().await?,
+        })
+    }
+}
+
+fn oci_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Failures that keep the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The core could not start (containerd unreachable, cleanup failed...).
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// A listener or directory could not be set up.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path or address.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running agent. Dropping it stops its servers (instances keep running: they belong
+/// to containerd, and the next agent adopts them).
+pub struct AgentHandle {
+    /// The core.
+    pub node: Arc<Node>,
+    /// Path of the gRPC Unix socket.
+    pub socket: PathBuf,
+    /// The data plane's address.
+    pub dataplane_address: SocketAddr,
+    /// The gRPC TCP address, when enabled.
+    pub tcp_address: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    /// Stops the servers and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Starts an agent: connects to containerd, adopts the instances it already has, and
+/// serves the gRPC API and the data plane.
+pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
+    cfg.validate()?;
+    let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.map_err(Error::from)?;
+    let log_dir = cfg.state_dir.join("logs");
+    for dir in [&log_dir, &cfg.cni_data_dir()] {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StartError::Io { what: "create directory", path: dir.display().to_string(), source })?;
+    }
+    let images = ImageStore::new(cd.clone(), &cfg.snapshotter);
+    let network = Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet);
+    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);
+    let instances = Arc::new(Instances::new(images, network, runtime, cfg.health_timeout()));
+    instances.adopt().await?;
+
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let dp_listener = TcpListener::bind(cfg.dataplane_listen).await.map_err(|source| StartError::Io {
+        what: "bind data plane",
+        path: cfg.dataplane_listen.to_string(),
+        source,
+    })?;
+    let dataplane_address = dp_listener.local_addr().map_err(|source| StartError::Io {
+        what: "data plane address",
+        path: cfg.dataplane_listen.to_string(),
+        source,
+    })?;
+    let dp = Arc::new(dataplane::Dataplane::new(instances.clone()));
+    tasks.push(tokio::spawn(dp.serve(dp_listener, rx.clone())));
+
+    let node = Arc::new(Node { cd, instances, dataplane_address });
+    let unix = bind_unix(&cfg.socket)?;
+    let mut stop = rx.clone();
+    let svc = AgentServer::new(api::Api::new(node.clone()));
+    tasks.push(tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(unix), async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "gRPC server on the Unix socket");
+        }
+    }));
+
+    let mut tcp_address = None;
+    if let (Some(addr), Some(token)) = (cfg.tcp_listen, cfg.tcp_token.clone()) {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Io { what: "bind gRPC TCP", path: addr.to_string(), source })?;
+        tcp_address = listener.local_addr().ok();
+        let expected = Sha256::digest(format!("Bearer {token}"));
+        let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), move |req: tonic::Request<()>| {
+            let given = req.metadata().get("authorization").map(|v| Sha256::digest(v.as_bytes()));
+            if given.as_deref() == Some(expected.as_slice()) {
+                Ok(req)
+            } else {
+                Err(tonic::Status::unauthenticated("this agent's TCP API needs `authorization: Bearer <token>` with the configured tcp_token"))
+            }
+        });
+        let mut stop = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "gRPC server on TCP");
+            }
+        }));
+    }
+    tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
+    Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })
+}
+
+fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
+    let io = |what, source| StartError::Io { what, path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("create socket directory", e))?;
+    }
+    if path.exists() {
+        // A socket nobody answers on is left over from an agent that died.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io("bind gRPC socket", std::io::Error::new(std::io::ErrorKind::AddrInUse, "another agent is serving on it")));
+        }
+        std::fs::remove_file(path).map_err(|e| io("remove stale socket", e))?;
+    }
+    UnixListener::bind(path).map_err(|e| io("bind gRPC socket", e))
+}
+
+/// Runs an agent until SIGINT or SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let handle = start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| StartError::Io { what: "install signal handler", path: "SIGTERM".into(), source })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down; instances keep running and are adopted by the next agent");
+    handle.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Instances as containerd containers and tasks: create from an image's snapshot, start,
+//! and remove with everything they own. containerd's labels hold the agent's record of
+//! each instance, so a restarted agent can find them again.
+
+mod spec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use containerd_client::services::v1::container::Runtime as CdRuntime;
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
+    KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
+};
+use containerd_client::types::v1::Status as TaskStatus;
+
+pub use spec::SpecError;
+
+use crate::containerd::{call_err, Containerd, ContainerdError};
+use crate::image::{remove_snapshot, RunnableImage};
+
+/// Label keys of the agent's containers.
+pub mod labels {
+    /// The function an instance serves; every container of the agent has it.
+    pub const FUNCTION: &str = "fnrt.function";
+    /// The image reference it was started from.
+    pub const IMAGE: &str = "fnrt.image";
+    /// Its address, ip:9000.
+    pub const ADDRESS: &str = "fnrt.address";
+}
+
+/// A failure to create, run or remove an instance's container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image cannot be run as it is.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// containerd failed.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    /// The spec could not be encoded.
+    #[error("encoding the runtime spec of {id}: {source}")]
+    Encode {
+        /// The instance.
+        id: String,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What is needed to create an instance's container.
+pub struct NewInstance<'a> {
+    /// Its id (container id, snapshot key, cgroup and netns name).
+    pub id: &'a str,
+    /// Its function.
+    pub function: &'a str,
+    /// Its image.
+    pub image: &'a RunnableImage,
+    /// Its network namespace.
+    pub netns: &'a std::path::Path,
+    /// Its address, recorded in the labels.
+    pub address: &'a str,
+    /// Environment added to the image's.
+    pub env: &'a BTreeMap<String, String>,
+}
+
+/// One container of the agent as containerd has it.
+#[derive(Clone, Debug)]
+pub struct ContainerRecord {
+    /// Container id (= instance id).
+    pub id: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Its task's state, "running", "created", "stopped", "paused" or "unknown"; None
+    /// when it has no task.
+    pub state: Option<&'static str>,
+    /// Its task's pid (0 without a task).
+    pub pid: u32,
+    /// When the container was made.
+    pub created_at: Option<std::time::SystemTime>,
+}
+
+/// Creates and removes instance containers in the agent's namespace.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    cd: Containerd,
+    snapshotter: String,
+    runtime: String,
+    log_dir: PathBuf,
+}
+
+impl Runtime {
+    /// A runtime over `cd`, with `runtime` as the shim and logs under `log_dir`.
+    pub fn new(cd: Containerd, snapshotter: &str, runtime: &str, log_dir: PathBuf) -> Runtime {
+        Runtime { cd, snapshotter: snapshotter.into(), runtime: runtime.into(), log_dir }
+    }
+
+    /// Path of an instance's log file.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.log_dir.join(format!("{id}.log"))
+    }
+
+    /// Creates and starts the container of a new instance; returns its pid. On failure,
+    /// whatever this made is removed again.
+    pub async fn start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
+        let result = self.create_and_start(n).await;
+        if result.is_err() {
+            if let Err(e) = self.remove(n.id).await {
+                tracing::warn!(instance = n.id, error = %e, "cleanup after a failed start");
+            }
+        }
+        result
+    }
+
+    async fn create_and_start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
+        let cd = &self.cd;
+        let spec = spec::build(&spec::InstanceSpec {
+            id: n.id,
+            image: &n.image.info.reference,
+            config: &n.image.config,
+            netns: n.netns,
+            env: n.env,
+        })?;
+        let spec = serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
+        let prep = PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: n.id.into(),
+            parent: n.image.top_snapshot.clone(),
+            labels: HashMap::new(),
+        };
+        let mounts = cd
+            .snapshots()
+            .prepare(cd.req(prep))
+            .await
+            .map_err(call_err(format!("prepare root filesystem of {}", n.id)))?
+            .into_inner()
+            .mounts;
+        let labels = HashMap::from([
+            (labels::FUNCTION.to_string(), n.function.to_string()),
+            (labels::IMAGE.to_string(), n.image.info.reference.clone()),
+            (labels::ADDRESS.to_string(), n.address.to_string()),
+        ]);
+        let container = Container {
+            id: n.id.into(),
+            labels,
+            image: n.image.info.reference.clone(),
+            runtime: Some(CdRuntime { name: self.runtime.clone(), options: None }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: spec,
+            }),
+            snapshotter: self.snapshotter.clone(),
+            snapshot_key: n.id.into(),
+            created_at: None,
+            updated_at: None,
+            extensions: HashMap::new(),
+            sandbox: String::new(),
+        };
+        cd.containers()
+            .create(cd.req(CreateContainerRequest { container: Some(container) }))
+            .await
+            .map_err(call_err(format!("create container {}", n.id)))?;
+        let log = format!("file://{}", self.log_path(n.id).display());
+        let task = CreateTaskRequest {
+            container_id: n.id.into(),
+            rootfs: mounts,
+            stdout: log.clone(),
+            stderr: log,
+            ..Default::default()
+        };
+        let pid = cd
+            .tasks()
+            .create(cd.req(task))
+            .await
+            .map_err(call_err(format!("create task {}", n.id)))?
+            .into_inner()
+            .pid;
+        cd.tasks()
+            .start(cd.req(StartRequest { container_id: n.id.into(), exec_id: String::new() }))
+            .await
+            .map_err(call_err(format!("start task {}", n.id)))?;
+        Ok(pid)
+    }
+
+    /// Kills and removes an instance's task, container, root filesystem and log. What is
+    /// already gone is skipped, so this also cleans up half-made instances.
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let cd = &self.cd;
+        let kill = KillRequest { container_id: id.into(), exec_id: String::new(), signal: 9, all: true };
+        match cd.tasks().kill(cd.req(kill)).await {
+            Ok(_) => {
+                let wait = WaitRequest { container_id: id.into(), exec_id: String::new() };
+                ignore_not_found(cd.tasks().wait(cd.req(wait)).await, format!("wait for task {id}"))?;
+            }
+            Err(s) => ignore_not_found(Err::<(), _>(s), format!("kill task {id}"))
+                .or_else(|e| if e.code() == tonic::Code::FailedPrecondition { Ok(()) } else { Err(e) })?,
+        }
+        ignore_not_found(cd.tasks().delete(cd.req(DeleteTaskRequest { container_id: id.into() })).await, format!("delete task {id}"))?;
+        ignore_not_found(cd.containers().delete(cd.req(DeleteContainerRequest { id: id.into() })).await, format!("delete container {id}"))?;
+        remove_snapshot(cd, &self.snapshotter, id).await?;
+        match tokio::fs::remove_file(self.log_path(id)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(instance = id, error = %e, "removing the log file"),
+        }
+        Ok(())
+    }
+
+    /// The agent's containers with their task states.
+    pub async fn list(&self) -> Result<Vec<ContainerRecord>, ContainerdError> {
+        let cd = &self.cd;
+        let containers = cd
+            .containers()
+            .list(cd.req(ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(call_err("list containers"))?
+            .into_inner()
+            .containers;
+        let tasks = cd
+            .tasks()
+            .list(cd.req(ListTasksRequest { filter: String::new() }))
+            .await
+            .map_err(call_err("list tasks"))?
+            .into_inner()
+            .tasks;
+        let tasks: HashMap<String, (i32, u32)> = tasks.into_iter().map(|t| (t.id, (t.status, t.pid))).collect();
+        Ok(containers
+            .into_iter()
+            .filter(|c| c.labels.contains_key(labels::FUNCTION))
+            .map(|c| {
+                let task = tasks.get(&c.id);
+                ContainerRecord {
+                    state: task.map(|(s, _)| state_name(*s)),
+                    pid: task.map_or(0, |(_, p)| *p),
+                    created_at: c.created_at.and_then(|t| std::time::SystemTime::try_from(t).ok()),
+                    id: c.id,
+                    labels: c.labels,
+                }
+            })
+            .collect())
+    }
+}
+
+fn state_name(status: i32) -> &'static str {
+    match TaskStatus::try_from(status) {
+        Ok(TaskStatus::Created) => "created",
+        Ok(TaskStatus::Running) => "running",
+        Ok(TaskStatus::Stopped) => "stopped",
+        Ok(TaskStatus::Paused) | Ok(TaskStatus::Pausing) => "paused",
+        Ok(TaskStatus::Unknown) | Err(_) => "unknown",
+    }
+}
+
+fn ignore_not_found<T>(r: Result<T, tonic::Status>, op: String) -> Result<(), ContainerdError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(call_err(op)(s)),
+    }
+}

@@ -1,0 +1,156 @@
+//! The OCI runtime spec of an instance, from its image config and the agent's rules.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use oci_spec::image::ImageConfiguration;
+use oci_spec::runtime::{
+    LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, Spec, UserBuilder,
+};
+
+/// The image config cannot be turned into a runnable process.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Neither Entrypoint nor Cmd.
+    #[error("image {image} has neither Entrypoint nor Cmd, so there is nothing to run")]
+    NoCommand {
+        /// The image.
+        image: String,
+    },
+    /// A user that is not numeric.
+    #[error("image {image} runs as user {user:?}; only numeric uid[:gid] users are supported for now")]
+    User {
+        /// The image.
+        image: String,
+        /// Its user.
+        user: String,
+    },
+    /// oci-spec refused a value.
+    #[error("building the runtime spec: {0}")]
+    Build(#[from] oci_spec::OciSpecError),
+}
+
+/// What the spec of one instance is made of.
+pub struct InstanceSpec<'a> {
+    /// Instance id (also its hostname).
+    pub id: &'a str,
+    /// Image reference, for error messages.
+    pub image: &'a str,
+    /// The image's config.
+    pub config: &'a ImageConfiguration,
+    /// Path of the instance's network namespace.
+    pub netns: &'a Path,
+    /// Environment added to the image's.
+    pub env: &'a BTreeMap<String, String>,
+}
+
+/// Builds the runtime spec of an instance: the image's process in its own namespaces, the
+/// prepared network namespace, a read-only root, and a cgroup under `/fnrt/`.
+pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
+    let ic = s.config.config().clone().unwrap_or_default();
+    let mut args: Vec<String> = ic.entrypoint().clone().unwrap_or_default();
+    args.extend(ic.cmd().clone().unwrap_or_default());
+    if args.is_empty() {
+        return Err(SpecError::NoCommand { image: s.image.into() });
+    }
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    for kv in ic.env().clone().unwrap_or_default() {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.insert(k.into(), v.into());
+        }
+    }
+    env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let (uid, gid) = parse_user(ic.user().as_deref().unwrap_or(""))
+        .ok_or_else(|| SpecError::User { image: s.image.into(), user: ic.user().clone().unwrap_or_default() })?;
+
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(s.id.to_string()));
+    if let Some(p) = spec.process_mut() {
+        p.set_args(Some(args));
+        p.set_env(Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()));
+        let cwd = ic.working_dir().clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "/".into());
+        p.set_cwd(cwd.into());
+        p.set_user(UserBuilder::default().uid(uid).gid(gid).build()?);
+    }
+    if let Some(linux) = spec.linux_mut() {
+        let namespaces = linux.namespaces().clone().unwrap_or_default().into_iter().map(|ns| {
+            if ns.typ() == LinuxNamespaceType::Network {
+                let mut n = LinuxNamespace::default();
+                n.set_typ(LinuxNamespaceType::Network);
+                n.set_path(Some(s.netns.to_path_buf()));
+                n
+            } else {
+                ns
+            }
+        });
+        linux.set_namespaces(Some(namespaces.collect()));
+        linux.set_cgroups_path(Some(format!("/fnrt/{}", s.id).into()));
+        if let Some(res) = linux.resources_mut() {
+            let mut deny_all = LinuxDeviceCgroup::default();
+            deny_all.set_allow(false);
+            deny_all.set_access(Some("rwm".into()));
+            res.set_devices(Some(vec![deny_all]));
+        }
+    }
+    Ok(spec)
+}
+
+fn parse_user(user: &str) -> Option<(u32, u32)> {
+    if user.is_empty() {
+        return Some((0, 0));
+    }
+    match user.split_once(':') {
+        None => {
+            let uid = user.parse().ok()?;
+            Some((uid, uid))
+        }
+        Some((u, g)) => Some((u.parse().ok()?, g.parse().ok()?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
+
+    fn image(entry: &[&str], cmd: &[&str], user: &str) -> ImageConfiguration {
+        let cfg = ConfigBuilder::default()
+            .entrypoint(entry.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .cmd(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .env(vec!["A=image".to_string(), "B=image".to_string()])
+            .user(user.to_string())
+            .build()
+            .expect("config");
+        ImageConfigurationBuilder::default().config(cfg).build().expect("image")
+    }
+
+    #[test]
+    fn process_comes_from_the_image_and_env_overrides_it() {
+        let ic = image(&["/fixture"], &["echo"], "1000:1000");
+        let env = BTreeMap::from([("B".to_string(), "mine".to_string())]);
+        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/run/netns/fnrt-f-1"), env: &env };
+        let spec = build(&s).expect("spec");
+        let p = spec.process().as_ref().expect("process");
+        assert_eq!(p.args().as_ref().expect("args"), &vec!["/fixture".to_string(), "echo".to_string()]);
+        let e = p.env().as_ref().expect("env");
+        assert!(e.contains(&"A=image".to_string()) && e.contains(&"B=mine".to_string()), "{e:?}");
+        assert_eq!(p.user().uid(), 1000);
+        assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
+        let linux = spec.linux().as_ref().expect("linux");
+        let net = linux.namespaces().as_ref().expect("ns").iter().find(|n| n.typ() == LinuxNamespaceType::Network);
+        assert_eq!(net.and_then(|n| n.path().clone()), Some("/run/netns/fnrt-f-1".into()));
+        assert_eq!(linux.cgroups_path().as_ref().map(|p| p.display().to_string()), Some("/fnrt/f-1".into()));
+    }
+
+    #[test]
+    fn an_image_without_command_or_with_a_named_user_is_refused() {
+        let env = BTreeMap::new();
+        let ic = image(&[], &[], "");
+        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), env: &env };
+        assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
+        let ic = image(&["/x"], &[], "nobody");
+        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), env: &env };
+        assert!(matches!(build(&s), Err(SpecError::User { .. })));
+    }
+}

@@ -1,0 +1,127 @@
+# shellcheck shell=bash
+# Shared helpers of the project's scripts: package installs, the private containerd and
+# registry, and the fixture images. Sourced by scripts/demo, scripts/test and scripts/stack.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Everything the stack makes lives under one state directory, never in the machine's
+# default containerd paths.
+FNRT_STATE=${FNRT_STATE:-/var/lib/fnrt-dev}
+FNRT_REGISTRY=${FNRT_REGISTRY:-127.0.0.1:5000}
+CONTAINERD_SOCK="$FNRT_STATE/containerd/containerd.sock"
+PACKAGES=(containerd runc containernetworking-plugins docker-registry buildah protobuf-compiler iproute2 e2fsprogs curl)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Installs the Debian packages the project needs, only those that are missing.
+ensure_packages() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  [ "$(id -u)" = 0 ] || die "installing packages needs root (run as root or install: ${missing[*]})"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Starts a containerd of our own: its root, state, sockets and config under $FNRT_STATE.
+start_containerd() {
+  local d="$FNRT_STATE/containerd"
+  mkdir -p "$d/root" "$d/state" "$d/opt"
+  if pid_alive "$d/pid" && [ -S "$CONTAINERD_SOCK" ]; then return 0; fi
+  cat >"$d/config.toml" <<TOML
+version = 2
+root = "$d/root"
+state = "$d/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[ttrpc]
+  address = "$CONTAINERD_SOCK.ttrpc"
+[debug]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$d/opt"
+TOML
+  log "starting containerd ($CONTAINERD_SOCK)"
+  containerd --config "$d/config.toml" >"$d/containerd.log" 2>&1 &
+  echo $! >"$d/pid"
+  for _ in $(seq 1 100); do
+    [ -S "$CONTAINERD_SOCK" ] && ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  tail -20 "$d/containerd.log" >&2
+  die "containerd did not come up; its log is $d/containerd.log"
+}
+
+stop_pidfile() {
+  local pidfile=$1 name=$2
+  if pid_alive "$pidfile"; then
+    log "stopping $name"
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    for _ in $(seq 1 50); do pid_alive "$pidfile" || break; sleep 0.1; done
+    pid_alive "$pidfile" && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+stop_containerd() { stop_pidfile "$FNRT_STATE/containerd/pid" containerd; }
+
+# Starts docker-registry (the OCI distribution registry) on $FNRT_REGISTRY, storage under
+# $FNRT_STATE/registry.
+start_registry() {
+  local d="$FNRT_STATE/registry"
+  mkdir -p "$d/data"
+  if pid_alive "$d/pid"; then return 0; fi
+  cat >"$d/config.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $d/data
+  delete:
+    enabled: true
+http:
+  addr: $FNRT_REGISTRY
+YML
+  log "starting registry on $FNRT_REGISTRY"
+  docker-registry serve "$d/config.yml" >"$d/registry.log" 2>&1 &
+  echo $! >"$d/pid"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://$FNRT_REGISTRY/v2/" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  tail -20 "$d/registry.log" >&2
+  die "registry did not come up on $FNRT_REGISTRY; its log is $d/registry.log"
+}
+
+stop_registry() { stop_pidfile "$FNRT_STATE/registry/pid" registry; }
+
+# Builds the fixture program (static x86_64) and packs each image of images/ FROM scratch
+# with buildah, then pushes them to the registry as $FNRT_REGISTRY/fnrt/<name>:latest.
+build_images() {
+  log "building fixture program"
+  (cd "$ROOT/images/fixture" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --quiet --target x86_64-unknown-linux-gnu)
+  local bin="$ROOT/images/fixture/target/x86_64-unknown-linux-gnu/release/fixture"
+  local b=(buildah --storage-driver vfs --root "$FNRT_STATE/buildah/root" --runroot "$FNRT_STATE/buildah/run")
+  for cf in "$ROOT"/images/*/Containerfile; do
+    local name ctx
+    name=$(basename "$(dirname "$cf")")
+    ctx=$(mktemp -d)
+    cp "$bin" "$ctx/fixture"
+    log "image $FNRT_REGISTRY/fnrt/$name:latest"
+    "${b[@]}" bud --quiet --format oci -f "$cf" -t "fnrt/$name:latest" "$ctx" >/dev/null
+    "${b[@]}" push --quiet --tls-verify=false "fnrt/$name:latest" "docker://$FNRT_REGISTRY/fnrt/$name:latest"
+    rm -rf "$ctx"
+  done
+}
+
+build_rust() {
+  log "building the workspace"
+  (cd "$ROOT" && cargo build --release --quiet --bins)
+}
