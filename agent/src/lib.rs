@@ -154,7 +154,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
             .map_err(|source| StartError::Io { what: "create directory", path: dir.display().to_string(), source })?;
     }
     let images = ImageStore::new(cd.clone(), &cfg.snapshotter);
-    let network = Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet);
+    let network = Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);
     let instances = Arc::new(Instances::new(images, network, runtime, cfg.health_timeout()));
     instances.adopt().await?;

@@ -15,8 +15,6 @@ use tokio::io::AsyncWriteExt;
 
 /// Where the namespaces' bind mounts live.
 pub const NETNS_DIR: &str = "/run/netns";
-/// Name prefix of the agent's namespaces.
-pub const NETNS_PREFIX: &str = "fnrt-";
 
 /// A failure to set up or tear down an instance's network.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +61,7 @@ pub struct Network {
     bridge: String,
     subnet: String,
     netns_dir: PathBuf,
+    scope: String,
 }
 
 /// An instance's network: its namespace and its address on the bridge.
@@ -75,20 +74,27 @@ pub struct Attachment {
 }
 
 impl Network {
-    /// The network of a node.
-    pub fn new(bin_dir: &Path, data_dir: &Path, bridge: &str, subnet: &str) -> Network {
+    /// The network of a node's agent; `scope` (the agent's containerd namespace) prefixes
+    /// the names of its network namespaces and CNI container ids.
+    pub fn new(bin_dir: &Path, data_dir: &Path, bridge: &str, subnet: &str, scope: &str) -> Network {
         Network {
             bin_dir: bin_dir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             bridge: bridge.to_string(),
             subnet: subnet.to_string(),
             netns_dir: PathBuf::from(NETNS_DIR),
+            scope: scope.to_string(),
         }
     }
 
     /// The namespace path of instance `id`.
     pub fn netns_path(&self, id: &str) -> PathBuf {
-        self.netns_dir.join(format!("{NETNS_PREFIX}{id}"))
+        self.netns_dir.join(self.cni_id(id))
+    }
+
+    /// The name of instance `id` in the node's shared places (netns, CNI allocations).
+    pub fn cni_id(&self, id: &str) -> String {
+        format!("{}-{id}", self.scope)
     }
 
     /// Where host-local keeps this network's allocations (one file per address).
@@ -176,7 +182,7 @@ impl Network {
         let mut child = tokio::process::Command::new(&path)
             .env_clear()
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", id)
+            .env("CNI_CONTAINERID", self.cni_id(id))
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", ifname)
             .env("CNI_PATH", &self.bin_dir)

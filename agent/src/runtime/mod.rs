@@ -97,6 +97,11 @@ impl Runtime {
         Runtime { cd, snapshotter: snapshotter.into(), runtime: runtime.into(), log_dir }
     }
 
+    /// An instance's cgroup, relative to the cgroup roots: `/fnrt/<namespace>-<id>`.
+    pub fn cgroup_path(&self, id: &str) -> String {
+        format!("/fnrt/{}-{id}", self.cd.namespace())
+    }
+
     /// Path of an instance's log file.
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.log_dir.join(format!("{id}.log"))
@@ -121,6 +126,7 @@ impl Runtime {
             image: &n.image.info.reference,
             config: &n.image.config,
             netns: n.netns,
+            cgroup: &self.cgroup_path(n.id),
             env: n.env,
         })?;
         let spec = serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;

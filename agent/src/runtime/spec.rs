@@ -40,12 +40,14 @@ pub struct InstanceSpec<'a> {
     pub config: &'a ImageConfiguration,
     /// Path of the instance's network namespace.
     pub netns: &'a Path,
+    /// Its cgroup path, relative to the cgroup roots.
+    pub cgroup: &'a str,
     /// Environment added to the image's.
     pub env: &'a BTreeMap<String, String>,
 }
 
 /// Builds the runtime spec of an instance: the image's process in its own namespaces, the
-/// prepared network namespace, a read-only root, and a cgroup under `/fnrt/`.
+/// prepared network namespace, a read-only root, and its own cgroup.
 pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
     let ic = s.config.config().clone().unwrap_or_default();
     let mut args: Vec<String> = ic.entrypoint().clone().unwrap_or_default();
@@ -85,7 +87,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
             }
         });
         linux.set_namespaces(Some(namespaces.collect()));
-        linux.set_cgroups_path(Some(format!("/fnrt/{}", s.id).into()));
+        linux.set_cgroups_path(Some(s.cgroup.into()));
         if let Some(res) = linux.resources_mut() {
             let mut deny_all = LinuxDeviceCgroup::default();
             deny_all.set_allow(false);
@@ -129,7 +131,7 @@ mod tests {
     fn process_comes_from_the_image_and_env_overrides_it() {
         let ic = image(&["/fixture"], &["echo"], "1000:1000");
         let env = BTreeMap::from([("B".to_string(), "mine".to_string())]);
-        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/run/netns/fnrt-f-1"), env: &env };
+        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/run/netns/fnrt-f-1"), cgroup: "/fnrt/fnrt-f-1", env: &env };
         let spec = build(&s).expect("spec");
         let p = spec.process().as_ref().expect("process");
         assert_eq!(p.args().as_ref().expect("args"), &vec!["/fixture".to_string(), "echo".to_string()]);
@@ -140,17 +142,17 @@ mod tests {
         let linux = spec.linux().as_ref().expect("linux");
         let net = linux.namespaces().as_ref().expect("ns").iter().find(|n| n.typ() == LinuxNamespaceType::Network);
         assert_eq!(net.and_then(|n| n.path().clone()), Some("/run/netns/fnrt-f-1".into()));
-        assert_eq!(linux.cgroups_path().as_ref().map(|p| p.display().to_string()), Some("/fnrt/f-1".into()));
+        assert_eq!(linux.cgroups_path().as_ref().map(|p| p.display().to_string()), Some("/fnrt/fnrt-f-1".into()));
     }
 
     #[test]
     fn an_image_without_command_or_with_a_named_user_is_refused() {
         let env = BTreeMap::new();
         let ic = image(&[], &[], "");
-        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), env: &env };
+        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), cgroup: "/x", env: &env };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
-        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), env: &env };
+        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), cgroup: "/x", env: &env };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }
 }

@@ -1,0 +1,74 @@
+//! `agentctl instance start|stop|ls`.
+
+use clap::Subcommand;
+use fnrt_proto::agent::v1::{
+    agent_client::AgentClient, ListInstancesRequest, StartInstanceRequest, StopInstanceRequest,
+};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::output::{self, instance_json, instance_row, INSTANCE_HEADER};
+use crate::{CliError, Output};
+
+/// Instance commands.
+#[derive(Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// Start an instance of a function and wait until it listens on :9000.
+    Start {
+        /// Function name (a-z, 0-9, '-').
+        function: String,
+        /// Image reference.
+        image: String,
+        /// Environment variable for the instance, KEY=VALUE; repeatable.
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// Stop an instance and remove all it owned.
+    Stop {
+        /// Instance id.
+        id: String,
+    },
+    /// List instances.
+    Ls {
+        /// Only this function's.
+        #[arg(long)]
+        function: Option<String>,
+    },
+}
+
+/// Runs an instance command.
+pub async fn run(agent: &mut AgentClient<Channel>, cmd: InstanceCommand, out: Output) -> Result<(), CliError> {
+    match cmd {
+        InstanceCommand::Start { function, image, env } => {
+            let mut vars = std::collections::HashMap::new();
+            for kv in env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Usage(format!("--env {kv:?}: expected KEY=VALUE")))?;
+                vars.insert(k.to_string(), v.to_string());
+            }
+            let req = StartInstanceRequest { function, image, env: vars };
+            let inst = agent.start_instance(req).await?.into_inner().instance.unwrap_or_default();
+            match out {
+                Output::Json => output::json(&instance_json(&inst)),
+                Output::Table => output::table(INSTANCE_HEADER, &[instance_row(&inst)]),
+            }
+        }
+        InstanceCommand::Stop { id } => {
+            agent.stop_instance(StopInstanceRequest { id: id.clone() }).await?;
+            match out {
+                Output::Json => output::json(&json!({ "stopped": id })),
+                Output::Table => println!("stopped {id}"),
+            }
+        }
+        InstanceCommand::Ls { function } => {
+            let req = ListInstancesRequest { function: function.unwrap_or_default() };
+            let list = agent.list_instances(req).await?.into_inner().instances;
+            match out {
+                Output::Json => output::json(&json!(list.iter().map(instance_json).collect::<Vec<_>>())),
+                Output::Table => output::table(INSTANCE_HEADER, &list.iter().map(instance_row).collect::<Vec<_>>()),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! One module per resource or verb.
+
+pub mod image;
+pub mod instance;
+pub mod invoke;
+pub mod node;

@@ -1,0 +1,119 @@
+//! agentctl, the operator's CLI for one fnrt agent.
+//!
+//! It talks to the agent's gRPC API on its Unix socket (by default the one the dev stack
+//! and a production agent use, /run/fnrt/agent.sock) and, for `invoke`, to its data plane.
+//!
+//! Exit codes: 0 success, 1 failure, 2 bad usage, 3 not found.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use client::connect;
+
+/// The default socket of the agent.
+pub const DEFAULT_SOCKET: &str = "/run/fnrt/agent.sock";
+
+/// Command line of agentctl.
+#[derive(Parser, Debug)]
+#[command(name = "agentctl", version, about = "Operate an fnrt agent: images, instances, calls")]
+pub struct Cli {
+    /// The agent's gRPC Unix socket.
+    #[arg(long, global = true, env = "FNRT_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How answers are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The node: versions, instances, images.
+    Node {
+        /// What about the node.
+        #[command(subcommand)]
+        command: commands::node::NodeCommand,
+    },
+    /// Images on the node.
+    Image {
+        /// What to do with images.
+        #[command(subcommand)]
+        command: commands::image::ImageCommand,
+    },
+    /// Instances of functions.
+    Instance {
+        /// What to do with instances.
+        #[command(subcommand)]
+        command: commands::instance::InstanceCommand,
+    },
+    /// Call a function through the agent's data plane and print the answer's body.
+    Invoke(commands::invoke::InvokeArgs),
+}
+
+/// A failed command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The agent could not be reached.
+    #[error("cannot reach the agent at {socket}: {reason}; is it running? (scripts/demo starts one, --socket or FNRT_AGENT_SOCKET point elsewhere)")]
+    Connect {
+        /// The socket tried.
+        socket: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The agent answered with an error.
+    #[error("{}", .0.message())]
+    Api(tonic::Status),
+    /// Bad usage not caught by the parser.
+    #[error("{0}")]
+    Usage(String),
+    /// A call through the data plane failed.
+    #[error("{0}")]
+    Call(String),
+}
+
+impl CliError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Api(s) if s.code() == tonic::Code::NotFound => 3,
+            CliError::Api(s) if s.code() == tonic::Code::InvalidArgument => 2,
+            CliError::Usage(_) => 2,
+            CliError::Api(_) | CliError::Connect { .. } | CliError::Call(_) => 1,
+        }
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        CliError::Api(s)
+    }
+}
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let mut agent = connect(&cli.socket).await?;
+    match cli.command {
+        Command::Node { command } => commands::node::run(&mut agent, command, cli.output).await,
+        Command::Image { command } => commands::image::run(&mut agent, command, cli.output).await,
+        Command::Instance { command } => commands::instance::run(&mut agent, command, cli.output).await,
+        Command::Invoke(args) => commands::invoke::run(&mut agent, args).await,
+    }
+}

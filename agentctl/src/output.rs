@@ -1,0 +1,72 @@
+//! Printing answers: aligned tables for people, JSON for scripts.
+
+use fnrt_proto::agent::v1 as pb;
+use serde_json::{json, Value};
+
+/// Prints rows under a header, columns aligned.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// Prints a JSON value, pretty.
+pub fn json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// An instance as JSON.
+pub fn instance_json(i: &pb::Instance) -> Value {
+    json!({
+        "id": i.id, "function": i.function, "image": i.image, "address": i.address,
+        "state": i.state, "pid": i.pid, "created_at": i.created_at,
+    })
+}
+
+/// An instance as a table row.
+pub fn instance_row(i: &pb::Instance) -> Vec<String> {
+    vec![i.id.clone(), i.function.clone(), i.state.clone(), i.address.clone(), i.image.clone(), i.created_at.clone()]
+}
+
+/// Header of instance tables.
+pub const INSTANCE_HEADER: &[&str] = &["ID", "FUNCTION", "STATE", "ADDRESS", "IMAGE", "CREATED"];
+
+/// An image as JSON.
+pub fn image_json(i: &pb::Image) -> Value {
+    json!({ "reference": i.reference, "digest": i.digest, "size_bytes": i.size_bytes })
+}
+
+/// An image as a table row.
+pub fn image_row(i: &pb::Image) -> Vec<String> {
+    vec![i.reference.clone(), short_digest(&i.digest), human_bytes(i.size_bytes)]
+}
+
+/// Header of image tables.
+pub const IMAGE_HEADER: &[&str] = &["REFERENCE", "DIGEST", "SIZE"];
+
+fn short_digest(d: &str) -> String {
+    d.strip_prefix("sha256:").map_or_else(|| d.to_string(), |h| h.chars().take(12).collect())
+}
+
+/// Bytes in KiB/MiB/GiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

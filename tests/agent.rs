@@ -1,0 +1,243 @@
+//! The agent against the real containerd, runc, CNI plugins and registry: pull, start,
+//! call, stop; side-by-side instances; the :9000 deadline; bad input; restarts; the CLI.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fnrt_proto::agent::v1::{
+    ListInstancesRequest, NodeStatusRequest, PullImageRequest, StartInstanceRequest, StopInstanceRequest,
+};
+use fnrt_tests::{image, real_parts, TestAgent};
+use tonic::Code;
+
+fn start_req(function: &str, image: &str) -> StartInstanceRequest {
+    StartInstanceRequest { function: function.into(), image: image.into(), env: HashMap::new() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_start_call_through_the_data_plane_and_stop() {
+    let mut agent = TestAgent::start().await;
+    let echo = image("echo");
+    let pulled = agent.client.pull_image(PullImageRequest { reference: echo.clone() }).await.unwrap().into_inner();
+    let img = pulled.image.unwrap();
+    assert_eq!(img.reference, echo);
+    assert!(img.digest.starts_with("sha256:") && img.size_bytes > 0, "{img:?}");
+
+    let mut req = start_req("echo", &echo);
+    req.env.insert("GREETING".into(), "hello from the test".into());
+    let inst = agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap();
+    assert_eq!(inst.state, "running");
+    assert!(inst.address.ends_with(":9000") && inst.pid > 0, "{inst:?}");
+    assert!(std::path::Path::new(&format!("/run/netns/{}-{}", agent.cfg.namespace, inst.id)).exists());
+
+    let (status, body) = agent.call("echo", "/some/path?x=1&y=two", "the body").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/some/path?x=1&y=two");
+    assert_eq!(v["body"], "the body");
+    assert_eq!(v["env"]["GREETING"], "hello from the test");
+
+    let status = agent.client.node_status(NodeStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.architecture, "amd64");
+    assert!(status.containerd_version.starts_with("1.") || status.containerd_version.starts_with('v'), "{status:?}");
+    assert_eq!(status.instances.len(), 1);
+    assert_eq!(status.images.iter().map(|i| i.reference.as_str()).collect::<Vec<_>>(), vec![echo.as_str()]);
+
+    agent.client.stop_instance(StopInstanceRequest { id: inst.id.clone() }).await.unwrap();
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    assert!(list.instances.is_empty(), "{list:?}");
+    let (status, body) = agent.call("echo", "/", "").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no running instance"), "{body}");
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_of_one_function_listen_on_9000_side_by_side() {
+    let mut agent = TestAgent::start().await;
+    let echo = image("echo");
+    let a = agent.client.start_instance(start_req("twin", &echo)).await.unwrap().into_inner().instance.unwrap();
+    let b = agent.client.start_instance(start_req("twin", &echo)).await.unwrap().into_inner().instance.unwrap();
+    assert_ne!(a.address, b.address);
+    assert!(a.address.ends_with(":9000") && b.address.ends_with(":9000"));
+    for inst in [&a, &b] {
+        let body = reqwest::get(format!("http://{}/direct", inst.address)).await.unwrap().text().await.unwrap();
+        assert!(body.contains("\"path\":\"/direct\""), "{body}");
+    }
+    for _ in 0..4 {
+        let (status, body) = agent.call("twin", "/", "").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let list = agent.client.list_instances(ListInstancesRequest { function: "twin".into() }).await.unwrap();
+    assert_eq!(list.into_inner().instances.len(), 2);
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_never_listens_fails_at_the_deadline_and_leaves_nothing() {
+    let mut agent = TestAgent::start_with(|c| c.health_timeout_ms = 1_500).await;
+    let t0 = Instant::now();
+    let err = agent.client.start_instance(start_req("silent", &image("never-listens"))).await.unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert_eq!(
+        err.message(),
+        "The request timed out in 1500ms.Please confirm your http server have enabled listening on port 9000."
+    );
+    assert!(took >= Duration::from_millis(1_500) && took < Duration::from_secs(10), "{took:?}");
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    assert!(list.instances.is_empty(), "{list:?}");
+    agent.cleanup().await;
+}
+
+/// The default deadline is SCF's 30 s: this test really waits for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_deadline_is_30_seconds() {
+    let mut agent = TestAgent::start_with(|c| c.health_timeout_ms = fnrt_agent::Config::default().health_timeout_ms).await;
+    let t0 = Instant::now();
+    let err = agent.client.start_instance(start_req("silent", &image("never-listens"))).await.unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(
+        err.message(),
+        "The request timed out in 30000ms.Please confirm your http server have enabled listening on port 9000."
+    );
+    assert!(took >= Duration::from_secs(30) && took < Duration::from_secs(40), "{took:?}");
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_error_and_leaves_nothing() {
+    let mut agent = TestAgent::start().await;
+    let registry = real_parts().registry;
+    let cases: Vec<(String, Code, String)> = vec![
+        (format!("{registry}/fnrt/no-such-image:latest"), Code::NotFound, "not found in registry".into()),
+        ("127.0.0.1:1/fnrt/echo:latest".into(), Code::Unavailable, "registry 127.0.0.1:1 is unreachable".into()),
+        ("Not A Reference".into(), Code::InvalidArgument, "malformed image reference".into()),
+        (format!("{registry}/fnrt/echo@sha256:123"), Code::InvalidArgument, "malformed image reference".into()),
+    ];
+    for (reference, code, text) in cases {
+        let err = agent.client.pull_image(PullImageRequest { reference: reference.clone() }).await.unwrap_err();
+        assert_eq!(err.code(), code, "{reference}: {}", err.message());
+        assert!(err.message().contains(&text), "{reference}: {}", err.message());
+        let err = agent.client.start_instance(start_req("fn", &reference)).await.unwrap_err();
+        assert_eq!(err.code(), code, "start {reference}: {}", err.message());
+    }
+    let err = agent.client.start_instance(start_req("Bad_Name", &image("echo"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("1 to 63 characters of a-z, 0-9 and '-'"), "{}", err.message());
+
+    let err = agent.client.stop_instance(StopInstanceRequest { id: "nobody-12345678".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("nobody-12345678"), "{}", err.message());
+
+    let (status, body) = agent.call("ghost", "/", "").await;
+    assert_eq!(status, 404);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("\"ghost\" has no running instance"), "{body}");
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    assert!(list.instances.is_empty());
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_without_containerd_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fnrt_tests::test_config(dir.path());
+    cfg.containerd_socket = dir.path().join("no-containerd.sock");
+    let err = fnrt_agent::start(cfg).await.err().expect("no containerd, no agent");
+    let msg = fnrt_agent::api::chain(&err);
+    assert!(msg.contains("cannot connect to containerd at") && msg.contains("no-containerd.sock"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_adopts_its_running_instances() {
+    let mut agent = TestAgent::start().await;
+    let inst = agent.client.start_instance(start_req("keep", &image("echo"))).await.unwrap().into_inner().instance.unwrap();
+    let TestAgent { handle, cfg, dir, .. } = agent;
+    handle.shutdown().await;
+
+    let cfg2 = cfg.clone();
+    let handle = fnrt_agent::start(cfg2).await.unwrap();
+    let client = fnrt_tests::connect(&handle.socket).await;
+    let mut agent = TestAgent { handle, client, cfg, dir };
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec![inst.id.as_str()]);
+    let (status, body) = agent.call("keep", "/again", "").await;
+    assert_eq!(status, 200, "{body}");
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tcp_api_needs_the_token() {
+    let agent = TestAgent::start_with(|c| {
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.tcp_token = Some("test-token-value".into());
+    })
+    .await;
+    let addr = agent.handle.tcp_address.unwrap();
+    let channel = tonic::transport::Endpoint::try_from(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = fnrt_proto::agent::v1::agent_client::AgentClient::new(channel.clone());
+    let err = client.node_status(NodeStatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(!err.message().contains("test-token-value"));
+    let mut req = tonic::Request::new(NodeStatusRequest {});
+    req.metadata_mut().insert("authorization", "Bearer test-token-value".parse().unwrap());
+    client.node_status(req).await.unwrap();
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agentctl_drives_the_agent_with_documented_exit_codes() {
+    let agent = TestAgent::start().await;
+    let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("agentctl");
+    assert!(bin.exists(), "{} is missing; cargo test --workspace builds it", bin.display());
+    let socket = agent.handle.socket.clone();
+    let run = move |args: &[&str]| {
+        let out = std::process::Command::new(&bin).arg("--socket").arg(&socket).args(args).output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let echo = image("echo");
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        let echo = echo.clone();
+        move || run(&["instance", "start", "cli", &echo, "-o", "json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let inst: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = inst["id"].as_str().unwrap().to_string();
+    let r = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || {
+            let invoke = run(&["invoke", "cli", "--path", "/from-cli", "-d", "payload"]);
+            let ls = run(&["instance", "ls"]);
+            let status = run(&["node", "status", "-o", "json"]);
+            let missing = run(&["instance", "stop", "cli-00000000"]);
+            let bad = run(&["instance", "start", "NO", "x"]);
+            let stop = run(&["instance", "stop", &id]);
+            (invoke, ls, status, missing, bad, stop, id)
+        }
+    })
+    .await
+    .unwrap();
+    let (invoke, ls, status, missing, bad, stop, id) = r;
+    assert_eq!(invoke.0, 0, "{}", invoke.2);
+    assert!(invoke.1.contains("\"path\":\"/from-cli\"") && invoke.1.contains("\"body\":\"payload\""), "{}", invoke.1);
+    assert!(ls.1.starts_with("ID") && ls.1.contains(&id), "{}", ls.1);
+    let s: serde_json::Value = serde_json::from_str(&status.1).unwrap();
+    assert_eq!(s["architecture"], "amd64");
+    assert_eq!(missing.0, 3, "{}", missing.2);
+    assert!(missing.2.starts_with("error: instance \"cli-00000000\" not found"), "{}", missing.2);
+    assert_eq!(bad.0, 2, "{}", bad.2);
+    assert_eq!(stop.0, 0, "{}", stop.2);
+    let gone = std::process::Command::new(std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("agentctl"))
+        .args(["--socket", "/nonexistent/agent.sock", "node", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach the agent at /nonexistent/agent.sock"));
+    agent.cleanup().await;
+}

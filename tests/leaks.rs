@@ -1,0 +1,27 @@
+//! Run by scripts/test after the whole suite: nothing of any test agent is left on the
+//! node or in containerd (containers, tasks, snapshots, leases, network namespaces, CNI
+//! addresses, mounts, cgroups). Ignored in a plain `cargo test`, where other tests may
+//! still be running.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use fnrt_tests::{namespaces_with_prefix, node_leftovers, real_parts, TEST_PREFIX};
+
+#[tokio::test]
+#[ignore = "run by scripts/test after the suite: `cargo test --test leaks -- --ignored`"]
+async fn nothing_of_the_suite_is_left_behind() {
+    let parts = real_parts();
+    let namespaces = namespaces_with_prefix(&parts.containerd_socket, TEST_PREFIX).await;
+    let mut left: Vec<String> = namespaces.iter().map(|n| format!("containerd namespace {n}")).collect();
+    left.extend(node_leftovers(TEST_PREFIX));
+    let shims = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("containerd-shim") && c.contains(TEST_PREFIX))
+        .count();
+    if shims > 0 {
+        left.push(format!("{shims} containerd-shim processes of test namespaces"));
+    }
+    assert!(left.is_empty(), "the suite left behind: {left:#?}");
+}

@@ -1,0 +1,239 @@
+//! Shared support of the integration tests: the real parts' addresses, an in-process agent
+//! in a containerd namespace of its own, and the checks that nothing was left behind.
+//!
+//! The tests need the private containerd and registry that `scripts/test` starts; without
+//! them they fail with the command that sets them up.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
+use containerd_client::services::v1::{
+    DeleteImageRequest, DeleteNamespaceRequest, ListContainersRequest, ListImagesRequest, ListNamespacesRequest,
+    ListRequest as ListLeasesRequest, ListTasksRequest,
+};
+use fnrt_agent::containerd::Containerd;
+use fnrt_agent::{AgentHandle, Config};
+use fnrt_proto::agent::v1::agent_client::AgentClient;
+use fnrt_proto::agent::v1::ListInstancesRequest;
+use tonic::transport::Channel;
+
+/// Prefix of every test agent's containerd namespace (and so of its netns, cgroups and
+/// CNI ids).
+pub const TEST_PREFIX: &str = "fnrt-test-";
+/// The test agents' bridge and subnet, apart from the dev stack's.
+pub const TEST_BRIDGE: &str = "fnrt-test0";
+/// See [`TEST_BRIDGE`].
+pub const TEST_SUBNET: &str = "10.202.0.0/16";
+
+/// Where the real parts are, from the variables scripts/test sets.
+pub struct RealParts {
+    pub containerd_socket: PathBuf,
+    pub registry: String,
+    pub state_dir: PathBuf,
+}
+
+/// The real parts, or a panic that says how to get them.
+pub fn real_parts() -> RealParts {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: these tests need the private containerd and registry; run them with scripts/test (it installs and starts everything)")
+        })
+    };
+    let parts = RealParts {
+        containerd_socket: var("FNRT_CONTAINERD_SOCKET").into(),
+        registry: var("FNRT_REGISTRY"),
+        state_dir: var("FNRT_TEST_STATE").into(),
+    };
+    assert!(
+        parts.containerd_socket.exists(),
+        "containerd socket {} does not exist; run scripts/test, which starts containerd",
+        parts.containerd_socket.display()
+    );
+    parts
+}
+
+/// The reference of a fixture image of `images/`, as scripts/test pushed it.
+pub fn image(name: &str) -> String {
+    format!("{}/fnrt/{name}:latest", real_parts().registry)
+}
+
+/// The CNI allocation directory shared by all test agents (host-local locks it, so
+/// agents in parallel never hand out one address twice).
+pub fn cni_data_dir() -> PathBuf {
+    real_parts().state_dir.join("cni")
+}
+
+/// A configuration for a test agent in a fresh namespace, with files under `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let parts = real_parts();
+    let mut cfg = Config::default();
+    cfg.containerd_socket = parts.containerd_socket;
+    cfg.namespace = format!("{TEST_PREFIX}{:08x}", rand::random::<u32>());
+    cfg.socket = dir.join("agent.sock");
+    cfg.dataplane_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.state_dir = dir.join("state");
+    cfg.cni_data_dir = Some(cni_data_dir());
+    cfg.bridge = TEST_BRIDGE.into();
+    cfg.subnet = TEST_SUBNET.into();
+    cfg.health_timeout_ms = 5_000;
+    cfg
+}
+
+/// An agent running in this process, with a gRPC client on its socket.
+pub struct TestAgent {
+    pub handle: AgentHandle,
+    pub client: AgentClient<Channel>,
+    pub cfg: Config,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestAgent {
+    /// Starts an agent with the test configuration, changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        tweak(&mut cfg);
+        let handle = fnrt_agent::start(cfg.clone()).await.expect("agent starts");
+        let client = connect(&handle.socket).await;
+        TestAgent { handle, client, cfg, dir }
+    }
+
+    /// Starts an agent with the test configuration.
+    pub async fn start() -> TestAgent {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Calls `function` through the data plane.
+    pub async fn call(&self, function: &str, path_and_query: &str, body: &str) -> (u16, String) {
+        let url = format!("http://{}/function/{function}{path_and_query}", self.handle.dataplane_address);
+        let resp = reqwest::Client::new().post(&url).body(body.to_string()).send().await.expect("data plane answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// Stops every instance, stops the agent, removes the namespace and everything in it,
+    /// and fails if anything of this agent is left on the node.
+    pub async fn cleanup(mut self) {
+        let list = self.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+        for i in list.instances {
+            self.client.stop_instance(fnrt_proto::agent::v1::StopInstanceRequest { id: i.id }).await.unwrap();
+        }
+        self.handle.shutdown().await;
+        remove_namespace(&self.cfg.containerd_socket, &self.cfg.namespace).await;
+        assert_nothing_left(&self.cfg.namespace).await;
+    }
+}
+
+/// A gRPC client on an agent's Unix socket.
+pub async fn connect(socket: &Path) -> AgentClient<Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .expect("connect to the agent's socket");
+    AgentClient::new(channel)
+}
+
+/// Deletes a test namespace: its images first (with a synchronous garbage collection, so
+/// content and snapshots go too), then the namespace, which containerd refuses while
+/// anything is left in it.
+pub async fn remove_namespace(socket: &Path, namespace: &str) {
+    let cd = Containerd::connect(socket, namespace).await.unwrap();
+    let images = cd.images().list(cd.req(ListImagesRequest { filters: vec![] })).await.unwrap().into_inner().images;
+    for img in images {
+        cd.images().delete(cd.req(DeleteImageRequest { name: img.name, sync: true, target: None })).await.unwrap();
+    }
+    let leftovers = namespace_contents(&cd).await;
+    assert!(leftovers.is_empty(), "namespace {namespace} still holds: {leftovers:?}");
+    match cd.namespaces().delete(cd.req(DeleteNamespaceRequest { name: namespace.into() })).await {
+        Ok(_) => {}
+        // A namespace is made on first use; an agent that made nothing never made it.
+        Err(e) if e.code() == tonic::Code::NotFound => {}
+        Err(e) => panic!("delete namespace {namespace}: {}", e.message()),
+    }
+}
+
+/// What a namespace still holds: containers, tasks, snapshots, leases.
+pub async fn namespace_contents(cd: &Containerd) -> Vec<String> {
+    let mut out = Vec::new();
+    let containers = cd.containers().list(cd.req(ListContainersRequest { filters: vec![] })).await.unwrap();
+    out.extend(containers.into_inner().containers.into_iter().map(|c| format!("container {}", c.id)));
+    let tasks = cd.tasks().list(cd.req(ListTasksRequest { filter: String::new() })).await.unwrap();
+    out.extend(tasks.into_inner().tasks.into_iter().map(|t| format!("task {}", t.id)));
+    let leases = cd.leases().list(cd.req(ListLeasesRequest { filters: vec![] })).await.unwrap();
+    out.extend(leases.into_inner().leases.into_iter().map(|l| format!("lease {}", l.id)));
+    let req = ListSnapshotsRequest { snapshotter: "overlayfs".into(), filters: vec![] };
+    let mut snaps = cd.snapshots().list(cd.req(req)).await.unwrap().into_inner();
+    while let Ok(Some(part)) = snaps.message().await {
+        out.extend(part.info.into_iter().map(|s| format!("snapshot {}", s.name)));
+    }
+    out
+}
+
+/// The containerd namespaces whose names start with `prefix`.
+pub async fn namespaces_with_prefix(socket: &Path, prefix: &str) -> Vec<String> {
+    let cd = Containerd::connect(socket, "default").await.unwrap();
+    let list = cd.namespaces().list(cd.req(ListNamespacesRequest { filter: String::new() })).await.unwrap();
+    list.into_inner().namespaces.into_iter().map(|n| n.name).filter(|n| n.starts_with(prefix)).collect()
+}
+
+/// What of the node outside containerd carries `prefix` in its name: network namespaces,
+/// CNI address allocations, mounts, cgroups.
+pub fn node_leftovers(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        out.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix)).map(|n| format!("network namespace /run/netns/{n}")));
+    }
+    let alloc_dir = cni_data_dir().join("fnrt");
+    if let Ok(entries) = std::fs::read_dir(&alloc_dir) {
+        for e in entries.flatten() {
+            let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if owner.starts_with(prefix) {
+                out.push(format!("CNI address {} held by {}", e.file_name().to_string_lossy(), owner.lines().next().unwrap_or("")));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    out.extend(mounts.lines().filter(|l| l.contains(prefix)).map(|l| format!("mount {l}")));
+    for root in cgroup_roots() {
+        let dir = root.join("fnrt");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            out.extend(entries.flatten().filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix)).map(|n| format!("cgroup {}/{n}", dir.display())));
+        }
+    }
+    out
+}
+
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    roots
+}
+
+/// Fails if anything of the agent with `namespace` is left: in containerd or on the node.
+pub async fn assert_nothing_left(namespace: &str) {
+    let prefix = format!("{namespace}-");
+    // Teardown is synchronous, but give the shim a moment to unmount after it exits.
+    let mut left = node_leftovers(&prefix);
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = node_leftovers(&prefix);
+    }
+    assert!(left.is_empty(), "left behind by {namespace}: {left:#?}");
+}
