@@ -125,3 +125,35 @@ build_rust() {
   log "building the workspace"
   (cd "$ROOT" && cargo build --release --quiet --bins)
 }
+
+# Removes whatever a stack under $FNRT_STATE left: shims and their containers, mounts,
+# network namespaces of the agent's containerd namespace prefix ($1), the bridge ($2).
+# Used by `demo down` and before and after the test suite, so a run that was killed
+# half-way never poisons the next one.
+scrub_state() {
+  local ns_prefix=$1 bridge=$2 sock="$FNRT_STATE/containerd/containerd.sock"
+  local pids
+  pids=$(pgrep -f "containerd-shim.*-address $sock" || true)
+  if [ -n "$pids" ]; then
+    log "killing leftover shims: $pids"
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+  fi
+  stop_containerd
+  { grep -F " $FNRT_STATE/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  if [ -d /run/netns ]; then
+    for n in /run/netns/"$ns_prefix"*; do
+      [ -e "$n" ] || continue
+      umount -l "$n" 2>/dev/null || true
+      rm -f "$n"
+    done
+  fi
+  for root in /sys/fs/cgroup /sys/fs/cgroup/*; do
+    [ -d "$root/fnrt" ] || continue
+    for cg in "$root"/fnrt/"$ns_prefix"*; do
+      if [ -d "$cg" ]; then rmdir "$cg" 2>/dev/null || true; fi
+    done
+    rmdir "$root/fnrt" 2>/dev/null || true
+  done
+  ip link del "$bridge" 2>/dev/null || true
+}

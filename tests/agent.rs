@@ -19,7 +19,8 @@ fn start_req(function: &str, image: &str) -> StartInstanceRequest {
 async fn pull_start_call_through_the_data_plane_and_stop() {
     let mut agent = TestAgent::start().await;
     let echo = image("echo");
-    let pulled = agent.client.pull_image(PullImageRequest { reference: echo.clone() }).await.unwrap().into_inner();
+    let pulled =
+        agent.client.pull_image(PullImageRequest { reference: echo.clone() }).await.unwrap().into_inner();
     let img = pulled.image.unwrap();
     assert_eq!(img.reference, echo);
     assert!(img.digest.starts_with("sha256:") && img.size_bytes > 0, "{img:?}");
@@ -41,7 +42,10 @@ async fn pull_start_call_through_the_data_plane_and_stop() {
 
     let status = agent.client.node_status(NodeStatusRequest {}).await.unwrap().into_inner();
     assert_eq!(status.architecture, "amd64");
-    assert!(status.containerd_version.starts_with("1.") || status.containerd_version.starts_with('v'), "{status:?}");
+    assert!(
+        status.containerd_version.starts_with("1.") || status.containerd_version.starts_with('v'),
+        "{status:?}"
+    );
     assert_eq!(status.instances.len(), 1);
     assert_eq!(status.images.iter().map(|i| i.reference.as_str()).collect::<Vec<_>>(), vec![echo.as_str()]);
 
@@ -58,12 +62,15 @@ async fn pull_start_call_through_the_data_plane_and_stop() {
 async fn two_instances_of_one_function_listen_on_9000_side_by_side() {
     let mut agent = TestAgent::start().await;
     let echo = image("echo");
-    let a = agent.client.start_instance(start_req("twin", &echo)).await.unwrap().into_inner().instance.unwrap();
-    let b = agent.client.start_instance(start_req("twin", &echo)).await.unwrap().into_inner().instance.unwrap();
+    let a =
+        agent.client.start_instance(start_req("twin", &echo)).await.unwrap().into_inner().instance.unwrap();
+    let b =
+        agent.client.start_instance(start_req("twin", &echo)).await.unwrap().into_inner().instance.unwrap();
     assert_ne!(a.address, b.address);
     assert!(a.address.ends_with(":9000") && b.address.ends_with(":9000"));
     for inst in [&a, &b] {
-        let body = reqwest::get(format!("http://{}/direct", inst.address)).await.unwrap().text().await.unwrap();
+        let body =
+            reqwest::get(format!("http://{}/direct", inst.address)).await.unwrap().text().await.unwrap();
         assert!(body.contains("\"path\":\"/direct\""), "{body}");
     }
     for _ in 0..4 {
@@ -95,7 +102,9 @@ async fn an_instance_that_never_listens_fails_at_the_deadline_and_leaves_nothing
 /// The default deadline is SCF's 30 s: this test really waits for it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_deadline_is_30_seconds() {
-    let mut agent = TestAgent::start_with(|c| c.health_timeout_ms = fnrt_agent::Config::default().health_timeout_ms).await;
+    let mut agent =
+        TestAgent::start_with(|c| c.health_timeout_ms = fnrt_agent::Config::default().health_timeout_ms)
+            .await;
     let t0 = Instant::now();
     let err = agent.client.start_instance(start_req("silent", &image("never-listens"))).await.unwrap_err();
     let took = t0.elapsed();
@@ -113,12 +122,21 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() {
     let registry = real_parts().registry;
     let cases: Vec<(String, Code, String)> = vec![
         (format!("{registry}/fnrt/no-such-image:latest"), Code::NotFound, "not found in registry".into()),
-        ("127.0.0.1:1/fnrt/echo:latest".into(), Code::Unavailable, "registry 127.0.0.1:1 is unreachable".into()),
+        (
+            "127.0.0.1:1/fnrt/echo:latest".into(),
+            Code::Unavailable,
+            "registry 127.0.0.1:1 is unreachable".into(),
+        ),
         ("Not A Reference".into(), Code::InvalidArgument, "malformed image reference".into()),
-        (format!("{registry}/fnrt/echo@sha256:123"), Code::InvalidArgument, "malformed image reference".into()),
+        (
+            format!("{registry}/fnrt/echo@sha256:123"),
+            Code::InvalidArgument,
+            "malformed image reference".into(),
+        ),
     ];
     for (reference, code, text) in cases {
-        let err = agent.client.pull_image(PullImageRequest { reference: reference.clone() }).await.unwrap_err();
+        let err =
+            agent.client.pull_image(PullImageRequest { reference: reference.clone() }).await.unwrap_err();
         assert_eq!(err.code(), code, "{reference}: {}", err.message());
         assert!(err.message().contains(&text), "{reference}: {}", err.message());
         let err = agent.client.start_instance(start_req("fn", &reference)).await.unwrap_err();
@@ -128,7 +146,8 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("1 to 63 characters of a-z, 0-9 and '-'"), "{}", err.message());
 
-    let err = agent.client.stop_instance(StopInstanceRequest { id: "nobody-12345678".into() }).await.unwrap_err();
+    let err =
+        agent.client.stop_instance(StopInstanceRequest { id: "nobody-12345678".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("nobody-12345678"), "{}", err.message());
 
@@ -154,7 +173,14 @@ async fn an_agent_without_containerd_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_agent_adopts_its_running_instances() {
     let mut agent = TestAgent::start().await;
-    let inst = agent.client.start_instance(start_req("keep", &image("echo"))).await.unwrap().into_inner().instance.unwrap();
+    let inst = agent
+        .client
+        .start_instance(start_req("keep", &image("echo")))
+        .await
+        .unwrap()
+        .into_inner()
+        .instance
+        .unwrap();
     let TestAgent { handle, cfg, dir, .. } = agent;
     handle.shutdown().await;
 
@@ -177,7 +203,8 @@ async fn the_tcp_api_needs_the_token() {
     })
     .await;
     let addr = agent.handle.tcp_address.unwrap();
-    let channel = tonic::transport::Endpoint::try_from(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel =
+        tonic::transport::Endpoint::try_from(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let mut client = fnrt_proto::agent::v1::agent_client::AgentClient::new(channel.clone());
     let err = client.node_status(NodeStatusRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -196,7 +223,11 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
     let socket = agent.handle.socket.clone();
     let run = move |args: &[&str]| {
         let out = std::process::Command::new(&bin).arg("--socket").arg(&socket).args(args).output().unwrap();
-        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let echo = image("echo");
     let (code, out, err) = tokio::task::spawn_blocking({
@@ -225,7 +256,11 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
     .unwrap();
     let (invoke, ls, status, missing, bad, stop, id) = r;
     assert_eq!(invoke.0, 0, "{}", invoke.2);
-    assert!(invoke.1.contains("\"path\":\"/from-cli\"") && invoke.1.contains("\"body\":\"payload\""), "{}", invoke.1);
+    assert!(
+        invoke.1.contains("\"path\":\"/from-cli\"") && invoke.1.contains("\"body\":\"payload\""),
+        "{}",
+        invoke.1
+    );
     assert!(ls.1.starts_with("ID") && ls.1.contains(&id), "{}", ls.1);
     let s: serde_json::Value = serde_json::from_str(&status.1).unwrap();
     assert_eq!(s["architecture"], "amd64");
@@ -233,11 +268,15 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
     assert!(missing.2.starts_with("error: instance \"cli-00000000\" not found"), "{}", missing.2);
     assert_eq!(bad.0, 2, "{}", bad.2);
     assert_eq!(stop.0, 0, "{}", stop.2);
-    let gone = std::process::Command::new(std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("agentctl"))
-        .args(["--socket", "/nonexistent/agent.sock", "node", "status"])
-        .output()
-        .unwrap();
+    let gone = std::process::Command::new(
+        std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("agentctl"),
+    )
+    .args(["--socket", "/nonexistent/agent.sock", "node", "status"])
+    .output()
+    .unwrap();
     assert_eq!(gone.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach the agent at /nonexistent/agent.sock"));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("cannot reach the agent at /nonexistent/agent.sock")
+    );
     agent.cleanup().await;
 }

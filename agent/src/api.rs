@@ -29,7 +29,10 @@ impl Api {
 
 #[tonic::async_trait]
 impl AgentApi for Api {
-    async fn node_status(&self, _: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusResponse>, Status> {
+    async fn node_status(
+        &self,
+        _: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         let s = self.node.status().await.map_err(status)?;
         Ok(Response::new(pb::NodeStatusResponse {
             agent_version: s.agent_version,
@@ -43,8 +46,17 @@ impl AgentApi for Api {
     }
 
     #[tracing::instrument(skip_all, fields(reference = %req.get_ref().reference))]
-    async fn pull_image(&self, req: Request<pb::PullImageRequest>) -> Result<Response<pb::PullImageResponse>, Status> {
-        let info = self.node.instances.images().pull(&req.into_inner().reference).await.map_err(|e| status(e.into()))?;
+    async fn pull_image(
+        &self,
+        req: Request<pb::PullImageRequest>,
+    ) -> Result<Response<pb::PullImageResponse>, Status> {
+        let info = self
+            .node
+            .instances
+            .images()
+            .pull(&req.into_inner().reference)
+            .await
+            .map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::PullImageResponse { image: Some(image(info)) }))
     }
 
@@ -60,7 +72,10 @@ impl AgentApi for Api {
     }
 
     #[tracing::instrument(skip_all, fields(id = %req.get_ref().id))]
-    async fn stop_instance(&self, req: Request<pb::StopInstanceRequest>) -> Result<Response<pb::StopInstanceResponse>, Status> {
+    async fn stop_instance(
+        &self,
+        req: Request<pb::StopInstanceRequest>,
+    ) -> Result<Response<pb::StopInstanceResponse>, Status> {
         self.node.instances.stop(&req.into_inner().id).await.map_err(status)?;
         Ok(Response::new(pb::StopInstanceResponse {}))
     }
@@ -70,7 +85,8 @@ impl AgentApi for Api {
         req: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let f = req.into_inner().function;
-        let list = self.node.instances.list(Some(f.as_str()).filter(|f| !f.is_empty())).await.map_err(status)?;
+        let list =
+            self.node.instances.list(Some(f.as_str()).filter(|f| !f.is_empty())).await.map_err(status)?;
         Ok(Response::new(pb::ListInstancesResponse { instances: list.into_iter().map(instance).collect() }))
     }
 }

@@ -108,9 +108,8 @@ impl Config {
             None => Config::default(),
             Some(path) => match std::fs::read_to_string(path) {
                 Err(e) => return Err(ConfigError(vec![format!("{}: {e}", path.display())])),
-                Ok(text) => toml::from_str(&text).map_err(|e| {
-                    ConfigError(vec![format!("{}: {}", path.display(), e.message())])
-                })?,
+                Ok(text) => toml::from_str(&text)
+                    .map_err(|e| ConfigError(vec![format!("{}: {}", path.display(), e.message())]))?,
             },
         };
         for (key, value) in env {

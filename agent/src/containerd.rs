@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
     images_client::ImagesClient, leases_client::LeasesClient, namespaces_client::NamespacesClient,
-    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
-    version_client::VersionClient,
+    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient, version_client::VersionClient,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -74,16 +73,10 @@ pub struct Containerd {
 impl Containerd {
     /// Connects to containerd's socket and checks that it answers.
     pub async fn connect(socket: &Path, namespace: &str) -> Result<Self, ContainerdError> {
-        let channel =
-            containerd_client::connect(socket).await.map_err(|source| ContainerdError::Connect {
-                socket: socket.to_path_buf(),
-                source,
-            })?;
-        let cd = Containerd {
-            channel,
-            namespace: namespace.to_string(),
-            socket: socket.to_path_buf(),
-        };
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|source| ContainerdError::Connect { socket: socket.to_path_buf(), source })?;
+        let cd = Containerd { channel, namespace: namespace.to_string(), socket: socket.to_path_buf() };
         cd.version().await?;
         Ok(cd)
     }

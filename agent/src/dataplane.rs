@@ -72,7 +72,10 @@ impl Dataplane {
             return text(StatusCode::OK, "ok\n".into());
         }
         let Some(rest) = path.strip_prefix("/function/") else {
-            return error(StatusCode::NOT_FOUND, format!("no route for {path}; call a function at /function/<name>/<path>"));
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no route for {path}; call a function at /function/<name>/<path>"),
+            );
         };
         let (function, tail) = rest.split_once('/').map_or((rest, ""), |(f, t)| (f, t));
         let Some(instance) = self.instances.pick(function) else {

@@ -11,7 +11,9 @@ pub const FUNCTION_PORT: u16 = 9000;
 
 /// The instance did not listen in time.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("The request timed out in {ms}ms.Please confirm your http server have enabled listening on port 9000.")]
+#[error(
+    "The request timed out in {ms}ms.Please confirm your http server have enabled listening on port 9000."
+)]
 pub struct NotListening {
     /// The deadline that passed, in milliseconds.
     pub ms: u128,

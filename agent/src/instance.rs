@@ -80,8 +80,20 @@ pub struct Instances {
 
 impl Instances {
     /// The instance owner over the given parts.
-    pub fn new(images: ImageStore, network: Network, runtime: Runtime, health_timeout: Duration) -> Instances {
-        Instances { images, network, runtime, health_timeout, table: Mutex::new(HashMap::new()), next: AtomicUsize::new(0) }
+    pub fn new(
+        images: ImageStore,
+        network: Network,
+        runtime: Runtime,
+        health_timeout: Duration,
+    ) -> Instances {
+        Instances {
+            images,
+            network,
+            runtime,
+            health_timeout,
+            table: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// The image store the instances come from.

@@ -150,11 +150,15 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.map_err(Error::from)?;
     let log_dir = cfg.state_dir.join("logs");
     for dir in [&log_dir, &cfg.cni_data_dir()] {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| StartError::Io { what: "create directory", path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Io {
+            what: "create directory",
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let images = ImageStore::new(cd.clone(), &cfg.snapshotter);
-    let network = Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
+    let network =
+        Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);
     let instances = Arc::new(Instances::new(images, network, runtime, cfg.health_timeout()));
     instances.adopt().await?;
@@ -192,19 +196,24 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
 
     let mut tcp_address = None;
     if let (Some(addr), Some(token)) = (cfg.tcp_listen, cfg.tcp_token.clone()) {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Io { what: "bind gRPC TCP", path: addr.to_string(), source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Io {
+            what: "bind gRPC TCP",
+            path: addr.to_string(),
+            source,
+        })?;
         tcp_address = listener.local_addr().ok();
         let expected = Sha256::digest(format!("Bearer {token}"));
-        let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), move |req: tonic::Request<()>| {
-            let given = req.metadata().get("authorization").map(|v| Sha256::digest(v.as_bytes()));
-            if given.as_deref() == Some(expected.as_slice()) {
-                Ok(req)
-            } else {
-                Err(tonic::Status::unauthenticated("this agent's TCP API needs `authorization: Bearer <token>` with the configured tcp_token"))
-            }
-        });
+        let svc = AgentServer::with_interceptor(
+            api::Api::new(node.clone()),
+            move |req: tonic::Request<()>| {
+                let given = req.metadata().get("authorization").map(|v| Sha256::digest(v.as_bytes()));
+                if given.as_deref() == Some(expected.as_slice()) {
+                    Ok(req)
+                } else {
+                    Err(tonic::Status::unauthenticated("this agent's TCP API needs `authorization: Bearer <token>` with the configured tcp_token"))
+                }
+            },
+        );
         let mut stop = rx.clone();
         tasks.push(tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
@@ -230,7 +239,10 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     if path.exists() {
         // A socket nobody answers on is left over from an agent that died.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io("bind gRPC socket", std::io::Error::new(std::io::ErrorKind::AddrInUse, "another agent is serving on it")));
+            return Err(io(
+                "bind gRPC socket",
+                std::io::Error::new(std::io::ErrorKind::AddrInUse, "another agent is serving on it"),
+            ));
         }
         std::fs::remove_file(path).map_err(|e| io("remove stale socket", e))?;
     }
@@ -240,8 +252,10 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
 /// Runs an agent until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), StartError> {
     let handle = start(cfg).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| StartError::Io { what: "install signal handler", path: "SIGTERM".into(), source })?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|source| {
+            StartError::Io { what: "install signal handler", path: "SIGTERM".into(), source }
+        })?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},

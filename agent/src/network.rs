@@ -31,7 +31,9 @@ pub enum NetworkError {
         source: std::io::Error,
     },
     /// A CNI plugin could not be run.
-    #[error("CNI plugin {plugin} could not be run: {source}; is containernetworking-plugins installed there?")]
+    #[error(
+        "CNI plugin {plugin} could not be run: {source}; is containernetworking-plugins installed there?"
+    )]
     PluginMissing {
         /// The plugin's path.
         plugin: PathBuf,
@@ -107,9 +109,9 @@ impl Network {
     pub async fn attach(&self, id: &str) -> Result<Attachment, NetworkError> {
         let netns = self.netns_path(id);
         let path = netns.clone();
-        tokio::task::spawn_blocking(move || create_netns(&path))
-            .await
-            .map_err(|e| NetworkError::Netns { path: netns.clone(), what: "create", source: std::io::Error::other(e) })??;
+        tokio::task::spawn_blocking(move || create_netns(&path)).await.map_err(|e| {
+            NetworkError::Netns { path: netns.clone(), what: "create", source: std::io::Error::other(e) }
+        })??;
         match self.add(id, &netns).await {
             Ok(ip) => Ok(Attachment { netns, ip }),
             Err(e) => {
@@ -140,9 +142,9 @@ impl Network {
         let del = self.exec("DEL", "bridge", id, &ns_arg, "eth0", &self.bridge_conf()).await;
         if exists {
             let path = netns.clone();
-            tokio::task::spawn_blocking(move || remove_netns(&path))
-                .await
-                .map_err(|e| NetworkError::Netns { path: netns.clone(), what: "remove", source: std::io::Error::other(e) })??;
+            tokio::task::spawn_blocking(move || remove_netns(&path)).await.map_err(|e| {
+                NetworkError::Netns { path: netns.clone(), what: "remove", source: std::io::Error::other(e) }
+            })??;
         }
         del.map(|_| ())
     }

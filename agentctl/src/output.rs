@@ -36,7 +36,14 @@ pub fn instance_json(i: &pb::Instance) -> Value {
 
 /// An instance as a table row.
 pub fn instance_row(i: &pb::Instance) -> Vec<String> {
-    vec![i.id.clone(), i.function.clone(), i.state.clone(), i.address.clone(), i.image.clone(), i.created_at.clone()]
+    vec![
+        i.id.clone(),
+        i.function.clone(),
+        i.state.clone(),
+        i.address.clone(),
+        i.image.clone(),
+        i.created_at.clone(),
+    ]
 }
 
 /// Header of instance tables.
@@ -68,5 +75,9 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

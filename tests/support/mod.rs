@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
 use containerd_client::services::v1::{
-    DeleteImageRequest, DeleteNamespaceRequest, ListContainersRequest, ListImagesRequest, ListNamespacesRequest,
-    ListRequest as ListLeasesRequest, ListTasksRequest,
+    DeleteImageRequest, DeleteNamespaceRequest, ListContainersRequest, ListImagesRequest,
+    ListNamespacesRequest, ListRequest as ListLeasesRequest, ListTasksRequest,
 };
 use fnrt_agent::containerd::Containerd;
 use fnrt_agent::{AgentHandle, Config};
@@ -68,17 +68,18 @@ pub fn cni_data_dir() -> PathBuf {
 /// A configuration for a test agent in a fresh namespace, with files under `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let parts = real_parts();
-    let mut cfg = Config::default();
-    cfg.containerd_socket = parts.containerd_socket;
-    cfg.namespace = format!("{TEST_PREFIX}{:08x}", rand::random::<u32>());
-    cfg.socket = dir.join("agent.sock");
-    cfg.dataplane_listen = "127.0.0.1:0".parse().unwrap();
-    cfg.state_dir = dir.join("state");
-    cfg.cni_data_dir = Some(cni_data_dir());
-    cfg.bridge = TEST_BRIDGE.into();
-    cfg.subnet = TEST_SUBNET.into();
-    cfg.health_timeout_ms = 5_000;
-    cfg
+    Config {
+        containerd_socket: parts.containerd_socket,
+        namespace: format!("{TEST_PREFIX}{:08x}", rand::random::<u32>()),
+        socket: dir.join("agent.sock"),
+        dataplane_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.join("state"),
+        cni_data_dir: Some(cni_data_dir()),
+        bridge: TEST_BRIDGE.into(),
+        subnet: TEST_SUBNET.into(),
+        health_timeout_ms: 5_000,
+        ..Config::default()
+    }
 }
 
 /// An agent running in this process, with a gRPC client on its socket.
@@ -108,7 +109,12 @@ impl TestAgent {
     /// Calls `function` through the data plane.
     pub async fn call(&self, function: &str, path_and_query: &str, body: &str) -> (u16, String) {
         let url = format!("http://{}/function/{function}{path_and_query}", self.handle.dataplane_address);
-        let resp = reqwest::Client::new().post(&url).body(body.to_string()).send().await.expect("data plane answers");
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("data plane answers");
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap())
     }
@@ -134,7 +140,9 @@ pub async fn connect(socket: &Path) -> AgentClient<Channel> {
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
             }
         }))
         .await
@@ -147,9 +155,13 @@ pub async fn connect(socket: &Path) -> AgentClient<Channel> {
 /// anything is left in it.
 pub async fn remove_namespace(socket: &Path, namespace: &str) {
     let cd = Containerd::connect(socket, namespace).await.unwrap();
-    let images = cd.images().list(cd.req(ListImagesRequest { filters: vec![] })).await.unwrap().into_inner().images;
+    let images =
+        cd.images().list(cd.req(ListImagesRequest { filters: vec![] })).await.unwrap().into_inner().images;
     for img in images {
-        cd.images().delete(cd.req(DeleteImageRequest { name: img.name, sync: true, target: None })).await.unwrap();
+        cd.images()
+            .delete(cd.req(DeleteImageRequest { name: img.name, sync: true, target: None }))
+            .await
+            .unwrap();
     }
     let leftovers = namespace_contents(&cd).await;
     assert!(leftovers.is_empty(), "namespace {namespace} still holds: {leftovers:?}");
@@ -190,15 +202,24 @@ pub async fn namespaces_with_prefix(socket: &Path, prefix: &str) -> Vec<String> 
 pub fn node_leftovers(prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        out.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(prefix)).map(|n| format!("network namespace /run/netns/{n}")));
+        out.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .map(|n| format!("network namespace /run/netns/{n}")),
+        );
     }
     let alloc_dir = cni_data_dir().join("fnrt");
     if let Ok(entries) = std::fs::read_dir(&alloc_dir) {
         for e in entries.flatten() {
             let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
             if owner.starts_with(prefix) {
-                out.push(format!("CNI address {} held by {}", e.file_name().to_string_lossy(), owner.lines().next().unwrap_or("")));
+                out.push(format!(
+                    "CNI address {} held by {}",
+                    e.file_name().to_string_lossy(),
+                    owner.lines().next().unwrap_or("")
+                ));
             }
         }
     }
@@ -207,9 +228,14 @@ pub fn node_leftovers(prefix: &str) -> Vec<String> {
     for root in cgroup_roots() {
         let dir = root.join("fnrt");
         if let Ok(entries) = std::fs::read_dir(&dir) {
-            out.extend(entries.flatten().filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix)).map(|n| format!("cgroup {}/{n}", dir.display())));
+            out.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(prefix))
+                    .map(|n| format!("cgroup {}/{n}", dir.display())),
+            );
         }
     }
     out

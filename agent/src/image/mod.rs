@@ -14,11 +14,11 @@ mod unpack;
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
 use containerd_client::services::v1::{
     CreateImageRequest, DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image as CdImage,
     ListImagesRequest, UpdateImageRequest,
 };
-use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
 use containerd_client::types::Descriptor;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
@@ -120,7 +120,9 @@ impl ImageStore {
     pub async fn pull(&self, reference: &str) -> Result<ImageInfo, ImageError> {
         let image = ImageRef::parse(reference)?;
         let lease = format!("fnrt-pull-{:016x}", rand::random::<u64>());
-        let expire = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
+        let expire = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+        );
         let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire.to_string())]);
         self.cd
             .leases()
@@ -129,7 +131,8 @@ impl ImageStore {
             .map_err(call_err(format!("create lease {lease}")))?;
         let result = self.pull_leased(&image, &lease).await;
         // Without the lease, whatever a failed pull wrote is collected by containerd's GC.
-        let deleted = self.cd.leases().delete(self.cd.req(DeleteLeaseRequest { id: lease.clone(), sync: false })).await;
+        let deleted =
+            self.cd.leases().delete(self.cd.req(DeleteLeaseRequest { id: lease.clone(), sync: false })).await;
         if let Err(s) = deleted {
             tracing::warn!(%lease, error = %s.message(), "could not delete pull lease; it expires in an hour");
         }
@@ -141,7 +144,12 @@ impl ImageStore {
         let top = self.registry.manifest(image, image.manifest_reference()).await?;
         if let Some(pinned) = image.digest() {
             if pinned != top.digest {
-                return Err(malformed(image, "manifest", &top.digest, format!("its digest is not the pinned {pinned}")));
+                return Err(malformed(
+                    image,
+                    "manifest",
+                    &top.digest,
+                    format!("its digest is not the pinned {pinned}"),
+                ));
             }
         }
         let (manifest_raw, index) = match parse_top(image, &top)? {
@@ -165,8 +173,12 @@ impl ImageStore {
         check_platform(image, &config)?;
         let diff_ids = config.rootfs().diff_ids().clone();
         if diff_ids.len() != manifest.layers().len() {
-            return Err(malformed(image, "config", &config_digest, format!(
-                "it lists {} diff IDs for {} layers", diff_ids.len(), manifest.layers().len())));
+            return Err(malformed(
+                image,
+                "config",
+                &config_digest,
+                format!("it lists {} diff IDs for {} layers", diff_ids.len(), manifest.layers().len()),
+            ));
         }
         let layers: Vec<unpack::Layer> = manifest
             .layers()
@@ -201,11 +213,17 @@ impl ImageStore {
         for (i, l) in layers.iter().enumerate() {
             manifest_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.blob.digest.clone());
         }
-        content::write_bytes(cd, lease, &manifest_raw.digest, manifest_raw.bytes.clone(), manifest_labels).await?;
+        content::write_bytes(cd, lease, &manifest_raw.digest, manifest_raw.bytes.clone(), manifest_labels)
+            .await?;
         let target = match &index {
-            None => descriptor(&manifest_raw.digest, manifest_media_type(&manifest), manifest_raw.bytes.len()),
+            None => {
+                descriptor(&manifest_raw.digest, manifest_media_type(&manifest), manifest_raw.bytes.len())
+            }
             Some(idx) => {
-                let labels = HashMap::from([("containerd.io/gc.ref.content.m.0".to_string(), manifest_raw.digest.clone())]);
+                let labels = HashMap::from([(
+                    "containerd.io/gc.ref.content.m.0".to_string(),
+                    manifest_raw.digest.clone(),
+                )]);
                 content::write_bytes(cd, lease, &idx.digest, idx.bytes.clone(), labels).await?;
                 descriptor(&idx.digest, "application/vnd.oci.image.index.v1+json".into(), idx.bytes.len())
             }
@@ -221,12 +239,22 @@ impl ImageStore {
         let bytes = Bytes::from(bytes.concat());
         let actual = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
         if actual != digest {
-            return Err(malformed(image, "config", digest, format!("the registry sent bytes with digest {actual}")));
+            return Err(malformed(
+                image,
+                "config",
+                digest,
+                format!("the registry sent bytes with digest {actual}"),
+            ));
         }
         Ok(bytes)
     }
 
-    async fn fetch_layer(&self, image: &ImageRef, lease: &str, layer: &unpack::Layer) -> Result<(), ImageError> {
+    async fn fetch_layer(
+        &self,
+        image: &ImageRef,
+        lease: &str,
+        layer: &unpack::Layer,
+    ) -> Result<(), ImageError> {
         if content::exists(&self.cd, &layer.blob.digest).await? {
             return Ok(());
         }
@@ -236,7 +264,12 @@ impl ImageStore {
         Ok(())
     }
 
-    async fn put_image_record(&self, lease: &str, name: &str, target: Descriptor) -> Result<(), ContainerdError> {
+    async fn put_image_record(
+        &self,
+        lease: &str,
+        name: &str,
+        target: Descriptor,
+    ) -> Result<(), ContainerdError> {
         let now = prost_types::Timestamp::from(std::time::SystemTime::now());
         let record = CdImage {
             name: name.to_string(),
@@ -249,8 +282,13 @@ impl ImageStore {
         match self.cd.images().create(self.cd.leased(create, lease)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                let update = UpdateImageRequest { image: Some(record), update_mask: None, source_date_epoch: None };
-                self.cd.images().update(self.cd.leased(update, lease)).await.map_err(call_err(format!("update image {name}")))?;
+                let update =
+                    UpdateImageRequest { image: Some(record), update_mask: None, source_date_epoch: None };
+                self.cd
+                    .images()
+                    .update(self.cd.leased(update, lease))
+                    .await
+                    .map_err(call_err(format!("update image {name}")))?;
                 Ok(())
             }
             Err(s) => Err(call_err(format!("create image {name}"))(s)),
@@ -266,7 +304,8 @@ impl ImageStore {
             Err(s) if s.code() == tonic::Code::NotFound => None,
             Err(s) => return Err(call_err(format!("get image {name}"))(s).into()),
         };
-        let target = record.and_then(|r| r.target).ok_or_else(|| ImageError::NotPulled { reference: name.clone() })?;
+        let target =
+            record.and_then(|r| r.target).ok_or_else(|| ImageError::NotPulled { reference: name.clone() })?;
         let mut digest = target.digest.clone();
         let mut bytes = content::read(&self.cd, &digest).await?;
         let raw = registry::RawManifest { bytes: Bytes::from(bytes.clone()), digest: digest.clone() };
@@ -274,14 +313,15 @@ impl ImageStore {
             digest = pick_amd64(&image, &index)?;
             bytes = content::read(&self.cd, &digest).await?;
         }
-        let manifest: ImageManifest =
-            serde_json::from_slice(&bytes).map_err(|e| malformed(&image, "manifest", &digest, e.to_string()))?;
+        let manifest: ImageManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| malformed(&image, "manifest", &digest, e.to_string()))?;
         let config_digest = manifest.config().digest().to_string();
-        let config: ImageConfiguration = serde_json::from_slice(&content::read(&self.cd, &config_digest).await?)
-            .map_err(|e| malformed(&image, "config", &config_digest, e.to_string()))?;
-        let top_snapshot = unpack::chain_ids(config.rootfs().diff_ids()).pop().ok_or_else(|| {
-            malformed(&image, "config", &config_digest, "it has no layers".into())
-        })?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&content::read(&self.cd, &config_digest).await?)
+                .map_err(|e| malformed(&image, "config", &config_digest, e.to_string()))?;
+        let top_snapshot = unpack::chain_ids(config.rootfs().diff_ids())
+            .pop()
+            .ok_or_else(|| malformed(&image, "config", &config_digest, "it has no layers".into()))?;
         if !unpack::snapshot_exists(&self.cd, &self.snapshotter, &top_snapshot).await? {
             return Err(ImageError::NotPulled { reference: name });
         }
@@ -316,15 +356,16 @@ impl ImageStore {
 
 enum Top {
     Manifest,
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
 }
 
 fn parse_top(image: &ImageRef, raw: &registry::RawManifest) -> Result<Top, ImageError> {
     let value: serde_json::Value = serde_json::from_slice(&raw.bytes)
         .map_err(|e| malformed(image, "manifest", &raw.digest, e.to_string()))?;
     if value.get("manifests").is_some() {
-        let index = serde_json::from_value(value).map_err(|e| malformed(image, "index", &raw.digest, e.to_string()))?;
-        Ok(Top::Index(index))
+        let index = serde_json::from_value(value)
+            .map_err(|e| malformed(image, "index", &raw.digest, e.to_string()))?;
+        Ok(Top::Index(Box::new(index)))
     } else {
         serde_json::from_value::<ImageManifest>(value)
             .map_err(|e| malformed(image, "manifest", &raw.digest, e.to_string()))?;
@@ -337,7 +378,9 @@ fn pick_amd64(image: &ImageRef, index: &ImageIndex) -> Result<String, ImageError
     let mut found = Vec::new();
     for m in index.manifests() {
         match m.platform() {
-            Some(p) if *p.architecture() == Arch::Amd64 && *p.os() == Os::Linux => return Ok(m.digest().to_string()),
+            Some(p) if *p.architecture() == Arch::Amd64 && *p.os() == Os::Linux => {
+                return Ok(m.digest().to_string())
+            }
             Some(p) => found.push(format!("{}/{}", p.os(), p.architecture())),
             None => found.push("unknown platform".into()),
         }
@@ -349,11 +392,16 @@ fn check_platform(image: &ImageRef, config: &ImageConfiguration) -> Result<(), I
     if *config.architecture() == Arch::Amd64 && *config.os() == Os::Linux {
         return Ok(());
     }
-    Err(ImageError::Architecture { reference: image.name(), found: format!("{}/{}", config.os(), config.architecture()) })
+    Err(ImageError::Architecture {
+        reference: image.name(),
+        found: format!("{}/{}", config.os(), config.architecture()),
+    })
 }
 
 fn manifest_media_type(m: &ImageManifest) -> String {
-    m.media_type().as_ref().map_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string(), |t| t.to_string())
+    m.media_type()
+        .as_ref()
+        .map_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string(), |t| t.to_string())
 }
 
 fn descriptor(digest: &str, media_type: String, size: usize) -> Descriptor {

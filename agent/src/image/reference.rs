@@ -33,7 +33,8 @@ impl ImageRef {
         }
         let inner: Reference = text.parse().map_err(|e| bad(format!("{e}")))?;
         if let Some(d) = inner.digest() {
-            let hex = d.strip_prefix("sha256:").ok_or_else(|| bad("only sha256 digests are supported".into()))?;
+            let hex =
+                d.strip_prefix("sha256:").ok_or_else(|| bad("only sha256 digests are supported".into()))?;
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad(format!("digest {d:?} is not sha256: and 64 hex digits")));
             }
@@ -64,9 +65,17 @@ impl ImageRef {
     /// Registries on the loopback are spoken to over plain HTTP; all others over HTTPS.
     pub fn plain_http(&self) -> bool {
         let host = self.inner.registry();
-        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
-        });
+        let host =
+            host.rsplit_once(':').map_or(
+                host,
+                |(h, p)| {
+                    if p.bytes().all(|b| b.is_ascii_digit()) {
+                        h
+                    } else {
+                        host
+                    }
+                },
+            );
         matches!(host, "localhost" | "127.0.0.1" | "[::1]")
     }
 

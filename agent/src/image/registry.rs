@@ -37,7 +37,9 @@ pub enum RegistryError {
         registry: String,
     },
     /// The registry asked for credentials.
-    #[error("registry {registry} requires authentication for {reference}; this agent pulls anonymously only")]
+    #[error(
+        "registry {registry} requires authentication for {reference}; this agent pulls anonymously only"
+    )]
     Unauthorized {
         /// The image asked for.
         reference: String,
@@ -107,7 +109,12 @@ impl Registry {
         Ok(format!("http://{}/v2/{}", image.registry(), image.repository()))
     }
 
-    async fn get(&self, image: &ImageRef, url: &str, accept: &str) -> Result<reqwest::Response, RegistryError> {
+    async fn get(
+        &self,
+        image: &ImageRef,
+        url: &str,
+        accept: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
         let registry = image.registry().to_string();
         let resp = self
             .http
@@ -152,8 +159,10 @@ impl Registry {
         let url = format!("{}/blobs/{digest}", self.base(image)?);
         let resp = self.get(image, &url, "*/*").await?;
         let registry = image.registry().to_string();
-        Ok(resp
-            .bytes_stream()
-            .map_err(move |source| RegistryError::Read { registry: registry.clone(), url: url.clone(), source }))
+        Ok(resp.bytes_stream().map_err(move |source| RegistryError::Read {
+            registry: registry.clone(),
+            url: url.clone(),
+            source,
+        }))
     }
 }

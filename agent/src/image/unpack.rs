@@ -104,7 +104,12 @@ async fn apply(
         .into_inner()
         .mounts;
     let result = async {
-        let req = ApplyRequest { diff: Some(layer.blob.clone()), mounts, payloads: Default::default(), sync_fs: false };
+        let req = ApplyRequest {
+            diff: Some(layer.blob.clone()),
+            mounts,
+            payloads: Default::default(),
+            sync_fs: false,
+        };
         let applied = cd
             .diff()
             .apply(cd.leased(req, lease))

@@ -129,7 +129,8 @@ impl Runtime {
             cgroup: &self.cgroup_path(n.id),
             env: n.env,
         })?;
-        let spec = serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
+        let spec =
+            serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
         let prep = PrepareSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
             key: n.id.into(),
@@ -200,11 +201,22 @@ impl Runtime {
                 let wait = WaitRequest { container_id: id.into(), exec_id: String::new() };
                 ignore_not_found(cd.tasks().wait(cd.req(wait)).await, format!("wait for task {id}"))?;
             }
-            Err(s) => ignore_not_found(Err::<(), _>(s), format!("kill task {id}"))
-                .or_else(|e| if e.code() == tonic::Code::FailedPrecondition { Ok(()) } else { Err(e) })?,
+            Err(s) => ignore_not_found(Err::<(), _>(s), format!("kill task {id}")).or_else(|e| {
+                if e.code() == tonic::Code::FailedPrecondition {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?,
         }
-        ignore_not_found(cd.tasks().delete(cd.req(DeleteTaskRequest { container_id: id.into() })).await, format!("delete task {id}"))?;
-        ignore_not_found(cd.containers().delete(cd.req(DeleteContainerRequest { id: id.into() })).await, format!("delete container {id}"))?;
+        ignore_not_found(
+            cd.tasks().delete(cd.req(DeleteTaskRequest { container_id: id.into() })).await,
+            format!("delete task {id}"),
+        )?;
+        ignore_not_found(
+            cd.containers().delete(cd.req(DeleteContainerRequest { id: id.into() })).await,
+            format!("delete container {id}"),
+        )?;
         remove_snapshot(cd, &self.snapshotter, id).await?;
         match tokio::fs::remove_file(self.log_path(id)).await {
             Ok(()) => {}
@@ -231,7 +243,8 @@ impl Runtime {
             .map_err(call_err("list tasks"))?
             .into_inner()
             .tasks;
-        let tasks: HashMap<String, (i32, u32)> = tasks.into_iter().map(|t| (t.id, (t.status, t.pid))).collect();
+        let tasks: HashMap<String, (i32, u32)> =
+            tasks.into_iter().map(|t| (t.id, (t.status, t.pid))).collect();
         Ok(containers
             .into_iter()
             .filter(|c| c.labels.contains_key(labels::FUNCTION))

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use oci_spec::image::ImageConfiguration;
-use oci_spec::runtime::{
-    LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, Spec, UserBuilder,
-};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, Spec, UserBuilder};
 
 /// The image config cannot be turned into a runnable process.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +61,10 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
         }
     }
     env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let (uid, gid) = parse_user(ic.user().as_deref().unwrap_or(""))
-        .ok_or_else(|| SpecError::User { image: s.image.into(), user: ic.user().clone().unwrap_or_default() })?;
+    let (uid, gid) = parse_user(ic.user().as_deref().unwrap_or("")).ok_or_else(|| SpecError::User {
+        image: s.image.into(),
+        user: ic.user().clone().unwrap_or_default(),
+    })?;
 
     let mut spec = Spec::default();
     spec.set_hostname(Some(s.id.to_string()));
@@ -131,7 +131,14 @@ mod tests {
     fn process_comes_from_the_image_and_env_overrides_it() {
         let ic = image(&["/fixture"], &["echo"], "1000:1000");
         let env = BTreeMap::from([("B".to_string(), "mine".to_string())]);
-        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/run/netns/fnrt-f-1"), cgroup: "/fnrt/fnrt-f-1", env: &env };
+        let s = InstanceSpec {
+            id: "f-1",
+            image: "img",
+            config: &ic,
+            netns: Path::new("/run/netns/fnrt-f-1"),
+            cgroup: "/fnrt/fnrt-f-1",
+            env: &env,
+        };
         let spec = build(&s).expect("spec");
         let p = spec.process().as_ref().expect("process");
         assert_eq!(p.args().as_ref().expect("args"), &vec!["/fixture".to_string(), "echo".to_string()]);
@@ -140,19 +147,37 @@ mod tests {
         assert_eq!(p.user().uid(), 1000);
         assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
         let linux = spec.linux().as_ref().expect("linux");
-        let net = linux.namespaces().as_ref().expect("ns").iter().find(|n| n.typ() == LinuxNamespaceType::Network);
+        let net =
+            linux.namespaces().as_ref().expect("ns").iter().find(|n| n.typ() == LinuxNamespaceType::Network);
         assert_eq!(net.and_then(|n| n.path().clone()), Some("/run/netns/fnrt-f-1".into()));
-        assert_eq!(linux.cgroups_path().as_ref().map(|p| p.display().to_string()), Some("/fnrt/fnrt-f-1".into()));
+        assert_eq!(
+            linux.cgroups_path().as_ref().map(|p| p.display().to_string()),
+            Some("/fnrt/fnrt-f-1".into())
+        );
     }
 
     #[test]
     fn an_image_without_command_or_with_a_named_user_is_refused() {
         let env = BTreeMap::new();
         let ic = image(&[], &[], "");
-        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), cgroup: "/x", env: &env };
+        let s = InstanceSpec {
+            id: "f-1",
+            image: "img",
+            config: &ic,
+            netns: Path::new("/x"),
+            cgroup: "/x",
+            env: &env,
+        };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
-        let s = InstanceSpec { id: "f-1", image: "img", config: &ic, netns: Path::new("/x"), cgroup: "/x", env: &env };
+        let s = InstanceSpec {
+            id: "f-1",
+            image: "img",
+            config: &ic,
+            netns: Path::new("/x"),
+            cgroup: "/x",
+            env: &env,
+        };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }
 }

@@ -37,7 +37,11 @@ pub enum InstanceCommand {
 }
 
 /// Runs an instance command.
-pub async fn run(agent: &mut AgentClient<Channel>, cmd: InstanceCommand, out: Output) -> Result<(), CliError> {
+pub async fn run(
+    agent: &mut AgentClient<Channel>,
+    cmd: InstanceCommand,
+    out: Output,
+) -> Result<(), CliError> {
     match cmd {
         InstanceCommand::Start { function, image, env } => {
             let mut vars = std::collections::HashMap::new();
@@ -66,7 +70,9 @@ pub async fn run(agent: &mut AgentClient<Channel>, cmd: InstanceCommand, out: Ou
             let list = agent.list_instances(req).await?.into_inner().instances;
             match out {
                 Output::Json => output::json(&json!(list.iter().map(instance_json).collect::<Vec<_>>())),
-                Output::Table => output::table(INSTANCE_HEADER, &list.iter().map(instance_row).collect::<Vec<_>>()),
+                Output::Table => {
+                    output::table(INSTANCE_HEADER, &list.iter().map(instance_row).collect::<Vec<_>>())
+                }
             }
         }
     }

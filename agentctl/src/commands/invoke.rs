@@ -32,7 +32,8 @@ pub async fn run(agent: &mut AgentClient<Channel>, args: InvokeArgs) -> Result<(
     let dp = agent.node_status(NodeStatusRequest {}).await?.into_inner().dataplane_address;
     let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
     let url = format!("http://{dp}/function/{}{path}", args.function);
-    let method = args.method.clone().unwrap_or_else(|| if args.data.is_some() { "POST" } else { "GET" }.into());
+    let method =
+        args.method.clone().unwrap_or_else(|| if args.data.is_some() { "POST" } else { "GET" }.into());
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| CliError::Usage(format!("--method {method:?} is not an HTTP method")))?;
     let mut req = reqwest::Client::new().request(method, &url);

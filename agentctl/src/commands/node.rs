@@ -5,7 +5,9 @@ use fnrt_proto::agent::v1::{agent_client::AgentClient, NodeStatusRequest};
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::output::{self, image_json, image_row, instance_json, instance_row, IMAGE_HEADER, INSTANCE_HEADER};
+use crate::output::{
+    self, image_json, image_row, instance_json, instance_row, IMAGE_HEADER, INSTANCE_HEADER,
+};
 use crate::{CliError, Output};
 
 /// Node commands.
