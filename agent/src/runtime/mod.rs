@@ -131,19 +131,6 @@ impl Runtime {
         })?;
         let spec =
             serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
-        let prep = PrepareSnapshotRequest {
-            snapshotter: self.snapshotter.clone(),
-            key: n.id.into(),
-            parent: n.image.top_snapshot.clone(),
-            labels: HashMap::new(),
-        };
-        let mounts = cd
-            .snapshots()
-            .prepare(cd.req(prep))
-            .await
-            .map_err(call_err(format!("prepare root filesystem of {}", n.id)))?
-            .into_inner()
-            .mounts;
         let labels = HashMap::from([
             (labels::FUNCTION.to_string(), n.function.to_string()),
             (labels::IMAGE.to_string(), n.image.info.reference.clone()),
@@ -169,6 +156,21 @@ impl Runtime {
             .create(cd.req(CreateContainerRequest { container: Some(container) }))
             .await
             .map_err(call_err(format!("create container {}", n.id)))?;
+        // The container is made first: it is what keeps the root filesystem from containerd's
+        // garbage collector, which another client's deletion can trigger at any moment.
+        let prep = PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: n.id.into(),
+            parent: n.image.top_snapshot.clone(),
+            labels: HashMap::new(),
+        };
+        let mounts = cd
+            .snapshots()
+            .prepare(cd.req(prep))
+            .await
+            .map_err(call_err(format!("prepare root filesystem of {}", n.id)))?
+            .into_inner()
+            .mounts;
         let log = format!("file://{}", self.log_path(n.id).display());
         let task = CreateTaskRequest {
             container_id: n.id.into(),
