@@ -24,11 +24,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fnrt_proto::agent::v1::agent_server::AgentServer;
+use futures_util::Stream;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::server::{Connected, Router};
+use tonic::transport::Server;
 
 pub use config::Config;
 pub use error::Error;
@@ -180,19 +184,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
 
     let node = Arc::new(Node { cd, instances, dataplane_address });
     let unix = bind_unix(&cfg.socket)?;
-    let mut stop = rx.clone();
-    let svc = AgentServer::new(api::Api::new(node.clone()));
-    tasks.push(tokio::spawn(async move {
-        let res = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(unix), async move {
-                let _ = stop.changed().await;
-            })
-            .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "gRPC server on the Unix socket");
-        }
-    }));
+    let router = Server::builder().add_service(AgentServer::new(api::Api::new(node.clone())));
+    tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
 
     let mut tcp_address = None;
     if let (Some(addr), Some(token)) = (cfg.tcp_listen, cfg.tcp_token.clone()) {
@@ -202,33 +195,54 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
             source,
         })?;
         tcp_address = listener.local_addr().ok();
-        let expected = Sha256::digest(format!("Bearer {token}"));
-        let svc = AgentServer::with_interceptor(
-            api::Api::new(node.clone()),
-            move |req: tonic::Request<()>| {
-                let given = req.metadata().get("authorization").map(|v| Sha256::digest(v.as_bytes()));
-                if given.as_deref() == Some(expected.as_slice()) {
-                    Ok(req)
-                } else {
-                    Err(tonic::Status::unauthenticated("this agent's TCP API needs `authorization: Bearer <token>` with the configured tcp_token"))
-                }
-            },
-        );
-        let mut stop = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let res = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    let _ = stop.changed().await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "gRPC server on TCP");
-            }
-        }));
+        let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), bearer_check(&token));
+        let router = Server::builder().add_service(svc);
+        tasks.push(spawn_server(router, TcpListenerStream::new(listener), rx.clone(), "TCP"));
     }
     tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
     Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })
+}
+
+/// Serves `router` on `incoming` until `stop` turns true.
+fn spawn_server<I, IO, IE>(
+    router: Router,
+    incoming: I,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    tokio::spawn(async move {
+        let res = router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "gRPC server on {what}");
+        }
+    })
+}
+
+/// The TCP API's check: `authorization: Bearer <token>`, compared as sha256 digests so
+/// the comparison does not depend on where the first differing byte is.
+fn bearer_check(
+    token: &str,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let expected = Sha256::digest(format!("Bearer {token}"));
+    move |req: tonic::Request<()>| {
+        let given = req.metadata().get("authorization").map(|v| Sha256::digest(v.as_bytes()));
+        if given.as_deref() == Some(expected.as_slice()) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "this agent's TCP API needs `authorization: Bearer <token>` with the configured tcp_token",
+            ))
+        }
+    }
 }
 
 fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {

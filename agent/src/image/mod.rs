@@ -141,28 +141,7 @@ impl ImageStore {
 
     async fn pull_leased(&self, image: &ImageRef, lease: &str) -> Result<ImageInfo, ImageError> {
         let cd = &self.cd;
-        let top = self.registry.manifest(image, image.manifest_reference()).await?;
-        if let Some(pinned) = image.digest() {
-            if pinned != top.digest {
-                return Err(malformed(
-                    image,
-                    "manifest",
-                    &top.digest,
-                    format!("its digest is not the pinned {pinned}"),
-                ));
-            }
-        }
-        let (manifest_raw, index) = match parse_top(image, &top)? {
-            Top::Manifest => (top, None),
-            Top::Index(index) => {
-                let desc = pick_amd64(image, &index)?;
-                let raw = self.registry.manifest(image, &desc).await?;
-                if raw.digest != desc {
-                    return Err(malformed(image, "manifest", &raw.digest, format!("the index names {desc}")));
-                }
-                (raw, Some(top))
-            }
-        };
+        let (manifest_raw, index) = self.resolve(image).await?;
         let manifest: ImageManifest = serde_json::from_slice(&manifest_raw.bytes)
             .map_err(|e| malformed(image, "manifest", &manifest_raw.digest, e.to_string()))?;
         let config_desc = manifest.config();
@@ -231,6 +210,36 @@ impl ImageStore {
         self.put_image_record(lease, &image.name(), target).await?;
         let size_bytes = layers.iter().map(|l| l.blob.size as u64).sum();
         Ok(ImageInfo { reference: image.name(), digest: manifest_raw.digest, size_bytes })
+    }
+
+    /// Fetches the image's manifest; through its index (picking linux/amd64) when the
+    /// reference names one. Returns the manifest and the index, if there was one.
+    async fn resolve(
+        &self,
+        image: &ImageRef,
+    ) -> Result<(registry::RawManifest, Option<registry::RawManifest>), ImageError> {
+        let top = self.registry.manifest(image, image.manifest_reference()).await?;
+        if let Some(pinned) = image.digest() {
+            if pinned != top.digest {
+                return Err(malformed(
+                    image,
+                    "manifest",
+                    &top.digest,
+                    format!("its digest is not the pinned {pinned}"),
+                ));
+            }
+        }
+        match parse_top(image, &top)? {
+            Top::Manifest => Ok((top, None)),
+            Top::Index(index) => {
+                let desc = pick_amd64(image, &index)?;
+                let raw = self.registry.manifest(image, &desc).await?;
+                if raw.digest != desc {
+                    return Err(malformed(image, "manifest", &raw.digest, format!("the index names {desc}")));
+                }
+                Ok((raw, Some(top)))
+            }
+        }
     }
 
     async fn fetch_small(&self, image: &ImageRef, digest: &str) -> Result<Bytes, ImageError> {
