@@ -117,8 +117,61 @@ build_images() {
     log "image $FNRT_REGISTRY/fnrt/$name:latest"
     "${b[@]}" bud --quiet --format oci -f "$cf" -t "fnrt/$name:latest" "$ctx" >/dev/null
     "${b[@]}" push --quiet --tls-verify=false "fnrt/$name:latest" "docker://$FNRT_REGISTRY/fnrt/$name:latest"
+    if [ "$name" = echo ]; then
+      # The refusal fixtures: the echo image built for arm64 only, and an index that
+      # offers only that arm64 manifest.
+      log "image $FNRT_REGISTRY/fnrt/arm64-only:latest and fnrt/index-no-amd64:latest"
+      "${b[@]}" bud --quiet --format oci --arch arm64 --os linux -f "$cf" -t fnrt/arm64-only:latest "$ctx" >/dev/null
+      "${b[@]}" push --quiet --tls-verify=false fnrt/arm64-only:latest "docker://$FNRT_REGISTRY/fnrt/arm64-only:latest"
+      "${b[@]}" manifest rm fnrt/index-no-amd64:latest >/dev/null 2>&1 || true
+      "${b[@]}" manifest create fnrt/index-no-amd64:latest >/dev/null
+      "${b[@]}" manifest add fnrt/index-no-amd64:latest fnrt/arm64-only:latest >/dev/null
+      "${b[@]}" manifest push --quiet --all --tls-verify=false fnrt/index-no-amd64:latest \
+        "docker://$FNRT_REGISTRY/fnrt/index-no-amd64:latest"
+    fi
     rm -rf "$ctx"
   done
+  push_too_large
+}
+
+# Uploads a blob from a file through the registry's API; prints its digest.
+push_blob() {
+  local repo=$1 file=$2 digest location
+  digest="sha256:$(sha256sum "$file" | cut -d' ' -f1)"
+  location=$(curl -fsS -X POST -D - -o /dev/null "http://$FNRT_REGISTRY/v2/$repo/blobs/uploads/" |
+    tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
+  case "$location" in http*) ;; *) location="http://$FNRT_REGISTRY$location" ;; esac
+  case "$location" in *\?*) location="$location&digest=$digest" ;; *) location="$location?digest=$digest" ;; esac
+  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$file" "$location" >/dev/null
+  echo "$digest"
+}
+
+# fnrt/too-large: two layers of 537 MB of random bytes each (over 1 GiB together, each
+# under it), real bytes in the registry, pushed through the API since no pull may ever
+# unpack them. Built once per registry.
+push_too_large() {
+  local repo=fnrt/too-large
+  curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "http://$FNRT_REGISTRY/v2/$repo/manifests/latest" 2>/dev/null && return 0
+  log "image $FNRT_REGISTRY/$repo:latest (2 x 537 MB of random bytes)"
+  local tmp d1 d2 cfg dc size=$((537 * 1000 * 1000))
+  tmp=$(mktemp -d)
+  head -c "$size" /dev/urandom >"$tmp/l1"
+  d1=$(push_blob "$repo" "$tmp/l1")
+  head -c "$size" /dev/urandom >"$tmp/l1"
+  d2=$(push_blob "$repo" "$tmp/l1")
+  cfg='{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/fixture","echo"]},"rootfs":{"type":"layers","diff_ids":["'$d1'","'$d2'"]}}'
+  printf '%s' "$cfg" >"$tmp/config"
+  dc=$(push_blob "$repo" "$tmp/config")
+  cat >"$tmp/manifest" <<JSON
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+ "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"$dc","size":${#cfg}},
+ "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"$d1","size":$size},
+           {"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"$d2","size":$size}]}
+JSON
+  curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$tmp/manifest" \
+    "http://$FNRT_REGISTRY/v2/$repo/manifests/latest" >/dev/null
+  rm -rf "$tmp"
 }
 
 build_rust() {

@@ -145,6 +145,7 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::Containerd(c) => containerd_code(c),
         ImageError::Malformed { .. } => Code::FailedPrecondition,
         ImageError::Architecture { .. } => Code::FailedPrecondition,
+        ImageError::TooLarge { .. } => Code::FailedPrecondition,
         ImageError::NotPulled { .. } => Code::NotFound,
     }
 }

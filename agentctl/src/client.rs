@@ -23,7 +23,10 @@ pub async fn connect(socket: &Path) -> Result<AgentClient<Channel>, CliError> {
             let mut reason = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
-                reason = format!("{reason}: {s}");
+                let text = s.to_string();
+                if !reason.contains(&text) {
+                    reason = format!("{reason}: {text}");
+                }
                 src = s.source();
             }
             err(reason)

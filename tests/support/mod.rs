@@ -5,6 +5,8 @@
 //! them they fail with the command that sets them up.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -262,4 +264,34 @@ pub async fn assert_nothing_left(namespace: &str) {
         left = node_leftovers(&prefix);
     }
     assert!(left.is_empty(), "left behind by {namespace}: {left:#?}");
+}
+
+/// The digests in a namespace's content store.
+pub async fn content_digests(socket: &Path, namespace: &str) -> Vec<String> {
+    let cd = Containerd::connect(socket, namespace).await.unwrap();
+    let req = containerd_client::services::v1::ListContentRequest { filters: vec![] };
+    let mut stream = cd.content().list(cd.req(req)).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Ok(Some(part)) = stream.message().await {
+        out.extend(part.info.into_iter().map(|i| i.digest));
+    }
+    out
+}
+
+/// The config and layer digests of an image's manifest, straight from the registry.
+pub async fn blob_digests(repository: &str) -> Vec<String> {
+    let url = format!("http://{}/v2/{repository}/manifests/latest", real_parts().registry);
+    let text = reqwest::Client::new()
+        .get(url)
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+    out.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+    out
 }

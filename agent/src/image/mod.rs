@@ -12,6 +12,7 @@ mod registry;
 mod unpack;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
@@ -32,6 +33,9 @@ use crate::containerd::{call_err, Containerd, ContainerdError};
 
 /// How many layers are downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
+
+/// The largest image a function may have: the sum of its compressed layers, 1 GiB.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
 
 /// A failure to pull or read an image.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,16 @@ pub enum ImageError {
         /// The platform(s) it offers.
         found: String,
     },
+    /// The image's layers add up to more than the limit.
+    #[error("image {reference} is {size} bytes, over the limit of {limit} bytes (1 GiB) for a function image; nothing of it was downloaded")]
+    TooLarge {
+        /// The image.
+        reference: String,
+        /// The sum of its layer sizes as the manifest gives them.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The image is not on this node.
     #[error("image {reference} is not on this node; pull it first (agentctl image pull {reference})")]
     NotPulled {
@@ -107,18 +121,43 @@ pub struct ImageStore {
     cd: Containerd,
     registry: Registry,
     snapshotter: String,
+    /// One lock per image name: a pull waits for another pull of the same image, then
+    /// finds its blobs and snapshots in place instead of fetching them again.
+    pulling: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl ImageStore {
     /// A store over `cd` that unpacks with `snapshotter`.
     pub fn new(cd: Containerd, snapshotter: &str) -> ImageStore {
-        ImageStore { cd, registry: Registry::new(), snapshotter: snapshotter.to_string() }
+        ImageStore {
+            cd,
+            registry: Registry::new(),
+            snapshotter: snapshotter.to_string(),
+            pulling: Default::default(),
+        }
     }
 
     /// Pulls `reference` and makes it runnable: every blob in the content store, every layer
     /// unpacked, and the image record pointing at them.
     pub async fn pull(&self, reference: &str) -> Result<ImageInfo, ImageError> {
         let image = ImageRef::parse(reference)?;
+        let lock = {
+            let mut map = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(image.name()).or_default().clone()
+        };
+        let result = {
+            let _one_at_a_time = lock.lock().await;
+            self.pull_once(&image).await
+        };
+        let mut map = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's copy and ours: nobody else waits, so the entry can go.
+        if Arc::strong_count(&lock) <= 2 {
+            map.remove(&image.name());
+        }
+        result
+    }
+
+    async fn pull_once(&self, image: &ImageRef) -> Result<ImageInfo, ImageError> {
         let lease = format!("fnrt-pull-{:016x}", rand::random::<u64>());
         let expire = humantime::format_rfc3339_seconds(
             std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
@@ -129,7 +168,7 @@ impl ImageStore {
             .create(self.cd.req(CreateLeaseRequest { id: lease.clone(), labels }))
             .await
             .map_err(call_err(format!("create lease {lease}")))?;
-        let result = self.pull_leased(&image, &lease).await;
+        let result = self.pull_leased(image, &lease).await;
         // Without the lease, whatever a failed pull wrote is collected by containerd's GC.
         let deleted =
             self.cd.leases().delete(self.cd.req(DeleteLeaseRequest { id: lease.clone(), sync: false })).await;
@@ -144,9 +183,18 @@ impl ImageStore {
         let (manifest_raw, index) = self.resolve(image).await?;
         let manifest: ImageManifest = serde_json::from_slice(&manifest_raw.bytes)
             .map_err(|e| malformed(image, "manifest", &manifest_raw.digest, e.to_string()))?;
+        let size: u64 = manifest.layers().iter().map(|l| l.size()).sum();
+        if size > MAX_IMAGE_BYTES {
+            return Err(ImageError::TooLarge { reference: image.name(), size, limit: MAX_IMAGE_BYTES });
+        }
         let config_desc = manifest.config();
         let config_digest = config_desc.digest().to_string();
-        let config_bytes = self.fetch_small(image, &config_digest).await?;
+        // A config the store has (from an earlier pull of this image) is not fetched again.
+        let config_bytes = if content::exists(cd, &config_digest).await? {
+            Bytes::from(content::read(cd, &config_digest).await?)
+        } else {
+            self.fetch_small(image, &config_digest).await?
+        };
         let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
             .map_err(|e| malformed(image, "config", &config_digest, e.to_string()))?;
         check_platform(image, &config)?;

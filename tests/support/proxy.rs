@@ -1,0 +1,112 @@
+//! A registry in front of the real one, speaking the same protocol: it counts the
+//! requests it forwards and can misbehave on one blob (wrong bytes, or a connection that
+//! breaks half-way), for the tests of the agent's pull.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// How the proxy treats the blob it is told about.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Pass everything through.
+    None,
+    /// Flip one byte of this blob's body (same length, wrong sha256).
+    Corrupt(String),
+    /// Send this many bytes of this blob, then break the connection.
+    CutAfter(String, usize),
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A running proxy; stops with the test's runtime.
+pub struct RegistryProxy {
+    /// Its address, to use as the registry of image references.
+    pub addr: SocketAddr,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl RegistryProxy {
+    /// Starts a proxy to `upstream` with `fault`.
+    pub async fn start(upstream: &str, fault: Fault) -> RegistryProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let client: Client<HttpConnector, hyper::body::Incoming> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let (upstream, c) = (upstream.to_string(), counts.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (client, upstream, counts, fault) =
+                    (client.clone(), upstream.clone(), c.clone(), fault.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (client, upstream, counts, fault) =
+                            (client.clone(), upstream.clone(), counts.clone(), fault.clone());
+                        async move { forward(req, &client, &upstream, &counts, &fault).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        RegistryProxy { addr, counts }
+    }
+
+    /// How many requests went to `path` (e.g. "/v2/fnrt/echo/blobs/sha256:...").
+    pub fn count(&self, path: &str) -> usize {
+        self.counts.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// How many requests had a path containing `part`.
+    pub fn count_containing(&self, part: &str) -> usize {
+        self.counts.lock().unwrap().iter().filter(|(p, _)| p.contains(part)).map(|(_, n)| n).sum()
+    }
+}
+
+async fn forward(
+    req: Request<hyper::body::Incoming>,
+    client: &Client<HttpConnector, hyper::body::Incoming>,
+    upstream: &str,
+    counts: &Mutex<HashMap<String, usize>>,
+    fault: &Fault,
+) -> Result<Response<Body>, std::io::Error> {
+    let path = req.uri().path().to_string();
+    *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let (mut parts, body) = req.into_parts();
+    parts.uri = format!("http://{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+        .parse()
+        .unwrap();
+    let resp = client.request(Request::from_parts(parts, body)).await.map_err(std::io::Error::other)?;
+    let (parts, body) = resp.into_parts();
+    let matches = |d: &str| path.ends_with(&format!("/blobs/{d}"));
+    let body: Body = match fault {
+        Fault::Corrupt(d) if matches(d) => {
+            let mut bytes = body.collect().await.map_err(std::io::Error::other)?.to_bytes().to_vec();
+            let middle = bytes.len() / 2;
+            if let Some(b) = bytes.get_mut(middle) {
+                *b ^= 0xff;
+            }
+            Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed()
+        }
+        Fault::CutAfter(d, n) if matches(d) => {
+            let bytes = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+            let head = bytes.slice(..(*n).min(bytes.len()));
+            let frames = futures_util::stream::iter(vec![
+                Ok(Frame::data(head)),
+                Err(std::io::Error::other("the test registry went away")),
+            ]);
+            StreamBody::new(frames).boxed()
+        }
+        _ => body.map_err(std::io::Error::other).boxed(),
+    };
+    Ok(Response::from_parts(parts, body))
+}
