@@ -134,6 +134,19 @@ build_images() {
   push_too_large
 }
 
+# Builds and pushes fnrt/large (about 200 MB, several layers) for the benchmarks.
+build_large_image() {
+  local bin="$ROOT/images/fixture/target/x86_64-unknown-linux-gnu/release/fixture"
+  local b=(buildah --storage-driver vfs --root "$FNRT_STATE/buildah/root" --runroot "$FNRT_STATE/buildah/run")
+  local ctx
+  ctx=$(mktemp -d)
+  "$ROOT/images/large/build.sh" "$ctx" "$bin"
+  log "image $FNRT_REGISTRY/fnrt/large:latest"
+  "${b[@]}" bud --quiet --layers --format oci -f "$ctx/Containerfile" -t fnrt/large:latest "$ctx" >/dev/null
+  "${b[@]}" push --quiet --tls-verify=false fnrt/large:latest "docker://$FNRT_REGISTRY/fnrt/large:latest"
+  rm -rf "$ctx"
+}
+
 # Uploads a blob from a file through the registry's API; prints its digest.
 push_blob() {
   local repo=$1 file=$2 digest location

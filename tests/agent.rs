@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use fnrt_proto::agent::v1::{
-    ListInstancesRequest, NodeStatusRequest, PullImageRequest, StartInstanceRequest, StopInstanceRequest,
+    ListInstancesRequest, NodeStatusRequest, StartInstanceRequest, StopInstanceRequest,
 };
 use fnrt_tests::{image, real_parts, TestAgent};
 use tonic::Code;
@@ -19,9 +19,11 @@ fn start_req(function: &str, image: &str) -> StartInstanceRequest {
 async fn pull_start_call_through_the_data_plane_and_stop() {
     let mut agent = TestAgent::start().await;
     let echo = image("echo");
-    let pulled =
-        agent.client.pull_image(PullImageRequest { reference: echo.clone() }).await.unwrap().into_inner();
-    let img = pulled.image.unwrap();
+    let (img, progress) = fnrt_tests::pull_image(&mut agent.client, &echo).await.unwrap();
+    let phases: Vec<&str> = progress.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(phases.first(), Some(&"resolved"), "{phases:?}");
+    assert!(phases.contains(&"downloading") && phases.contains(&"unpacking"), "{phases:?}");
+    assert_eq!(phases.last(), Some(&"done"), "{phases:?}");
     assert_eq!(img.reference, echo);
     assert!(img.digest.starts_with("sha256:") && img.size_bytes > 0, "{img:?}");
 
@@ -135,8 +137,7 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() {
         ),
     ];
     for (reference, code, text) in cases {
-        let err =
-            agent.client.pull_image(PullImageRequest { reference: reference.clone() }).await.unwrap_err();
+        let err = fnrt_tests::pull_image(&mut agent.client, &reference).await.unwrap_err();
         assert_eq!(err.code(), code, "{reference}: {}", err.message());
         assert!(err.message().contains(&text), "{reference}: {}", err.message());
         let err = agent.client.start_instance(start_req("fn", &reference)).await.unwrap_err();

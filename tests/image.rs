@@ -3,7 +3,7 @@
 //! cache; concurrent pulls of one image fetch each blob once.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use fnrt_proto::agent::v1::{NodeStatusRequest, PullImageRequest};
+use fnrt_proto::agent::v1::NodeStatusRequest;
 use fnrt_tests::proxy::{Fault, RegistryProxy};
 use fnrt_tests::{blob_digests, content_digests, image, real_parts, TestAgent};
 use tonic::Code;
@@ -19,7 +19,7 @@ async fn cache(agent: &mut TestAgent) -> (Vec<String>, Vec<String>) {
 }
 
 async fn pull(agent: &mut TestAgent, reference: &str) -> Result<(), tonic::Status> {
-    agent.client.pull_image(PullImageRequest { reference: reference.into() }).await.map(|_| ())
+    fnrt_tests::pull_image(&mut agent.client, reference).await.map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,11 +69,11 @@ async fn twenty_concurrent_pulls_fetch_each_blob_once() {
     let pulls = (0..20).map(|_| {
         let mut client = agent.client.clone();
         let reference = reference.clone();
-        tokio::spawn(async move { client.pull_image(PullImageRequest { reference }).await })
+        tokio::spawn(async move { fnrt_tests::pull_image(&mut client, &reference).await })
     });
     let mut digests = Vec::new();
     for p in pulls {
-        digests.push(p.await.unwrap().unwrap().into_inner().image.unwrap().digest);
+        digests.push(p.await.unwrap().unwrap().0.digest);
     }
     digests.dedup();
     assert_eq!(digests.len(), 1, "{digests:?}");
@@ -112,5 +112,66 @@ async fn a_registry_that_goes_away_mid_pull_leaves_nothing_and_the_next_pull_wor
     assert!(err.message().contains(&format!("registry {}", proxy.addr)), "{}", err.message());
     assert_eq!(cache(&mut agent).await, before);
     pull(&mut agent, &image("echo")).await.unwrap();
+    agent.cleanup().await;
+}
+
+async fn list(agent: &mut TestAgent) -> fnrt_proto::agent::v1::ListImagesResponse {
+    agent.client.list_images(fnrt_proto::agent::v1::ListImagesRequest {}).await.unwrap().into_inner()
+}
+
+fn names(r: &fnrt_proto::agent::v1::ListImagesResponse) -> Vec<String> {
+    let mut n: Vec<String> = r.images.iter().map(|i| i.reference.clone()).collect();
+    n.sort();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_evicts_least_recently_used_images_but_never_one_in_use_or_pinned() {
+    // Room for one of the two fixture images (about 670 KB each), not for both.
+    let mut agent = TestAgent::start_with(|c| c.image_cache_bytes = 1_000_000).await;
+    let (echo, silent) = (image("echo"), image("never-listens"));
+    let start = fnrt_proto::agent::v1::StartInstanceRequest {
+        function: "user".into(),
+        image: echo.clone(),
+        env: Default::default(),
+    };
+    let inst = agent.client.start_instance(start).await.unwrap().into_inner().instance.unwrap();
+    let r = list(&mut agent).await;
+    let e = &r.images[0];
+    assert!(e.ready && !e.pinned && !e.last_used.is_empty(), "{e:?}");
+    assert_eq!(e.used_by, vec![inst.id.clone()]);
+    let err = agent
+        .client
+        .remove_image(fnrt_proto::agent::v1::RemoveImageRequest { reference: echo.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains(&format!("is used by instances {}", inst.id)), "{}", err.message());
+
+    // Over budget, but the image in use stays.
+    fnrt_tests::pull_image(&mut agent.client, &silent).await.unwrap();
+    let r = list(&mut agent).await;
+    assert_eq!(names(&r), vec![echo.clone(), silent.clone()]);
+    assert!(r.cache_bytes > r.budget_bytes);
+
+    // Unused now: the next pull evicts it, and the cache is under budget again.
+    agent.client.stop_instance(fnrt_proto::agent::v1::StopInstanceRequest { id: inst.id }).await.unwrap();
+    fnrt_tests::pull_image(&mut agent.client, &silent).await.unwrap();
+    let r = list(&mut agent).await;
+    assert_eq!(names(&r), vec![silent.clone()]);
+    assert!(r.cache_bytes <= r.budget_bytes, "{} > {}", r.cache_bytes, r.budget_bytes);
+
+    // A pinned prefetch evicts the other; a later pull never evicts the pinned one.
+    let req = fnrt_proto::agent::v1::PrefetchImageRequest { reference: echo.clone(), pin: true };
+    let mut stream = agent.client.prefetch_image(req).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    let r = list(&mut agent).await;
+    assert_eq!(names(&r), vec![echo.clone()]);
+    assert!(r.images[0].pinned);
+    fnrt_tests::pull_image(&mut agent.client, &silent).await.unwrap();
+    assert_eq!(names(&list(&mut agent).await), vec![echo.clone(), silent.clone()]);
+
+    agent.client.remove_image(fnrt_proto::agent::v1::RemoveImageRequest { reference: silent }).await.unwrap();
+    assert_eq!(names(&list(&mut agent).await), vec![echo]);
     agent.cleanup().await;
 }

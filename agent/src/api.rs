@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use fnrt_proto::agent::v1 as pb;
 use fnrt_proto::agent::v1::agent_server::Agent as AgentApi;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::containerd::ContainerdError;
 use crate::error::Error;
-use crate::image::{ContentError, ImageError, ImageInfo, RegistryError, UnpackError};
-use crate::instance::{Instance, StartRequest};
+use crate::image::{ContentError, ImageError, ImageInfo, Progress, PullEvent, RegistryError, UnpackError};
+use crate::instance::{Instance, NodeImage, StartRequest};
 use crate::network::NetworkError;
 use crate::runtime::RuntimeError;
 use crate::Node;
@@ -41,23 +43,47 @@ impl AgentApi for Api {
             namespace: s.namespace,
             dataplane_address: s.dataplane_address,
             instances: s.instances.into_iter().map(instance).collect(),
-            images: s.images.into_iter().map(image).collect(),
+            images: s.images.into_iter().map(node_image).collect(),
         }))
     }
+
+    type PullImageStream = ReceiverStream<Result<pb::PullProgress, Status>>;
+    type PrefetchImageStream = ReceiverStream<Result<pb::PullProgress, Status>>;
 
     #[tracing::instrument(skip_all, fields(reference = %req.get_ref().reference))]
     async fn pull_image(
         &self,
         req: Request<pb::PullImageRequest>,
-    ) -> Result<Response<pb::PullImageResponse>, Status> {
-        let info = self
-            .node
-            .instances
-            .images()
-            .pull(&req.into_inner().reference)
-            .await
-            .map_err(|e| status(e.into()))?;
-        Ok(Response::new(pb::PullImageResponse { image: Some(image(info)) }))
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        Ok(Response::new(self.spawn_pull(req.into_inner().reference, None)))
+    }
+
+    #[tracing::instrument(skip_all, fields(reference = %req.get_ref().reference))]
+    async fn prefetch_image(
+        &self,
+        req: Request<pb::PrefetchImageRequest>,
+    ) -> Result<Response<Self::PrefetchImageStream>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.spawn_pull(r.reference, Some(r.pin))))
+    }
+
+    async fn list_images(
+        &self,
+        _: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let (images, cache_bytes, budget_bytes) =
+            self.node.instances.cached_images().await.map_err(status)?;
+        let images = images.into_iter().map(node_image).collect();
+        Ok(Response::new(pb::ListImagesResponse { images, cache_bytes, budget_bytes }))
+    }
+
+    #[tracing::instrument(skip_all, fields(reference = %req.get_ref().reference))]
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        self.node.instances.remove_image(&req.into_inner().reference).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveImageResponse {}))
     }
 
     #[tracing::instrument(skip_all, fields(function = %req.get_ref().function, image = %req.get_ref().image))]
@@ -91,6 +117,71 @@ impl AgentApi for Api {
     }
 }
 
+impl Api {
+    /// Runs a pull (or a prefetch, with `pin`) on its own task, so that a client that
+    /// goes away does not cut it half-way, and streams its progress.
+    fn spawn_pull(
+        &self,
+        reference: String,
+        pin: Option<bool>,
+    ) -> ReceiverStream<Result<pb::PullProgress, Status>> {
+        let (tx, rx) = mpsc::channel(64);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let (progress, mut events) = Progress::channel();
+            let fwd = tx.clone();
+            let forwarder = tokio::spawn(async move {
+                while let Some(e) = events.recv().await {
+                    let _ = fwd.send(Ok(progress_message(e))).await;
+                }
+            });
+            let result = match pin {
+                None => node.instances.pull_image(&reference, &progress).await,
+                Some(pin) => node.instances.prefetch(&reference, pin, &progress).await,
+            };
+            drop(progress);
+            let _ = forwarder.await;
+            // "done" comes only once the cache has settled (evictions included).
+            let last = result.map(|info| progress_message(PullEvent::Done(info))).map_err(status);
+            let _ = tx.send(last).await;
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn progress_message(e: PullEvent) -> pb::PullProgress {
+    let layer = |digest, bytes, total| pb::Layer { digest, bytes, total };
+    match e {
+        PullEvent::Resolved { layers } => pb::PullProgress {
+            phase: "resolved".into(),
+            layers: layers.into_iter().map(|(d, t)| layer(d, 0, t)).collect(),
+            ..Default::default()
+        },
+        PullEvent::Layer { digest, bytes, total } => pb::PullProgress {
+            phase: "downloading".into(),
+            layer: Some(layer(digest, bytes, total)),
+            ..Default::default()
+        },
+        PullEvent::Unpacking => pb::PullProgress { phase: "unpacking".into(), ..Default::default() },
+        PullEvent::Done(info) => pb::PullProgress {
+            phase: "done".into(),
+            image: Some(pb::Image { ready: true, ..image(info) }),
+            ..Default::default()
+        },
+    }
+}
+
+fn node_image(n: NodeImage) -> pb::Image {
+    let c = n.image;
+    pb::Image {
+        last_used: c.last_used.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
+        pinned: c.pinned,
+        ready: c.ready,
+        used_by: n.used_by,
+        ..image(c.info)
+    }
+}
+
 fn instance(i: Instance) -> pb::Instance {
     pb::Instance {
         id: i.id,
@@ -104,7 +195,7 @@ fn instance(i: Instance) -> pb::Instance {
 }
 
 fn image(i: ImageInfo) -> pb::Image {
-    pb::Image { reference: i.reference, digest: i.digest, size_bytes: i.size_bytes }
+    pb::Image { reference: i.reference, digest: i.digest, size_bytes: i.size_bytes, ..Default::default() }
 }
 
 /// The one mapping from the core's errors to gRPC statuses; the message keeps the whole
@@ -113,6 +204,7 @@ pub fn status(e: Error) -> Status {
     let code = match &e {
         Error::InvalidArgument { .. } => Code::InvalidArgument,
         Error::InstanceNotFound(_) => Code::NotFound,
+        Error::ImageInUse { .. } => Code::FailedPrecondition,
         Error::NotListening(_) => Code::DeadlineExceeded,
         Error::Containerd(c) => containerd_code(c),
         Error::Network(n) => match n {
@@ -146,6 +238,7 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::Malformed { .. } => Code::FailedPrecondition,
         ImageError::Architecture { .. } => Code::FailedPrecondition,
         ImageError::TooLarge { .. } => Code::FailedPrecondition,
+        ImageError::Fetch { .. } => Code::Internal,
         ImageError::NotPulled { .. } => Code::NotFound,
     }
 }

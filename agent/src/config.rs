@@ -46,6 +46,9 @@ pub struct Config {
     pub runtime: String,
     /// How long an instance has to accept connections on :9000, in milliseconds.
     pub health_timeout_ms: u64,
+    /// Byte budget of the node's image cache (compressed blobs, each counted once); least
+    /// recently used images no instance uses are evicted past it.
+    pub image_cache_bytes: u64,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             snapshotter: "overlayfs".into(),
             runtime: "io.containerd.runc.v2".into(),
             health_timeout_ms: DEFAULT_HEALTH_TIMEOUT.as_millis() as u64,
+            image_cache_bytes: 20 << 30,
         }
     }
 }
@@ -87,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("snapshotter", &self.snapshotter)
             .field("runtime", &self.runtime)
             .field("health_timeout_ms", &self.health_timeout_ms)
+            .field("image_cache_bytes", &self.image_cache_bytes)
             .finish()
     }
 }
@@ -148,6 +153,7 @@ impl Config {
             "snapshotter" => self.snapshotter = value.into(),
             "runtime" => self.runtime = value.into(),
             "health_timeout_ms" => self.health_timeout_ms = parse(value)?,
+            "image_cache_bytes" => self.image_cache_bytes = parse(value)?,
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())

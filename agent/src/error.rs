@@ -20,6 +20,14 @@ pub enum Error {
     /// No such instance on this node.
     #[error("instance {0:?} not found on this node; agentctl instance ls lists them")]
     InstanceNotFound(String),
+    /// The image cannot be removed: instances use it.
+    #[error("image {reference} is used by instances {}; stop them first", .instances.join(", "))]
+    ImageInUse {
+        /// The image.
+        reference: String,
+        /// The instances using it.
+        instances: Vec<String>,
+    },
     /// Pulling or reading an image failed.
     #[error(transparent)]
     Image(#[from] ImageError),

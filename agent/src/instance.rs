@@ -4,7 +4,7 @@
 //! The table in memory is rebuilt from containerd's labels when the agent starts; a lock
 //! is held only to read or change the table, never across a containerd or CNI call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
 use crate::health::{self, FUNCTION_PORT};
-use crate::image::ImageStore;
+use crate::image::{CachedImage, ImageError, ImageInfo, ImageRef, ImageStore, Progress};
 use crate::network::Network;
 use crate::runtime::{labels, NewInstance, Runtime};
 
@@ -74,8 +74,38 @@ pub struct Instances {
     network: Network,
     runtime: Runtime,
     health_timeout: Duration,
+    cache_budget: u64,
     table: Mutex<HashMap<String, Instance>>,
+    /// Images that starts in flight use (reference → count): not to be evicted.
+    starting: Mutex<HashMap<String, usize>>,
     next: AtomicUsize,
+}
+
+/// An image of the node cache and the instances that use it.
+#[derive(Clone, Debug)]
+pub struct NodeImage {
+    /// The image.
+    pub image: CachedImage,
+    /// Ids of the instances started from it.
+    pub used_by: Vec<String>,
+}
+
+/// Marks an image as in use by a start in flight, until dropped.
+struct Starting<'a> {
+    map: &'a Mutex<HashMap<String, usize>>,
+    name: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.name);
+            }
+        }
+    }
 }
 
 impl Instances {
@@ -85,15 +115,86 @@ impl Instances {
         network: Network,
         runtime: Runtime,
         health_timeout: Duration,
+        cache_budget: u64,
     ) -> Instances {
         Instances {
             images,
             network,
             runtime,
             health_timeout,
+            cache_budget,
             table: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
         }
+    }
+
+    fn mark_starting(&self, name: &str) -> Starting<'_> {
+        *self.starting.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default() += 1;
+        Starting { map: &self.starting, name: name.to_string() }
+    }
+
+    /// The images instances use or are being started from.
+    fn images_in_use(&self) -> HashSet<String> {
+        let mut set: HashSet<String> = self.lock().values().map(|i| i.image.clone()).collect();
+        set.extend(self.starting.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
+        set
+    }
+
+    /// Pulls an image into the node cache, then evicts what no longer fits the budget.
+    pub async fn pull_image(&self, reference: &str, progress: &Progress) -> Result<ImageInfo, Error> {
+        let info = self.images.pull(reference, progress).await?;
+        self.images.evict(self.cache_budget, &self.images_in_use(), &info.reference).await?;
+        Ok(info)
+    }
+
+    /// Fills the node cache with an image ahead of use; a pinned one is never evicted.
+    pub async fn prefetch(
+        &self,
+        reference: &str,
+        pin: bool,
+        progress: &Progress,
+    ) -> Result<ImageInfo, Error> {
+        let info = self.images.pull(reference, progress).await?;
+        self.images.pin(&info.reference, pin).await?;
+        self.images.evict(self.cache_budget, &self.images_in_use(), &info.reference).await?;
+        Ok(info)
+    }
+
+    /// The node cache: its images with their users, the bytes they take and the budget.
+    pub async fn cached_images(&self) -> Result<(Vec<NodeImage>, u64, u64), Error> {
+        let images = self.images.cached().await?;
+        let total = crate::image::cache_bytes(&images);
+        let table = self.lock().clone();
+        let out = images
+            .into_iter()
+            .map(|image| {
+                let mut used_by: Vec<String> = table
+                    .values()
+                    .filter(|i| i.image == image.info.reference)
+                    .map(|i| i.id.clone())
+                    .collect();
+                used_by.sort();
+                NodeImage { image, used_by }
+            })
+            .collect();
+        Ok((out, total, self.cache_budget))
+    }
+
+    /// Removes an image from the node; refused while instances use it.
+    pub async fn remove_image(&self, reference: &str) -> Result<(), Error> {
+        let name = ImageRef::parse(reference).map_err(ImageError::from)?.name();
+        let mut users: Vec<String> =
+            self.lock().values().filter(|i| i.image == name).map(|i| i.id.clone()).collect();
+        if users.is_empty() && self.images_in_use().contains(&name) {
+            users.push("(one being started)".into());
+        }
+        if !users.is_empty() {
+            users.sort();
+            return Err(Error::ImageInUse { reference: name, instances: users });
+        }
+        self.images.remove(&name).await?;
+        Ok(())
     }
 
     /// The image store the instances come from.
@@ -138,14 +239,23 @@ impl Instances {
     /// failure nothing of it is left.
     pub async fn start(&self, req: StartRequest) -> Result<Instance, Error> {
         validate_function_name(&req.function)?;
-        let image = match self.images.runnable(&req.image).await {
+        let name = ImageRef::parse(&req.image).map_err(ImageError::from)?.name();
+        let _starting = self.mark_starting(&name);
+        let image = match self.images.runnable(&name).await {
             Ok(img) => img,
-            Err(crate::image::ImageError::NotPulled { .. }) => {
-                self.images.pull(&req.image).await?;
-                self.images.runnable(&req.image).await?
+            Err(ImageError::NotPulled { .. }) => {
+                self.pull_image(&name, &Progress::none()).await?;
+                self.images.runnable(&name).await?
             }
             Err(e) => return Err(e.into()),
         };
+        // Recording the use is off the cold-start path.
+        let images = self.images.clone();
+        tokio::spawn(async move {
+            if let Err(e) = images.touch(&name).await {
+                tracing::warn!(image = %name, error = %e, "recording the image's last use");
+            }
+        });
         let id = format!("{}-{:08x}", req.function, rand::random::<u32>());
         let attached = self.network.attach(&id).await?;
         let address = SocketAddr::new(attached.ip, FUNCTION_PORT);

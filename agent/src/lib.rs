@@ -38,8 +38,8 @@ pub use config::Config;
 pub use error::Error;
 
 use containerd::Containerd;
-use image::{ImageInfo, ImageStore};
-use instance::{Instance, Instances};
+use image::ImageStore;
+use instance::{Instance, Instances, NodeImage};
 use network::Network;
 use runtime::Runtime;
 
@@ -67,7 +67,7 @@ pub struct NodeStatus {
     /// The instances.
     pub instances: Vec<Instance>,
     /// The images.
-    pub images: Vec<ImageInfo>,
+    pub images: Vec<NodeImage>,
 }
 
 impl Node {
@@ -80,7 +80,7 @@ impl Node {
             namespace: self.cd.namespace().to_string(),
             dataplane_address: self.dataplane_address.to_string(),
             instances: self.instances.list(None).await?,
-            images: self.instances.images().list().await?,
+            images: self.instances.cached_images().await?.0,
         })
     }
 }
@@ -164,7 +164,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);
-    let instances = Arc::new(Instances::new(images, network, runtime, cfg.health_timeout()));
+    let instances =
+        Arc::new(Instances::new(images, network, runtime, cfg.health_timeout(), cfg.image_cache_bytes));
     instances.adopt().await?;
 
     let (shutdown, rx) = watch::channel(false);

@@ -51,16 +51,27 @@ pub const INSTANCE_HEADER: &[&str] = &["ID", "FUNCTION", "STATE", "ADDRESS", "IM
 
 /// An image as JSON.
 pub fn image_json(i: &pb::Image) -> Value {
-    json!({ "reference": i.reference, "digest": i.digest, "size_bytes": i.size_bytes })
+    json!({
+        "reference": i.reference, "digest": i.digest, "size_bytes": i.size_bytes,
+        "last_used": i.last_used, "pinned": i.pinned, "ready": i.ready, "used_by": i.used_by,
+    })
 }
 
 /// An image as a table row.
 pub fn image_row(i: &pb::Image) -> Vec<String> {
-    vec![i.reference.clone(), short_digest(&i.digest), human_bytes(i.size_bytes)]
+    vec![
+        i.reference.clone(),
+        short_digest(&i.digest),
+        human_bytes(i.size_bytes),
+        if i.last_used.is_empty() { "-".into() } else { i.last_used.clone() },
+        if i.pinned { "yes" } else { "no" }.into(),
+        if i.ready { "yes" } else { "no" }.into(),
+        if i.used_by.is_empty() { "-".into() } else { i.used_by.join(",") },
+    ]
 }
 
 /// Header of image tables.
-pub const IMAGE_HEADER: &[&str] = &["REFERENCE", "DIGEST", "SIZE"];
+pub const IMAGE_HEADER: &[&str] = &["REFERENCE", "DIGEST", "SIZE", "LAST USED", "PINNED", "READY", "USED BY"];
 
 fn short_digest(d: &str) -> String {
     d.strip_prefix("sha256:").map_or_else(|| d.to_string(), |h| h.chars().take(12).collect())

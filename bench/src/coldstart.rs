@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fnrt_proto::agent::v1::{PullImageRequest, StartInstanceRequest, StopInstanceRequest};
+use fnrt_proto::agent::v1::{StartInstanceRequest, StopInstanceRequest};
 use fnrt_tests::{image, real_parts, TestAgent};
 
 const CTR_NET: &str = "fnrt-bench";
@@ -28,7 +28,7 @@ async fn main() {
     let parts = real_parts();
     let echo = image("echo");
     let mut agent = TestAgent::start().await;
-    agent.client.pull_image(PullImageRequest { reference: echo.clone() }).await.unwrap();
+    fnrt_tests::pull_image(&mut agent.client, &echo).await.unwrap();
     let ns = agent.cfg.namespace.clone();
     let ctr_dir = parts.state_dir.join("ctr-cni");
     let _conf = CtrCni::install(&ctr_dir);

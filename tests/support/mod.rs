@@ -295,3 +295,22 @@ pub async fn blob_digests(repository: &str) -> Vec<String> {
     out.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
     out
 }
+
+/// Pulls through the agent's streaming PullImage: the image of the last message and
+/// every progress message, or the status the stream ended with.
+pub async fn pull_image(
+    client: &mut AgentClient<Channel>,
+    reference: &str,
+) -> Result<(fnrt_proto::agent::v1::Image, Vec<fnrt_proto::agent::v1::PullProgress>), tonic::Status> {
+    let req = fnrt_proto::agent::v1::PullImageRequest { reference: reference.into() };
+    let mut stream = client.pull_image(req).await?.into_inner();
+    let mut messages = Vec::new();
+    while let Some(m) = stream.message().await? {
+        let image = m.image.clone();
+        messages.push(m);
+        if let Some(image) = image {
+            return Ok((image, messages));
+        }
+    }
+    Err(tonic::Status::internal("the pull stream ended without an image"))
+}

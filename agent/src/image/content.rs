@@ -37,6 +37,9 @@ pub enum ContentError {
     },
 }
 
+/// Bytes per write message to containerd.
+const MESSAGE_BYTES: usize = 1 << 20;
+
 /// True when the content store already has `digest`.
 pub async fn exists(cd: &Containerd, digest: &str) -> Result<bool, ContainerdError> {
     let req = cd.req(InfoRequest { digest: digest.to_string() });
@@ -57,7 +60,7 @@ pub async fn write(
     digest: &str,
     size: u64,
     labels: HashMap<String, String>,
-    body: impl Stream<Item = Result<Bytes, RegistryError>> + Send + 'static,
+    body: impl Stream<Item = Result<Bytes, ContentError>> + Send + 'static,
 ) -> Result<(), ContentError> {
     let reference = format!("fnrt-{digest}");
     abort(cd, &reference).await?;
@@ -69,19 +72,39 @@ pub async fn write(
         let mut body = std::pin::pin!(body);
         let mut hasher = Sha256::new();
         let mut offset: u64 = 0;
-        while let Some(chunk) = body.try_next().await? {
-            hasher.update(&chunk);
-            let msg = WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: reference.clone(),
-                total: size as i64,
-                expected: expected.clone(),
-                offset: offset as i64,
-                data: chunk.to_vec(),
-                labels: HashMap::new(),
-            };
-            offset += chunk.len() as u64;
-            if offset > size || tx.send(msg).await.is_err() {
+        // The registry's chunks are small; containerd handles one message per write, so
+        // they are gathered into messages of about a MiB.
+        let mut pending: Vec<u8> = Vec::with_capacity(MESSAGE_BYTES);
+        let mut sent: u64 = 0;
+        loop {
+            let next = body.try_next().await?;
+            if let Some(chunk) = &next {
+                hasher.update(chunk);
+                offset += chunk.len() as u64;
+                if offset > size {
+                    break;
+                }
+                pending.extend_from_slice(chunk);
+            }
+            if pending.len() >= MESSAGE_BYTES || (next.is_none() && !pending.is_empty()) {
+                let data = std::mem::replace(&mut pending, Vec::with_capacity(MESSAGE_BYTES));
+                let len = data.len() as u64;
+                let msg = WriteContentRequest {
+                    action: WriteAction::Write as i32,
+                    r#ref: reference.clone(),
+                    total: size as i64,
+                    expected: expected.clone(),
+                    offset: sent as i64,
+                    data,
+                    labels: HashMap::new(),
+                };
+                if tx.send(msg).await.is_err() {
+                    // containerd ended the call; its answer says why.
+                    return Ok(());
+                }
+                sent += len;
+            }
+            if next.is_none() {
                 break;
             }
         }
@@ -92,7 +115,7 @@ pub async fn write(
         let commit = WriteContentRequest {
             action: WriteAction::Commit as i32,
             r#ref: reference.clone(),
-            total: size as i64,
+            total: offset as i64,
             expected,
             offset: offset as i64,
             data: Vec::new(),
@@ -109,15 +132,15 @@ pub async fn write(
         Ok::<_, ContentError>(())
     };
     let (fed, drained) = tokio::join!(feed, drain);
-    if let Err(e) = fed.and(drained) {
-        let _ = abort(cd, &format!("fnrt-{digest}")).await;
-        return Err(match e {
-            // A commit of content that another pull committed meanwhile is a success.
-            ContentError::Containerd(c) if c.is_already_exists() => return Ok(()),
-            e => e,
-        });
+    match fed.and(drained) {
+        Ok(()) => Ok(()),
+        // A commit of content that another pull committed meanwhile is a success.
+        Err(ContentError::Containerd(c)) if c.is_already_exists() => Ok(()),
+        Err(e) => {
+            let _ = abort(cd, &format!("fnrt-{digest}")).await;
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 /// Writes a small blob held in memory (manifests, configs).
@@ -129,7 +152,7 @@ pub async fn write_bytes(
     labels: HashMap<String, String>,
 ) -> Result<(), ContentError> {
     let size = bytes.len() as u64;
-    let body = futures_util::stream::iter([Ok::<_, RegistryError>(bytes)]);
+    let body = futures_util::stream::iter([Ok::<_, ContentError>(bytes)]);
     write(cd, lease, digest, size, labels, body).await
 }
 

@@ -6,7 +6,9 @@
 //! GC labels tie the image record to its manifest, config, layers and snapshot; layers are
 //! applied with the Diff service onto snapshots named by chain ID.
 
+mod cache;
 mod content;
+mod progress;
 mod reference;
 mod registry;
 mod unpack;
@@ -21,10 +23,12 @@ use containerd_client::services::v1::{
     ListImagesRequest, UpdateImageRequest,
 };
 use containerd_client::types::Descriptor;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
 
+pub use cache::{cache_bytes, CachedImage, LABEL_LAST_USED, LABEL_PINNED};
 pub use content::ContentError;
+pub use progress::{Progress, PullEvent};
 pub use reference::{BadReference, ImageRef};
 pub use registry::{Registry, RegistryError};
 pub use unpack::{remove_snapshot, UnpackError};
@@ -75,6 +79,14 @@ pub enum ImageError {
         /// The platform(s) it offers.
         found: String,
     },
+    /// A layer's download task died.
+    #[error("downloading layer {digest} stopped: {reason}")]
+    Fetch {
+        /// The layer.
+        digest: String,
+        /// Why.
+        reason: String,
+    },
     /// The image's layers add up to more than the limit.
     #[error("image {reference} is {size} bytes, over the limit of {limit} bytes (1 GiB) for a function image; nothing of it was downloaded")]
     TooLarge {
@@ -86,7 +98,7 @@ pub enum ImageError {
         limit: u64,
     },
     /// The image is not on this node.
-    #[error("image {reference} is not on this node; pull it first (agentctl image pull {reference})")]
+    #[error("image {reference} is not on this node (agentctl image ls lists them; agentctl image pull {reference} fetches it)")]
     NotPulled {
         /// The image.
         reference: String,
@@ -94,7 +106,7 @@ pub enum ImageError {
 }
 
 /// What the node knows of an image.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageInfo {
     /// The normalized reference (also the containerd image name).
     pub reference: String,
@@ -113,6 +125,8 @@ pub struct RunnableImage {
     pub config: ImageConfiguration,
     /// Chain ID of the top layer: the parent of an instance's root filesystem.
     pub top_snapshot: String,
+    /// Its blobs (config and layers) with their sizes.
+    pub blobs: Vec<(String, u64)>,
 }
 
 /// The node's images, in the agent's containerd namespace.
@@ -139,7 +153,7 @@ impl ImageStore {
 
     /// Pulls `reference` and makes it runnable: every blob in the content store, every layer
     /// unpacked, and the image record pointing at them.
-    pub async fn pull(&self, reference: &str) -> Result<ImageInfo, ImageError> {
+    pub async fn pull(&self, reference: &str, progress: &Progress) -> Result<ImageInfo, ImageError> {
         let image = ImageRef::parse(reference)?;
         let lock = {
             let mut map = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,7 +161,7 @@ impl ImageStore {
         };
         let result = {
             let _one_at_a_time = lock.lock().await;
-            self.pull_once(&image).await
+            self.pull_once(&image, progress).await
         };
         let mut map = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
         // The map's copy and ours: nobody else waits, so the entry can go.
@@ -157,7 +171,7 @@ impl ImageStore {
         result
     }
 
-    async fn pull_once(&self, image: &ImageRef) -> Result<ImageInfo, ImageError> {
+    async fn pull_once(&self, image: &ImageRef, progress: &Progress) -> Result<ImageInfo, ImageError> {
         let lease = format!("fnrt-pull-{:016x}", rand::random::<u64>());
         let expire = humantime::format_rfc3339_seconds(
             std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
@@ -168,7 +182,7 @@ impl ImageStore {
             .create(self.cd.req(CreateLeaseRequest { id: lease.clone(), labels }))
             .await
             .map_err(call_err(format!("create lease {lease}")))?;
-        let result = self.pull_leased(image, &lease).await;
+        let result = self.pull_leased(image, &lease, progress).await;
         // Without the lease, whatever a failed pull wrote is collected by containerd's GC.
         let deleted =
             self.cd.leases().delete(self.cd.req(DeleteLeaseRequest { id: lease.clone(), sync: false })).await;
@@ -178,7 +192,12 @@ impl ImageStore {
         result
     }
 
-    async fn pull_leased(&self, image: &ImageRef, lease: &str) -> Result<ImageInfo, ImageError> {
+    async fn pull_leased(
+        &self,
+        image: &ImageRef,
+        lease: &str,
+        progress: &Progress,
+    ) -> Result<ImageInfo, ImageError> {
         let cd = &self.cd;
         let (manifest_raw, index) = self.resolve(image).await?;
         let manifest: ImageManifest = serde_json::from_slice(&manifest_raw.bytes)
@@ -221,15 +240,12 @@ impl ImageStore {
                 diff_id: d.clone(),
             })
             .collect();
-        let fetches = layers.iter().cloned().map(|layer| {
-            let (this, image, lease) = (self.clone(), image.clone(), lease.to_string());
-            async move { this.fetch_layer(&image, &lease, &layer).await }
+        progress.send(PullEvent::Resolved {
+            layers: layers.iter().map(|l| (l.blob.digest.clone(), l.blob.size as u64)).collect(),
         });
-        futures_util::stream::iter(fetches)
-            .buffer_unordered(PARALLEL_LAYERS)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let top_snapshot = unpack::unpack(cd, lease, &self.snapshotter, &layers).await?;
+        let t0 = std::time::Instant::now();
+        let top_snapshot = self.fetch_and_unpack(image, lease, &layers, progress).await?;
+        tracing::info!(image = %image, ms = t0.elapsed().as_millis() as u64, "layers fetched and unpacked");
 
         // Blobs that refer to others carry GC labels, written bottom-up.
         let snap_label = format!("containerd.io/gc.ref.snapshot.{}", self.snapshotter);
@@ -290,6 +306,59 @@ impl ImageStore {
         }
     }
 
+    /// Downloads the layers, a few at once on their own tasks, and applies each as soon
+    /// as it and those below it are in: download and unpack overlap. Returns the top
+    /// chain ID. On failure the downloads still running are stopped.
+    async fn fetch_and_unpack(
+        &self,
+        image: &ImageRef,
+        lease: &str,
+        layers: &[unpack::Layer],
+        progress: &Progress,
+    ) -> Result<String, ImageError> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_LAYERS));
+        let mut fetches: Vec<tokio::task::JoinHandle<Result<(), ImageError>>> = layers
+            .iter()
+            .cloned()
+            .map(|layer| {
+                let (this, image, lease, progress, slots) =
+                    (self.clone(), image.clone(), lease.to_string(), progress.clone(), slots.clone());
+                tokio::spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    this.fetch_layer(&image, &lease, &layer, &progress).await
+                })
+            })
+            .collect();
+        let chain = unpack::chain_ids(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
+        let mut parent = String::new();
+        let mut result = Ok(());
+        for (i, layer) in layers.iter().enumerate() {
+            result = match (&mut fetches[i]).await {
+                Ok(r) => r,
+                Err(e) => Err(ImageError::Fetch { digest: layer.blob.digest.clone(), reason: e.to_string() }),
+            };
+            if result.is_err() {
+                break;
+            }
+            if i == 0 {
+                progress.send(PullEvent::Unpacking);
+            }
+            let started = std::time::Instant::now();
+            result = unpack::unpack_layer(&self.cd, lease, &self.snapshotter, layer, &parent, &chain[i])
+                .await
+                .map_err(ImageError::from);
+            tracing::debug!(layer = %layer.blob.digest, ms = started.elapsed().as_millis() as u64, "applied");
+            if result.is_err() {
+                break;
+            }
+            parent = chain[i].clone();
+        }
+        for f in &fetches {
+            f.abort();
+        }
+        result.map(|()| parent)
+    }
+
     async fn fetch_small(&self, image: &ImageRef, digest: &str) -> Result<Bytes, ImageError> {
         let body = self.registry.blob(image, digest).await?;
         let bytes: Vec<Bytes> = body.try_collect().await?;
@@ -306,18 +375,34 @@ impl ImageStore {
         Ok(bytes)
     }
 
+    /// Downloads a layer into the content store, unless the store has it already.
     async fn fetch_layer(
         &self,
         image: &ImageRef,
         lease: &str,
         layer: &unpack::Layer,
+        progress: &Progress,
     ) -> Result<(), ImageError> {
-        if content::exists(&self.cd, &layer.blob.digest).await? {
+        let (digest, total) = (layer.blob.digest.clone(), layer.blob.size as u64);
+        if content::exists(&self.cd, &digest).await? {
+            progress.send(PullEvent::Layer { digest, bytes: total, total });
             return Ok(());
         }
-        let body = self.registry.blob(image, &layer.blob.digest).await?;
+        let (mut bytes, mut reported) = (0u64, 0u64);
+        let progress = progress.clone();
+        let body =
+            self.registry.blob(image, &layer.blob.digest).await?.map_err(ContentError::from).inspect_ok(
+                move |chunk| {
+                    bytes += chunk.len() as u64;
+                    // A message per MiB is plenty for a progress bar.
+                    if bytes - reported >= 1 << 20 || bytes == total {
+                        reported = bytes;
+                        progress.send(PullEvent::Layer { digest: digest.clone(), bytes, total });
+                    }
+                },
+            );
         let labels = HashMap::from([("containerd.io/uncompressed".to_string(), layer.diff_id.clone())]);
-        content::write(&self.cd, lease, &layer.blob.digest, layer.blob.size as u64, labels, body).await?;
+        content::write(&self.cd, lease, &layer.blob.digest, total, labels, body).await?;
         Ok(())
     }
 
@@ -383,31 +468,21 @@ impl ImageStore {
             return Err(ImageError::NotPulled { reference: name });
         }
         let size_bytes = manifest.layers().iter().map(|l| l.size()).sum();
-        Ok(RunnableImage { info: ImageInfo { reference: name, digest, size_bytes }, config, top_snapshot })
+        let mut blobs = vec![(config_digest, manifest.config().size())];
+        blobs.extend(manifest.layers().iter().map(|l| (l.digest().to_string(), l.size())));
+        Ok(RunnableImage {
+            info: ImageInfo { reference: name, digest, size_bytes },
+            config,
+            top_snapshot,
+            blobs,
+        })
     }
 
-    /// The images in the agent's namespace.
-    pub async fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
-        let images = self
-            .cd
-            .images()
-            .list(self.cd.req(ListImagesRequest { filters: vec![] }))
-            .await
-            .map_err(call_err("list images"))?
-            .into_inner()
-            .images;
-        let mut out = Vec::with_capacity(images.len());
-        for img in images {
-            match self.runnable(&img.name).await {
-                Ok(r) => out.push(r.info),
-                Err(e) => {
-                    let digest = img.target.map(|t| t.digest).unwrap_or_default();
-                    tracing::debug!(image = %img.name, error = %e, "image is not runnable");
-                    out.push(ImageInfo { reference: img.name, digest, size_bytes: 0 });
-                }
-            }
-        }
-        Ok(out)
+    /// The image records in the agent's namespace.
+    async fn records(&self) -> Result<Vec<CdImage>, ImageError> {
+        let req = self.cd.req(ListImagesRequest { filters: vec![] });
+        let images = self.cd.images().list(req).await.map_err(call_err("list images"))?;
+        Ok(images.into_inner().images)
     }
 }
 

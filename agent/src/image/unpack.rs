@@ -34,23 +34,20 @@ pub struct Layer {
     pub diff_id: String,
 }
 
-/// Unpacks `layers` (bottom first) with `snapshotter`; returns the top chain ID.
-pub async fn unpack(
+/// Applies one layer onto `parent` as the snapshot `chain_id`, unless that snapshot
+/// exists already.
+pub async fn unpack_layer(
     cd: &Containerd,
     lease: &str,
     snapshotter: &str,
-    layers: &[Layer],
-) -> Result<String, UnpackError> {
-    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let chain = chain_ids(&diff_ids);
-    let mut parent = String::new();
-    for (layer, chain_id) in layers.iter().zip(&chain) {
-        if !snapshot_exists(cd, snapshotter, chain_id).await? {
-            apply(cd, lease, snapshotter, layer, &parent, chain_id).await?;
-        }
-        parent = chain_id.clone();
+    layer: &Layer,
+    parent: &str,
+    chain_id: &str,
+) -> Result<(), UnpackError> {
+    if !snapshot_exists(cd, snapshotter, chain_id).await? {
+        apply(cd, lease, snapshotter, layer, parent, chain_id).await?;
     }
-    Ok(parent)
+    Ok(())
 }
 
 /// A layer that could not be applied.
