@@ -144,8 +144,16 @@ impl Instances {
     /// Pulls an image into the node cache, then evicts what no longer fits the budget.
     pub async fn pull_image(&self, reference: &str, progress: &Progress) -> Result<ImageInfo, Error> {
         let info = self.images.pull(reference, progress).await?;
-        self.images.evict(self.cache_budget, &self.images_in_use(), &info.reference).await?;
+        self.evict(&info.reference).await;
         Ok(info)
+    }
+
+    /// Brings the cache back under its budget, sparing `keep`. A failure here does not
+    /// undo the pull that called it: the next pull tries again.
+    async fn evict(&self, keep: &str) {
+        if let Err(e) = self.images.evict(self.cache_budget, &self.images_in_use(), keep).await {
+            tracing::warn!(error = %e, "evicting images from the node cache");
+        }
     }
 
     /// Fills the node cache with an image ahead of use; a pinned one is never evicted.
@@ -157,7 +165,7 @@ impl Instances {
     ) -> Result<ImageInfo, Error> {
         let info = self.images.pull(reference, progress).await?;
         self.images.pin(&info.reference, pin).await?;
-        self.images.evict(self.cache_budget, &self.images_in_use(), &info.reference).await?;
+        self.evict(&info.reference).await;
         Ok(info)
     }
 
