@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
@@ -322,15 +322,6 @@ impl Instances {
         Ok(())
     }
 
-    /// Stops every instance (used by tests and at shutdown when asked to).
-    pub async fn stop_all(&self) -> Result<(), Error> {
-        let ids: Vec<String> = self.lock().keys().cloned().collect();
-        for id in ids {
-            self.stop(&id).await?;
-        }
-        Ok(())
-    }
-
     /// The instances, with their task states read from containerd.
     pub async fn list(&self, function: Option<&str>) -> Result<Vec<Instance>, Error> {
         let records = self.runtime.list().await?;
@@ -360,15 +351,7 @@ impl Instances {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         Some(candidates[n % candidates.len()].clone())
     }
-
-    /// How many instances the table holds.
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
 }
-
-/// Shared handle.
-pub type SharedInstances = Arc<Instances>;
 
 #[cfg(test)]
 mod tests {
