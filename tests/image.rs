@@ -175,3 +175,56 @@ async fn the_cache_evicts_least_recently_used_images_but_never_one_in_use_or_pin
     assert_eq!(names(&list(&mut agent).await), vec![echo]);
     agent.cleanup().await;
 }
+
+/// Writes a credentials file for `registry` and returns its path (kept by `dir`).
+fn auth_file(dir: &std::path::Path, registry: &str, user: &str, pass: &str) -> std::path::PathBuf {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let path = dir.join("auth.json");
+    std::fs::write(&path, format!(r#"{{"auths": {{"{registry}": {{"auth": "{auth}"}}}}}}"#)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registries_that_ask_for_basic_or_bearer_auth_get_it_and_secrets_stay_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, fault) in [
+        ("basic", Fault::Basic("fn-user".into(), "pw-basic-9c1".into())),
+        ("bearer", Fault::Bearer("fn-user".into(), "pw-bearer-7d3".into())),
+    ] {
+        let proxy = RegistryProxy::start(&real_parts().registry, fault.clone()).await;
+        let reference = format!("{}/fnrt/echo:latest", proxy.addr);
+        let password = match &fault {
+            Fault::Basic(_, p) | Fault::Bearer(_, p) => p.clone(),
+            _ => unreachable!(),
+        };
+
+        // No credentials: refused, and the message says where they would come from.
+        let mut agent = TestAgent::start().await;
+        let err = pull(&mut agent, &reference).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{kind}: {}", err.message());
+        assert!(
+            err.message().contains("registry_auth_file has none for this registry"),
+            "{kind}: {}",
+            err.message()
+        );
+        agent.cleanup().await;
+
+        // Wrong password: refused, and the password given appears nowhere.
+        let wrong = auth_file(dir.path(), &proxy.addr.to_string(), "fn-user", "wrong-pw-0");
+        let mut agent = TestAgent::start_with(|c| c.registry_auth_file = Some(wrong)).await;
+        let err = pull(&mut agent, &reference).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{kind}: {}", err.message());
+        assert!(!err.message().contains("wrong-pw-0"), "{kind}: {}", err.message());
+        agent.cleanup().await;
+
+        // The right ones: the pull works.
+        let right = auth_file(dir.path(), &proxy.addr.to_string(), "fn-user", &password);
+        let mut agent = TestAgent::start_with(|c| c.registry_auth_file = Some(right)).await;
+        let (img, _) = fnrt_tests::pull_image(&mut agent.client, &reference).await.unwrap();
+        assert_eq!(img.reference, reference);
+        let status = agent.client.node_status(NodeStatusRequest {}).await.unwrap().into_inner();
+        assert!(!format!("{status:?}").contains(&password));
+        agent.cleanup().await;
+    }
+}

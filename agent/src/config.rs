@@ -49,6 +49,8 @@ pub struct Config {
     /// Byte budget of the node's image cache (compressed blobs, each counted once); least
     /// recently used images no instance uses are evicted past it.
     pub image_cache_bytes: u64,
+    /// Registry credentials, a file in the format of Docker's config.json (`auths`).
+    pub registry_auth_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             runtime: "io.containerd.runc.v2".into(),
             health_timeout_ms: DEFAULT_HEALTH_TIMEOUT.as_millis() as u64,
             image_cache_bytes: 20 << 30,
+            registry_auth_file: None,
         }
     }
 }
@@ -92,6 +95,7 @@ impl std::fmt::Debug for Config {
             .field("runtime", &self.runtime)
             .field("health_timeout_ms", &self.health_timeout_ms)
             .field("image_cache_bytes", &self.image_cache_bytes)
+            .field("registry_auth_file", &self.registry_auth_file)
             .finish()
     }
 }
@@ -154,6 +158,7 @@ impl Config {
             "runtime" => self.runtime = value.into(),
             "health_timeout_ms" => self.health_timeout_ms = parse(value)?,
             "image_cache_bytes" => self.image_cache_bytes = parse(value)?,
+            "registry_auth_file" => self.registry_auth_file = Some(value.into()),
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())

@@ -99,6 +99,9 @@ pub enum StartError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The registry credentials file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] image::AuthFileError),
     /// The core could not start (containerd unreachable, cleanup failed...).
     #[error(transparent)]
     Core(#[from] Error),
@@ -160,7 +163,11 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
             source,
         })?;
     }
-    let images = ImageStore::new(cd.clone(), &cfg.snapshotter);
+    let credentials = match &cfg.registry_auth_file {
+        Some(path) => image::load_credentials(path)?,
+        None => Default::default(),
+    };
+    let images = ImageStore::new(cd.clone(), &cfg.snapshotter, credentials);
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);

@@ -22,6 +22,26 @@ pub enum Fault {
     Corrupt(String),
     /// Send this many bytes of this blob, then break the connection.
     CutAfter(String, usize),
+    /// Ask for Basic credentials (user, password) on every /v2/ request.
+    Basic(String, String),
+    /// Ask for a bearer token, issued at /token to these Basic credentials.
+    Bearer(String, String),
+}
+
+/// The token the proxy issues in Bearer mode.
+pub const TOKEN: &str = "test-token-4f2a";
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+}
+
+fn deny(challenge: String) -> Response<Body> {
+    let body = Full::new(Bytes::from_static(b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}"));
+    let mut resp = Response::new(body.map_err(|never| match never {}).boxed());
+    *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+    resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+    resp
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -81,6 +101,27 @@ async fn forward(
 ) -> Result<Response<Body>, std::io::Error> {
     let path = req.uri().path().to_string();
     *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let given =
+        req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    match fault {
+        Fault::Basic(u, p) if given.as_deref() != Some(basic(u, p).as_str()) => {
+            return Ok(deny("Basic realm=\"fnrt-test\"".into()));
+        }
+        Fault::Bearer(u, p) if path == "/token" => {
+            if given.as_deref() != Some(basic(u, p).as_str()) {
+                return Ok(deny("Basic realm=\"fnrt-test-token\"".into()));
+            }
+            let body = Full::new(Bytes::from(format!("{{\"token\":\"{TOKEN}\"}}")));
+            return Ok(Response::new(body.map_err(|never| match never {}).boxed()));
+        }
+        Fault::Bearer(..) if given.as_deref() != Some(format!("Bearer {TOKEN}").as_str()) => {
+            let challenge =
+                format!("Bearer realm=\"http://{host}/token\",service=\"fnrt-test\",scope=\"repository:fnrt/echo:pull\"");
+            return Ok(deny(challenge));
+        }
+        _ => {}
+    }
     let (mut parts, body) = req.into_parts();
     parts.uri = format!("http://{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()))
         .parse()

@@ -6,6 +6,7 @@
 //! GC labels tie the image record to its manifest, config, layers and snapshot; layers are
 //! applied with the Diff service onto snapshots named by chain ID.
 
+mod auth;
 mod cache;
 mod content;
 mod progress;
@@ -26,6 +27,7 @@ use containerd_client::types::Descriptor;
 use futures_util::TryStreamExt;
 use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
 
+pub use auth::{load as load_credentials, AuthFileError, Credentials};
 pub use cache::{cache_bytes, CachedImage, LABEL_LAST_USED, LABEL_PINNED};
 pub use content::ContentError;
 pub use progress::{Progress, PullEvent};
@@ -141,11 +143,12 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// A store over `cd` that unpacks with `snapshotter`.
-    pub fn new(cd: Containerd, snapshotter: &str) -> ImageStore {
+    /// A store over `cd` that unpacks with `snapshotter` and pulls with `credentials`
+    /// (registry host → credentials).
+    pub fn new(cd: Containerd, snapshotter: &str, credentials: HashMap<String, Credentials>) -> ImageStore {
         ImageStore {
             cd,
-            registry: Registry::new(),
+            registry: Registry::new(credentials),
             snapshotter: snapshotter.to_string(),
             pulling: Default::default(),
         }

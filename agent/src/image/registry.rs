@@ -1,13 +1,17 @@
 //! A client of the OCI distribution API: manifests and blobs over HTTP.
 //!
-//! Anonymous access over plain HTTP to loopback registries. HTTPS and authentication come
-//! with the image pipeline's hardening; until then such registries get a clear refusal.
+//! Plain HTTP to loopback registries; HTTPS is not spoken yet and such registries get a
+//! clear refusal. Registries that ask for authentication get it (see [`super::auth`]).
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::auth::{self, Challenge, Credentials};
 use super::reference::ImageRef;
 
 /// Media types the agent asks for and understands.
@@ -36,15 +40,15 @@ pub enum RegistryError {
         /// host:port of the registry.
         registry: String,
     },
-    /// The registry asked for credentials.
-    #[error(
-        "registry {registry} requires authentication for {reference}; this agent pulls anonymously only"
-    )]
+    /// The registry asked for credentials that the agent does not have, or refused them.
+    #[error("registry {registry} refused access to {reference}: {reason}")]
     Unauthorized {
         /// The image asked for.
         reference: String,
         /// host:port of the registry.
         registry: String,
+        /// What happened (never a secret).
+        reason: String,
     },
     /// HTTPS registries are not spoken to yet.
     #[error("registry {registry} would need HTTPS, which this agent does not speak yet; use a registry on 127.0.0.1 or localhost")]
@@ -89,17 +93,20 @@ pub struct RawManifest {
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     http: reqwest::Client,
+    credentials: Arc<HashMap<String, Credentials>>,
+    /// The `Authorization` value that worked, per registry and repository.
+    authorized: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Registry {
-    /// A client with the agent's user agent.
-    pub fn new() -> Registry {
+    /// A client with the agent's user agent and these credentials (registry host → them).
+    pub fn new(credentials: HashMap<String, Credentials>) -> Registry {
         let http = reqwest::Client::builder()
             .user_agent(concat!("fnrt-agent/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        Registry { http }
+        Registry { http, credentials: Arc::new(credentials), authorized: Arc::default() }
     }
 
     fn base(&self, image: &ImageRef) -> Result<String, RegistryError> {
@@ -109,30 +116,113 @@ impl Registry {
         Ok(format!("http://{}/v2/{}", image.registry(), image.repository()))
     }
 
+    async fn send(
+        &self,
+        image: &ImageRef,
+        url: &str,
+        accept: &str,
+        authorization: Option<&str>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut req = self.http.get(url).header(reqwest::header::ACCEPT, accept);
+        if let Some(a) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        req.send()
+            .await
+            .map_err(|source| RegistryError::Unreachable { registry: image.registry().to_string(), source })
+    }
+
     async fn get(
         &self,
         image: &ImageRef,
         url: &str,
         accept: &str,
     ) -> Result<reqwest::Response, RegistryError> {
+        let key = format!("{}/{}", image.registry(), image.repository());
+        let known = self.authorized.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let mut resp = self.send(image, url, accept, known.as_deref()).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(auth::parse_challenge);
+            let authorization = self.authorize(image, challenge).await?;
+            resp = self.send(image, url, accept, Some(&authorization)).await?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                return Err(self.unauthorized(image, "the credentials for it were refused"));
+            }
+            self.authorized.lock().unwrap_or_else(|p| p.into_inner()).insert(key, authorization);
+        }
         let registry = image.registry().to_string();
-        let resp = self
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, accept)
-            .send()
-            .await
-            .map_err(|source| RegistryError::Unreachable { registry: registry.clone(), source })?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND => Err(RegistryError::NotFound { reference: image.name(), registry }),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(RegistryError::Unauthorized { reference: image.name(), registry })
-            }
+            StatusCode::FORBIDDEN => Err(self.unauthorized(image, "it answered 403 Forbidden")),
             status => {
                 let body = resp.text().await.unwrap_or_default();
                 let body: String = body.chars().take(200).collect();
                 Err(RegistryError::Status { registry, url: url.to_string(), status, body })
+            }
+        }
+    }
+
+    fn unauthorized(&self, image: &ImageRef, reason: &str) -> RegistryError {
+        RegistryError::Unauthorized {
+            reference: image.name(),
+            registry: image.registry().into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The `Authorization` value that answers `challenge`.
+    async fn authorize(
+        &self,
+        image: &ImageRef,
+        challenge: Option<Challenge>,
+    ) -> Result<String, RegistryError> {
+        let creds = self.credentials.get(image.registry());
+        let no_creds =
+            "it asks for credentials and the agent's registry_auth_file has none for this registry";
+        match challenge {
+            None => Err(self.unauthorized(image, "it answered 401 without a Basic or Bearer challenge")),
+            Some(Challenge::Basic) => {
+                creds.map(Credentials::basic_header).ok_or_else(|| self.unauthorized(image, no_creds))
+            }
+            Some(Challenge::Bearer { realm, service, scope }) => {
+                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", image.repository()));
+                let mut query = vec![("scope", scope)];
+                if let Some(service) = service {
+                    query.push(("service", service));
+                }
+                let url = reqwest::Url::parse_with_params(&realm, &query).map_err(|e| {
+                    self.unauthorized(image, &format!("its token realm {realm:?} is not a URL: {e}"))
+                })?;
+                let mut req = self.http.get(url);
+                if let Some(c) = creds {
+                    req = req.header(reqwest::header::AUTHORIZATION, c.basic_header());
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|source| RegistryError::Unreachable { registry: realm.clone(), source })?;
+                if !resp.status().is_success() {
+                    let reason = match (resp.status(), creds) {
+                        (StatusCode::UNAUTHORIZED, None) => no_creds.to_string(),
+                        (status, _) => format!("its token server {realm} answered {status}"),
+                    };
+                    return Err(self.unauthorized(image, &reason));
+                }
+                let bytes = resp.bytes().await.map_err(|source| RegistryError::Read {
+                    registry: image.registry().into(),
+                    url: realm.clone(),
+                    source,
+                })?;
+                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str());
+                token.map(|t| format!("Bearer {t}")).ok_or_else(|| {
+                    self.unauthorized(image, &format!("its token server {realm} sent no token"))
+                })
             }
         }
     }
