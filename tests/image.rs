@@ -228,3 +228,32 @@ async fn registries_that_ask_for_basic_or_bearer_auth_get_it_and_secrets_stay_se
         agent.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_registries_are_verified_against_the_trusted_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, ca_pem) = RegistryProxy::start_tls(&real_parts().registry, Fault::None).await;
+    let reference = format!("{}/fnrt/echo:latest", proxy.addr);
+    let https = |c: &mut fnrt_agent::Config| c.plain_http_registries = vec![];
+
+    // A CA the agent was not told to trust: the TLS handshake fails, nothing is pulled.
+    let mut agent = TestAgent::start_with(https).await;
+    let err = pull(&mut agent, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(err.message().contains(&format!("registry {} is unreachable", proxy.addr)), "{}", err.message());
+    assert_eq!(cache(&mut agent).await, (vec![], vec![]));
+    agent.cleanup().await;
+
+    // Trusted through registry_ca_file: the pull goes over HTTPS.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let mut agent = TestAgent::start_with(|c| {
+        https(c);
+        c.registry_ca_file = Some(ca);
+    })
+    .await;
+    let (img, _) = fnrt_tests::pull_image(&mut agent.client, &reference).await.unwrap();
+    assert_eq!(img.reference, reference);
+    assert!(proxy.count_containing("/blobs/") >= 2);
+    agent.cleanup().await;
+}

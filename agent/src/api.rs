@@ -248,7 +248,6 @@ fn registry_code(e: &RegistryError) -> Code {
         RegistryError::Unreachable { .. } | RegistryError::Read { .. } => Code::Unavailable,
         RegistryError::NotFound { .. } => Code::NotFound,
         RegistryError::Unauthorized { .. } => Code::PermissionDenied,
-        RegistryError::HttpsUnsupported { .. } => Code::Unimplemented,
         RegistryError::Status { .. } => Code::Unknown,
     }
 }

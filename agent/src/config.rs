@@ -51,6 +51,10 @@ pub struct Config {
     pub image_cache_bytes: u64,
     /// Registry credentials, a file in the format of Docker's config.json (`auths`).
     pub registry_auth_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for registries besides the system's.
+    pub registry_ca_file: Option<PathBuf>,
+    /// Registry hosts (without port) spoken to over plain HTTP; all others use HTTPS.
+    pub plain_http_registries: Vec<String>,
 }
 
 impl Default for Config {
@@ -72,6 +76,8 @@ impl Default for Config {
             health_timeout_ms: DEFAULT_HEALTH_TIMEOUT.as_millis() as u64,
             image_cache_bytes: 20 << 30,
             registry_auth_file: None,
+            registry_ca_file: None,
+            plain_http_registries: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
         }
     }
 }
@@ -96,6 +102,8 @@ impl std::fmt::Debug for Config {
             .field("health_timeout_ms", &self.health_timeout_ms)
             .field("image_cache_bytes", &self.image_cache_bytes)
             .field("registry_auth_file", &self.registry_auth_file)
+            .field("registry_ca_file", &self.registry_ca_file)
+            .field("plain_http_registries", &self.plain_http_registries)
             .finish()
     }
 }
@@ -159,6 +167,11 @@ impl Config {
             "health_timeout_ms" => self.health_timeout_ms = parse(value)?,
             "image_cache_bytes" => self.image_cache_bytes = parse(value)?,
             "registry_auth_file" => self.registry_auth_file = Some(value.into()),
+            "registry_ca_file" => self.registry_ca_file = Some(value.into()),
+            "plain_http_registries" => {
+                self.plain_http_registries =
+                    value.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect()
+            }
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())

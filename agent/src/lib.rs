@@ -102,6 +102,9 @@ pub enum StartError {
     /// The registry credentials file cannot be used.
     #[error(transparent)]
     Auth(#[from] image::AuthFileError),
+    /// The registry CA file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] image::TlsSetupError),
     /// The core could not start (containerd unreachable, cleanup failed...).
     #[error(transparent)]
     Core(#[from] Error),
@@ -163,11 +166,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
             source,
         })?;
     }
-    let credentials = match &cfg.registry_auth_file {
-        Some(path) => image::load_credentials(path)?,
-        None => Default::default(),
-    };
-    let images = ImageStore::new(cd.clone(), &cfg.snapshotter, credentials);
+    let images = ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?);
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);
@@ -209,6 +208,28 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     }
     tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
     Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })
+}
+
+/// The registry client the configuration asks for.
+fn registry(cfg: &Config) -> Result<image::Registry, StartError> {
+    let credentials = match &cfg.registry_auth_file {
+        Some(path) => image::load_credentials(path)?,
+        None => Default::default(),
+    };
+    let extra_roots_pem = match &cfg.registry_ca_file {
+        Some(path) => std::fs::read(path).map_err(|source| StartError::Io {
+            what: "read registry_ca_file",
+            path: path.display().to_string(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    let settings = image::RegistrySettings {
+        credentials,
+        extra_roots_pem,
+        plain_http_hosts: cfg.plain_http_registries.clone(),
+    };
+    Ok(image::Registry::new(settings)?)
 }
 
 /// Serves `router` on `incoming` until `stop` turns true.

@@ -54,27 +54,67 @@ pub struct RegistryProxy {
 }
 
 impl RegistryProxy {
-    /// Starts a proxy to `upstream` with `fault`.
+    /// Starts a proxy to `upstream` with `fault`, over plain HTTP.
     pub async fn start(upstream: &str, fault: Fault) -> RegistryProxy {
+        Self::start_with(upstream, fault, None).await
+    }
+
+    /// Starts a proxy over HTTPS with a certificate for 127.0.0.1 from a CA made for the
+    /// occasion; returns it with the CA's certificate in PEM, for the agent to trust.
+    pub async fn start_tls(upstream: &str, fault: Fault) -> (RegistryProxy, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "fnrt test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+            .unwrap();
+        let proxy = Self::start_with(upstream, fault, Some(Arc::new(config))).await;
+        (proxy, ca.pem())
+    }
+
+    async fn start_with(
+        upstream: &str,
+        fault: Fault,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> RegistryProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let client: Client<HttpConnector, hyper::body::Incoming> =
             Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let (upstream, c) = (upstream.to_string(), counts.clone());
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (client, upstream, counts, fault) =
                     (client.clone(), upstream.clone(), c.clone(), fault.clone());
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (client, upstream, counts, fault) =
                             (client.clone(), upstream.clone(), counts.clone(), fault.clone());
                         async move { forward(req, &client, &upstream, &counts, &fault).await }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -32,7 +32,7 @@ pub use cache::{cache_bytes, CachedImage, LABEL_LAST_USED, LABEL_PINNED};
 pub use content::ContentError;
 pub use progress::{Progress, PullEvent};
 pub use reference::{BadReference, ImageRef};
-pub use registry::{Registry, RegistryError};
+pub use registry::{Registry, RegistryError, RegistrySettings, TlsSetupError};
 pub use unpack::{remove_snapshot, UnpackError};
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
@@ -143,15 +143,9 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// A store over `cd` that unpacks with `snapshotter` and pulls with `credentials`
-    /// (registry host → credentials).
-    pub fn new(cd: Containerd, snapshotter: &str, credentials: HashMap<String, Credentials>) -> ImageStore {
-        ImageStore {
-            cd,
-            registry: Registry::new(credentials),
-            snapshotter: snapshotter.to_string(),
-            pulling: Default::default(),
-        }
+    /// A store over `cd` that unpacks with `snapshotter` and pulls through `registry`.
+    pub fn new(cd: Containerd, snapshotter: &str, registry: Registry) -> ImageStore {
+        ImageStore { cd, registry, snapshotter: snapshotter.to_string(), pulling: Default::default() }
     }
 
     /// Pulls `reference` and makes it runnable: every blob in the content store, every layer

@@ -62,21 +62,13 @@ impl ImageRef {
         self.inner.digest()
     }
 
-    /// Registries on the loopback are spoken to over plain HTTP; all others over HTTPS.
-    pub fn plain_http(&self) -> bool {
-        let host = self.inner.registry();
-        let host =
-            host.rsplit_once(':').map_or(
-                host,
-                |(h, p)| {
-                    if p.bytes().all(|b| b.is_ascii_digit()) {
-                        h
-                    } else {
-                        host
-                    }
-                },
-            );
-        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    /// The registry host without its port.
+    pub fn host(&self) -> &str {
+        let host = self.registry();
+        match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
     }
 
     /// The normalized text form, which is also the containerd image name.
@@ -96,20 +88,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_reference_is_plain_http_and_keeps_its_port() {
+    fn local_reference_keeps_its_port() {
         let r = ImageRef::parse("127.0.0.1:5000/fnrt/echo:v1").expect("parse");
         assert_eq!(r.registry(), "127.0.0.1:5000");
         assert_eq!(r.repository(), "fnrt/echo");
         assert_eq!(r.manifest_reference(), "v1");
-        assert!(r.plain_http());
+        assert_eq!(r.host(), "127.0.0.1");
         assert_eq!(r.name(), "127.0.0.1:5000/fnrt/echo:v1");
     }
 
     #[test]
-    fn defaults_to_latest_and_https_elsewhere() {
+    fn defaults_to_latest() {
         let r = ImageRef::parse("example.com/app").expect("parse");
         assert_eq!(r.manifest_reference(), "latest");
-        assert!(!r.plain_http());
+        assert_eq!(r.host(), "example.com");
     }
 
     #[test]

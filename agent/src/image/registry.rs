@@ -1,7 +1,8 @@
 //! A client of the OCI distribution API: manifests and blobs over HTTP.
 //!
-//! Plain HTTP to loopback registries; HTTPS is not spoken yet and such registries get a
-//! clear refusal. Registries that ask for authentication get it (see [`super::auth`]).
+//! HTTPS (rustls, the system's roots plus any CA the operator adds) for every registry
+//! but those listed as plain HTTP (by default the loopback hosts). Registries that ask
+//! for authentication get it (see [`super::auth`]).
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
@@ -50,12 +51,6 @@ pub enum RegistryError {
         /// What happened (never a secret).
         reason: String,
     },
-    /// HTTPS registries are not spoken to yet.
-    #[error("registry {registry} would need HTTPS, which this agent does not speak yet; use a registry on 127.0.0.1 or localhost")]
-    HttpsUnsupported {
-        /// host:port of the registry.
-        registry: String,
-    },
     /// Any other answer than the expected one.
     #[error("registry {registry} answered {status} for {url}: {body}")]
     Status {
@@ -89,31 +84,57 @@ pub struct RawManifest {
     pub digest: String,
 }
 
-/// The registry client. Cheap to clone; connections are pooled.
+/// How the agent reaches registries.
 #[derive(Clone, Debug, Default)]
+pub struct RegistrySettings {
+    /// Credentials per registry host (host:port).
+    pub credentials: HashMap<String, Credentials>,
+    /// CA certificates trusted besides the system's, PEM.
+    pub extra_roots_pem: Vec<u8>,
+    /// Hosts (without port) spoken to over plain HTTP.
+    pub plain_http_hosts: Vec<String>,
+}
+
+/// The registry client cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("registry TLS set-up: {0}; registry_ca_file must hold PEM certificates")]
+pub struct TlsSetupError(String);
+
+/// The registry client. Cheap to clone; connections are pooled.
+#[derive(Clone, Debug)]
 pub struct Registry {
     http: reqwest::Client,
     credentials: Arc<HashMap<String, Credentials>>,
+    plain_http_hosts: Arc<Vec<String>>,
     /// The `Authorization` value that worked, per registry and repository.
     authorized: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Registry {
-    /// A client with the agent's user agent and these credentials (registry host → them).
-    pub fn new(credentials: HashMap<String, Credentials>) -> Registry {
-        let http = reqwest::Client::builder()
+    /// A client with the agent's user agent and `settings`.
+    pub fn new(settings: RegistrySettings) -> Result<Registry, TlsSetupError> {
+        // ring is the TLS crypto; installing it twice (a second agent in one process) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("fnrt-agent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        Registry { http, credentials: Arc::new(credentials), authorized: Arc::default() }
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if !settings.extra_roots_pem.is_empty() {
+            let certs = reqwest::Certificate::from_pem_bundle(&settings.extra_roots_pem)
+                .map_err(|e| TlsSetupError(e.to_string()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| TlsSetupError(e.to_string()))?;
+        Ok(Registry {
+            http,
+            credentials: Arc::new(settings.credentials),
+            plain_http_hosts: Arc::new(settings.plain_http_hosts),
+            authorized: Arc::default(),
+        })
     }
 
     fn base(&self, image: &ImageRef) -> Result<String, RegistryError> {
-        if !image.plain_http() {
-            return Err(RegistryError::HttpsUnsupported { registry: image.registry().into() });
-        }
-        Ok(format!("http://{}/v2/{}", image.registry(), image.repository()))
+        let scheme = if self.plain_http_hosts.iter().any(|h| h == image.host()) { "http" } else { "https" };
+        Ok(format!("{scheme}://{}/v2/{}", image.registry(), image.repository()))
     }
 
     async fn send(
