@@ -109,6 +109,8 @@ impl From<tonic::Status> for CliError {
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    // reqwest's TLS (built for the agent's registry client) needs a crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut agent = connect(&cli.socket).await?;
     match cli.command {
         Command::Node { command } => commands::node::run(&mut agent, command, cli.output).await,

@@ -38,6 +38,8 @@ pub struct RealParts {
 
 /// The real parts, or a panic that says how to get them.
 pub fn real_parts() -> RealParts {
+    // reqwest's TLS needs a crypto provider before any client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let var = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| {
             panic!("{name} is not set: these tests need the private containerd and registry; run them with scripts/test (it installs and starts everything)")
