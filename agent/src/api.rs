@@ -93,7 +93,13 @@ impl AgentApi for Api {
     ) -> Result<Response<pb::StartInstanceResponse>, Status> {
         let r = req.into_inner();
         let start = StartRequest { function: r.function, image: r.image, env: r.env.into_iter().collect() };
-        let inst = self.node.instances.start(start).await.map_err(status)?;
+        // On a task of its own: a caller that goes away must not cut a start half-way and
+        // leave a namespace or container behind.
+        let node = self.node.clone();
+        let inst = tokio::spawn(async move { node.instances.start(start).await })
+            .await
+            .map_err(|e| Status::internal(format!("start task failed: {e}")))?
+            .map_err(status)?;
         Ok(Response::new(pb::StartInstanceResponse { instance: Some(instance(inst)) }))
     }
 
@@ -102,7 +108,12 @@ impl AgentApi for Api {
         &self,
         req: Request<pb::StopInstanceRequest>,
     ) -> Result<Response<pb::StopInstanceResponse>, Status> {
-        self.node.instances.stop(&req.into_inner().id).await.map_err(status)?;
+        // On a task of its own, like a start: a teardown is never cut half-way.
+        let (node, id) = (self.node.clone(), req.into_inner().id);
+        tokio::spawn(async move { node.instances.stop(&id).await })
+            .await
+            .map_err(|e| Status::internal(format!("stop task failed: {e}")))?
+            .map_err(status)?;
         Ok(Response::new(pb::StopInstanceResponse {}))
     }
 

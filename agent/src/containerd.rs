@@ -86,11 +86,6 @@ impl Containerd {
         &self.namespace
     }
 
-    /// The socket this client is connected to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// containerd's version string.
     pub async fn version(&self) -> Result<String, ContainerdError> {
         let v = VersionClient::new(self.channel.clone())

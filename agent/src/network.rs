@@ -99,11 +99,6 @@ impl Network {
         format!("{}-{id}", self.scope)
     }
 
-    /// Where host-local keeps this network's allocations (one file per address).
-    pub fn allocations_dir(&self) -> PathBuf {
-        self.data_dir.join("fnrt")
-    }
-
     /// Makes the namespace of instance `id` and attaches it to the bridge. On failure,
     /// nothing of it stays.
     pub async fn attach(&self, id: &str) -> Result<Attachment, NetworkError> {
