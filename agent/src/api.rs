@@ -11,7 +11,9 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::containerd::ContainerdError;
 use crate::error::Error;
-use crate::image::{ContentError, ImageError, ImageInfo, Progress, PullEvent, RegistryError, UnpackError};
+use crate::image::{
+    ContentError, ExtractError, ImageError, ImageInfo, Progress, PullEvent, RegistryError, UnpackError,
+};
 use crate::instance::{Instance, NodeImage, StartRequest};
 use crate::network::NetworkError;
 use crate::runtime::RuntimeError;
@@ -244,6 +246,14 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::Unpack(u) => match u {
             UnpackError::Containerd(c) => containerd_code(c),
             UnpackError::DiffIdMismatch { .. } => Code::DataLoss,
+            // The bytes matched their digest, so the image itself is bad.
+            UnpackError::Extract { source: ExtractError::Read(_) | ExtractError::Outside(_), .. } => {
+                Code::FailedPrecondition
+            }
+            UnpackError::Extract { source: ExtractError::MediaType(_), .. } => Code::FailedPrecondition,
+            UnpackError::Extract { source: ExtractError::Entry { .. }, .. } => Code::Internal,
+            UnpackError::NotOverlay { .. } => Code::FailedPrecondition,
+            UnpackError::Move { .. } => Code::Internal,
         },
         ImageError::Containerd(c) => containerd_code(c),
         ImageError::Malformed { .. } => Code::FailedPrecondition,

@@ -196,6 +196,13 @@ impl Config {
         if self.subnet.split_once('/').is_none() {
             errors.push(format!("subnet {:?} must be in CIDR form, e.g. 10.201.0.0/16", self.subnet));
         }
+        if self.snapshotter != "overlayfs" {
+            errors.push(format!(
+                "snapshotter {:?} is not supported: the agent unpacks layers into overlayfs upper \
+                 directories, so it must be \"overlayfs\"",
+                self.snapshotter
+            ));
+        }
         if self.health_timeout_ms == 0 {
             errors.push("health_timeout_ms must be above 0".into());
         }

@@ -168,6 +168,20 @@ pub async fn read(cd: &Containerd, digest: &str) -> Result<Vec<u8>, ContainerdEr
     Ok(out)
 }
 
+/// Streams a blob out of the store (for layers, which can be large).
+pub fn read_stream(cd: &Containerd, digest: &str) -> impl Stream<Item = Result<Bytes, ContentError>> + Send {
+    let (cd, digest) = (cd.clone(), digest.to_string());
+    futures_util::stream::once(async move {
+        let req = cd.req(ReadContentRequest { digest: digest.clone(), offset: 0, size: 0 });
+        let op = format!("content read {digest}");
+        let stream = cd.content().read(req).await.map_err(call_err(op.clone()))?.into_inner();
+        Ok::<_, ContentError>(
+            stream.map(move |part| Ok(Bytes::from(part.map_err(call_err(op.clone()))?.data))),
+        )
+    })
+    .try_flatten()
+}
+
 /// Drops an unfinished ingest, if there is one.
 async fn abort(cd: &Containerd, reference: &str) -> Result<(), ContainerdError> {
     match cd.content().abort(cd.req(AbortRequest { r#ref: reference.to_string() })).await {

@@ -4,11 +4,13 @@
 //! The pull follows containerd's own client: a lease keeps everything from the garbage
 //! collector while it runs; blobs go through the content store with their expected digest;
 //! GC labels tie the image record to its manifest, config, layers and snapshot; layers are
-//! applied with the Diff service onto snapshots named by chain ID.
+//! unpacked by the agent while they download (see `unpack`) onto snapshots named by chain
+//! ID.
 
 mod auth;
 mod cache;
 mod content;
+mod extract;
 mod progress;
 mod reference;
 mod registry;
@@ -30,10 +32,11 @@ use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
 pub use auth::{load as load_credentials, AuthFileError, Credentials};
 pub use cache::{cache_bytes, CachedImage, LABEL_LAST_USED, LABEL_PINNED};
 pub use content::ContentError;
+pub use extract::ExtractError;
 pub use progress::{Progress, PullEvent};
 pub use reference::{BadReference, ImageRef};
 pub use registry::{Registry, RegistryError, RegistrySettings, TlsSetupError};
-pub use unpack::{remove_snapshot, UnpackError};
+pub use unpack::{chain_ids, remove_snapshot, UnpackError};
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
 
@@ -303,9 +306,10 @@ impl ImageStore {
         }
     }
 
-    /// Downloads the layers, a few at once on their own tasks, and applies each as soon
-    /// as it and those below it are in: download and unpack overlap. Returns the top
-    /// chain ID. On failure the downloads still running are stopped.
+    /// Downloads the layers, a few at once on their own tasks, each unpacked into a stage
+    /// as its bytes arrive; then commits their snapshots bottom first, each as soon as it
+    /// and those below it are in. Returns the top chain ID. On failure the downloads still
+    /// running are stopped and their stages removed.
     async fn fetch_and_unpack(
         &self,
         image: &ImageRef,
@@ -313,45 +317,58 @@ impl ImageStore {
         layers: &[unpack::Layer],
         progress: &Progress,
     ) -> Result<String, ImageError> {
+        let chain = unpack::chain_ids(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
         let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_LAYERS));
-        let mut fetches: Vec<tokio::task::JoinHandle<Result<(), ImageError>>> = layers
+        let mut fetches: Vec<tokio::task::JoinHandle<Result<Option<unpack::Stage>, ImageError>>> = layers
             .iter()
             .cloned()
-            .map(|layer| {
+            .zip(chain.iter().cloned())
+            .map(|(layer, chain_id)| {
                 let (this, image, lease, progress, slots) =
                     (self.clone(), image.clone(), lease.to_string(), progress.clone(), slots.clone());
                 tokio::spawn(async move {
                     let _slot = slots.acquire_owned().await;
-                    this.fetch_layer(&image, &lease, &layer, &progress).await
+                    this.fetch_layer(&image, &lease, &layer, &chain_id, &progress).await
                 })
             })
             .collect();
-        let chain = unpack::chain_ids(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
         let mut parent = String::new();
         let mut result = Ok(());
+        let mut awaited = 0;
         for (i, layer) in layers.iter().enumerate() {
-            result = match (&mut fetches[i]).await {
+            awaited = i + 1;
+            let fetched = match (&mut fetches[i]).await {
                 Ok(r) => r,
                 Err(e) => Err(ImageError::Fetch { digest: layer.blob.digest.clone(), reason: e.to_string() }),
             };
-            if result.is_err() {
-                break;
-            }
-            if i == 0 {
-                progress.send(PullEvent::Unpacking);
-            }
-            let started = std::time::Instant::now();
-            result = unpack::unpack_layer(&self.cd, lease, &self.snapshotter, layer, &parent, &chain[i])
-                .await
-                .map_err(ImageError::from);
-            tracing::debug!(layer = %layer.blob.digest, ms = started.elapsed().as_millis() as u64, "applied");
+            result = match fetched {
+                Ok(None) => Ok(()),
+                Ok(Some(stage)) => {
+                    if i == 0 || parent.is_empty() {
+                        progress.send(PullEvent::Unpacking);
+                    }
+                    let (cd, snap) = (&self.cd, &self.snapshotter);
+                    unpack::commit(cd, lease, snap, stage, layer, &parent, &chain[i])
+                        .await
+                        .map_err(Into::into)
+                }
+                Err(e) => Err(e),
+            };
             if result.is_err() {
                 break;
             }
             parent = chain[i].clone();
         }
-        for f in &fetches {
-            f.abort();
+        if result.is_err() {
+            for f in &fetches[awaited..] {
+                f.abort();
+            }
+            // A layer that finished before the abort left a stage nobody will commit.
+            for f in fetches.drain(awaited..) {
+                if let Ok(Ok(Some(stage))) = f.await {
+                    let _ = unpack::remove_snapshot(&self.cd, &self.snapshotter, &stage.key).await;
+                }
+            }
         }
         result.map(|()| parent)
     }
@@ -372,35 +389,83 @@ impl ImageStore {
         Ok(bytes)
     }
 
-    /// Downloads a layer into the content store, unless the store has it already.
+    /// Brings one layer in: its blob into the content store unless the store has it, and,
+    /// unless the snapshot `chain_id` exists, its files unpacked into a stage while the
+    /// bytes stream (from the store when the blob is there already). The stage is handed
+    /// over only once the blob's digest and the layer's diff ID are verified.
     async fn fetch_layer(
         &self,
         image: &ImageRef,
         lease: &str,
         layer: &unpack::Layer,
+        chain_id: &str,
         progress: &Progress,
-    ) -> Result<(), ImageError> {
-        let (digest, total) = (layer.blob.digest.clone(), layer.blob.size as u64);
-        if content::exists(&self.cd, &digest).await? {
+    ) -> Result<Option<unpack::Stage>, ImageError> {
+        let (cd, digest, total) = (&self.cd, layer.blob.digest.clone(), layer.blob.size as u64);
+        let have_blob = content::exists(cd, &digest).await?;
+        let have_snapshot = unpack::snapshot_exists(cd, &self.snapshotter, chain_id).await?;
+        if have_blob && have_snapshot {
             progress.send(PullEvent::Layer { digest, bytes: total, total });
-            return Ok(());
+            return Ok(None);
         }
+        let unpacker = match have_snapshot {
+            true => None,
+            false => Some(unpack::Unpacker::start(cd, lease, &self.snapshotter, layer).await?),
+        };
+        let feed = unpacker.as_ref().map(|u| u.feed.clone());
         let (mut bytes, mut reported) = (0u64, 0u64);
         let progress = progress.clone();
-        let body =
-            self.registry.blob(image, &layer.blob.digest).await?.map_err(ContentError::from).inspect_ok(
-                move |chunk| {
-                    bytes += chunk.len() as u64;
-                    // A message per MiB is plenty for a progress bar.
-                    if bytes - reported >= 1 << 20 || bytes == total {
-                        reported = bytes;
-                        progress.send(PullEvent::Layer { digest: digest.clone(), bytes, total });
-                    }
-                },
-            );
-        let labels = HashMap::from([("containerd.io/uncompressed".to_string(), layer.diff_id.clone())]);
-        content::write(&self.cd, lease, &layer.blob.digest, total, labels, body).await?;
-        Ok(())
+        let count = move |chunk: &Bytes| {
+            bytes += chunk.len() as u64;
+            // A message per MiB is plenty for a progress bar.
+            if bytes - reported >= 1 << 20 || bytes == total {
+                reported = bytes;
+                progress.send(PullEvent::Layer { digest: digest.clone(), bytes, total });
+            }
+        };
+        let tee = feed.clone();
+        let forward = move |chunk: Bytes| {
+            let tee = tee.clone();
+            async move {
+                if let Some(tx) = &tee {
+                    // A closed feed means the unpacking failed; it reports why.
+                    let _ = tx.send(Some(chunk.clone())).await;
+                }
+                Ok(chunk)
+            }
+        };
+        let streamed: Result<(), ImageError> = if have_blob {
+            let mut body = std::pin::pin!(content::read_stream(cd, &layer.blob.digest).inspect_ok(count));
+            async {
+                while let Some(chunk) = body.try_next().await? {
+                    forward(chunk).await?;
+                }
+                Ok::<_, ContentError>(())
+            }
+            .await
+            .map_err(Into::into)
+        } else {
+            let body = self
+                .registry
+                .blob(image, &layer.blob.digest)
+                .await?
+                .map_err(ContentError::from)
+                .inspect_ok(count)
+                .and_then(forward);
+            let labels = HashMap::from([("containerd.io/uncompressed".to_string(), layer.diff_id.clone())]);
+            content::write(cd, lease, &layer.blob.digest, total, labels, body).await.map_err(Into::into)
+        };
+        let Some(unpacker) = unpacker else { return streamed.map(|()| None) };
+        if streamed.is_ok() {
+            if let Some(tx) = &feed {
+                let _ = tx.send(None).await;
+            }
+        }
+        drop(feed);
+        let unpacked = unpacker.finish(cd, &self.snapshotter, layer).await;
+        // A failed download is the cause; the unpacking only saw the stream stop.
+        streamed?;
+        Ok(Some(unpacked?))
     }
 
     async fn put_image_record(

@@ -1,14 +1,26 @@
-//! Applying image layers onto snapshots, keyed by chain ID, the way containerd does.
+//! Unpacking image layers into snapshots keyed by chain ID, as containerd names them.
 //!
 //! For layers L0..Ln with diff IDs D0..Dn, the snapshot of L0..Li is named by its chain
 //! ID: C0 = D0 and Ci = sha256(C(i-1) + " " + Di). A snapshot that exists is reused.
+//!
+//! containerd's Diff service applies one layer at a time, after its download. The agent
+//! instead unpacks each layer while it downloads, into a stage (a snapshot without a
+//! parent, so layers unpack side by side), and then, bottom first, prepares each layer's
+//! snapshot on its parent, moves the stage's files into its overlayfs upper directory and
+//! commits it. Nothing is committed before its bytes and its diff ID are verified.
 
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
-use containerd_client::services::v1::ApplyRequest;
+use std::io::Read;
+use std::path::PathBuf;
+
+use bytes::Bytes;
 use containerd_client::types::Descriptor;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::extract::{extract, Compression, ExtractError, Extracted};
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
 
@@ -25,7 +37,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-/// A layer to apply: its blob in the content store and the diff ID it must produce.
+/// A layer to unpack: its blob and the diff ID it must produce.
 #[derive(Clone, Debug)]
 pub struct Layer {
     /// The blob's descriptor (media type, digest, size).
@@ -34,28 +46,20 @@ pub struct Layer {
     pub diff_id: String,
 }
 
-/// Applies one layer onto `parent` as the snapshot `chain_id`, unless that snapshot
-/// exists already.
-pub async fn unpack_layer(
-    cd: &Containerd,
-    lease: &str,
-    snapshotter: &str,
-    layer: &Layer,
-    parent: &str,
-    chain_id: &str,
-) -> Result<(), UnpackError> {
-    if !snapshot_exists(cd, snapshotter, chain_id).await? {
-        apply(cd, lease, snapshotter, layer, parent, chain_id).await?;
-    }
-    Ok(())
-}
-
-/// A layer that could not be applied.
+/// A layer that could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// containerd refused or failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// The tar could not be read or written.
+    #[error("layer {blob}: {source}")]
+    Extract {
+        /// The layer blob.
+        blob: String,
+        /// What failed.
+        source: ExtractError,
+    },
     /// The layer did not unpack to the diff ID the image config names.
     #[error("layer {blob} unpacked to {applied}, but the image config says {expected}")]
     DiffIdMismatch {
@@ -65,6 +69,22 @@ pub enum UnpackError {
         applied: String,
         /// What the config names.
         expected: String,
+    },
+    /// The snapshotter gave mounts with no directory to unpack into.
+    #[error("snapshotter {snapshotter} gave a {kind:?} mount; the agent unpacks layers into overlayfs upper directories and needs snapshotter = \"overlayfs\"")]
+    NotOverlay {
+        /// The snapshotter.
+        snapshotter: String,
+        /// The mount type it gave.
+        kind: String,
+    },
+    /// The files of a layer could not be moved into their snapshot.
+    #[error("moving layer {blob} into its snapshot: {source}")]
+    Move {
+        /// The layer blob.
+        blob: String,
+        /// What failed.
+        source: std::io::Error,
     },
 }
 
@@ -78,18 +98,148 @@ pub async fn snapshot_exists(cd: &Containerd, snapshotter: &str, key: &str) -> R
     }
 }
 
-async fn apply(
+/// An empty snapshot without a parent that a layer is unpacked into while it downloads,
+/// before the snapshot of the layers below it exists.
+#[derive(Debug)]
+pub struct Stage {
+    /// The snapshot's key.
+    pub key: String,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+/// A layer being unpacked on a blocking thread from the bytes sent to it.
+pub struct Unpacker {
+    /// Where the layer's bytes go; `None` says they were all sent and verified.
+    pub feed: mpsc::Sender<Option<Bytes>>,
+    task: tokio::task::JoinHandle<Result<(Stage, Extracted), UnpackError>>,
+}
+
+impl Unpacker {
+    /// Prepares a stage and starts unpacking `layer` into it from what `feed` gets.
+    ///
+    /// If the feed closes without the final `None` (the download failed or was dropped),
+    /// or the tar is bad, the thread reads what is still sent, removes the stage itself and
+    /// reports the failure; so nothing half-written outlives the pull.
+    pub async fn start(
+        cd: &Containerd,
+        lease: &str,
+        snapshotter: &str,
+        layer: &Layer,
+    ) -> Result<Unpacker, UnpackError> {
+        let compression = Compression::of(&layer.blob.media_type)
+            .map_err(|source| UnpackError::Extract { blob: layer.blob.digest.clone(), source })?;
+        let key = format!("fnrt-stage-{:016x}", rand::random::<u64>());
+        let dir = prepare(cd, lease, snapshotter, &key, "").await?;
+        let stage = Stage { key, dir };
+        let (feed, rx) = mpsc::channel::<Option<Bytes>>(16);
+        let (cd, snapshotter, blob) = (cd.clone(), snapshotter.to_string(), layer.blob.digest.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut reader = FeedReader { rx, chunk: Bytes::new() };
+            match extract(&mut reader, compression, &stage.dir) {
+                Ok(done) => Ok((stage, done)),
+                Err(source) => {
+                    reader.drain();
+                    let _ = runtime.block_on(remove_snapshot(&cd, &snapshotter, &stage.key));
+                    Err(UnpackError::Extract { blob, source })
+                }
+            }
+        });
+        Ok(Unpacker { feed, task })
+    }
+
+    /// Waits for the unpacking to end; the stage is returned only if the layer's diff ID is
+    /// the one expected.
+    pub async fn finish(
+        self,
+        cd: &Containerd,
+        snapshotter: &str,
+        layer: &Layer,
+    ) -> Result<Stage, UnpackError> {
+        drop(self.feed);
+        let (stage, done) = self.task.await.map_err(|e| UnpackError::Extract {
+            blob: layer.blob.digest.clone(),
+            source: ExtractError::Read(std::io::Error::other(e.to_string())),
+        })??;
+        if done.diff_id != layer.diff_id {
+            remove_snapshot(cd, snapshotter, &stage.key).await?;
+            return Err(UnpackError::DiffIdMismatch {
+                blob: layer.blob.digest.clone(),
+                applied: done.diff_id,
+                expected: layer.diff_id.clone(),
+            });
+        }
+        Ok(stage)
+    }
+}
+
+/// Makes `stage` the snapshot `chain_id` on top of `parent`: a stage without a parent is
+/// committed as it is; otherwise a snapshot is prepared on the parent and the stage's
+/// directory becomes its upper directory. A snapshot that another pull committed first is
+/// as good as ours.
+pub async fn commit(
     cd: &Containerd,
     lease: &str,
     snapshotter: &str,
+    stage: Stage,
     layer: &Layer,
     parent: &str,
     chain_id: &str,
 ) -> Result<(), UnpackError> {
-    let key = format!("fnrt-extract-{:08x}-{chain_id}", rand::random::<u32>());
+    if parent.is_empty() {
+        return commit_key(cd, lease, snapshotter, &stage.key, chain_id).await;
+    }
+    let key = format!("fnrt-extract-{:016x}", rand::random::<u64>());
+    let result = async {
+        let upper = prepare(cd, lease, snapshotter, &key, parent).await?;
+        let moved = std::fs::rename(&stage.dir, &upper).and_then(|()| std::fs::create_dir(&stage.dir));
+        moved.map_err(|source| UnpackError::Move { blob: layer.blob.digest.clone(), source })?;
+        commit_key(cd, lease, snapshotter, &key, chain_id).await
+    }
+    .await;
+    let _ = remove_snapshot(cd, snapshotter, &stage.key).await;
+    if result.is_err() {
+        let _ = remove_snapshot(cd, snapshotter, &key).await;
+    }
+    result
+}
+
+async fn commit_key(
+    cd: &Containerd,
+    lease: &str,
+    snapshotter: &str,
+    key: &str,
+    chain_id: &str,
+) -> Result<(), UnpackError> {
+    let commit = CommitSnapshotRequest {
+        snapshotter: snapshotter.into(),
+        name: chain_id.into(),
+        key: key.into(),
+        labels: Default::default(),
+    };
+    match cd.snapshots().commit(cd.leased(commit, lease)).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(remove_snapshot(cd, snapshotter, key).await?),
+        Err(s) => {
+            let _ = remove_snapshot(cd, snapshotter, key).await;
+            Err(call_err(format!("commit snapshot {chain_id}"))(s).into())
+        }
+    }
+}
+
+/// Prepares the active snapshot `key` on `parent` and returns the directory its writes go
+/// to: the bind mount's source without a parent, the overlay's upper directory with one.
+async fn prepare(
+    cd: &Containerd,
+    lease: &str,
+    snapshotter: &str,
+    key: &str,
+    parent: &str,
+) -> Result<PathBuf, UnpackError> {
     let prep = PrepareSnapshotRequest {
         snapshotter: snapshotter.into(),
-        key: key.clone(),
+        key: key.into(),
         parent: parent.into(),
         labels: Default::default(),
     };
@@ -97,56 +247,57 @@ async fn apply(
         .snapshots()
         .prepare(cd.leased(prep, lease))
         .await
-        .map_err(call_err(format!("prepare snapshot for layer {}", layer.blob.digest)))?
+        .map_err(call_err(format!("prepare snapshot {key}")))?
         .into_inner()
         .mounts;
-    let result = async {
-        let req = ApplyRequest {
-            diff: Some(layer.blob.clone()),
-            mounts,
-            payloads: Default::default(),
-            sync_fs: false,
-        };
-        let applied = cd
-            .diff()
-            .apply(cd.leased(req, lease))
-            .await
-            .map_err(call_err(format!("apply layer {}", layer.blob.digest)))?
-            .into_inner()
-            .applied
-            .map(|d| d.digest)
-            .unwrap_or_default();
-        if applied != layer.diff_id {
-            return Err(UnpackError::DiffIdMismatch {
-                blob: layer.blob.digest.clone(),
-                applied,
-                expected: layer.diff_id.clone(),
-            });
+    let dir = match mounts.as_slice() {
+        [m] if m.r#type == "bind" => Some(PathBuf::from(&m.source)),
+        [m] if m.r#type == "overlay" => {
+            m.options.iter().find_map(|o| o.strip_prefix("upperdir=")).map(PathBuf::from)
         }
-        let commit = CommitSnapshotRequest {
-            snapshotter: snapshotter.into(),
-            name: chain_id.into(),
-            key: key.clone(),
-            labels: Default::default(),
-        };
-        match cd.snapshots().commit(cd.leased(commit, lease)).await {
-            Ok(_) => Ok(()),
-            // Another pull committed the same layer first: theirs is as good as ours.
-            Err(s) if s.code() == tonic::Code::AlreadyExists => Err(UnpackError::Containerd(call_err("")(s))),
-            Err(s) => Err(call_err(format!("commit snapshot {chain_id}"))(s).into()),
+        _ => None,
+    };
+    match dir {
+        Some(d) => Ok(d),
+        None => {
+            let _ = remove_snapshot(cd, snapshotter, key).await;
+            let kind = mounts.iter().map(|m| m.r#type.as_str()).collect::<Vec<_>>().join("+");
+            Err(UnpackError::NotOverlay { snapshotter: snapshotter.into(), kind })
         }
     }
-    .await;
-    match result {
-        Ok(()) => Ok(()),
-        Err(UnpackError::Containerd(c)) if c.is_already_exists() => {
-            remove_snapshot(cd, snapshotter, &key).await?;
-            Ok(())
+}
+
+/// The blocking side of a layer's byte channel.
+struct FeedReader {
+    rx: mpsc::Receiver<Option<Bytes>>,
+    chunk: Bytes,
+}
+
+impl FeedReader {
+    /// Reads and drops whatever is still sent, so the sender never waits on a reader that
+    /// gave up.
+    fn drain(&mut self) {
+        while let Some(Some(_)) = self.rx.blocking_recv() {}
+    }
+}
+
+impl Read for FeedReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Some(chunk)) => self.chunk = chunk,
+                Some(None) => return Ok(0),
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the layer's download stopped before its end",
+                    ))
+                }
+            }
         }
-        Err(e) => {
-            let _ = remove_snapshot(cd, snapshotter, &key).await;
-            Err(e)
-        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
     }
 }
 
