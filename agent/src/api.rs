@@ -38,7 +38,15 @@ impl AgentApi for Api {
         _: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         let s = self.node.status().await.map_err(status)?;
+        let memory_reserved_mb = s.instances.iter().map(|i| u64::from(i.limits.memory_mb)).sum();
+        let cpu_reserved_millis = s.instances.iter().map(|i| u64::from(i.limits.cpu_millis)).sum();
+        let memory_used_bytes = s.instances.iter().map(|i| i.usage.memory_bytes).sum();
         Ok(Response::new(pb::NodeStatusResponse {
+            cpus: s.cpus,
+            memory_bytes: s.memory_bytes,
+            memory_reserved_mb,
+            cpu_reserved_millis,
+            memory_used_bytes,
             agent_version: s.agent_version,
             containerd_version: s.containerd_version,
             architecture: s.architecture,
@@ -94,15 +102,21 @@ impl AgentApi for Api {
         req: Request<pb::StartInstanceRequest>,
     ) -> Result<Response<pb::StartInstanceResponse>, Status> {
         let r = req.into_inner();
-        let start = StartRequest { function: r.function, image: r.image, env: r.env.into_iter().collect() };
+        let start = StartRequest {
+            function: r.function,
+            image: r.image,
+            env: r.env.into_iter().collect(),
+            memory_mb: r.memory_mb,
+        };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.
         let node = self.node.clone();
-        let inst = tokio::spawn(async move { node.instances.start(start).await })
+        let (inst, advice) = tokio::spawn(async move { node.instances.start(start).await })
             .await
             .map_err(|e| Status::internal(format!("start task failed: {e}")))?
             .map_err(status)?;
-        Ok(Response::new(pb::StartInstanceResponse { instance: Some(instance(inst)) }))
+        let warnings = advice.into_iter().collect();
+        Ok(Response::new(pb::StartInstanceResponse { instance: Some(instance(inst)), warnings }))
     }
 
     #[tracing::instrument(skip_all, fields(id = %req.get_ref().id))]
@@ -204,6 +218,11 @@ fn instance(i: Instance) -> pb::Instance {
         state: i.state,
         pid: i.pid,
         created_at: humantime::format_rfc3339_seconds(i.created_at).to_string(),
+        memory_mb: i.limits.memory_mb,
+        cpu_millis: i.limits.cpu_millis,
+        pids_limit: i.limits.pids,
+        memory_used_bytes: i.usage.memory_bytes,
+        cpu_used_ns: i.usage.cpu_ns,
     }
 }
 

@@ -55,6 +55,12 @@ pub struct Config {
     pub registry_ca_file: Option<PathBuf>,
     /// Registry hosts (without port) spoken to over plain HTTP; all others use HTTPS.
     pub plain_http_registries: Vec<String>,
+    /// Memory that buys an instance one whole vCPU, in MB; CPU is shared in proportion.
+    pub mb_per_vcpu: u32,
+    /// The least CPU an instance gets, in thousandths of a vCPU.
+    pub min_cpu_millis: u32,
+    /// Processes and threads an instance may have.
+    pub pids_limit: u32,
 }
 
 impl Default for Config {
@@ -78,6 +84,9 @@ impl Default for Config {
             registry_auth_file: None,
             registry_ca_file: None,
             plain_http_registries: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+            mb_per_vcpu: 1792,
+            min_cpu_millis: 100,
+            pids_limit: 1024,
         }
     }
 }
@@ -104,6 +113,9 @@ impl std::fmt::Debug for Config {
             .field("registry_auth_file", &self.registry_auth_file)
             .field("registry_ca_file", &self.registry_ca_file)
             .field("plain_http_registries", &self.plain_http_registries)
+            .field("mb_per_vcpu", &self.mb_per_vcpu)
+            .field("min_cpu_millis", &self.min_cpu_millis)
+            .field("pids_limit", &self.pids_limit)
             .finish()
     }
 }
@@ -172,6 +184,9 @@ impl Config {
                 self.plain_http_registries =
                     value.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect()
             }
+            "mb_per_vcpu" => self.mb_per_vcpu = parse(value)?,
+            "min_cpu_millis" => self.min_cpu_millis = parse(value)?,
+            "pids_limit" => self.pids_limit = parse(value)?,
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())
@@ -203,6 +218,12 @@ impl Config {
                 self.snapshotter
             ));
         }
+        if self.mb_per_vcpu == 0 || self.min_cpu_millis == 0 || self.pids_limit < 8 {
+            errors.push(format!(
+                "mb_per_vcpu ({}) and min_cpu_millis ({}) must be above 0 and pids_limit ({}) at least 8",
+                self.mb_per_vcpu, self.min_cpu_millis, self.pids_limit
+            ));
+        }
         if self.health_timeout_ms == 0 {
             errors.push("health_timeout_ms must be above 0".into());
         }
@@ -210,6 +231,15 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(errors))
+        }
+    }
+
+    /// How memory settings become instance limits.
+    pub fn limits_policy(&self) -> crate::limits::Policy {
+        crate::limits::Policy {
+            mb_per_vcpu: self.mb_per_vcpu,
+            min_cpu_millis: self.min_cpu_millis,
+            pids: self.pids_limit,
         }
     }
 

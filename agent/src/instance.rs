@@ -13,8 +13,10 @@ use std::time::{Duration, SystemTime};
 use crate::error::Error;
 use crate::health::{self, FUNCTION_PORT};
 use crate::image::{CachedImage, ImageError, ImageInfo, ImageRef, ImageStore, Progress};
+use crate::limits::{memory_advice, Limits, Policy};
 use crate::network::Network;
 use crate::runtime::{labels, NewInstance, Runtime};
+use crate::stats::Usage;
 
 /// One instance as the agent knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +35,10 @@ pub struct Instance {
     pub pid: u32,
     /// When it was started.
     pub created_at: SystemTime,
+    /// Its memory, CPU and pids limits.
+    pub limits: Limits,
+    /// What it uses, as of the last listing.
+    pub usage: Usage,
 }
 
 /// A request to start an instance, checked.
@@ -44,6 +50,8 @@ pub struct StartRequest {
     pub image: String,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// Memory in MB; 0 for the default.
+    pub memory_mb: u32,
 }
 
 /// Checks a function name: 1 to 63 of a-z, 0-9 and '-', starting with a letter, not
@@ -75,6 +83,7 @@ pub struct Instances {
     runtime: Runtime,
     health_timeout: Duration,
     cache_budget: u64,
+    policy: Policy,
     table: Mutex<HashMap<String, Instance>>,
     /// Images that starts in flight use (reference → count): not to be evicted.
     starting: Mutex<HashMap<String, usize>>,
@@ -116,6 +125,7 @@ impl Instances {
         runtime: Runtime,
         health_timeout: Duration,
         cache_budget: u64,
+        policy: Policy,
     ) -> Instances {
         Instances {
             images,
@@ -123,6 +133,7 @@ impl Instances {
             runtime,
             health_timeout,
             cache_budget,
+            policy,
             table: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
@@ -210,6 +221,18 @@ impl Instances {
         &self.images
     }
 
+    /// The limits an instance was started with, from its labels; the default policy's for
+    /// what a label does not say.
+    fn recorded_limits(&self, l: &HashMap<String, String>) -> Limits {
+        let default = self.policy.limits(0).unwrap_or(Limits { memory_mb: 128, cpu_millis: 100, pids: 1024 });
+        let get = |k: &str, d: u32| l.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        Limits {
+            memory_mb: get(labels::MEMORY_MB, default.memory_mb),
+            cpu_millis: get(labels::CPU_MILLIS, default.cpu_millis),
+            pids: get(labels::PIDS, default.pids),
+        }
+    }
+
     /// Rebuilds the table from containerd: running instances are adopted; the rest (no
     /// task, or a task that is not running) are removed with all they own.
     pub async fn adopt(&self) -> Result<(), Error> {
@@ -224,6 +247,8 @@ impl Instances {
                         state: "running".into(),
                         pid: rec.pid,
                         created_at: rec.created_at.unwrap_or(SystemTime::UNIX_EPOCH),
+                        limits: self.recorded_limits(&rec.labels),
+                        usage: Usage::default(),
                         id: rec.id.clone(),
                     };
                     tracing::info!(instance = %rec.id, "re-adopted running instance");
@@ -243,10 +268,15 @@ impl Instances {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts an instance and returns once it accepts connections on :9000. On any
-    /// failure nothing of it is left.
-    pub async fn start(&self, req: StartRequest) -> Result<Instance, Error> {
+    /// Starts an instance and returns once it accepts connections on :9000, with a warning
+    /// when its memory is below what its image's size calls for. On any failure nothing of
+    /// it is left.
+    pub async fn start(&self, req: StartRequest) -> Result<(Instance, Option<String>), Error> {
         validate_function_name(&req.function)?;
+        let limits = self
+            .policy
+            .limits(req.memory_mb)
+            .map_err(|e| Error::InvalidArgument { field: "memory_mb", reason: e.to_string() })?;
         let name = ImageRef::parse(&req.image).map_err(ImageError::from)?.name();
         let _starting = self.mark_starting(&name);
         let image = match self.images.runnable(&name).await {
@@ -275,6 +305,7 @@ impl Instances {
             netns: &attached.netns,
             address: &address_text,
             env: &req.env,
+            limits: &limits,
         };
         let pid = match self.launch(&new, address).await {
             Ok(pid) => pid,
@@ -293,9 +324,15 @@ impl Instances {
             state: "running".into(),
             pid,
             created_at: SystemTime::now(),
+            limits,
+            usage: Usage::default(),
         };
         self.lock().insert(id, inst.clone());
-        Ok(inst)
+        let advice = memory_advice(image.info.size_bytes, limits.memory_mb);
+        if let Some(a) = &advice {
+            tracing::warn!(instance = %inst.id, image = %inst.image, "{a}");
+        }
+        Ok((inst, advice))
     }
 
     async fn launch(&self, new: &NewInstance<'_>, address: SocketAddr) -> Result<u32, Error> {
@@ -337,6 +374,14 @@ impl Instances {
             .filter(|i| function.is_none_or(|f| i.function == f))
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        let cgroups: Vec<String> = out.iter().map(|i| self.runtime.cgroup_path(&i.id)).collect();
+        let usage =
+            tokio::task::spawn_blocking(move || cgroups.iter().map(|c| crate::stats::read(c)).collect())
+                .await
+                .unwrap_or_else(|_| Vec::new());
+        for (inst, u) in out.iter_mut().zip(usage) {
+            inst.usage = u;
+        }
         Ok(out)
     }
 

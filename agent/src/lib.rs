@@ -16,8 +16,10 @@ pub mod error;
 pub mod health;
 pub mod image;
 pub mod instance;
+pub mod limits;
 pub mod network;
 pub mod runtime;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,10 @@ pub struct NodeStatus {
     pub instances: Vec<Instance>,
     /// The images.
     pub images: Vec<NodeImage>,
+    /// CPUs of the node.
+    pub cpus: u32,
+    /// Memory of the node, in bytes.
+    pub memory_bytes: u64,
 }
 
 impl Node {
@@ -81,8 +87,19 @@ impl Node {
             dataplane_address: self.dataplane_address.to_string(),
             instances: self.instances.list(None).await?,
             images: self.instances.cached_images().await?.0,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_bytes: node_memory_bytes(),
         })
     }
+}
+
+/// MemTotal of /proc/meminfo; 0 if it cannot be read.
+fn node_memory_bytes() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn oci_arch(rust_arch: &str) -> &str {
@@ -170,8 +187,14 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);
-    let instances =
-        Arc::new(Instances::new(images, network, runtime, cfg.health_timeout(), cfg.image_cache_bytes));
+    let instances = Arc::new(Instances::new(
+        images,
+        network,
+        runtime,
+        cfg.health_timeout(),
+        cfg.image_cache_bytes,
+        cfg.limits_policy(),
+    ));
     instances.adopt().await?;
 
     let (shutdown, rx) = watch::channel(false);

@@ -31,6 +31,8 @@ pub fn instance_json(i: &pb::Instance) -> Value {
     json!({
         "id": i.id, "function": i.function, "image": i.image, "address": i.address,
         "state": i.state, "pid": i.pid, "created_at": i.created_at,
+        "memory_mb": i.memory_mb, "cpu_millis": i.cpu_millis, "pids_limit": i.pids_limit,
+        "memory_used_bytes": i.memory_used_bytes, "cpu_used_ns": i.cpu_used_ns,
     })
 }
 
@@ -41,13 +43,17 @@ pub fn instance_row(i: &pb::Instance) -> Vec<String> {
         i.function.clone(),
         i.state.clone(),
         i.address.clone(),
+        format!("{:.1}/{} MB", i.memory_used_bytes as f64 / f64::from(1 << 20), i.memory_mb),
+        format!("{:.2}", f64::from(i.cpu_millis) / 1000.0),
+        format!("{:.2}s", i.cpu_used_ns as f64 / 1e9),
         i.image.clone(),
         i.created_at.clone(),
     ]
 }
 
 /// Header of instance tables.
-pub const INSTANCE_HEADER: &[&str] = &["ID", "FUNCTION", "STATE", "ADDRESS", "IMAGE", "CREATED"];
+pub const INSTANCE_HEADER: &[&str] =
+    &["ID", "FUNCTION", "STATE", "ADDRESS", "MEMORY", "VCPU", "CPU TIME", "IMAGE", "CREATED"];
 
 /// An image as JSON.
 pub fn image_json(i: &pb::Image) -> Value {

@@ -55,7 +55,12 @@ async fn main() {
 async fn ours(agent: &mut TestAgent, echo: &str) -> Duration {
     let dp = agent.handle.dataplane_address;
     let t0 = Instant::now();
-    let req = StartInstanceRequest { function: "bench".into(), image: echo.into(), env: Default::default() };
+    let req = StartInstanceRequest {
+        function: "bench".into(),
+        image: echo.into(),
+        env: Default::default(),
+        memory_mb: 0,
+    };
     let inst = agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap();
     let took = tokio::task::spawn_blocking(move || {
         first_ok(dp, "/function/bench/");

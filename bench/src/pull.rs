@@ -90,8 +90,12 @@ async fn remove(agent: &mut TestAgent, reference: &str) {
 async fn start_and_call(agent: &mut TestAgent, reference: &str) -> Duration {
     let dp = agent.handle.dataplane_address;
     let t0 = Instant::now();
-    let req =
-        StartInstanceRequest { function: "large".into(), image: reference.into(), env: Default::default() };
+    let req = StartInstanceRequest {
+        function: "large".into(),
+        image: reference.into(),
+        env: Default::default(),
+        memory_mb: 0,
+    };
     let inst = agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap();
     let took = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(dp).unwrap();

@@ -19,6 +19,7 @@ pub use spec::SpecError;
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
 use crate::image::{remove_snapshot, RunnableImage};
+use crate::limits::Limits;
 
 /// Label keys of the agent's containers.
 pub mod labels {
@@ -28,6 +29,12 @@ pub mod labels {
     pub const IMAGE: &str = "fnrt.image";
     /// Its address, ip:9000.
     pub const ADDRESS: &str = "fnrt.address";
+    /// Its memory limit in MB.
+    pub const MEMORY_MB: &str = "fnrt.memory-mb";
+    /// Its CPU limit in thousandths of a vCPU.
+    pub const CPU_MILLIS: &str = "fnrt.cpu-millis";
+    /// Its pids limit.
+    pub const PIDS: &str = "fnrt.pids";
 }
 
 /// A failure to create, run or remove an instance's container.
@@ -64,6 +71,8 @@ pub struct NewInstance<'a> {
     pub address: &'a str,
     /// Environment added to the image's.
     pub env: &'a BTreeMap<String, String>,
+    /// Its limits.
+    pub limits: &'a Limits,
 }
 
 /// One container of the agent as containerd has it.
@@ -128,6 +137,7 @@ impl Runtime {
             netns: n.netns,
             cgroup: &self.cgroup_path(n.id),
             env: n.env,
+            limits: n.limits,
         })?;
         let spec =
             serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
@@ -135,6 +145,9 @@ impl Runtime {
             (labels::FUNCTION.to_string(), n.function.to_string()),
             (labels::IMAGE.to_string(), n.image.info.reference.clone()),
             (labels::ADDRESS.to_string(), n.address.to_string()),
+            (labels::MEMORY_MB.to_string(), n.limits.memory_mb.to_string()),
+            (labels::CPU_MILLIS.to_string(), n.limits.cpu_millis.to_string()),
+            (labels::PIDS.to_string(), n.limits.pids.to_string()),
         ]);
         let container = Container {
             id: n.id.into(),

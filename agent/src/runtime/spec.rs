@@ -4,7 +4,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use oci_spec::image::ImageConfiguration;
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, Spec, UserBuilder};
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxDeviceCgroup, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType,
+    LinuxPidsBuilder, Spec, UserBuilder,
+};
+
+use crate::limits::{Limits, CPU_PERIOD_US};
 
 /// The image config cannot be turned into a runnable process.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,8 @@ pub struct InstanceSpec<'a> {
     pub cgroup: &'a str,
     /// Environment added to the image's.
     pub env: &'a BTreeMap<String, String>,
+    /// Memory, CPU and pids limits.
+    pub limits: &'a Limits,
 }
 
 /// Builds the runtime spec of an instance: the image's process in its own namespaces, the
@@ -93,6 +100,18 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
             deny_all.set_allow(false);
             deny_all.set_access(Some("rwm".into()));
             res.set_devices(Some(vec![deny_all]));
+            let l = s.limits;
+            // Swap equal to the limit: memory plus swap may not pass it, so no swap at all.
+            let memory =
+                LinuxMemoryBuilder::default().limit(l.memory_bytes()).swap(l.memory_bytes()).build()?;
+            res.set_memory(Some(memory));
+            let cpu = LinuxCpuBuilder::default()
+                .quota(l.cpu_quota_us())
+                .period(CPU_PERIOD_US)
+                .shares(l.cpu_shares())
+                .build()?;
+            res.set_cpu(Some(cpu));
+            res.set_pids(Some(LinuxPidsBuilder::default().limit(i64::from(l.pids)).build()?));
         }
     }
     Ok(spec)
@@ -116,6 +135,8 @@ mod tests {
     use super::*;
     use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
 
+    const LIMITS: Limits = Limits { memory_mb: 448, cpu_millis: 250, pids: 1024 };
+
     fn image(entry: &[&str], cmd: &[&str], user: &str) -> ImageConfiguration {
         let cfg = ConfigBuilder::default()
             .entrypoint(entry.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -138,6 +159,7 @@ mod tests {
             netns: Path::new("/run/netns/fnrt-f-1"),
             cgroup: "/fnrt/fnrt-f-1",
             env: &env,
+            limits: &LIMITS,
         };
         let spec = build(&s).expect("spec");
         let p = spec.process().as_ref().expect("process");
@@ -154,6 +176,12 @@ mod tests {
             linux.cgroups_path().as_ref().map(|p| p.display().to_string()),
             Some("/fnrt/fnrt-f-1".into())
         );
+        let res = linux.resources().as_ref().expect("resources");
+        let mem = res.memory().as_ref().expect("memory");
+        assert_eq!((mem.limit(), mem.swap()), (Some(448 << 20), Some(448 << 20)));
+        let cpu = res.cpu().as_ref().expect("cpu");
+        assert_eq!((cpu.quota(), cpu.period(), cpu.shares()), (Some(25_000), Some(100_000), Some(256)));
+        assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(1024));
     }
 
     #[test]
@@ -167,6 +195,7 @@ mod tests {
             netns: Path::new("/x"),
             cgroup: "/x",
             env: &env,
+            limits: &LIMITS,
         };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
@@ -177,6 +206,7 @@ mod tests {
             netns: Path::new("/x"),
             cgroup: "/x",
             env: &env,
+            limits: &LIMITS,
         };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }

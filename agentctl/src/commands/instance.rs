@@ -22,6 +22,9 @@ pub enum InstanceCommand {
         /// Environment variable for the instance, KEY=VALUE; repeatable.
         #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// Memory in MB (64 to 32768; CPU follows from it); the agent's default (128) if unset.
+        #[arg(long, short = 'm', value_name = "MB", default_value_t = 0)]
+        memory: u32,
     },
     /// Stop an instance and remove all it owned.
     Stop {
@@ -43,7 +46,7 @@ pub async fn run(
     out: Output,
 ) -> Result<(), CliError> {
     match cmd {
-        InstanceCommand::Start { function, image, env } => {
+        InstanceCommand::Start { function, image, env, memory } => {
             let mut vars = std::collections::HashMap::new();
             for kv in env {
                 let (k, v) = kv
@@ -51,8 +54,12 @@ pub async fn run(
                     .ok_or_else(|| CliError::Usage(format!("--env {kv:?}: expected KEY=VALUE")))?;
                 vars.insert(k.to_string(), v.to_string());
             }
-            let req = StartInstanceRequest { function, image, env: vars };
-            let inst = agent.start_instance(req).await?.into_inner().instance.unwrap_or_default();
+            let req = StartInstanceRequest { function, image, env: vars, memory_mb: memory };
+            let started = agent.start_instance(req).await?.into_inner();
+            for w in &started.warnings {
+                eprintln!("warning: {w}");
+            }
+            let inst = started.instance.unwrap_or_default();
             match out {
                 Output::Json => output::json(&instance_json(&inst)),
                 Output::Table => output::table(INSTANCE_HEADER, &[instance_row(&inst)]),

@@ -1,0 +1,57 @@
+//! What an instance uses, read from its cgroup with cgroups-rs: cgroup v1 (per-controller
+//! hierarchies, as on this project's machines) or v2 (the unified hierarchy most
+//! production nodes run), whichever the node mounts.
+//!
+//! The reads are file reads in cgroupfs: call [`read`] from a blocking thread.
+
+use cgroups_rs::cgroup::Cgroup;
+use cgroups_rs::cpu::CpuController;
+use cgroups_rs::cpuacct::CpuAcctController;
+use cgroups_rs::hierarchies;
+use cgroups_rs::memory::MemController;
+
+/// Resource use of one cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Memory charged to it now, in bytes (page cache included, as the limit counts it).
+    pub memory_bytes: u64,
+    /// CPU time it has used, in nanoseconds.
+    pub cpu_ns: u64,
+}
+
+/// The use of the cgroup at `path` (relative to the cgroup roots, as in the OCI spec's
+/// `cgroupsPath`). A cgroup that is gone reads as zero.
+pub fn read(path: &str) -> Usage {
+    let hierarchy = hierarchies::auto();
+    let v2 = hierarchy.v2();
+    let cg = Cgroup::load(hierarchy, path.trim_start_matches('/'));
+    let memory_bytes = cg.controller_of::<MemController>().map_or(0, |m| m.memory_stat().usage_in_bytes);
+    let cpu_ns = if v2 {
+        cg.controller_of::<CpuController>().map_or(0, |c| usage_usec(&c.cpu().stat).saturating_mul(1000))
+    } else {
+        cg.controller_of::<CpuAcctController>().map_or(0, |c| c.cpuacct().usage)
+    };
+    Usage { memory_bytes, cpu_ns }
+}
+
+/// `usage_usec` of a cgroup v2 `cpu.stat`.
+fn usage_usec(stat: &str) -> u64 {
+    stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_cpu_stat_usage_is_read() {
+        let stat = "usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n";
+        assert_eq!(usage_usec(stat), 123_456);
+        assert_eq!(usage_usec("nr_periods 3\n"), 0);
+    }
+
+    #[test]
+    fn a_cgroup_that_is_not_there_reads_as_zero() {
+        assert_eq!(read("/fnrt/no-such-instance-here"), Usage::default());
+    }
+}

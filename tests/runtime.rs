@@ -1,0 +1,98 @@
+//! The instance runtime against the real containerd, runc and CNI: limits seen from inside
+//! the instance and enforced by the kernel (memory, CPU, pids).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fnrt_proto::agent::v1::{Instance, ListInstancesRequest, StartInstanceRequest};
+use fnrt_tests::{image, TestAgent};
+
+async fn start(agent: &mut TestAgent, function: &str, memory_mb: u32) -> (Instance, Vec<String>) {
+    let req = StartInstanceRequest { function: function.into(), image: image("echo"), env: HashMap::new(), memory_mb };
+    let r = agent.client.start_instance(req).await.unwrap().into_inner();
+    (r.instance.unwrap(), r.warnings)
+}
+
+/// Calls a `/_fixture/` action on a function and parses its JSON answer.
+async fn act(agent: &TestAgent, function: &str, action: &str) -> serde_json::Value {
+    let (status, body) = agent.call(function, &format!("/_fixture/{action}"), "").await;
+    assert_eq!(status, 200, "{action}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{action}: {e}: {body}"))
+}
+
+/// A cgroup file of the instance as the instance itself sees it (v1 or v2 layout).
+async fn own_cgroup(agent: &TestAgent, function: &str, v1: &str, v2: &str) -> String {
+    for path in [v1, v2] {
+        let r = act(agent, function, &format!("read?path={path}")).await;
+        if let Some(t) = r["text"].as_str() {
+            return t.trim().to_string();
+        }
+    }
+    panic!("neither {v1} nor {v2} is readable inside the instance");
+}
+
+async fn instance(agent: &mut TestAgent, id: &str) -> Instance {
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    list.instances.into_iter().find(|i| i.id == id).unwrap_or_else(|| panic!("{id} is not listed"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_cpu_and_pids_limits_are_what_the_instance_sees() {
+    let mut agent = TestAgent::start().await;
+    let (inst, warnings) = start(&mut agent, "limits", 448).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!((inst.memory_mb, inst.cpu_millis, inst.pids_limit), (448, 250, 1024));
+    let mem = own_cgroup(&agent, "limits", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
+        .await;
+    assert_eq!(mem, (448u64 << 20).to_string());
+    let cpu = own_cgroup(&agent, "limits", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max").await;
+    assert!(cpu == "25000" || cpu == "25000 100000", "cpu quota {cpu}");
+    let pids = own_cgroup(&agent, "limits", "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max").await;
+    assert_eq!(pids, "1024");
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_below_what_the_image_calls_for_is_a_warning_and_bad_memory_an_error() {
+    let mut agent = TestAgent::start().await;
+    let (_, warnings) = start(&mut agent, "small", 128).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("memory 128 MB is below what an image of 1 MB calls for (256 to 512 MB)"));
+    let req = StartInstanceRequest { function: "bad".into(), image: image("echo"), env: HashMap::new(), memory_mb: 10 };
+    let err = agent.client.start_instance(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("memory_mb 10 is out of range: use 64 to 32768 MB"), "{}", err.message());
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_loop_with_a_quarter_vcpu_uses_about_a_quarter_of_a_core() {
+    let mut agent = TestAgent::start().await;
+    let (inst, _) = start(&mut agent, "spin", 448).await;
+    let before = instance(&mut agent, &inst.id).await.cpu_used_ns;
+    let t0 = Instant::now();
+    act(&agent, "spin", "spin?ms=3000").await;
+    let wall = t0.elapsed();
+    let used = instance(&mut agent, &inst.id).await.cpu_used_ns - before;
+    let cores = used as f64 / wall.as_nanos() as f64;
+    // CFS hands out the quota per 100 ms period; over 3 s the share lands close to 0.25.
+    assert!((0.20..=0.30).contains(&cores), "used {cores:.3} of a core (target 0.25 ± 0.05)");
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_bomb_stops_at_the_pids_limit_and_the_neighbours_keep_working() {
+    let mut agent = TestAgent::start_with(|c| c.pids_limit = 64).await;
+    start(&mut agent, "bomb", 128).await;
+    let (neighbour, _) = start(&mut agent, "calm", 128).await;
+    let r = act(&agent, "bomb", "fork?n=500").await;
+    let started = r["started"].as_u64().unwrap();
+    assert!(started < 64, "started {started} children with a pids limit of 64");
+    assert!(r["error"].as_str().unwrap().contains("Resource temporarily unavailable"), "{r}");
+    let (status, _) = agent.call("calm", "/still-there", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(instance(&mut agent, &neighbour.id).await.state, "running");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    agent.cleanup().await;
+}
