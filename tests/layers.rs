@@ -68,7 +68,8 @@ async fn describe(socket: &Path, namespace: &str, top: &str) -> BTreeMap<String,
         snapshotter: "overlayfs".into(),
         key: key.clone(),
         parent: top.into(),
-        labels: Default::default(),
+        // Without a root label containerd's garbage collector may take the view mid-test.
+        labels: [("containerd.io/gc.root".to_string(), "fnrt-test".to_string())].into(),
     };
     let mounts = cd.snapshots().view(cd.req(req)).await.unwrap().into_inner().mounts;
     assert_eq!(mounts.len(), 1, "{mounts:?}");

@@ -1,15 +1,22 @@
 //! The instance runtime against the real containerd, runc and CNI: limits seen from inside
-//! the instance and enforced by the kernel (memory, CPU, pids).
+//! the instance and enforced by the kernel (memory, CPU, pids); exits, crashes and OOM
+//! kills seen through containerd's events, reported and cleaned up.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use fnrt_agent::containerd::Containerd;
 use fnrt_proto::agent::v1::{Instance, ListInstancesRequest, StartInstanceRequest};
-use fnrt_tests::{image, TestAgent};
+use fnrt_tests::{image, namespace_contents, node_leftovers, TestAgent};
 
 async fn start(agent: &mut TestAgent, function: &str, memory_mb: u32) -> (Instance, Vec<String>) {
-    let req = StartInstanceRequest { function: function.into(), image: image("echo"), env: HashMap::new(), memory_mb };
+    let req = StartInstanceRequest {
+        function: function.into(),
+        image: image("echo"),
+        env: HashMap::new(),
+        memory_mb,
+    };
     let r = agent.client.start_instance(req).await.unwrap().into_inner();
     (r.instance.unwrap(), r.warnings)
 }
@@ -43,10 +50,16 @@ async fn memory_cpu_and_pids_limits_are_what_the_instance_sees() {
     let (inst, warnings) = start(&mut agent, "limits", 448).await;
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!((inst.memory_mb, inst.cpu_millis, inst.pids_limit), (448, 250, 1024));
-    let mem = own_cgroup(&agent, "limits", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
-        .await;
+    let mem = own_cgroup(
+        &agent,
+        "limits",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/memory.max",
+    )
+    .await;
     assert_eq!(mem, (448u64 << 20).to_string());
-    let cpu = own_cgroup(&agent, "limits", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max").await;
+    let cpu =
+        own_cgroup(&agent, "limits", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max").await;
     assert!(cpu == "25000" || cpu == "25000 100000", "cpu quota {cpu}");
     let pids = own_cgroup(&agent, "limits", "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max").await;
     assert_eq!(pids, "1024");
@@ -59,7 +72,12 @@ async fn memory_below_what_the_image_calls_for_is_a_warning_and_bad_memory_an_er
     let (_, warnings) = start(&mut agent, "small", 128).await;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("memory 128 MB is below what an image of 1 MB calls for (256 to 512 MB)"));
-    let req = StartInstanceRequest { function: "bad".into(), image: image("echo"), env: HashMap::new(), memory_mb: 10 };
+    let req = StartInstanceRequest {
+        function: "bad".into(),
+        image: image("echo"),
+        env: HashMap::new(),
+        memory_mb: 10,
+    };
     let err = agent.client.start_instance(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("memory_mb 10 is out of range: use 64 to 32768 MB"), "{}", err.message());
@@ -94,5 +112,67 @@ async fn a_fork_bomb_stops_at_the_pids_limit_and_the_neighbours_keep_working() {
     assert_eq!(status, 200);
     assert_eq!(instance(&mut agent, &neighbour.id).await.state, "running");
     tokio::time::sleep(Duration::from_millis(10)).await;
+    agent.cleanup().await;
+}
+
+/// Polls ListInstances until `id` is in `state`, for up to 10 s.
+async fn wait_for_state(agent: &mut TestAgent, id: &str, state: &str) -> Instance {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+        let found = list.instances.into_iter().find(|i| i.id == id);
+        match found {
+            Some(i) if i.state == state => return i,
+            other if Instant::now() > deadline => panic!("{id} never reached {state}: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits until nothing of instance `id` is left: container, snapshot, netns, CNI, cgroup.
+async fn wait_removed(agent: &TestAgent, id: &str) {
+    let cd = Containerd::connect(&agent.cfg.containerd_socket, &agent.cfg.namespace).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left: Vec<String> =
+            namespace_contents(&cd).await.into_iter().filter(|t| t.ends_with(&format!(" {id}"))).collect();
+        left.extend(node_leftovers(&format!("{}-{id}", agent.cfg.namespace)));
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "instance {id} left {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_past_its_memory_is_oom_killed_reported_and_removed_and_neighbours_stay() {
+    let mut agent = TestAgent::start().await;
+    let (victim, _) = start(&mut agent, "hungry", 128).await;
+    let (neighbour, _) = start(&mut agent, "calm", 128).await;
+    let (status, body) = agent.call("hungry", "/_fixture/alloc?mb=300", "").await;
+    assert_eq!(status, 502, "{body}");
+    let ended = wait_for_state(&mut agent, &victim.id, "oom-killed").await;
+    assert!(ended.reason.contains("out of memory: it used all of its 128 MB"), "{}", ended.reason);
+    wait_removed(&agent, &victim.id).await;
+    assert_eq!(agent.call("calm", "/", "").await.0, 200);
+    assert_eq!(instance(&mut agent, &neighbour.id).await.state, "running");
+    // The function can have a new instance, and it answers.
+    start(&mut agent, "hungry", 128).await;
+    assert_eq!(agent.call("hungry", "/", "").await.0, 200);
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_crashes_is_reported_with_its_exit_status_and_removed() {
+    let mut agent = TestAgent::start().await;
+    let (inst, _) = start(&mut agent, "crash", 128).await;
+    let (status, _) = agent.call("crash", "/_fixture/exit?code=3", "").await;
+    assert_eq!(status, 502);
+    let ended = wait_for_state(&mut agent, &inst.id, "crashed").await;
+    assert_eq!(ended.reason, "its process exited with status 3");
+    wait_removed(&agent, &inst.id).await;
+    let (status, body) = agent.call("crash", "/", "").await;
+    assert_eq!(status, 404, "no instance is left to call: {body}");
     agent.cleanup().await;
 }

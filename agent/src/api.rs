@@ -223,6 +223,7 @@ fn instance(i: Instance) -> pb::Instance {
         pids_limit: i.limits.pids,
         memory_used_bytes: i.usage.memory_bytes,
         cpu_used_ns: i.usage.cpu_ns,
+        reason: i.reason,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use containerd_client::services::v1::{
-    containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    containers_client::ContainersClient, content_client::ContentClient, events_client::EventsClient,
     images_client::ImagesClient, leases_client::LeasesClient, namespaces_client::NamespacesClient,
     snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient, version_client::VersionClient,
 };
@@ -122,9 +122,9 @@ impl Containerd {
     pub fn content(&self) -> ContentClient<Channel> {
         ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
-    /// Diff service.
-    pub fn diff(&self) -> DiffClient<Channel> {
-        DiffClient::new(self.channel.clone())
+    /// Events service.
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
     }
     /// Images service.
     pub fn images(&self) -> ImagesClient<Channel> {

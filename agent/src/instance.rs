@@ -4,13 +4,18 @@
 //! The table in memory is rebuilt from containerd's labels when the agent starts; a lock
 //! is held only to read or change the table, never across a containerd or CNI call.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::containerd::Containerd;
 use crate::error::Error;
+use crate::events::{self, TaskEvent};
 use crate::health::{self, FUNCTION_PORT};
 use crate::image::{CachedImage, ImageError, ImageInfo, ImageRef, ImageStore, Progress};
 use crate::limits::{memory_advice, Limits, Policy};
@@ -39,7 +44,13 @@ pub struct Instance {
     pub limits: Limits,
     /// What it uses, as of the last listing.
     pub usage: Usage,
+    /// Why it ended ("" while it runs).
+    pub reason: String,
 }
+
+/// How many ended instances ListInstances shows, and for how long.
+const ENDED_MAX: usize = 100;
+const ENDED_KEPT: Duration = Duration::from_secs(3600);
 
 /// A request to start an instance, checked.
 #[derive(Clone, Debug)]
@@ -85,6 +96,10 @@ pub struct Instances {
     cache_budget: u64,
     policy: Policy,
     table: Mutex<HashMap<String, Instance>>,
+    /// Instances that ended on their own, newest last, for ListInstances.
+    ended: Mutex<VecDeque<(SystemTime, Instance)>>,
+    /// Instances whose cgroup reported an OOM kill, until their exit arrives.
+    oom_seen: Mutex<HashSet<String>>,
     /// Images that starts in flight use (reference → count): not to be evicted.
     starting: Mutex<HashMap<String, usize>>,
     next: AtomicUsize,
@@ -135,6 +150,8 @@ impl Instances {
             cache_budget,
             policy,
             table: Mutex::new(HashMap::new()),
+            ended: Mutex::new(VecDeque::new()),
+            oom_seen: Mutex::new(HashSet::new()),
             starting: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
         }
@@ -249,6 +266,7 @@ impl Instances {
                         created_at: rec.created_at.unwrap_or(SystemTime::UNIX_EPOCH),
                         limits: self.recorded_limits(&rec.labels),
                         usage: Usage::default(),
+                        reason: String::new(),
                         id: rec.id.clone(),
                     };
                     tracing::info!(instance = %rec.id, "re-adopted running instance");
@@ -326,6 +344,7 @@ impl Instances {
             created_at: SystemTime::now(),
             limits,
             usage: Usage::default(),
+            reason: String::new(),
         };
         self.lock().insert(id, inst.clone());
         let advice = memory_advice(image.info.size_bytes, limits.memory_mb);
@@ -373,6 +392,9 @@ impl Instances {
             })
             .filter(|i| function.is_none_or(|f| i.function == f))
             .collect();
+        let ended: Vec<Instance> =
+            self.ended.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, i)| i.clone()).collect();
+        out.extend(ended.into_iter().filter(|i| function.is_none_or(|f| i.function == f)));
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         let cgroups: Vec<String> = out.iter().map(|i| self.runtime.cgroup_path(&i.id)).collect();
         let usage =
@@ -383,6 +405,102 @@ impl Instances {
             inst.usage = u;
         }
         Ok(out)
+    }
+
+    /// Follows containerd's task events until `shutdown`: an instance whose process exits,
+    /// crashes or is OOM-killed is recorded with the cause and removed with all it owned.
+    /// When the event stream breaks (containerd restarted), it subscribes again and checks
+    /// every instance's task, so no exit goes unseen.
+    pub async fn watch(self: Arc<Self>, cd: Containerd, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut first = true;
+        loop {
+            // containerd answers a subscription only with its first event, so the wait for
+            // it must give way to a shutdown too.
+            let subscribed = tokio::select! {
+                s = events::subscribe(&cd) => s,
+                _ = shutdown.changed() => return,
+            };
+            let stream = match subscribed {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to task events; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            if !first {
+                self.reconcile().await;
+            }
+            first = false;
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    next = stream.next() => match next {
+                        Some(Ok(event)) => self.on_event(event).await,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "task event stream broke; subscribing again");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+
+    async fn on_event(self: &Arc<Self>, event: TaskEvent) {
+        match event {
+            TaskEvent::Oom { container } => {
+                self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(container);
+            }
+            TaskEvent::Exit { container, status, at } => {
+                let oom_event = self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&container);
+                // Not in the table: the agent stopped it, or it is not (yet) an instance.
+                let Some(inst) = self.lock().remove(&container) else { return };
+                let cgroup = self.runtime.cgroup_path(&container);
+                let killed = tokio::task::spawn_blocking(move || crate::stats::oom_kills(&cgroup)).await;
+                let oom = oom_event || killed.unwrap_or(0) > 0;
+                self.record_end(inst, status, oom, at);
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.teardown(&container).await {
+                        tracing::warn!(instance = %container, error = %e, "removing an ended instance");
+                    }
+                });
+            }
+        }
+    }
+
+    fn record_end(&self, mut inst: Instance, status: u32, oom: bool, at: SystemTime) {
+        let (state, reason) = events::reason(status, oom, inst.limits.memory_mb);
+        tracing::warn!(instance = %inst.id, function = %inst.function, state, %reason, "instance ended");
+        inst.state = state.into();
+        inst.reason = reason;
+        inst.pid = 0;
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.push_back((at, inst));
+        let horizon = SystemTime::now() - ENDED_KEPT;
+        while ended.len() > ENDED_MAX || ended.front().is_some_and(|(t, _)| *t < horizon) {
+            ended.pop_front();
+        }
+    }
+
+    /// After a gap in the events: instances whose task no longer runs are ended now.
+    async fn reconcile(self: &Arc<Self>) {
+        let records = match self.runtime.list().await {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(error = %e, "checking instances after an event gap"),
+        };
+        let running: HashSet<String> =
+            records.into_iter().filter(|r| r.state == Some("running")).map(|r| r.id).collect();
+        let gone: Vec<String> = self.lock().keys().filter(|id| !running.contains(*id)).cloned().collect();
+        for id in gone {
+            let event = TaskEvent::Exit { container: id, status: 255, at: SystemTime::now() };
+            self.on_event(event).await;
+        }
     }
 
     /// Picks a running instance of `function` for a call, round robin.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod containerd;
 pub mod dataplane;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod image;
 pub mod instance;
@@ -195,10 +196,12 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         cfg.image_cache_bytes,
         cfg.limits_policy(),
     ));
-    instances.adopt().await?;
-
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Watching before adopting: an instance that ends meanwhile is not missed.
+    tasks.push(tokio::spawn(instances.clone().watch(cd.clone(), rx.clone())));
+    instances.adopt().await?;
+
     let dp_listener = TcpListener::bind(cfg.dataplane_listen).await.map_err(|source| StartError::Io {
         what: "bind data plane",
         path: cfg.dataplane_listen.to_string(),

@@ -87,6 +87,7 @@ pub fn memory_advice(image_bytes: u64, memory_mb: u32) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -9,6 +9,7 @@ use cgroups_rs::cpu::CpuController;
 use cgroups_rs::cpuacct::CpuAcctController;
 use cgroups_rs::hierarchies;
 use cgroups_rs::memory::MemController;
+use cgroups_rs::Controller;
 
 /// Resource use of one cgroup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,6 +33,25 @@ pub fn read(path: &str) -> Usage {
         cg.controller_of::<CpuAcctController>().map_or(0, |c| c.cpuacct().usage)
     };
     Usage { memory_bytes, cpu_ns }
+}
+
+/// How many times the kernel's OOM killer acted in the cgroup at `path` (0 if it is gone).
+pub fn oom_kills(path: &str) -> u64 {
+    let hierarchy = hierarchies::auto();
+    let v2 = hierarchy.v2();
+    let cg = Cgroup::load(hierarchy, path.trim_start_matches('/'));
+    let Some(mem) = cg.controller_of::<MemController>() else { return 0 };
+    if v2 {
+        // cgroups-rs does not read memory.events; it is one line to find.
+        let events = std::fs::read_to_string(mem.path().join("memory.events")).unwrap_or_default();
+        events
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    } else {
+        mem.memory_stat().oom_control.oom_kill
+    }
 }
 
 /// `usage_usec` of a cgroup v2 `cpu.stat`.

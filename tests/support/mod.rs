@@ -123,11 +123,12 @@ impl TestAgent {
         (status, resp.text().await.unwrap())
     }
 
-    /// Stops every instance, stops the agent, removes the namespace and everything in it,
+    /// Stops every running instance, stops the agent, removes the namespace and everything in it,
     /// and fails if anything of this agent is left on the node.
     pub async fn cleanup(mut self) {
         let list = self.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
-        for i in list.instances {
+        // Instances that ended are listed with their cause, but are already removed.
+        for i in list.instances.into_iter().filter(|i| i.reason.is_empty()) {
             self.client.stop_instance(fnrt_proto::agent::v1::StopInstanceRequest { id: i.id }).await.unwrap();
         }
         self.handle.shutdown().await;
