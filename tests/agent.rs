@@ -12,7 +12,12 @@ use fnrt_tests::{image, real_parts, TestAgent};
 use tonic::Code;
 
 fn start_req(function: &str, image: &str) -> StartInstanceRequest {
-    StartInstanceRequest { function: function.into(), image: image.into(), env: HashMap::new(), memory_mb: 0 }
+    StartInstanceRequest {
+        function: function.into(),
+        image: image.into(),
+        env: HashMap::new(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

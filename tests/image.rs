@@ -135,6 +135,7 @@ async fn the_cache_evicts_least_recently_used_images_but_never_one_in_use_or_pin
         image: echo.clone(),
         env: Default::default(),
         memory_mb: 0,
+        ..Default::default()
     };
     let inst = agent.client.start_instance(start).await.unwrap().into_inner().instance.unwrap();
     let r = list(&mut agent).await;

@@ -16,6 +16,7 @@ async fn start(agent: &mut TestAgent, function: &str, memory_mb: u32) -> (Instan
         image: image("echo"),
         env: HashMap::new(),
         memory_mb,
+        ..Default::default()
     };
     let r = agent.client.start_instance(req).await.unwrap().into_inner();
     (r.instance.unwrap(), r.warnings)
@@ -77,6 +78,7 @@ async fn memory_below_what_the_image_calls_for_is_a_warning_and_bad_memory_an_er
         image: image("echo"),
         env: HashMap::new(),
         memory_mb: 10,
+        ..Default::default()
     };
     let err = agent.client.start_instance(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -175,4 +177,105 @@ async fn an_instance_that_crashes_is_reported_with_its_exit_status_and_removed()
     let (status, body) = agent.call("crash", "/", "").await;
     assert_eq!(status, 404, "no instance is left to call: {body}");
     agent.cleanup().await;
+}
+
+/// Everything the agents in this test process log, at every level.
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct W(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || W(buf))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        buf
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_function_sees_every_variable_and_a_secret_appears_nowhere_else() {
+    let logs = captured_logs();
+    let secret = format!("s3cret-{:016x}", rand::random::<u64>());
+    let mut agent = TestAgent::start().await;
+    let req = StartInstanceRequest {
+        function: "envy".into(),
+        image: image("echo"),
+        env: HashMap::from([("GREETING".to_string(), "hi".to_string())]),
+        secrets: HashMap::from([("API_KEY".to_string(), secret.clone())]),
+        version: "7".into(),
+        namespace: "team".into(),
+        ..Default::default()
+    };
+    let started = agent.client.start_instance(req).await.unwrap().into_inner();
+    let (status, body) = agent.call("envy", "/", "").await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let env = &seen["env"];
+    for (k, v) in [
+        ("TENCENTCLOUD_RUNENV", "SCF"),
+        ("USER_CODE_ROOT", "/var/user/"),
+        ("USER", "qcloud"),
+        ("SCF_FUNCTIONNAME", "envy"),
+        ("SCF_FUNCTIONVERSION", "7"),
+        ("SCF_NAMESPACE", "team"),
+        ("TENCENTCLOUD_REGION", "local"),
+        ("TENCENTCLOUD_APPID", "0"),
+        ("TENCENTCLOUD_UIN", "0"),
+        ("GREETING", "hi"),
+        ("API_KEY", secret.as_str()),
+    ] {
+        assert_eq!(env[k].as_str(), Some(v), "{k} in {env}");
+    }
+
+    // Refusals name the variable, never its value.
+    let mut answers = vec![format!("{started:?}")];
+    for (secrets, env) in [
+        (HashMap::from([("USER".to_string(), secret.clone())]), HashMap::new()),
+        (
+            HashMap::from([("K".to_string(), secret.clone())]),
+            HashMap::from([("K".to_string(), "x".to_string())]),
+        ),
+    ] {
+        let req = StartInstanceRequest {
+            function: "envy".into(),
+            image: image("echo"),
+            env,
+            secrets,
+            ..Default::default()
+        };
+        let err = agent.client.start_instance(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+        answers.push(err.message().to_string());
+    }
+    let req = StartInstanceRequest {
+        function: "envy".into(),
+        image: "127.0.0.1:1/nothing:latest".into(),
+        secrets: HashMap::from([("API_KEY".to_string(), secret.clone())]),
+        ..Default::default()
+    };
+    answers.push(agent.client.start_instance(req).await.unwrap_err().message().to_string());
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    answers.push(format!("{list:?}"));
+    let status = agent.client.node_status(fnrt_proto::agent::v1::NodeStatusRequest {}).await.unwrap();
+    answers.push(format!("{:?}", status.into_inner()));
+    agent.cleanup().await;
+
+    for a in &answers {
+        assert!(!a.contains(&secret), "an answer carries the secret: {a}");
+    }
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(text.contains("instance ready"), "the agent's logs were not captured");
+    assert!(!text.contains(&secret), "the agent's logs carry the secret");
 }

@@ -107,6 +107,9 @@ impl AgentApi for Api {
             image: r.image,
             env: r.env.into_iter().collect(),
             memory_mb: r.memory_mb,
+            secrets: crate::env::Secrets(r.secrets.into_iter().collect()),
+            version: r.version,
+            namespace: r.namespace,
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.

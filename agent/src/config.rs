@@ -61,6 +61,12 @@ pub struct Config {
     pub min_cpu_millis: u32,
     /// Processes and threads an instance may have.
     pub pids_limit: u32,
+    /// Region name given to functions (`TENCENTCLOUD_REGION`).
+    pub region: String,
+    /// Account app id given to functions (`TENCENTCLOUD_APPID`).
+    pub appid: String,
+    /// Account uin given to functions (`TENCENTCLOUD_UIN`).
+    pub uin: String,
 }
 
 impl Default for Config {
@@ -87,6 +93,9 @@ impl Default for Config {
             mb_per_vcpu: 1792,
             min_cpu_millis: 100,
             pids_limit: 1024,
+            region: "local".into(),
+            appid: "0".into(),
+            uin: "0".into(),
         }
     }
 }
@@ -116,6 +125,9 @@ impl std::fmt::Debug for Config {
             .field("mb_per_vcpu", &self.mb_per_vcpu)
             .field("min_cpu_millis", &self.min_cpu_millis)
             .field("pids_limit", &self.pids_limit)
+            .field("region", &self.region)
+            .field("appid", &self.appid)
+            .field("uin", &self.uin)
             .finish()
     }
 }
@@ -187,6 +199,9 @@ impl Config {
             "mb_per_vcpu" => self.mb_per_vcpu = parse(value)?,
             "min_cpu_millis" => self.min_cpu_millis = parse(value)?,
             "pids_limit" => self.pids_limit = parse(value)?,
+            "region" => self.region = value.into(),
+            "appid" => self.appid = value.into(),
+            "uin" => self.uin = value.into(),
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())
@@ -241,6 +256,11 @@ impl Config {
             min_cpu_millis: self.min_cpu_millis,
             pids: self.pids_limit,
         }
+    }
+
+    /// Who the node runs functions for, as the built-in environment tells them.
+    pub fn identity(&self) -> crate::env::Identity {
+        crate::env::Identity { region: self.region.clone(), appid: self.appid.clone(), uin: self.uin.clone() }
     }
 
     /// The health-check deadline.

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use crate::containerd::Containerd;
+use crate::env::{Identity, Secrets};
 use crate::error::Error;
 use crate::events::{self, TaskEvent};
 use crate::health::{self, FUNCTION_PORT};
@@ -59,8 +60,14 @@ pub struct StartRequest {
     pub function: String,
     /// Image reference.
     pub image: String,
-    /// Extra environment.
+    /// The function's variables.
     pub env: BTreeMap<String, String>,
+    /// Its secret variables (never logged).
+    pub secrets: Secrets,
+    /// Its version ("$LATEST" when empty).
+    pub version: String,
+    /// Its namespace ("default" when empty).
+    pub namespace: String,
     /// Memory in MB; 0 for the default.
     pub memory_mb: u32,
 }
@@ -95,6 +102,7 @@ pub struct Instances {
     health_timeout: Duration,
     cache_budget: u64,
     policy: Policy,
+    identity: Identity,
     table: Mutex<HashMap<String, Instance>>,
     /// Instances that ended on their own, newest last, for ListInstances.
     ended: Mutex<VecDeque<(SystemTime, Instance)>>,
@@ -141,6 +149,7 @@ impl Instances {
         health_timeout: Duration,
         cache_budget: u64,
         policy: Policy,
+        identity: Identity,
     ) -> Instances {
         Instances {
             images,
@@ -149,6 +158,7 @@ impl Instances {
             health_timeout,
             cache_budget,
             policy,
+            identity,
             table: Mutex::new(HashMap::new()),
             ended: Mutex::new(VecDeque::new()),
             oom_seen: Mutex::new(HashSet::new()),
@@ -295,6 +305,11 @@ impl Instances {
             .policy
             .limits(req.memory_mb)
             .map_err(|e| Error::InvalidArgument { field: "memory_mb", reason: e.to_string() })?;
+        let version = if req.version.is_empty() { "$LATEST" } else { &req.version };
+        let namespace = if req.namespace.is_empty() { "default" } else { &req.namespace };
+        let env =
+            crate::env::build(&self.identity, &req.function, version, namespace, &req.env, &req.secrets)
+                .map_err(|e| Error::InvalidArgument { field: "env", reason: e.to_string() })?;
         let name = ImageRef::parse(&req.image).map_err(ImageError::from)?.name();
         let _starting = self.mark_starting(&name);
         let image = match self.images.runnable(&name).await {
@@ -322,7 +337,7 @@ impl Instances {
             image: &image,
             netns: &attached.netns,
             address: &address_text,
-            env: &req.env,
+            env: &env,
             limits: &limits,
         };
         let pid = match self.launch(&new, address).await {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod containerd;
 pub mod dataplane;
+pub mod env;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -195,6 +196,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         cfg.health_timeout(),
         cfg.image_cache_bytes,
         cfg.limits_policy(),
+        cfg.identity(),
     ));
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -60,6 +60,7 @@ async fn ours(agent: &mut TestAgent, echo: &str) -> Duration {
         image: echo.into(),
         env: Default::default(),
         memory_mb: 0,
+        ..Default::default()
     };
     let inst = agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap();
     let took = tokio::task::spawn_blocking(move || {

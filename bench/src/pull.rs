@@ -95,6 +95,7 @@ async fn start_and_call(agent: &mut TestAgent, reference: &str) -> Duration {
         image: reference.into(),
         env: Default::default(),
         memory_mb: 0,
+        ..Default::default()
     };
     let inst = agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap();
     let took = tokio::task::spawn_blocking(move || {

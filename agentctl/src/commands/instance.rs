@@ -25,6 +25,9 @@ pub enum InstanceCommand {
         /// Memory in MB (64 to 32768; CPU follows from it); the agent's default (128) if unset.
         #[arg(long, short = 'm', value_name = "MB", default_value_t = 0)]
         memory: u32,
+        /// Secret environment variable, KEY=VALUE; repeatable; never shown back.
+        #[arg(long = "secret", value_name = "KEY=VALUE")]
+        secret: Vec<String>,
     },
     /// Stop an instance and remove all it owned.
     Stop {
@@ -46,15 +49,17 @@ pub async fn run(
     out: Output,
 ) -> Result<(), CliError> {
     match cmd {
-        InstanceCommand::Start { function, image, env, memory } => {
-            let mut vars = std::collections::HashMap::new();
-            for kv in env {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| CliError::Usage(format!("--env {kv:?}: expected KEY=VALUE")))?;
-                vars.insert(k.to_string(), v.to_string());
-            }
-            let req = StartInstanceRequest { function, image, env: vars, memory_mb: memory };
+        InstanceCommand::Start { function, image, env, memory, secret } => {
+            let env = key_values("--env", env, true)?;
+            let secrets = key_values("--secret", secret, false)?;
+            let req = StartInstanceRequest {
+                function,
+                image,
+                env,
+                memory_mb: memory,
+                secrets,
+                ..Default::default()
+            };
             let started = agent.start_instance(req).await?.into_inner();
             for w in &started.warnings {
                 eprintln!("warning: {w}");
@@ -84,4 +89,22 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// KEY=VALUE arguments as a map; a malformed one is a usage error that shows the value
+/// only when it is not secret.
+fn key_values(
+    flag: &str,
+    args: Vec<String>,
+    show: bool,
+) -> Result<std::collections::HashMap<String, String>, CliError> {
+    let mut out = std::collections::HashMap::new();
+    for kv in args {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            let shown = if show { format!("{kv:?}") } else { "(value hidden)".into() };
+            CliError::Usage(format!("{flag} {shown}: expected KEY=VALUE"))
+        })?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
 }
