@@ -207,6 +207,8 @@ scrub_state() {
   fi
   stop_containerd
   { grep -F " $FNRT_STATE/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  # The instances' /tmp filesystems of test agents (their state is in temporary dirs).
+  { grep -F "/scratch/$ns_prefix" /proc/mounts || true; } | awk '{print $2}' | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if [ -d /run/netns ]; then
     for n in /run/netns/"$ns_prefix"*; do
       [ -e "$n" ] || continue
@@ -216,6 +218,12 @@ scrub_state() {
   fi
   for root in /sys/fs/cgroup /sys/fs/cgroup/*; do
     [ -d "$root/fnrt" ] || continue
+    for cg in "$root"/fnrt/"$ns_prefix"*; do
+      [ -d "$cg" ] || continue
+      # Processes of an instance whose shim was killed keep its cgroup alive.
+      xargs -r kill -9 < "$cg/cgroup.procs" 2>/dev/null || true
+    done
+    sleep 0.5
     for cg in "$root"/fnrt/"$ns_prefix"*; do
       if [ -d "$cg" ]; then rmdir "$cg" 2>/dev/null || true; fi
     done

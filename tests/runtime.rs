@@ -279,3 +279,23 @@ async fn the_function_sees_every_variable_and_a_secret_appears_nowhere_else() {
     assert!(text.contains("instance ready"), "the agent's logs were not captured");
     assert!(!text.contains(&secret), "the agent's logs carry the secret");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tmp_takes_500_mb_from_a_128_mb_function_stops_at_512_and_the_rest_is_read_only() {
+    let mut agent = TestAgent::start().await;
+    let (first, _) = start(&mut agent, "disk", 128).await;
+    let r = act(&agent, "disk", "write?path=/tmp/big&mb=500").await;
+    assert_eq!((r["written_mb"].as_u64(), r["error"].as_str()), (Some(500), Some("")), "{r}");
+    let r = act(&agent, "disk", "write?path=/tmp/more&mb=100").await;
+    assert_eq!(r["error"].as_str(), Some("ENOSPC"), "{r}");
+    let total = 500 + r["written_mb"].as_u64().unwrap();
+    assert!((511..=514).contains(&total), "{total} MiB fit in /tmp (512 MiB allowed): {r}");
+    let r = act(&agent, "disk", "write?path=/etc-file&mb=1").await;
+    assert_eq!(r["error"].as_str(), Some("EROFS"), "{r}");
+    assert_eq!(instance(&mut agent, &first.id).await.state, "running", "the writes did not kill it");
+    agent.client.stop_instance(fnrt_proto::agent::v1::StopInstanceRequest { id: first.id }).await.unwrap();
+    start(&mut agent, "disk", 128).await;
+    let r = act(&agent, "disk", "read?path=/tmp/big").await;
+    assert!(r["text"].is_null(), "a new instance sees an empty /tmp: {r}");
+    agent.cleanup().await;
+}

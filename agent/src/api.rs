@@ -251,6 +251,7 @@ pub fn status(e: Error) -> Status {
             RuntimeError::Spec(_) => Code::FailedPrecondition,
             RuntimeError::Containerd(c) => containerd_code(c),
             RuntimeError::Encode { .. } => Code::Internal,
+            RuntimeError::Scratch(_) => Code::Internal,
         },
         Error::Image(i) => image_code(i),
     };

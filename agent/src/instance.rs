@@ -261,8 +261,16 @@ impl Instances {
     }
 
     /// Rebuilds the table from containerd: running instances are adopted; the rest (no
-    /// task, or a task that is not running) are removed with all they own.
+    /// task, or a task that is not running) are removed with all they own, and so is any
+    /// /tmp no adopted instance owns.
     pub async fn adopt(&self) -> Result<(), Error> {
+        self.adopt_containers().await?;
+        let keep: HashSet<String> = self.lock().keys().cloned().collect();
+        self.runtime.sweep_scratch(&keep).await;
+        Ok(())
+    }
+
+    async fn adopt_containers(&self) -> Result<(), Error> {
         for rec in self.runtime.list().await? {
             let address = rec.labels.get(labels::ADDRESS).and_then(|a| a.parse().ok());
             match (rec.state, address) {

@@ -188,7 +188,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let images = ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?);
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
-    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir);
+    let scratch_dir = cfg.state_dir.join("scratch");
+    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir, scratch_dir);
     let instances = Arc::new(Instances::new(
         images,
         network,

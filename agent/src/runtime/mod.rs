@@ -2,6 +2,7 @@
 //! and remove with everything they own. containerd's labels hold the agent's record of
 //! each instance, so a restarted agent can find them again.
 
+mod scratch;
 mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +16,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::v1::Status as TaskStatus;
 
+pub use scratch::{ScratchError, SCRATCH_BYTES};
 pub use spec::SpecError;
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
@@ -46,6 +48,9 @@ pub enum RuntimeError {
     /// containerd failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// The instance's /tmp could not be made or removed.
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
     /// The spec could not be encoded.
     #[error("encoding the runtime spec of {id}: {source}")]
     Encode {
@@ -98,12 +103,40 @@ pub struct Runtime {
     snapshotter: String,
     runtime: String,
     log_dir: PathBuf,
+    scratch: scratch::Scratch,
 }
 
 impl Runtime {
-    /// A runtime over `cd`, with `runtime` as the shim and logs under `log_dir`.
-    pub fn new(cd: Containerd, snapshotter: &str, runtime: &str, log_dir: PathBuf) -> Runtime {
-        Runtime { cd, snapshotter: snapshotter.into(), runtime: runtime.into(), log_dir }
+    /// A runtime over `cd`, with `runtime` as the shim, logs under `log_dir` and the
+    /// instances' /tmp filesystems under `scratch_dir`.
+    pub fn new(
+        cd: Containerd,
+        snapshotter: &str,
+        runtime: &str,
+        log_dir: PathBuf,
+        scratch_dir: PathBuf,
+    ) -> Runtime {
+        let scratch = scratch::Scratch::new(scratch_dir);
+        Runtime { cd, snapshotter: snapshotter.into(), runtime: runtime.into(), log_dir, scratch }
+    }
+
+    /// The node-unique name of an instance's cgroup and /tmp: `<namespace>-<id>`.
+    fn node_name(&self, id: &str) -> String {
+        format!("{}-{id}", self.cd.namespace())
+    }
+
+    /// Removes the /tmp filesystems of instances not in `keep` (left by a crashed agent).
+    pub async fn sweep_scratch(&self, keep: &std::collections::HashSet<String>) {
+        for name in self.scratch.names().await {
+            let Some(id) = name.strip_prefix(&format!("{}-", self.cd.namespace())) else { continue };
+            if keep.contains(id) {
+                continue;
+            }
+            match self.scratch.remove(&name).await {
+                Ok(()) => tracing::info!(instance = id, "removed a /tmp no instance owns"),
+                Err(e) => tracing::warn!(instance = id, error = %e, "removing an orphan /tmp"),
+            }
+        }
     }
 
     /// An instance's cgroup, relative to the cgroup roots: `/fnrt/<namespace>-<id>`.
@@ -130,6 +163,7 @@ impl Runtime {
 
     async fn create_and_start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
         let cd = &self.cd;
+        let tmp = self.scratch.create(&self.node_name(n.id)).await?;
         let spec = spec::build(&spec::InstanceSpec {
             id: n.id,
             image: &n.image.info.reference,
@@ -138,6 +172,7 @@ impl Runtime {
             cgroup: &self.cgroup_path(n.id),
             env: n.env,
             limits: n.limits,
+            tmp: &tmp,
         })?;
         let spec =
             serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
@@ -233,6 +268,7 @@ impl Runtime {
             format!("delete container {id}"),
         )?;
         remove_snapshot(cd, &self.snapshotter, id).await?;
+        self.scratch.remove(&self.node_name(id)).await?;
         match tokio::fs::remove_file(self.log_path(id)).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

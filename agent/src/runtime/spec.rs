@@ -6,7 +6,7 @@ use std::path::Path;
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxDeviceCgroup, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType,
-    LinuxPidsBuilder, Spec, UserBuilder,
+    LinuxPidsBuilder, MountBuilder, Spec, UserBuilder,
 };
 
 use crate::limits::{Limits, CPU_PERIOD_US};
@@ -49,6 +49,8 @@ pub struct InstanceSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Memory, CPU and pids limits.
     pub limits: &'a Limits,
+    /// The instance's own /tmp filesystem, mounted on the node.
+    pub tmp: &'a Path,
 }
 
 /// Builds the runtime spec of an instance: the image's process in its own namespaces, the
@@ -82,6 +84,17 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
         p.set_cwd(cwd.into());
         p.set_user(UserBuilder::default().uid(uid).gid(gid).build()?);
     }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.retain(|m| m.destination() != Path::new("/tmp"));
+    mounts.push(
+        MountBuilder::default()
+            .destination("/tmp")
+            .typ("bind")
+            .source(s.tmp)
+            .options(["rbind", "rw", "nosuid", "nodev"].map(String::from).to_vec())
+            .build()?,
+    );
+    spec.set_mounts(Some(mounts));
     if let Some(linux) = spec.linux_mut() {
         let namespaces = linux.namespaces().clone().unwrap_or_default().into_iter().map(|ns| {
             if ns.typ() == LinuxNamespaceType::Network {
@@ -160,6 +173,7 @@ mod tests {
             cgroup: "/fnrt/fnrt-f-1",
             env: &env,
             limits: &LIMITS,
+            tmp: Path::new("/var/lib/fnrt/scratch/x"),
         };
         let spec = build(&s).expect("spec");
         let p = spec.process().as_ref().expect("process");
@@ -182,6 +196,9 @@ mod tests {
         let cpu = res.cpu().as_ref().expect("cpu");
         assert_eq!((cpu.quota(), cpu.period(), cpu.shares()), (Some(25_000), Some(100_000), Some(256)));
         assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(1024));
+        let tmp =
+            spec.mounts().as_ref().expect("mounts").iter().find(|m| m.destination() == Path::new("/tmp"));
+        assert_eq!(tmp.and_then(|m| m.source().clone()), Some("/var/lib/fnrt/scratch/x".into()));
     }
 
     #[test]
@@ -196,6 +213,7 @@ mod tests {
             cgroup: "/x",
             env: &env,
             limits: &LIMITS,
+            tmp: Path::new("/var/lib/fnrt/scratch/x"),
         };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
@@ -207,6 +225,7 @@ mod tests {
             cgroup: "/x",
             env: &env,
             limits: &LIMITS,
+            tmp: Path::new("/var/lib/fnrt/scratch/x"),
         };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }
