@@ -38,9 +38,11 @@ impl AgentApi for Api {
         _: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         let s = self.node.status().await.map_err(status)?;
-        let memory_reserved_mb = s.instances.iter().map(|i| u64::from(i.limits.memory_mb)).sum();
-        let cpu_reserved_millis = s.instances.iter().map(|i| u64::from(i.limits.cpu_millis)).sum();
-        let memory_used_bytes = s.instances.iter().map(|i| i.usage.memory_bytes).sum();
+        // Ended instances are listed too, but hold nothing.
+        let live: Vec<&Instance> = s.instances.iter().filter(|i| i.reason.is_empty()).collect();
+        let memory_reserved_mb = live.iter().map(|i| u64::from(i.limits.memory_mb)).sum();
+        let cpu_reserved_millis = live.iter().map(|i| u64::from(i.limits.cpu_millis)).sum();
+        let memory_used_bytes = live.iter().map(|i| i.usage.memory_bytes).sum();
         Ok(Response::new(pb::NodeStatusResponse {
             cpus: s.cpus,
             memory_bytes: s.memory_bytes,

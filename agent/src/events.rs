@@ -72,8 +72,16 @@ fn decode(any: &prost_types::Any) -> Option<TaskEvent> {
     }
 }
 
-/// Why an instance ended, in words, from its exit status and whether it was OOM-killed.
-pub fn reason(status: u32, oom: bool, memory_mb: u32) -> (&'static str, String) {
+/// Why an instance ended, in words, from its exit status (None: not known, it ended while
+/// the agent was not watching) and whether it was OOM-killed.
+pub fn reason(status: Option<u32>, oom: bool, memory_mb: u32) -> (&'static str, String) {
+    let Some(status) = status else {
+        let why = if oom { "out of memory (its cgroup counted an OOM kill)" } else { "exit status unknown" };
+        return (
+            if oom { "oom-killed" } else { "crashed" },
+            format!("its process ended while the agent was not receiving containerd's events; {why}"),
+        );
+    };
     if oom {
         return (
             "oom-killed",
@@ -119,10 +127,11 @@ mod tests {
 
     #[test]
     fn reasons_say_what_happened() {
-        assert_eq!(reason(137, true, 128).0, "oom-killed");
-        assert!(reason(137, true, 128).1.contains("all of its 128 MB"));
-        assert_eq!(reason(139, false, 128), ("crashed", "its process was killed by signal 11".into()));
-        assert_eq!(reason(3, false, 128), ("crashed", "its process exited with status 3".into()));
-        assert_eq!(reason(0, false, 128).0, "exited");
+        assert_eq!(reason(Some(137), true, 128).0, "oom-killed");
+        assert!(reason(Some(137), true, 128).1.contains("all of its 128 MB"));
+        assert_eq!(reason(Some(139), false, 128), ("crashed", "its process was killed by signal 11".into()));
+        assert_eq!(reason(Some(3), false, 128), ("crashed", "its process exited with status 3".into()));
+        assert_eq!(reason(Some(0), false, 128).0, "exited");
+        assert!(reason(None, false, 128).1.contains("while the agent was not receiving"));
     }
 }

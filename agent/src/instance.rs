@@ -5,13 +5,12 @@
 //! is held only to read or change the table, never across a containerd or CNI call.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-
-use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
 
 use crate::containerd::Containerd;
 use crate::env::{Identity, Secrets};
@@ -415,10 +414,7 @@ impl Instances {
             })
             .filter(|i| function.is_none_or(|f| i.function == f))
             .collect();
-        let ended: Vec<Instance> =
-            self.ended.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, i)| i.clone()).collect();
-        out.extend(ended.into_iter().filter(|i| function.is_none_or(|f| i.function == f)));
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        // Usage of the live ones only: an ended instance's cgroup is gone.
         let cgroups: Vec<String> = out.iter().map(|i| self.runtime.cgroup_path(&i.id)).collect();
         let usage =
             tokio::task::spawn_blocking(move || cgroups.iter().map(|c| crate::stats::read(c)).collect())
@@ -427,6 +423,10 @@ impl Instances {
         for (inst, u) in out.iter_mut().zip(usage) {
             inst.usage = u;
         }
+        let ended: Vec<Instance> =
+            self.ended.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, i)| i.clone()).collect();
+        out.extend(ended.into_iter().filter(|i| function.is_none_or(|f| i.function == f)));
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         Ok(out)
     }
 
@@ -479,25 +479,31 @@ impl Instances {
             TaskEvent::Oom { container } => {
                 self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(container);
             }
-            TaskEvent::Exit { container, status, at } => {
-                let oom_event = self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&container);
-                // Not in the table: the agent stopped it, or it is not (yet) an instance.
-                let Some(inst) = self.lock().remove(&container) else { return };
-                let cgroup = self.runtime.cgroup_path(&container);
-                let killed = tokio::task::spawn_blocking(move || crate::stats::oom_kills(&cgroup)).await;
-                let oom = oom_event || killed.unwrap_or(0) > 0;
-                self.record_end(inst, status, oom, at);
-                let this = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.teardown(&container).await {
-                        tracing::warn!(instance = %container, error = %e, "removing an ended instance");
-                    }
-                });
-            }
+            TaskEvent::Exit { container, status, at } => self.end(container, Some(status), at).await,
         }
     }
 
-    fn record_end(&self, mut inst: Instance, status: u32, oom: bool, at: SystemTime) {
+    /// Records that `container` ended (with `status`, or unknown after an event gap) and
+    /// removes it with all it owned. One the agent stopped itself is no longer in the table.
+    async fn end(self: &Arc<Self>, container: String, status: Option<u32>, at: SystemTime) {
+        let mut oom = self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&container);
+        let Some(inst) = self.lock().remove(&container) else { return };
+        if !oom {
+            // The OOM event may have been missed; the cgroup still counts the kills.
+            let cgroup = self.runtime.cgroup_path(&container);
+            let killed = tokio::task::spawn_blocking(move || crate::stats::oom_kills(&cgroup)).await;
+            oom = killed.unwrap_or(0) > 0;
+        }
+        self.record_end(inst, status, oom, at);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.teardown(&container).await {
+                tracing::warn!(instance = %container, error = %e, "removing an ended instance");
+            }
+        });
+    }
+
+    fn record_end(&self, mut inst: Instance, status: Option<u32>, oom: bool, at: SystemTime) {
         let (state, reason) = events::reason(status, oom, inst.limits.memory_mb);
         tracing::warn!(instance = %inst.id, function = %inst.function, state, %reason, "instance ended");
         inst.state = state.into();
@@ -521,8 +527,7 @@ impl Instances {
             records.into_iter().filter(|r| r.state == Some("running")).map(|r| r.id).collect();
         let gone: Vec<String> = self.lock().keys().filter(|id| !running.contains(*id)).cloned().collect();
         for id in gone {
-            let event = TaskEvent::Exit { container: id, status: 255, at: SystemTime::now() };
-            self.on_event(event).await;
+            self.end(id, None, SystemTime::now()).await;
         }
     }
 

@@ -335,6 +335,7 @@ impl ImageStore {
         let mut parent = String::new();
         let mut result = Ok(());
         let mut awaited = 0;
+        let mut unpacking_sent = false;
         for (i, layer) in layers.iter().enumerate() {
             awaited = i + 1;
             let fetched = match (&mut fetches[i]).await {
@@ -344,7 +345,8 @@ impl ImageStore {
             result = match fetched {
                 Ok(None) => Ok(()),
                 Ok(Some(stage)) => {
-                    if i == 0 || parent.is_empty() {
+                    if !unpacking_sent {
+                        unpacking_sent = true;
                         progress.send(PullEvent::Unpacking);
                     }
                     let (cd, snap) = (&self.cd, &self.snapshotter);

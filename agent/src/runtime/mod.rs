@@ -141,7 +141,7 @@ impl Runtime {
 
     /// An instance's cgroup, relative to the cgroup roots: `/fnrt/<namespace>-<id>`.
     pub fn cgroup_path(&self, id: &str) -> String {
-        format!("/fnrt/{}-{id}", self.cd.namespace())
+        format!("/fnrt/{}", self.node_name(id))
     }
 
     /// Path of an instance's log file.

@@ -132,12 +132,15 @@ impl Scratch {
 }
 
 async fn run(image: &Path, tool: &'static str, args: &[&str]) -> Result<(), ScratchError> {
-    let out = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| ScratchError::Io { path: PathBuf::from(tool), source })?;
+    let out = Command::new(tool).args(args).stdin(Stdio::null()).output().await.map_err(|source| {
+        ScratchError::Io {
+            path: image.to_path_buf(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!("cannot run {tool} (from e2fsprogs / util-linux): {source}"),
+            ),
+        }
+    })?;
     if out.status.success() {
         Ok(())
     } else {
