@@ -138,6 +138,20 @@ impl AgentApi for Api {
         Ok(Response::new(pb::StopInstanceResponse {}))
     }
 
+    type StreamLogsStream = ReceiverStream<Result<pb::LogLine, Status>>;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let r = req.into_inner();
+        let filter = log_filter(&r).map_err(status)?;
+        let logs = self.node.instances.logs().clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(crate::logs::stream(logs, filter, r.follow, tx, |l| Ok(log_line(l))));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn list_instances(
         &self,
         req: Request<pb::ListInstancesRequest>,
@@ -232,6 +246,48 @@ fn instance(i: Instance) -> pb::Instance {
     }
 }
 
+/// The filter a StreamLogs request asks for, checked.
+fn log_filter(r: &pb::StreamLogsRequest) -> Result<crate::logs::Filter, Error> {
+    let name_ok = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !r.function.is_empty() {
+        crate::instance::validate_function_name(&r.function)?;
+    }
+    if !name_ok(&r.instance) {
+        return Err(Error::InvalidArgument {
+            field: "instance",
+            reason: format!("{:?} is not an instance id (<function>-<8 hex digits>)", r.instance),
+        });
+    }
+    let since_ns = if r.since.is_empty() {
+        0
+    } else {
+        let t = humantime::parse_rfc3339_weak(&r.since).map_err(|e| Error::InvalidArgument {
+            field: "since",
+            reason: format!("{:?} is not an RFC 3339 time (e.g. 2026-01-02T03:04:05Z): {e}", r.since),
+        })?;
+        t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    };
+    let some = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+    Ok(crate::logs::Filter {
+        function: some(&r.function),
+        instance: some(&r.instance),
+        request_id: some(&r.request_id),
+        since_ns,
+    })
+}
+
+fn log_line(l: &crate::logs::LogLine) -> pb::LogLine {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(l.time_ns);
+    pb::LogLine {
+        time: humantime::format_rfc3339_nanos(t).to_string(),
+        stream: l.stream.clone(),
+        instance: l.instance.clone(),
+        function: l.function.clone(),
+        request_ids: l.request_ids.clone(),
+        line: l.line.clone(),
+    }
+}
+
 fn image(i: ImageInfo) -> pb::Image {
     pb::Image { reference: i.reference, digest: i.digest, size_bytes: i.size_bytes, ..Default::default() }
 }
@@ -256,6 +312,7 @@ pub fn status(e: Error) -> Status {
             RuntimeError::Scratch(_) => Code::Internal,
         },
         Error::Image(i) => image_code(i),
+        Error::Logs(_) => Code::Internal,
     };
     Status::new(code, chain(&e))
 }

@@ -67,6 +67,12 @@ pub struct Config {
     pub appid: String,
     /// Account uin given to functions (`TENCENTCLOUD_UIN`).
     pub uin: String,
+    /// Bytes of an instance's log file before it rotates.
+    pub log_max_bytes: u64,
+    /// Log files kept per instance, the current one included.
+    pub log_files: u32,
+    /// Seconds the logs of an ended instance are kept.
+    pub log_retention_s: u64,
 }
 
 impl Default for Config {
@@ -96,6 +102,9 @@ impl Default for Config {
             region: "local".into(),
             appid: "0".into(),
             uin: "0".into(),
+            log_max_bytes: 10 << 20,
+            log_files: 3,
+            log_retention_s: 3600,
         }
     }
 }
@@ -128,6 +137,9 @@ impl std::fmt::Debug for Config {
             .field("region", &self.region)
             .field("appid", &self.appid)
             .field("uin", &self.uin)
+            .field("log_max_bytes", &self.log_max_bytes)
+            .field("log_files", &self.log_files)
+            .field("log_retention_s", &self.log_retention_s)
             .finish()
     }
 }
@@ -202,6 +214,9 @@ impl Config {
             "region" => self.region = value.into(),
             "appid" => self.appid = value.into(),
             "uin" => self.uin = value.into(),
+            "log_max_bytes" => self.log_max_bytes = parse(value)?,
+            "log_files" => self.log_files = parse(value)?,
+            "log_retention_s" => self.log_retention_s = parse(value)?,
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())
@@ -239,6 +254,12 @@ impl Config {
                 self.mb_per_vcpu, self.min_cpu_millis, self.pids_limit
             ));
         }
+        if self.log_max_bytes < 4096 || self.log_files == 0 {
+            errors.push(format!(
+                "log_max_bytes ({}) must be at least 4096 and log_files ({}) at least 1",
+                self.log_max_bytes, self.log_files
+            ));
+        }
         if self.health_timeout_ms == 0 {
             errors.push("health_timeout_ms must be above 0".into());
         }
@@ -261,6 +282,15 @@ impl Config {
     /// Who the node runs functions for, as the built-in environment tells them.
     pub fn identity(&self) -> crate::env::Identity {
         crate::env::Identity { region: self.region.clone(), appid: self.appid.clone(), uin: self.uin.clone() }
+    }
+
+    /// Size cap, rotation and retention of instance logs.
+    pub fn log_settings(&self) -> crate::logs::Settings {
+        crate::logs::Settings {
+            max_bytes: self.log_max_bytes,
+            files: self.log_files,
+            retention: Duration::from_secs(self.log_retention_s),
+        }
     }
 
     /// The health-check deadline.

@@ -3,6 +3,7 @@
 use crate::containerd::ContainerdError;
 use crate::health::NotListening;
 use crate::image::ImageError;
+use crate::logs::LogError;
 use crate::network::NetworkError;
 use crate::runtime::RuntimeError;
 
@@ -43,4 +44,7 @@ pub enum Error {
     /// containerd failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// The instance's log could not be set up.
+    #[error(transparent)]
+    Logs(#[from] LogError),
 }

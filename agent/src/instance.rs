@@ -19,6 +19,7 @@ use crate::events::{self, TaskEvent};
 use crate::health::{self, FUNCTION_PORT};
 use crate::image::{CachedImage, ImageError, ImageInfo, ImageRef, ImageStore, Progress};
 use crate::limits::{memory_advice, Limits, Policy};
+use crate::logs::Logs;
 use crate::network::Network;
 use crate::runtime::{labels, NewInstance, Runtime};
 use crate::stats::Usage;
@@ -102,6 +103,7 @@ pub struct Instances {
     cache_budget: u64,
     policy: Policy,
     identity: Identity,
+    logs: Arc<Logs>,
     table: Mutex<HashMap<String, Instance>>,
     /// Instances that ended on their own, newest last, for ListInstances.
     ended: Mutex<VecDeque<(SystemTime, Instance)>>,
@@ -141,6 +143,7 @@ impl Drop for Starting<'_> {
 
 impl Instances {
     /// The instance owner over the given parts.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         images: ImageStore,
         network: Network,
@@ -149,6 +152,7 @@ impl Instances {
         cache_budget: u64,
         policy: Policy,
         identity: Identity,
+        logs: Arc<Logs>,
     ) -> Instances {
         Instances {
             images,
@@ -158,6 +162,7 @@ impl Instances {
             cache_budget,
             policy,
             identity,
+            logs,
             table: Mutex::new(HashMap::new()),
             ended: Mutex::new(VecDeque::new()),
             oom_seen: Mutex::new(HashSet::new()),
@@ -242,6 +247,11 @@ impl Instances {
         Ok(())
     }
 
+    /// The instances' logs.
+    pub fn logs(&self) -> &Arc<Logs> {
+        &self.logs
+    }
+
     /// The image store the instances come from.
     pub fn images(&self) -> &ImageStore {
         &self.images
@@ -259,13 +269,14 @@ impl Instances {
         }
     }
 
-    /// Rebuilds the table from containerd: running instances are adopted; the rest (no
-    /// task, or a task that is not running) are removed with all they own, and so is any
-    /// /tmp no adopted instance owns.
+    /// Rebuilds the table from containerd: running instances are adopted (and their
+    /// output read again); the rest (no task, or a task that is not running) are removed
+    /// with all they own, and so is any /tmp or FIFO no adopted instance owns.
     pub async fn adopt(&self) -> Result<(), Error> {
         self.adopt_containers().await?;
         let keep: HashSet<String> = self.lock().keys().cloned().collect();
         self.runtime.sweep_scratch(&keep).await;
+        self.logs.sweep_fifos(&keep).await;
         Ok(())
     }
 
@@ -286,6 +297,9 @@ impl Instances {
                         reason: String::new(),
                         id: rec.id.clone(),
                     };
+                    if let Err(e) = self.logs.attach(&inst.id, &inst.function).await {
+                        tracing::warn!(instance = %rec.id, error = %e, "its output cannot be read");
+                    }
                     tracing::info!(instance = %rec.id, "re-adopted running instance");
                     self.lock().insert(rec.id, inst);
                 }
@@ -338,6 +352,15 @@ impl Instances {
         let attached = self.network.attach(&id).await?;
         let address = SocketAddr::new(attached.ip, FUNCTION_PORT);
         let address_text = address.to_string();
+        let io = match self.logs.attach(&id, &req.function).await {
+            Ok(io) => io,
+            Err(e) => {
+                if let Err(cleanup) = self.teardown(&id).await {
+                    tracing::warn!(instance = %id, error = %cleanup, "cleanup after a failed start");
+                }
+                return Err(e.into());
+            }
+        };
         let new = NewInstance {
             id: &id,
             function: &req.function,
@@ -346,6 +369,7 @@ impl Instances {
             address: &address_text,
             env: &env,
             limits: &limits,
+            io: &io,
         };
         let pid = match self.launch(&new, address).await {
             Ok(pid) => pid,
@@ -394,6 +418,8 @@ impl Instances {
 
     async fn teardown(&self, id: &str) -> Result<(), Error> {
         let removed = self.runtime.remove(id).await;
+        // After the task is gone: what it printed last is still read.
+        self.logs.detach(id).await;
         let detached = self.network.detach(id).await;
         removed?;
         detached?;

@@ -19,6 +19,7 @@ pub mod health;
 pub mod image;
 pub mod instance;
 pub mod limits;
+pub mod logs;
 pub mod network;
 pub mod runtime;
 pub mod stats;
@@ -189,7 +190,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let scratch_dir = cfg.state_dir.join("scratch");
-    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, log_dir, scratch_dir);
+    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir);
+    let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));
     let instances = Arc::new(Instances::new(
         images,
         network,
@@ -198,12 +200,14 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         cfg.image_cache_bytes,
         cfg.limits_policy(),
         cfg.identity(),
+        logs.clone(),
     ));
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // Watching before adopting: an instance that ends meanwhile is not missed.
     tasks.push(tokio::spawn(instances.clone().watch(cd.clone(), rx.clone())));
     instances.adopt().await?;
+    tasks.push(tokio::spawn(logs.sweep_loop(rx.clone())));
 
     let dp_listener = TcpListener::bind(cfg.dataplane_listen).await.map_err(|source| StartError::Io {
         what: "bind data plane",

@@ -65,6 +65,8 @@ pub enum Command {
     },
     /// Call a function through the agent's data plane and print the answer's body.
     Invoke(commands::invoke::InvokeArgs),
+    /// Print what instances wrote to stdout and stderr (by function, instance or call).
+    Logs(commands::logs::LogsArgs),
 }
 
 /// A failed command.
@@ -117,5 +119,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Image { command } => commands::image::run(&mut agent, command, cli.output).await,
         Command::Instance { command } => commands::instance::run(&mut agent, command, cli.output).await,
         Command::Invoke(args) => commands::invoke::run(&mut agent, args).await,
+        Command::Logs(args) => commands::logs::run(&mut agent, args, cli.output).await,
     }
 }

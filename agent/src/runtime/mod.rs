@@ -78,6 +78,8 @@ pub struct NewInstance<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Its limits.
     pub limits: &'a Limits,
+    /// The FIFOs its stdout and stderr go to.
+    pub io: &'a crate::logs::Io,
 }
 
 /// One container of the agent as containerd has it.
@@ -102,22 +104,15 @@ pub struct Runtime {
     cd: Containerd,
     snapshotter: String,
     runtime: String,
-    log_dir: PathBuf,
     scratch: scratch::Scratch,
 }
 
 impl Runtime {
-    /// A runtime over `cd`, with `runtime` as the shim, logs under `log_dir` and the
-    /// instances' /tmp filesystems under `scratch_dir`.
-    pub fn new(
-        cd: Containerd,
-        snapshotter: &str,
-        runtime: &str,
-        log_dir: PathBuf,
-        scratch_dir: PathBuf,
-    ) -> Runtime {
+    /// A runtime over `cd`, with `runtime` as the shim and the instances' /tmp
+    /// filesystems under `scratch_dir`.
+    pub fn new(cd: Containerd, snapshotter: &str, runtime: &str, scratch_dir: PathBuf) -> Runtime {
         let scratch = scratch::Scratch::new(scratch_dir);
-        Runtime { cd, snapshotter: snapshotter.into(), runtime: runtime.into(), log_dir, scratch }
+        Runtime { cd, snapshotter: snapshotter.into(), runtime: runtime.into(), scratch }
     }
 
     /// The node-unique name of an instance's cgroup and /tmp: `<namespace>-<id>`.
@@ -142,11 +137,6 @@ impl Runtime {
     /// An instance's cgroup, relative to the cgroup roots: `/fnrt/<namespace>-<id>`.
     pub fn cgroup_path(&self, id: &str) -> String {
         format!("/fnrt/{}", self.node_name(id))
-    }
-
-    /// Path of an instance's log file.
-    pub fn log_path(&self, id: &str) -> PathBuf {
-        self.log_dir.join(format!("{id}.log"))
     }
 
     /// Creates and starts the container of a new instance; returns its pid. On failure,
@@ -219,12 +209,12 @@ impl Runtime {
             .map_err(call_err(format!("prepare root filesystem of {}", n.id)))?
             .into_inner()
             .mounts;
-        let log = format!("file://{}", self.log_path(n.id).display());
+        // The shim opens the FIFOs for writing; the agent reads them (crate::logs).
         let task = CreateTaskRequest {
             container_id: n.id.into(),
             rootfs: mounts,
-            stdout: log.clone(),
-            stderr: log,
+            stdout: n.io.stdout.display().to_string(),
+            stderr: n.io.stderr.display().to_string(),
             ..Default::default()
         };
         let pid = cd
@@ -241,7 +231,7 @@ impl Runtime {
         Ok(pid)
     }
 
-    /// Kills and removes an instance's task, container, root filesystem and log. What is
+    /// Kills and removes an instance's task, container, root filesystem and /tmp. What is
     /// already gone is skipped, so this also cleans up half-made instances.
     pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let cd = &self.cd;
@@ -269,11 +259,6 @@ impl Runtime {
         )?;
         remove_snapshot(cd, &self.snapshotter, id).await?;
         self.scratch.remove(&self.node_name(id)).await?;
-        match tokio::fs::remove_file(self.log_path(id)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(instance = id, error = %e, "removing the log file"),
-        }
         Ok(())
     }
 

@@ -27,7 +27,8 @@ pub struct InvokeArgs {
     pub headers: Vec<String>,
 }
 
-/// Calls the function and prints the answer's body; a non-2xx answer fails the command.
+/// Calls the function and prints the answer's body (its request id on stderr); a non-2xx
+/// answer fails the command.
 pub async fn run(agent: &mut AgentClient<Channel>, args: InvokeArgs) -> Result<(), CliError> {
     let dp = agent.node_status(NodeStatusRequest {}).await?.into_inner().dataplane_address;
     let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
@@ -48,6 +49,11 @@ pub async fn run(agent: &mut AgentClient<Channel>, args: InvokeArgs) -> Result<(
     }
     let resp = req.send().await.map_err(|e| CliError::Call(format!("calling {url}: {e}")))?;
     let status = resp.status();
+    // To stderr: stdout carries the body alone. `agentctl logs --request <id>` finds what
+    // the call printed.
+    if let Some(id) = resp.headers().get("x-scf-request-id").and_then(|v| v.to_str().ok()) {
+        eprintln!("request id: {id}");
+    }
     let body = resp.bytes().await.map_err(|e| CliError::Call(format!("reading the answer of {url}: {e}")))?;
     let mut stdout = std::io::stdout();
     let _ = stdout.write_all(&body);

@@ -3,4 +3,5 @@
 pub mod image;
 pub mod instance;
 pub mod invoke;
+pub mod logs;
 pub mod node;
