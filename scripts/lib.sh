@@ -212,21 +212,27 @@ scrub_state() {
   if [ -d /run/netns ]; then
     for n in /run/netns/"$ns_prefix"*; do
       [ -e "$n" ] || continue
-      umount -l "$n" 2>/dev/null || true
+      # Stacked mounts when /run/netns became a shared mount of itself (ip netns does that).
+      for _ in 1 2 3 4; do umount -l "$n" 2>/dev/null || break; done
       rm -f "$n"
     done
   fi
+  # Processes of an instance whose shim was killed keep its cgroups alive: kill them in
+  # every hierarchy first, then remove the cgroups once they are gone.
+  local cg_dirs=()
+  for cg in /sys/fs/cgroup/fnrt/"$ns_prefix"* /sys/fs/cgroup/*/fnrt/"$ns_prefix"*; do
+    if [ -d "$cg" ]; then cg_dirs+=("$cg"); fi
+  done
+  for cg in "${cg_dirs[@]}"; do
+    xargs -r kill -9 < "$cg/cgroup.procs" 2>/dev/null || true
+  done
+  for cg in "${cg_dirs[@]}"; do
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      rmdir "$cg" 2>/dev/null && break
+      sleep 0.2
+    done
+  done
   for root in /sys/fs/cgroup /sys/fs/cgroup/*; do
-    [ -d "$root/fnrt" ] || continue
-    for cg in "$root"/fnrt/"$ns_prefix"*; do
-      [ -d "$cg" ] || continue
-      # Processes of an instance whose shim was killed keep its cgroup alive.
-      xargs -r kill -9 < "$cg/cgroup.procs" 2>/dev/null || true
-    done
-    sleep 0.5
-    for cg in "$root"/fnrt/"$ns_prefix"*; do
-      if [ -d "$cg" ]; then rmdir "$cg" 2>/dev/null || true; fi
-    done
     rmdir "$root/fnrt" 2>/dev/null || true
   done
   ip link del "$bridge" 2>/dev/null || true

@@ -312,7 +312,7 @@ pub fn status(e: Error) -> Status {
             RuntimeError::Scratch(_) => Code::Internal,
         },
         Error::Image(i) => image_code(i),
-        Error::Logs(_) => Code::Internal,
+        Error::Logs(_) | Error::Io { .. } => Code::Internal,
     };
     Status::new(code, chain(&e))
 }

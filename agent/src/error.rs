@@ -44,6 +44,17 @@ pub enum Error {
     /// containerd failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// A file of the agent's own could not be written or removed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What it was for.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The instance's log could not be set up.
     #[error(transparent)]
     Logs(#[from] LogError),

@@ -104,6 +104,9 @@ pub struct Instances {
     policy: Policy,
     identity: Identity,
     logs: Arc<Logs>,
+    /// One empty file per instance from before its first resource is made until the last
+    /// is removed: what a crashed agent left half made is found by these.
+    marks: std::path::PathBuf,
     table: Mutex<HashMap<String, Instance>>,
     /// Instances that ended on their own, newest last, for ListInstances.
     ended: Mutex<VecDeque<(SystemTime, Instance)>>,
@@ -153,8 +156,10 @@ impl Instances {
         policy: Policy,
         identity: Identity,
         logs: Arc<Logs>,
+        marks: std::path::PathBuf,
     ) -> Instances {
         Instances {
+            marks,
             images,
             network,
             runtime,
@@ -272,12 +277,44 @@ impl Instances {
     /// Rebuilds the table from containerd: running instances are adopted (and their
     /// output read again); the rest (no task, or a task that is not running) are removed
     /// with all they own, and so is any /tmp or FIFO no adopted instance owns.
+    /// Instances marked but not running (a start or stop cut short by a crash) lose
+    /// their network namespace, address, cgroup and root filesystem the same way.
     pub async fn adopt(&self) -> Result<(), Error> {
+        tokio::fs::create_dir_all(&self.marks).await.map_err(|source| self.mark_error(source))?;
         self.adopt_containers().await?;
         let keep: HashSet<String> = self.lock().keys().cloned().collect();
+        for id in self.marked().await {
+            if !keep.contains(&id) {
+                tracing::info!(instance = %id, "removing what a start or stop cut short left");
+                self.teardown(&id).await?;
+            }
+        }
+        for id in &keep {
+            // Adopted instances of an agent from before the marks.
+            self.mark(id).await?;
+        }
+        self.runtime.sweep_snapshots().await?;
         self.runtime.sweep_scratch(&keep).await;
         self.logs.sweep_fifos(&keep).await;
         Ok(())
+    }
+
+    fn mark_error(&self, source: std::io::Error) -> Error {
+        Error::Io { what: "instance marks", path: self.marks.display().to_string(), source }
+    }
+
+    async fn mark(&self, id: &str) -> Result<(), Error> {
+        tokio::fs::write(self.marks.join(id), b"").await.map_err(|e| self.mark_error(e))
+    }
+
+    async fn marked(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(mut dir) = tokio::fs::read_dir(&self.marks).await {
+            while let Ok(Some(e)) = dir.next_entry().await {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out
     }
 
     async fn adopt_containers(&self) -> Result<(), Error> {
@@ -349,7 +386,16 @@ impl Instances {
             }
         });
         let id = format!("{}-{:08x}", req.function, rand::random::<u32>());
-        let attached = self.network.attach(&id).await?;
+        self.mark(&id).await?;
+        let attached = match self.network.attach(&id).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Err(cleanup) = self.teardown(&id).await {
+                    tracing::warn!(instance = %id, error = %cleanup, "cleanup after a failed start");
+                }
+                return Err(e.into());
+            }
+        };
         let address = SocketAddr::new(attached.ip, FUNCTION_PORT);
         let address_text = address.to_string();
         let io = match self.logs.attach(&id, &req.function).await {
@@ -423,7 +469,11 @@ impl Instances {
         let detached = self.network.detach(id).await;
         removed?;
         detached?;
-        Ok(())
+        match tokio::fs::remove_file(self.marks.join(id)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.mark_error(e)),
+        }
     }
 
     /// The instances, with their task states read from containerd.

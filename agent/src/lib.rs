@@ -201,6 +201,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         cfg.limits_policy(),
         cfg.identity(),
         logs.clone(),
+        cfg.state_dir.join("instances"),
     ));
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -243,10 +243,19 @@ fn create_netns(path: &Path) -> Result<(), NetworkError> {
 }
 
 fn remove_netns(path: &Path) -> Result<(), NetworkError> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => {
-            return Err(NetworkError::Netns { path: path.to_path_buf(), what: "unmount", source: e.into() })
+    // Mounted more than once when /run/netns became a shared mount of itself (as
+    // `ip netns` makes it) after this namespace was made: unmount until it is not one.
+    for _ in 0..4 {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+            Err(e) => {
+                return Err(NetworkError::Netns {
+                    path: path.to_path_buf(),
+                    what: "unmount",
+                    source: e.into(),
+                })
+            }
         }
     }
     match std::fs::remove_file(path) {

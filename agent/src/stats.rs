@@ -35,6 +35,18 @@ pub fn read(path: &str) -> Usage {
     Usage { memory_bytes, cpu_ns }
 }
 
+/// Removes the cgroup at `path` if it is still there: runc removes an instance's cgroup
+/// with its container, but not when an agent or shim crash cut that short. Fails while
+/// processes are in it.
+pub fn remove(path: &str) -> Result<(), String> {
+    let hierarchy = hierarchies::auto();
+    let rel = path.trim_start_matches('/');
+    if hierarchy.v2() && !hierarchy.root().join(rel).exists() {
+        return Ok(());
+    }
+    Cgroup::load(hierarchy, rel).delete().map_err(|e| e.to_string())
+}
+
 /// How many times the kernel's OOM killer acted in the cgroup at `path` (0 if it is gone).
 pub fn oom_kills(path: &str) -> u64 {
     let hierarchy = hierarchies::auto();

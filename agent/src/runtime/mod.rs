@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use containerd_client::services::v1::container::Runtime as CdRuntime;
-use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
+use containerd_client::services::v1::snapshots::{
+    Kind as SnapshotKind, ListSnapshotsRequest, PrepareSnapshotRequest,
+};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
     KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
@@ -259,6 +261,37 @@ impl Runtime {
         )?;
         remove_snapshot(cd, &self.snapshotter, id).await?;
         self.scratch.remove(&self.node_name(id)).await?;
+        let cgroup = self.cgroup_path(id);
+        let removed = tokio::task::spawn_blocking(move || crate::stats::remove(&cgroup)).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(instance = id, error = %e, "removing the instance's cgroup");
+        }
+        Ok(())
+    }
+
+    /// Removes the root filesystems (active snapshots) no container owns: left by an
+    /// agent that crashed between preparing one and creating its container, or during a
+    /// pull. Only called while no start or pull is in flight.
+    pub async fn sweep_snapshots(&self) -> Result<(), ContainerdError> {
+        let cd = &self.cd;
+        let containers: std::collections::HashSet<String> =
+            self.list().await?.into_iter().map(|c| c.id).collect();
+        let req = ListSnapshotsRequest { snapshotter: self.snapshotter.clone(), filters: vec![] };
+        let mut stream =
+            cd.snapshots().list(cd.req(req)).await.map_err(call_err("list snapshots"))?.into_inner();
+        let mut orphans = Vec::new();
+        while let Some(page) = stream.message().await.map_err(call_err("list snapshots"))? {
+            orphans.extend(
+                page.info
+                    .into_iter()
+                    .filter(|i| i.kind == SnapshotKind::Active as i32 && !containers.contains(&i.name))
+                    .map(|i| i.name),
+            );
+        }
+        for key in orphans {
+            tracing::info!(snapshot = %key, "removing a root filesystem no instance owns");
+            remove_snapshot(cd, &self.snapshotter, &key).await?;
+        }
         Ok(())
     }
 
