@@ -18,86 +18,11 @@ use containerd_client::services::v1::{Container, CreateContainerRequest, ListCon
 use fnrt_agent::containerd::Containerd;
 use fnrt_agent::network::Network;
 use fnrt_agent::Config;
-use fnrt_proto::agent::v1::agent_client::AgentClient;
 use fnrt_proto::agent::v1::{
-    ListInstancesRequest, NodeStatusRequest, StartInstanceRequest, StopInstanceRequest, StreamLogsRequest,
+    ListInstancesRequest, StartInstanceRequest, StopInstanceRequest, StreamLogsRequest,
 };
+use fnrt_tests::process::{agent_bin, ready, spawn_agent};
 use fnrt_tests::{assert_nothing_left, image, node_leftovers, remove_namespace, test_config};
-use tonic::transport::Channel;
-
-fn agent_bin() -> PathBuf {
-    let bin = std::env::var_os("FNRT_TEST_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/fnrt-agent"));
-    assert!(bin.exists(), "{} is missing: run scripts/test, which builds it", bin.display());
-    bin
-}
-
-/// Runs the agent binary with `cfg`; its output goes to `log`.
-fn spawn_agent(cfg: &Config, log: &Path) -> tokio::process::Child {
-    let set = |k: &str, v: String| ["--set".to_string(), format!("{k}={v}")];
-    let mut args = Vec::new();
-    args.extend(set("containerd_socket", cfg.containerd_socket.display().to_string()));
-    args.extend(set("namespace", cfg.namespace.clone()));
-    args.extend(set("socket", cfg.socket.display().to_string()));
-    args.extend(set("dataplane_listen", cfg.dataplane_listen.to_string()));
-    args.extend(set("state_dir", cfg.state_dir.display().to_string()));
-    args.extend(set("cni_data_dir", cfg.cni_data_dir().display().to_string()));
-    args.extend(set("bridge", cfg.bridge.clone()));
-    args.extend(set("subnet", cfg.subnet.clone()));
-    args.extend(set("health_timeout_ms", cfg.health_timeout_ms.to_string()));
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    tokio::process::Command::new(agent_bin())
-        .args(args)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-/// A client once the agent answers, within 20 s.
-async fn ready(agent: &mut tokio::process::Child, cfg: &Config, log: &Path) -> AgentClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = agent.try_wait().unwrap() {
-            panic!(
-                "the agent exited ({status}); its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if cfg.socket.exists() {
-            if let Ok(Ok(mut c)) =
-                tokio::time::timeout(Duration::from_secs(1), try_connect(&cfg.socket)).await
-            {
-                if c.node_status(NodeStatusRequest {}).await.is_ok() {
-                    return c;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not answer in 20 s; its log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn try_connect(socket: &Path) -> Result<AgentClient<Channel>, tonic::transport::Error> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(AgentClient::new(channel))
-}
 
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -175,7 +100,7 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     let mut cfg = test_config(dir.path());
     cfg.dataplane_listen = free_port();
     let log = dir.path().join("agent.log");
-    let mut agent = spawn_agent(&cfg, &log);
+    let mut agent = spawn_agent(&agent_bin(), &cfg, &log);
     let mut client = ready(&mut agent, &cfg, &log).await;
 
     let mut ids = Vec::new();
@@ -221,7 +146,7 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     assert!(!node_leftovers(&format!("{}-{half}", cfg.namespace)).is_empty());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut agent = spawn_agent(&cfg, &log);
+    let mut agent = spawn_agent(&agent_bin(), &cfg, &log);
     let mut client = ready(&mut agent, &cfg, &log).await;
     let back = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -1,0 +1,86 @@
+//! The agent as a process of its own (to kill it with SIGKILL, or to measure its memory
+//! alone), configured like an in-process test agent.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fnrt_agent::Config;
+use fnrt_proto::agent::v1::agent_client::AgentClient;
+use fnrt_proto::agent::v1::NodeStatusRequest;
+use tonic::transport::Channel;
+
+/// The agent binary scripts/test builds (debug).
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("FNRT_TEST_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/fnrt-agent"));
+    assert!(bin.exists(), "{} is missing: run scripts/test, which builds it", bin.display());
+    bin
+}
+
+/// Runs the agent binary `bin` with `cfg`; its output goes to `log`. It is killed when
+/// the handle is dropped.
+pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Child {
+    let set = |k: &str, v: String| ["--set".to_string(), format!("{k}={v}")];
+    let mut args = Vec::new();
+    args.extend(set("containerd_socket", cfg.containerd_socket.display().to_string()));
+    args.extend(set("namespace", cfg.namespace.clone()));
+    args.extend(set("socket", cfg.socket.display().to_string()));
+    args.extend(set("dataplane_listen", cfg.dataplane_listen.to_string()));
+    args.extend(set("state_dir", cfg.state_dir.display().to_string()));
+    args.extend(set("cni_data_dir", cfg.cni_data_dir().display().to_string()));
+    args.extend(set("bridge", cfg.bridge.clone()));
+    args.extend(set("subnet", cfg.subnet.clone()));
+    args.extend(set("health_timeout_ms", cfg.health_timeout_ms.to_string()));
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    tokio::process::Command::new(bin)
+        .args(args)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A client once the agent answers, within 20 s.
+pub async fn ready(agent: &mut tokio::process::Child, cfg: &Config, log: &Path) -> AgentClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            panic!(
+                "the agent exited ({status}); its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if cfg.socket.exists() {
+            if let Ok(Ok(mut c)) =
+                tokio::time::timeout(Duration::from_secs(1), try_connect(&cfg.socket)).await
+            {
+                if c.node_status(NodeStatusRequest {}).await.is_ok() {
+                    return c;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not answer in 20 s; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn try_connect(socket: &Path) -> Result<AgentClient<Channel>, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(AgentClient::new(channel))
+}
