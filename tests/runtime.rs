@@ -299,3 +299,29 @@ async fn tmp_takes_500_mb_from_a_128_mb_function_stops_at_512_and_the_rest_is_re
     assert!(r["text"].is_null(), "a new instance sees an empty /tmp: {r}");
     agent.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_that_crashes_at_start_fails_its_start_at_once_with_its_output() {
+    let mut agent = TestAgent::start_with(|c| c.health_timeout_ms = 30_000).await;
+    let t0 = Instant::now();
+    let req = StartInstanceRequest {
+        function: "crashy".into(),
+        image: image("crashes"),
+        // A secret the function happens to print: the answer must not carry it.
+        secrets: HashMap::from([("CONF_NAME".to_string(), "app.conf".to_string())]),
+        ..Default::default()
+    };
+    let e = agent.client.start_instance(req).await.unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let msg = e.message();
+    assert!(msg.contains("ended before listening on :9000"), "{msg}");
+    assert!(msg.contains("exited with status 3"), "{msg}");
+    assert!(msg.contains("cannot read /etc/<redacted>"), "its last output, secret redacted: {msg}");
+    assert!(!msg.contains("app.conf"), "{msg}");
+    // Not the 30 s deadline (the pull of the image is in this time too).
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    assert!(list.instances.is_empty(), "{:?}", list.instances);
+    agent.cleanup().await;
+}

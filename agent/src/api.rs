@@ -300,6 +300,7 @@ pub fn status(e: Error) -> Status {
         Error::InstanceNotFound(_) => Code::NotFound,
         Error::ImageInUse { .. } => Code::FailedPrecondition,
         Error::NotListening(_) => Code::DeadlineExceeded,
+        Error::ExitedAtStart { .. } => Code::FailedPrecondition,
         Error::Containerd(c) => containerd_code(c),
         Error::Network(n) => match n {
             NetworkError::Netns { .. } | NetworkError::Plugin { .. } => Code::Internal,

@@ -44,6 +44,17 @@ pub enum Error {
     /// containerd failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// The instance's process ended before it listened on :9000.
+    #[error(
+        "the instance ended before listening on :9000: {reason}{}",
+        if .output.is_empty() { String::new() } else { format!("; its last output: {}", .output.join(" | ")) }
+    )]
+    ExitedAtStart {
+        /// How it ended.
+        reason: String,
+        /// Its last lines of output.
+        output: Vec<String>,
+    },
     /// A file of the agent's own could not be written or removed.
     #[error("{what} {path}: {source}")]
     Io {

@@ -112,6 +112,8 @@ pub struct Instances {
     ended: Mutex<VecDeque<(SystemTime, Instance)>>,
     /// Instances whose cgroup reported an OOM kill, until their exit arrives.
     oom_seen: Mutex<HashSet<String>>,
+    /// Instances being started: their exit, if it comes before they listen, ends the start.
+    exits_at_start: Mutex<HashMap<String, tokio::sync::oneshot::Sender<(u32, bool)>>>,
     /// Images that starts in flight use (reference → count): not to be evicted.
     starting: Mutex<HashMap<String, usize>>,
     next: AtomicUsize,
@@ -171,6 +173,7 @@ impl Instances {
             table: Mutex::new(HashMap::new()),
             ended: Mutex::new(VecDeque::new()),
             oom_seen: Mutex::new(HashSet::new()),
+            exits_at_start: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
         }
@@ -417,7 +420,8 @@ impl Instances {
             limits: &limits,
             io: &io,
         };
-        let pid = match self.launch(&new, address).await {
+        let secret_values: Vec<&str> = req.secrets.0.values().map(String::as_str).collect();
+        let pid = match self.launch(&new, address, &secret_values).await {
             Ok(pid) => pid,
             Err(e) => {
                 if let Err(cleanup) = self.teardown(&id).await {
@@ -446,11 +450,52 @@ impl Instances {
         Ok((inst, advice))
     }
 
-    async fn launch(&self, new: &NewInstance<'_>, address: SocketAddr) -> Result<u32, Error> {
-        let pid = self.runtime.start(new).await?;
-        let waited = health::wait_listening(address, self.health_timeout).await?;
-        tracing::info!(instance = %new.id, %address, ready_ms = waited.as_millis() as u64, "instance ready");
-        Ok(pid)
+    /// Starts the instance's task and waits until it listens on :9000, or until it exits
+    /// (a function that crashes at start fails its start at once, with its last output).
+    async fn launch(
+        &self,
+        new: &NewInstance<'_>,
+        address: SocketAddr,
+        secrets: &[&str],
+    ) -> Result<u32, Error> {
+        let (tx, exited) = tokio::sync::oneshot::channel();
+        self.exits_at_start.lock().unwrap_or_else(|p| p.into_inner()).insert(new.id.to_string(), tx);
+        let result = async {
+            let pid = self.runtime.start(new).await?;
+            tokio::select! {
+                waited = health::wait_listening(address, self.health_timeout) => {
+                    let waited = waited?;
+                    tracing::info!(instance = %new.id, %address, ready_ms = waited.as_millis() as u64, "instance ready");
+                    Ok(pid)
+                }
+                Ok((status, oom)) = exited => Err(self.exited_at_start(new, status, oom, secrets).await),
+            }
+        }
+        .await;
+        self.exits_at_start.lock().unwrap_or_else(|p| p.into_inner()).remove(new.id);
+        result
+    }
+
+    async fn exited_at_start(
+        &self,
+        new: &NewInstance<'_>,
+        status: u32,
+        oom: bool,
+        secrets: &[&str],
+    ) -> Error {
+        let (_, reason) = events::reason(Some(status), oom, new.limits.memory_mb);
+        // What it printed last usually says why; the pump reads it a moment after the exit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let filter = crate::logs::Filter { instance: Some(new.id.to_string()), ..Default::default() };
+        let logs = self.logs.clone();
+        let lines = tokio::task::spawn_blocking(move || logs.read(&filter)).await.unwrap_or_default();
+        // The agent's answers never carry a secret, even one the function printed.
+        let redact = |line: &str| {
+            secrets.iter().filter(|s| !s.is_empty()).fold(line.to_string(), |l, s| l.replace(s, "<redacted>"))
+        };
+        let last: Vec<String> = lines.iter().rev().take(5).rev().map(|l| redact(&l.line)).collect();
+        tracing::warn!(instance = %new.id, %reason, "instance ended before listening on :9000");
+        Error::ExitedAtStart { reason, output: last }
     }
 
     /// Stops an instance and removes all it owned.
@@ -555,7 +600,17 @@ impl Instances {
             TaskEvent::Oom { container } => {
                 self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(container);
             }
-            TaskEvent::Exit { container, status, at } => self.end(container, Some(status), at).await,
+            TaskEvent::Exit { container, status, at } => {
+                let starting =
+                    self.exits_at_start.lock().unwrap_or_else(|p| p.into_inner()).remove(&container);
+                match starting {
+                    Some(tx) => {
+                        let oom = self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&container);
+                        let _ = tx.send((status, oom));
+                    }
+                    None => self.end(container, Some(status), at).await,
+                }
+            }
         }
     }
 

@@ -135,6 +135,14 @@ impl TestAgent {
         self.handle.shutdown().await;
         remove_namespace(&self.cfg.containerd_socket, &self.cfg.namespace).await;
         assert_nothing_left(&self.cfg.namespace).await;
+        // The agent's own records: instance marks, FIFOs and /tmp images.
+        for sub in ["instances", "io", "scratch"] {
+            let dir = self.cfg.state_dir.join(sub);
+            let left: Vec<String> = std::fs::read_dir(&dir)
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+        }
     }
 }
 
