@@ -159,9 +159,17 @@ async fn an_instance_past_its_memory_is_oom_killed_reported_and_removed_and_neig
     wait_removed(&agent, &victim.id).await;
     assert_eq!(agent.call("calm", "/", "").await.0, 200);
     assert_eq!(instance(&mut agent, &neighbour.id).await.state, "running");
-    // The function can have a new instance, and it answers.
-    start(&mut agent, "hungry", 128).await;
-    assert_eq!(agent.call("hungry", "/", "").await.0, 200);
+    // The next calls get a new instance, started like the last: four at once make one.
+    let calls = (0..4).map(|_| agent.call("hungry", "/", ""));
+    for (status, body) in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    let fresh: Vec<&Instance> =
+        list.instances.iter().filter(|i| i.function == "hungry" && i.state == "running").collect();
+    assert_eq!(fresh.len(), 1, "one cold start for the waiting calls: {fresh:?}");
+    assert_ne!(fresh[0].id, victim.id);
+    assert_eq!(fresh[0].memory_mb, 128);
     agent.cleanup().await;
 }
 
@@ -174,8 +182,13 @@ async fn an_instance_that_crashes_is_reported_with_its_exit_status_and_removed()
     let ended = wait_for_state(&mut agent, &inst.id, "crashed").await;
     assert_eq!(ended.reason, "its process exited with status 3");
     wait_removed(&agent, &inst.id).await;
+    // The next call gets a new instance; the crashed one stays listed with its cause.
     let (status, body) = agent.call("crash", "/", "").await;
-    assert_eq!(status, 404, "no instance is left to call: {body}");
+    assert_eq!(status, 200, "{body}");
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    let states: Vec<(bool, &str)> =
+        list.instances.iter().map(|i| (i.id == inst.id, i.state.as_str())).collect();
+    assert_eq!(states, vec![(true, "crashed"), (false, "running")], "{:?}", list.instances);
     agent.cleanup().await;
 }
 

@@ -115,11 +115,20 @@ impl Dataplane {
             );
         };
         let (function, tail) = rest.split_once('/').map_or((rest, ""), |(f, t)| (f, t));
-        let Some(instance) = self.instances.pick(function) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("function {function:?} has no running instance on this node; start one with agentctl instance start {function} <image>"),
-            );
+        let instance = match self.instances.pick_or_start(function).await {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("function {function:?} has no running instance on this node; start one with agentctl instance start {function} <image>"),
+                )
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("function {function:?} has no running instance and starting one failed: {}", crate::api::chain(&e)),
+                )
+            }
         };
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
         let uri: Uri = match format!("http://{}/{tail}{query}", instance.address).parse() {

@@ -112,6 +112,12 @@ pub struct Instances {
     ended: Mutex<VecDeque<(SystemTime, Instance)>>,
     /// Instances whose cgroup reported an OOM kill, until their exit arrives.
     oom_seen: Mutex<HashSet<String>>,
+    /// How each function's instances were last started, for the cold start of the next
+    /// one when a call finds none running (after a crash or an OOM kill). Dropped when the
+    /// operator stops a function's last instance. In memory only (it holds secrets).
+    templates: Mutex<HashMap<String, StartRequest>>,
+    /// One cold start at a time per function: calls that find no instance wait for it.
+    cold_starts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Instances being started: their exit, if it comes before they listen, ends the start.
     exits_at_start: Mutex<HashMap<String, tokio::sync::oneshot::Sender<(u32, bool)>>>,
     /// Images that starts in flight use (reference → count): not to be evicted.
@@ -174,6 +180,8 @@ impl Instances {
             ended: Mutex::new(VecDeque::new()),
             oom_seen: Mutex::new(HashSet::new()),
             exits_at_start: Mutex::new(HashMap::new()),
+            templates: Mutex::new(HashMap::new()),
+            cold_starts: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
         }
@@ -362,6 +370,7 @@ impl Instances {
     /// it is left.
     pub async fn start(&self, req: StartRequest) -> Result<(Instance, Option<String>), Error> {
         validate_function_name(&req.function)?;
+        let template = req.clone();
         let limits = self
             .policy
             .limits(req.memory_mb)
@@ -443,6 +452,7 @@ impl Instances {
             reason: String::new(),
         };
         self.lock().insert(id, inst.clone());
+        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(inst.function.clone(), template);
         let advice = memory_advice(image.info.size_bytes, limits.memory_mb);
         if let Some(a) = &advice {
             tracing::warn!(instance = %inst.id, image = %inst.image, "{a}");
@@ -499,9 +509,20 @@ impl Instances {
     }
 
     /// Stops an instance and removes all it owned.
+    /// Stops an instance and removes all it owned. Once the operator has stopped a
+    /// function's last instance, calls no longer start one.
     pub async fn stop(&self, id: &str) -> Result<(), Error> {
-        let known = self.lock().remove(id).is_some();
-        if !known && !self.runtime.list().await?.iter().any(|r| r.id == id) {
+        let removed = {
+            let mut table = self.lock();
+            let removed = table.remove(id);
+            if let Some(inst) = &removed {
+                if !table.values().any(|i| i.function == inst.function) {
+                    self.templates.lock().unwrap_or_else(|p| p.into_inner()).remove(&inst.function);
+                }
+            }
+            removed
+        };
+        if removed.is_none() && !self.runtime.list().await?.iter().any(|r| r.id == id) {
             return Err(Error::InstanceNotFound(id.to_string()));
         }
         self.teardown(id).await
@@ -660,6 +681,44 @@ impl Instances {
         for id in gone {
             self.end(id, None, SystemTime::now()).await;
         }
+    }
+
+    /// An instance of `function` for a call: a running one, else (when the function ran
+    /// here before and its instances ended on their own) a new one, started like the last.
+    /// `Ok(None)` when the node knows no way to run the function.
+    pub async fn pick_or_start(self: &Arc<Self>, function: &str) -> Result<Option<Instance>, Error> {
+        if let Some(i) = self.pick(function) {
+            return Ok(Some(i));
+        }
+        if !self.templates.lock().unwrap_or_else(|p| p.into_inner()).contains_key(function) {
+            return Ok(None);
+        }
+        let gate = self
+            .cold_starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(function.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().await;
+        // A call that waited here finds the instance the one before it started.
+        if let Some(i) = self.pick(function) {
+            return Ok(Some(i));
+        }
+        let Some(template) = self.templates.lock().unwrap_or_else(|p| p.into_inner()).get(function).cloned()
+        else {
+            return Ok(None);
+        };
+        tracing::info!(function, "cold start: a call found no running instance");
+        // On a task of its own: a caller that goes away must not cut the start half-way.
+        let this = self.clone();
+        let started =
+            tokio::spawn(async move { this.start(template).await }).await.map_err(|e| Error::Io {
+                what: "cold start task",
+                path: function.to_string(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(Some(started?.0))
     }
 
     /// Picks a running instance of `function` for a call, round robin.
