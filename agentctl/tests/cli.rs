@@ -32,17 +32,42 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
         let run = run.clone();
         move || {
             let invoke = run(&["invoke", "cli", "--path", "/from-cli", "-d", "payload"]);
+            // What a call printed, by the request id invoke shows on stderr.
+            let said = run(&["invoke", "cli", "--path", "/_fixture/log?text=from-cli-call"]);
+            let request =
+                said.2.lines().find_map(|l| l.strip_prefix("request id: ")).unwrap_or("").to_string();
+            let mut logs = run(&["logs", "--request", &request]);
+            for _ in 0..50 {
+                if logs.1.contains("from-cli-call") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                logs = run(&["logs", "--request", &request]);
+            }
+            let bad_since = run(&["logs", "--since", "yesterday"]);
             let ls = run(&["instance", "ls"]);
             let status = run(&["node", "status", "-o", "json"]);
             let missing = run(&["instance", "stop", "cli-00000000"]);
             let bad = run(&["instance", "start", "NO", "x"]);
             let stop = run(&["instance", "stop", &id]);
-            (invoke, ls, status, missing, bad, stop, id)
+            (invoke, ls, status, missing, bad, stop, id, (said, request, logs, bad_since))
         }
     })
     .await
     .unwrap();
-    let (invoke, ls, status, missing, bad, stop, id) = r;
+    let (invoke, ls, status, missing, bad, stop, id, (said, request, logs, bad_since)) = r;
+    assert_eq!(said.0, 0, "{}", said.2);
+    assert!(!request.is_empty(), "invoke prints the request id on stderr: {}", said.2);
+    assert_eq!(logs.0, 0, "{}", logs.2);
+    let printed: Vec<&str> = logs.1.lines().collect();
+    assert!(
+        printed.len() == 2 && printed.iter().all(|l| l.contains(&id) && l.contains(&request)),
+        "{}",
+        logs.1
+    );
+    assert!(logs.1.contains(" stdout ") && logs.1.contains("from-cli-call (stderr)"), "{}", logs.1);
+    assert_eq!(bad_since.0, 2, "{}", bad_since.2);
+    assert!(bad_since.2.contains("neither a duration"), "{}", bad_since.2);
     assert_eq!(invoke.0, 0, "{}", invoke.2);
     assert!(
         invoke.1.contains("\"path\":\"/from-cli\"") && invoke.1.contains("\"body\":\"payload\""),
