@@ -144,6 +144,11 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     let half = "steady-deadbeef";
     leave_half_made(&cfg, &cd, half, &top).await;
     assert!(!node_leftovers(&format!("{}-{half}", cfg.namespace)).is_empty());
+    // A network namespace and address with no mark at all.
+    let unmarked = "steady-0badf00d";
+    let network =
+        Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
+    network.attach(unmarked).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut agent = spawn_agent(&agent_bin(), &cfg, &log);
@@ -205,7 +210,8 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     }
 
     // What was half made is gone.
-    let left = node_leftovers(&format!("{}-{half}", cfg.namespace));
+    let mut left = node_leftovers(&format!("{}-{half}", cfg.namespace));
+    left.extend(node_leftovers(&format!("{}-{unmarked}", cfg.namespace)));
     assert!(left.is_empty(), "{left:#?}\nagent log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     assert!(!snapshot_keys(&cd).await.contains(&half.to_string()));
     let containers = cd.containers().list(cd.req(ListContainersRequest { filters: vec![] })).await.unwrap();

@@ -294,7 +294,15 @@ impl Instances {
         tokio::fs::create_dir_all(&self.marks).await.map_err(|source| self.mark_error(source))?;
         self.adopt_containers().await?;
         let keep: HashSet<String> = self.lock().keys().cloned().collect();
-        for id in self.marked().await {
+        let mut orphans = self.marked().await;
+        // Addresses of instances the marks do not know (made before them); their network
+        // namespaces go with them.
+        for id in self.network.holders() {
+            if !orphans.contains(&id) {
+                orphans.push(id);
+            }
+        }
+        for id in orphans {
             if !keep.contains(&id) {
                 tracing::info!(instance = %id, "removing what a start or stop cut short left");
                 self.teardown(&id).await?;

@@ -16,6 +16,9 @@ use tokio::io::AsyncWriteExt;
 /// Where the namespaces' bind mounts live.
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// The CNI network's name (host-local keeps its addresses under `<data dir>/<name>`).
+const NETWORK_NAME: &str = "fnrt";
+
 /// A failure to set up or tear down an instance's network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -144,10 +147,37 @@ impl Network {
         del.map(|_| ())
     }
 
+    /// Ids of the instances that hold a host-local address in this agent's CNI data
+    /// directory (owners with its scope as prefix), live or not: what a restarted agent
+    /// checks against the instances it adopted. /run/netns is not scanned: it is shared by
+    /// every agent on the node, and one scope can be the prefix of another's names.
+    pub fn holders(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.scope);
+        let mut ids: Vec<String> = Vec::new();
+        let mut add = |name: &str| {
+            if let Some(id) = name.strip_prefix(&prefix) {
+                if !id.is_empty() && !ids.iter().any(|i| i == id) {
+                    ids.push(id.to_string());
+                }
+            }
+        };
+        // host-local keeps one file per address, named by it, holding the owner's id.
+        if let Ok(dir) = std::fs::read_dir(self.data_dir.join(NETWORK_NAME)) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().parse::<IpAddr>().is_err() {
+                    continue;
+                }
+                let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+                add(owner.lines().next().unwrap_or("").trim());
+            }
+        }
+        ids
+    }
+
     fn bridge_conf(&self) -> String {
         serde_json::json!({
             "cniVersion": "1.0.0",
-            "name": "fnrt",
+            "name": NETWORK_NAME,
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
