@@ -160,7 +160,10 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() {
     let (status, body) = agent.call("ghost", "/", "").await;
     assert_eq!(status, 404);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(v["error"].as_str().unwrap().contains("\"ghost\" has no running instance"), "{body}");
+    assert!(
+        v["error"].as_str().unwrap().contains("\"ghost\" is not deployed and has no running instance"),
+        "{body}"
+    );
     let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
     assert!(list.instances.is_empty());
     agent.cleanup().await;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use fnrt_proto::agent::v1 as pb;
 use fnrt_proto::agent::v1::agent_server::Agent as AgentApi;
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -115,6 +116,12 @@ impl AgentApi for Api {
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.
+        if self.node.pools.get(&start.function).is_some() {
+            return Err(Status::failed_precondition(format!(
+                "function {:?} is deployed: its pool starts its instances (UpdateFunction changes provisioned)",
+                start.function
+            )));
+        }
         let node = self.node.clone();
         let (inst, advice) = tokio::spawn(async move { node.instances.start(start).await })
             .await
@@ -136,6 +143,96 @@ impl AgentApi for Api {
             .map_err(|e| Status::internal(format!("stop task failed: {e}")))?
             .map_err(status)?;
         Ok(Response::new(pb::StopInstanceResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(function = %req.get_ref().function.as_ref().map_or("", |f| f.name.as_str())))]
+    async fn deploy_function(
+        &self,
+        req: Request<pb::DeployFunctionRequest>,
+    ) -> Result<Response<pb::DeployFunctionResponse>, Status> {
+        let raw = raw_spec(req.into_inner().function)?;
+        // On a task of its own: a caller that goes away must not cut a deploy half-way.
+        let pools = self.node.pools.clone();
+        let (view, warnings) = tokio::spawn(async move { pools.deploy(raw).await })
+            .await
+            .map_err(|e| Status::internal(format!("deploy task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(pb::DeployFunctionResponse { function: Some(function(view)), warnings }))
+    }
+
+    #[tracing::instrument(skip_all, fields(function = %req.get_ref().function.as_ref().map_or("", |f| f.name.as_str())))]
+    async fn update_function(
+        &self,
+        req: Request<pb::UpdateFunctionRequest>,
+    ) -> Result<Response<pb::UpdateFunctionResponse>, Status> {
+        let raw = raw_spec(req.into_inner().function)?;
+        let pools = self.node.pools.clone();
+        let view = tokio::spawn(async move { pools.update(raw).await })
+            .await
+            .map_err(|e| Status::internal(format!("update task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateFunctionResponse { function: Some(function(view)) }))
+    }
+
+    async fn remove_function(
+        &self,
+        req: Request<pb::RemoveFunctionRequest>,
+    ) -> Result<Response<pb::RemoveFunctionResponse>, Status> {
+        self.node.pools.remove(&req.into_inner().name).map_err(status)?;
+        Ok(Response::new(pb::RemoveFunctionResponse {}))
+    }
+
+    async fn list_functions(
+        &self,
+        _req: Request<pb::ListFunctionsRequest>,
+    ) -> Result<Response<pb::ListFunctionsResponse>, Status> {
+        let functions = self.node.pools.list().into_iter().map(function).collect();
+        Ok(Response::new(pb::ListFunctionsResponse { functions }))
+    }
+
+    async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let r = req.into_inner();
+        let request_id =
+            if r.request_id.is_empty() { crate::dataplane::new_request_id() } else { r.request_id };
+        let arrived = std::time::Instant::now();
+        let answer = self
+            .node
+            .dataplane
+            .invoke(&r.function, r.payload.into(), &request_id)
+            .await
+            .ok_or_else(|| status(Error::FunctionNotFound(r.function.clone())))?;
+        let code = answer.response.status().as_u16();
+        let body = answer
+            .response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the answer of {}: {e}", r.function)))?
+            .to_bytes();
+        let duration_ms = arrived.elapsed().as_secs_f64() * 1000.0;
+        let logs = match answer.instance {
+            None => Vec::new(),
+            Some(instance) => {
+                // Output reaches the agent a moment after it is written.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let filter = crate::logs::Filter {
+                    instance: Some(instance),
+                    request_id: Some(request_id.clone()),
+                    ..Default::default()
+                };
+                let l = self.node.instances.logs().clone();
+                let lines = tokio::task::spawn_blocking(move || l.read(&filter)).await.unwrap_or_default();
+                lines.iter().map(log_line).collect()
+            }
+        };
+        Ok(Response::new(pb::InvokeResponse {
+            status: u32::from(code),
+            body: body.to_vec(),
+            duration_ms,
+            request_id,
+            logs,
+            cold_start: answer.cold,
+        }))
     }
 
     type StreamLogsStream = ReceiverStream<Result<pb::LogLine, Status>>;
@@ -246,6 +343,77 @@ fn instance(i: Instance) -> pb::Instance {
     }
 }
 
+/// A function spec from the API, not yet checked.
+fn raw_spec(f: Option<pb::FunctionSpec>) -> Result<crate::pool::RawSpec, Status> {
+    let f = f.ok_or_else(|| {
+        status(Error::InvalidArgument { field: "function", reason: "the function spec is missing".into() })
+    })?;
+    let event = match pb::FunctionType::try_from(f.r#type) {
+        Ok(pb::FunctionType::Http) => false,
+        Ok(pb::FunctionType::Event) => true,
+        Err(_) => {
+            return Err(status(Error::InvalidArgument {
+                field: "type",
+                reason: format!(
+                    "{} is not a function type: use FUNCTION_TYPE_HTTP or FUNCTION_TYPE_EVENT",
+                    f.r#type
+                ),
+            }))
+        }
+    };
+    Ok(crate::pool::RawSpec {
+        name: f.name,
+        namespace: f.namespace,
+        version: f.version,
+        image: f.image,
+        event,
+        memory_mb: f.memory_mb,
+        timeout_ms: f.timeout_ms,
+        env: f.env.into_iter().collect(),
+        secrets: f.secrets.into_iter().collect(),
+        provisioned: f.provisioned,
+        max_instances: f.max_instances,
+        concurrency: f.concurrency,
+        keep_alive_s: f.keep_alive_s,
+        queue_max: f.queue_max,
+        queue_timeout_ms: f.queue_timeout_ms,
+    })
+}
+
+/// A pool as the API shows it: no secret values.
+fn function(v: crate::pool::FunctionView) -> pb::Function {
+    let s = &v.spec;
+    pb::Function {
+        spec: Some(pb::FunctionSpec {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            version: s.version.clone(),
+            image: s.image.clone(),
+            r#type: match s.kind {
+                crate::pool::Kind::Http => pb::FunctionType::Http as i32,
+                crate::pool::Kind::Event => pb::FunctionType::Event as i32,
+            },
+            memory_mb: s.memory_mb,
+            timeout_ms: s.timeout.as_millis() as u32,
+            env: s.env.clone().into_iter().collect(),
+            secrets: Default::default(),
+            provisioned: s.provisioned,
+            max_instances: s.max_instances,
+            concurrency: s.concurrency,
+            keep_alive_s: s.keep_alive.as_secs() as u32,
+            queue_max: s.queue_max,
+            queue_timeout_ms: s.queue_timeout.as_millis() as u32,
+        }),
+        secret_names: s.secrets.0.keys().cloned().collect(),
+        ready: v.ready,
+        starting: v.starting,
+        in_flight: v.in_flight,
+        queued: v.queued,
+        instances: v.instances,
+        last_error: v.last_error,
+    }
+}
+
 /// The filter a StreamLogs request asks for, checked.
 fn log_filter(r: &pb::StreamLogsRequest) -> Result<crate::logs::Filter, Error> {
     let name_ok = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -297,7 +465,8 @@ fn image(i: ImageInfo) -> pb::Image {
 pub fn status(e: Error) -> Status {
     let code = match &e {
         Error::InvalidArgument { .. } => Code::InvalidArgument,
-        Error::InstanceNotFound(_) => Code::NotFound,
+        Error::InstanceNotFound(_) | Error::FunctionNotFound(_) => Code::NotFound,
+        Error::FunctionExists(_) => Code::AlreadyExists,
         Error::ImageInUse { .. } => Code::FailedPrecondition,
         Error::NotListening(_) => Code::DeadlineExceeded,
         Error::ExitedAtStart { .. } => Code::FailedPrecondition,

@@ -1,29 +1,36 @@
 //! The HTTP data plane: takes calls for a function and forwards them to one of its
 //! instances on :9000.
 //!
-//! `/function/<name>/<path>?<query>` is passed to an instance as `/<path>?<query>`, with
-//! method, headers and body streamed through.
+//! `/function/<name>/<path>?<query>` is passed to an instance of an HTTP function as
+//! `/<path>?<query>`, with method, headers and body streamed through; an event function
+//! gets `POST /event-invoke` with the body as the event. Deployed functions are served from
+//! their pools (see crate::pool) with the SCF common headers and their timeout; instances
+//! started on their own with StartInstance are picked round robin.
 //!
 //! Every call has a request id: the caller's `X-Scf-Request-Id` or a new one. It goes to
 //! the instance and back to the caller in that header, and stamps the lines the instance
-//! prints while the call is in flight.
+//! prints while the call is in flight. `/metrics` serves the metrics (Prometheus text).
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::instance::Instances;
+use crate::metrics::{ErrorKind, Metrics, Outcome};
+use crate::pool::{AcquireError, FunctionSpec, Kind, Pool, Pools};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// Bodies of answers and of forwarded requests.
+pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The request id header of SCF.
 pub const REQUEST_ID: &str = "x-scf-request-id";
@@ -35,24 +42,36 @@ fn valid_request_id(id: &str) -> bool {
 }
 
 /// A new request id, UUID v4 shaped.
-fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     let (a, b, c, d, e): (u32, u16, u16, u16, u64) = rand::random();
     format!("{a:08x}-{b:04x}-4{:03x}-{:04x}-{:012x}", c & 0xfff, (d & 0x3fff) | 0x8000, e & 0xffff_ffff_ffff)
 }
 
-/// The data plane's state: the instances to forward to and a pooled HTTP client.
+/// The data plane's state: the pools and instances to forward to and a pooled HTTP client.
 pub struct Dataplane {
+    pools: Arc<Pools>,
     instances: Arc<Instances>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Body>,
+}
+
+/// A call's answer as the data plane got it, for the gRPC Invoke.
+pub struct Answer {
+    /// Its response (the function's or the agent's error).
+    pub response: Response<Body>,
+    /// Whether the call waited for a new instance.
+    pub cold: bool,
+    /// The instance that took it, if one did.
+    pub instance: Option<String>,
 }
 
 impl Dataplane {
-    /// A data plane over `instances`.
-    pub fn new(instances: Arc<Instances>) -> Dataplane {
+    /// A data plane over `pools` (and their node's instances).
+    pub fn new(pools: Arc<Pools>) -> Dataplane {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Dataplane { instances, client }
+        let instances = pools.instances().clone();
+        Dataplane { pools, instances, client }
     }
 
     /// Serves on `listener` until `shutdown` turns true.
@@ -96,17 +115,23 @@ impl Dataplane {
                         .into(),
                 ),
             };
-        let mut resp = self.forward(req, &request_id).await;
+        let mut resp = self.route(req, &request_id).await;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
         }
         resp
     }
 
-    async fn forward(&self, req: Request<Incoming>, request_id: &str) -> Response<Body> {
+    async fn route(&self, req: Request<Incoming>, request_id: &str) -> Response<Body> {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
             return text(StatusCode::OK, "ok\n".into());
+        }
+        if path == "/metrics" {
+            self.pools.observe();
+            let mut resp = text(StatusCode::OK, self.pools.metrics().encode());
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            return resp;
         }
         let Some(rest) = path.strip_prefix("/function/") else {
             return error(
@@ -115,12 +140,159 @@ impl Dataplane {
             );
         };
         let (function, tail) = rest.split_once('/').map_or((rest, ""), |(f, t)| (f, t));
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let target = format!("/{tail}{query}");
+        if let Some(pool) = self.pools.get(function) {
+            return self.call(&pool, req.map(|b| b.boxed()), &target, request_id).await.response;
+        }
+        self.forward_started(function, req, &target, request_id).await
+    }
+
+    /// A call to a deployed function: an instance from its pool, the SCF headers, its timeout.
+    pub async fn call(&self, pool: &Arc<Pool>, req: Request<Body>, target: &str, request_id: &str) -> Answer {
+        let arrived = Instant::now();
+        let spec = pool.spec();
+        let metrics = self.pools.metrics().clone();
+        let count = |code: StatusCode| {
+            metrics
+                .calls
+                .get_or_create(&Outcome { function: spec.name.clone(), code: code.as_u16().to_string() })
+                .inc();
+        };
+        let fail = |reason: &str, code: StatusCode, message: String| {
+            metrics
+                .errors
+                .get_or_create(&ErrorKind { function: spec.name.clone(), reason: reason.into() })
+                .inc();
+            count(code);
+            Answer { response: error(code, message), cold: false, instance: None }
+        };
+        if spec.kind == Kind::Event && req.method() != Method::POST {
+            return fail(
+                "method",
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is an event function: send the event with POST", spec.name),
+            );
+        }
+        let mut lease = match self.pools.acquire(pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                let (reason, code) = match &e {
+                    AcquireError::QueueFull { .. } => ("queue_full", StatusCode::TOO_MANY_REQUESTS),
+                    AcquireError::QueueTimeout { .. } => ("queue_timeout", StatusCode::TOO_MANY_REQUESTS),
+                    AcquireError::StartFailed { .. } => ("start_failed", StatusCode::SERVICE_UNAVAILABLE),
+                    AcquireError::Removed(_) => ("removed", StatusCode::NOT_FOUND),
+                };
+                return fail(reason, code, e.to_string());
+            }
+        };
+        let cold = lease.cold;
+        let instance = Some(lease.id.clone());
+        let path = if spec.kind == Kind::Event { "/event-invoke" } else { target };
+        let uri: Uri = match format!("http://{}{path}", lease.address).parse() {
+            Ok(u) => u,
+            Err(e) => {
+                let mut a =
+                    fail("path", StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}"));
+                a.instance = instance;
+                return a;
+            }
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        if spec.kind == Kind::Event {
+            parts.method = Method::POST;
+        }
+        self.scf_headers(&mut parts.headers, &spec, request_id, &lease.address.to_string());
+        // In flight until the answer's body is sent.
+        let in_flight = self.instances.logs().call(&lease.id, request_id);
+        let sent =
+            tokio::time::timeout(spec.timeout, self.client.request(Request::from_parts(parts, body))).await;
+        let f = Metrics::f(&spec.name);
+        match sent {
+            Err(_) => {
+                lease.recycle();
+                let ms = spec.timeout.as_millis();
+                let mut a = fail(
+                    "timeout",
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("function {:?} did not answer within its timeout of {ms} ms; the instance that overran is recycled", spec.name),
+                );
+                (a.cold, a.instance) = (cold, instance);
+                a
+            }
+            Ok(Err(e)) => {
+                let mut a = fail(
+                    "upstream",
+                    StatusCode::BAD_GATEWAY,
+                    format!("instance {} of function {:?} did not answer: {e}", lease.id, spec.name),
+                );
+                (a.cold, a.instance) = (cold, instance);
+                a
+            }
+            Ok(Ok(resp)) => {
+                metrics.call_duration.get_or_create(&f).observe(arrived.elapsed().as_secs_f64());
+                count(resp.status());
+                let response = resp.map(move |b| {
+                    b.map_frame(move |frame| {
+                        let _held = (&lease, &in_flight);
+                        frame
+                    })
+                    .boxed()
+                });
+                Answer { response, cold, instance }
+            }
+        }
+    }
+
+    /// The SCF common headers; what the caller sent under X-Scf-* is replaced.
+    fn scf_headers(&self, h: &mut HeaderMap, spec: &FunctionSpec, request_id: &str, host: &str) {
+        let caller_scf: Vec<HeaderName> =
+            h.keys().filter(|k| k.as_str().starts_with("x-scf-")).cloned().collect();
+        for k in caller_scf {
+            h.remove(k);
+        }
+        let id = self.instances.identity();
+        let timeout = spec.timeout.as_millis().to_string();
+        let memory = spec.memory_mb.to_string();
+        for (name, value) in [
+            ("x-scf-request-id", request_id),
+            ("x-scf-memory", memory.as_str()),
+            ("x-scf-timeout", timeout.as_str()),
+            ("x-scf-version", spec.version.as_str()),
+            ("x-scf-name", spec.name.as_str()),
+            ("x-scf-namespace", spec.namespace.as_str()),
+            ("x-scf-region", id.region.as_str()),
+            ("x-scf-appid", id.appid.as_str()),
+            ("x-scf-uin", id.uin.as_str()),
+            // No credential service yet: present and empty, as SCF sends them without a role.
+            ("x-scf-session-token", ""),
+            ("x-scf-secret-id", ""),
+            ("x-scf-secret-key", ""),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert(HOST, v);
+        }
+    }
+
+    /// A call to a function that is not deployed: one of the instances started for it.
+    async fn forward_started(
+        &self,
+        function: &str,
+        req: Request<Incoming>,
+        target: &str,
+        request_id: &str,
+    ) -> Response<Body> {
         let instance = match self.instances.pick_or_start(function).await {
             Ok(Some(i)) => i,
             Ok(None) => {
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("function {function:?} has no running instance on this node; start one with agentctl instance start {function} <image>"),
+                    format!("function {function:?} is not deployed and has no running instance on this node; deploy it with agentctl function deploy {function} <image>"),
                 )
             }
             Err(e) => {
@@ -130,10 +302,9 @@ impl Dataplane {
                 )
             }
         };
-        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        let uri: Uri = match format!("http://{}/{tail}{query}", instance.address).parse() {
+        let uri: Uri = match format!("http://{}{target}", instance.address).parse() {
             Ok(u) => u,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}")),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {target:?}: {e}")),
         };
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
@@ -143,9 +314,8 @@ impl Dataplane {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             parts.headers.insert(REQUEST_ID, v);
         }
-        // In flight until the answer's body is sent.
         let call = self.instances.logs().call(&instance.id, request_id);
-        match self.client.request(Request::from_parts(parts, body)).await {
+        match self.client.request(Request::from_parts(parts, body.boxed())).await {
             Ok(resp) => resp.map(move |b| {
                 b.map_frame(move |f| {
                     let _in_flight = &call;
@@ -158,6 +328,16 @@ impl Dataplane {
                 format!("instance {} of function {function:?} did not answer: {e}", instance.id),
             ),
         }
+    }
+
+    /// The gRPC Invoke: the payload as the body of a POST (to /event-invoke for an event
+    /// function, to / for an HTTP one).
+    pub async fn invoke(&self, function: &str, payload: Bytes, request_id: &str) -> Option<Answer> {
+        let pool = self.pools.get(function)?;
+        let mut req = Request::new(Full::new(payload).map_err(|never| match never {}).boxed());
+        *req.method_mut() = Method::POST;
+        req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Some(self.call(&pool, req, "/", request_id).await)
     }
 }
 

@@ -21,6 +21,12 @@ pub enum Error {
     /// No such instance on this node.
     #[error("instance {0:?} not found on this node; agentctl instance ls lists them")]
     InstanceNotFound(String),
+    /// No such function deployed on this node.
+    #[error("function {0:?} is not deployed on this node; agentctl function ls lists them")]
+    FunctionNotFound(String),
+    /// The function is deployed already.
+    #[error("function {0:?} is already deployed on this node; use UpdateFunction (agentctl function update) to change it")]
+    FunctionExists(String),
     /// The image cannot be removed: instances use it.
     #[error("image {reference} is used by instances {}; stop them first", .instances.join(", "))]
     ImageInUse {

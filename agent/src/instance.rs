@@ -107,6 +107,7 @@ pub struct Instances {
     /// One empty file per instance from before its first resource is made until the last
     /// is removed: what a crashed agent left half made is found by these.
     marks: std::path::PathBuf,
+    metrics: Arc<crate::metrics::Metrics>,
     table: Mutex<HashMap<String, Instance>>,
     /// Instances that ended on their own, newest last, for ListInstances.
     ended: Mutex<VecDeque<(SystemTime, Instance)>>,
@@ -165,8 +166,10 @@ impl Instances {
         identity: Identity,
         logs: Arc<Logs>,
         marks: std::path::PathBuf,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Instances {
         Instances {
+            metrics,
             marks,
             images,
             network,
@@ -261,6 +264,11 @@ impl Instances {
         }
         self.images.remove(&name).await?;
         Ok(())
+    }
+
+    /// Who the node runs functions for.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The instances' logs.
@@ -391,8 +399,12 @@ impl Instances {
         let name = ImageRef::parse(&req.image).map_err(ImageError::from)?.name();
         let _starting = self.mark_starting(&name);
         let image = match self.images.runnable(&name).await {
-            Ok(img) => img,
+            Ok(img) => {
+                self.metrics.image_cache_hits.inc();
+                img
+            }
             Err(ImageError::NotPulled { .. }) => {
+                self.metrics.image_cache_misses.inc();
                 self.pull_image(&name, &Progress::none()).await?;
                 self.images.runnable(&name).await?
             }
@@ -727,6 +739,11 @@ impl Instances {
                 source: std::io::Error::other(e),
             })?;
         Ok(Some(started?.0))
+    }
+
+    /// Whether instance `id` is running (in the table).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
     }
 
     /// Picks a running instance of `function` for a call, round robin.

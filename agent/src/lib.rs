@@ -20,7 +20,9 @@ pub mod image;
 pub mod instance;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod network;
+pub mod pool;
 pub mod runtime;
 pub mod stats;
 
@@ -53,6 +55,10 @@ pub struct Node {
     cd: Containerd,
     /// The node's instances.
     pub instances: Arc<Instances>,
+    /// The deployed functions.
+    pub pools: Arc<pool::Pools>,
+    /// The data plane (the gRPC Invoke goes through it).
+    pub dataplane: Arc<dataplane::Dataplane>,
     dataplane_address: SocketAddr,
 }
 
@@ -192,6 +198,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let scratch_dir = cfg.state_dir.join("scratch");
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir);
     let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));
+    let metrics = Arc::new(metrics::Metrics::default());
     let instances = Arc::new(Instances::new(
         images,
         network,
@@ -202,7 +209,9 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         cfg.identity(),
         logs.clone(),
         cfg.state_dir.join("instances"),
+        metrics.clone(),
     ));
+    let pools = Arc::new(pool::Pools::new(instances.clone(), metrics, cfg.limits_policy()));
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // Watching before adopting: an instance that ends meanwhile is not missed.
@@ -220,10 +229,11 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         path: cfg.dataplane_listen.to_string(),
         source,
     })?;
-    let dp = Arc::new(dataplane::Dataplane::new(instances.clone()));
-    tasks.push(tokio::spawn(dp.serve(dp_listener, rx.clone())));
+    let dp = Arc::new(dataplane::Dataplane::new(pools.clone()));
+    tasks.push(tokio::spawn(dp.clone().serve(dp_listener, rx.clone())));
+    tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
 
-    let node = Arc::new(Node { cd, instances, dataplane_address });
+    let node = Arc::new(Node { cd, instances, pools, dataplane: dp, dataplane_address });
     let unix = bind_unix(&cfg.socket)?;
     let router = Server::builder().add_service(AgentServer::new(api::Api::new(node.clone())));
     tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));

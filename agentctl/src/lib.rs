@@ -20,7 +20,11 @@ pub const DEFAULT_SOCKET: &str = "/run/fnrt/agent.sock";
 
 /// Command line of agentctl.
 #[derive(Parser, Debug)]
-#[command(name = "agentctl", version, about = "Operate an fnrt agent: images, instances, calls")]
+#[command(
+    name = "agentctl",
+    version,
+    about = "Operate an fnrt agent: images, functions, instances, calls, logs"
+)]
 pub struct Cli {
     /// The agent's gRPC Unix socket.
     #[arg(long, global = true, env = "FNRT_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -56,6 +60,12 @@ pub enum Command {
         /// What to do with images.
         #[command(subcommand)]
         command: commands::image::ImageCommand,
+    },
+    /// Functions deployed on the agent, served from pools.
+    Function {
+        /// What to do with functions.
+        #[command(subcommand)]
+        command: commands::function::FunctionCommand,
     },
     /// Instances of functions.
     Instance {
@@ -117,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Node { command } => commands::node::run(&mut agent, command, cli.output).await,
         Command::Image { command } => commands::image::run(&mut agent, command, cli.output).await,
+        Command::Function { command } => commands::function::run(&mut agent, command, cli.output).await,
         Command::Instance { command } => commands::instance::run(&mut agent, command, cli.output).await,
         Command::Invoke(args) => commands::invoke::run(&mut agent, args).await,
         Command::Logs(args) => commands::logs::run(&mut agent, args, cli.output).await,

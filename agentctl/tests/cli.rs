@@ -89,5 +89,34 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
     assert!(
         String::from_utf8_lossy(&gone.stderr).contains("cannot reach the agent at /nonexistent/agent.sock")
     );
+    // Functions: deploy, call, list, remove; a second remove is "not found".
+    let fns = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || {
+            let deploy = run(&["function", "deploy", "clifn", &echo, "--provisioned", "1", "-e", "A=1"]);
+            let call = run(&["invoke", "clifn", "--path", "/x"]);
+            let ls = run(&["function", "ls", "-o", "json"]);
+            let rm = run(&["function", "rm", "clifn"]);
+            let again = run(&["function", "rm", "clifn"]);
+            (deploy, call, ls, rm, again)
+        }
+    })
+    .await
+    .unwrap();
+    let (deploy, call, ls, rm, again) = fns;
+    assert_eq!(deploy.0, 0, "{}", deploy.2);
+    assert!(deploy.1.starts_with("NAME") && deploy.1.contains("clifn"), "{}", deploy.1);
+    assert_eq!(call.0, 0, "{}", call.2);
+    assert!(call.1.contains("\"path\":\"/x\"") && call.1.contains("x-scf-name"), "{}", call.1);
+    let listed: serde_json::Value = serde_json::from_str(&ls.1).unwrap();
+    assert_eq!(
+        (listed[0]["name"].as_str(), listed[0]["ready"].as_u64()),
+        (Some("clifn"), Some(1)),
+        "{}",
+        ls.1
+    );
+    assert_eq!(rm.0, 0, "{}", rm.2);
+    assert_eq!(again.0, 3, "{}", again.2);
+    assert!(again.2.contains("not deployed"), "{}", again.2);
     agent.cleanup().await;
 }

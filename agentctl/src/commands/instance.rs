@@ -93,7 +93,7 @@ pub async fn run(
 
 /// KEY=VALUE arguments as a map; a malformed one is a usage error that shows the value
 /// only when it is not secret.
-fn key_values(
+pub(crate) fn key_values(
     flag: &str,
     args: Vec<String>,
     show: bool,

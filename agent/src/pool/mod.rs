@@ -1,0 +1,582 @@
+//! Pools: per deployed function, the instances that serve its calls. Provisioned
+//! instances are started at deploy and kept (one that dies is replaced); when no ready
+//! instance has room for a call, the call waits in a bounded queue while on-demand
+//! instances start (no more cold starts than the waiting calls need, never past
+//! max_instances); idle instances above the provisioned count stop after the keep-alive,
+//! so a function without provisioned concurrency scales to zero. A change of what
+//! instances are started with rolls: new instances first, then the old retire once their
+//! calls are done.
+
+pub mod spec;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::error::Error;
+use crate::image::Progress;
+use crate::instance::{Instance, Instances};
+use crate::limits::{memory_advice, Policy};
+use crate::metrics::{InstanceState, Metrics};
+pub use spec::{FunctionSpec, Kind, RawSpec};
+
+/// How often pools are looked after (replacements, idle instances, retired ones).
+const TICK: Duration = Duration::from_millis(200);
+/// After a failed start, provisioned instances are not tried again for this long.
+const START_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One instance of a pool.
+#[derive(Debug)]
+struct Slot {
+    id: String,
+    address: SocketAddr,
+    key: u64,
+    in_flight: u32,
+    started: Instant,
+    last_used: Instant,
+    retired: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: Vec<Slot>,
+    starting: u32,
+    waiting: u32,
+    last_error: Option<(Instant, String)>,
+    removed: bool,
+    /// The deploy is starting the provisioned instances itself.
+    deploying: bool,
+}
+
+/// One function's pool.
+#[derive(Debug)]
+pub struct Pool {
+    spec: Mutex<Arc<FunctionSpec>>,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Pool {
+    /// The spec calls are served with now.
+    pub fn spec(&self) -> Arc<FunctionSpec> {
+        self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ready instance with room for a call: of the current spec if there is one, else
+    /// of an older one not yet retired (during a rolling change). The busiest first, so
+    /// the others go idle and can be reaped.
+    fn try_lease(self: &Arc<Self>, key: u64, concurrency: u32, arrived: Instant) -> Option<Lease> {
+        let mut st = self.state();
+        let pick = |current: bool| {
+            st.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.retired && s.in_flight < concurrency && (s.key == key) == current)
+                .max_by_key(|(_, s)| (s.in_flight, s.last_used))
+                .map(|(i, _)| i)
+        };
+        let i = pick(true).or_else(|| pick(false))?;
+        let slot = &mut st.slots[i];
+        slot.in_flight += 1;
+        Some(Lease {
+            pool: self.clone(),
+            id: slot.id.clone(),
+            address: slot.address,
+            cold: slot.started > arrived,
+            recycle: false,
+        })
+    }
+}
+
+/// A call's hold on an instance, until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<Pool>,
+    /// The instance.
+    pub id: String,
+    /// Its address.
+    pub address: SocketAddr,
+    /// Whether the instance was started for this call (or while it waited).
+    pub cold: bool,
+    recycle: bool,
+}
+
+impl Lease {
+    /// The instance is not to take another call (it overran its timeout): it is stopped
+    /// and, if provisioned, replaced.
+    pub fn recycle(&mut self) {
+        self.recycle = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let mut st = self.pool.state();
+            if let Some(s) = st.slots.iter_mut().find(|s| s.id == self.id) {
+                s.in_flight = s.in_flight.saturating_sub(1);
+                s.last_used = Instant::now();
+                s.retired |= self.recycle;
+            }
+        }
+        self.pool.changed.notify_waiters();
+    }
+}
+
+/// Why a call got no instance.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// Too many calls wait already.
+    #[error("function {function:?} is at capacity: {max} calls already wait for an instance (queue_max); try again later")]
+    QueueFull {
+        /// The function.
+        function: String,
+        /// Its queue bound.
+        max: u32,
+    },
+    /// No instance had room within the queue timeout.
+    #[error("function {function:?} is at capacity: no instance was free within {waited_ms} ms (queue_timeout_ms; max_instances {max_instances})")]
+    QueueTimeout {
+        /// The function.
+        function: String,
+        /// How long the call waited.
+        waited_ms: u128,
+        /// Its instance bound.
+        max_instances: u32,
+    },
+    /// Starting an instance for the call failed.
+    #[error("function {function:?} has no instance and starting one failed: {reason}")]
+    StartFailed {
+        /// The function.
+        function: String,
+        /// Why.
+        reason: String,
+    },
+    /// The function was removed while the call waited.
+    #[error("function {0:?} was removed")]
+    Removed(String),
+}
+
+/// What ListFunctions shows of a pool.
+#[derive(Clone, Debug)]
+pub struct FunctionView {
+    /// The spec.
+    pub spec: Arc<FunctionSpec>,
+    /// Instances ready for calls.
+    pub ready: u32,
+    /// Instances starting.
+    pub starting: u32,
+    /// Calls in flight.
+    pub in_flight: u32,
+    /// Calls waiting.
+    pub queued: u32,
+    /// Its instances' ids.
+    pub instances: Vec<String>,
+    /// The last failure to start an instance.
+    pub last_error: String,
+}
+
+/// The node's deployed functions.
+#[derive(Debug)]
+pub struct Pools {
+    instances: Arc<Instances>,
+    metrics: Arc<Metrics>,
+    policy: Policy,
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Removed functions whose instances still finish calls.
+    draining: Mutex<Vec<Arc<Pool>>>,
+}
+
+/// Marks a call as waiting until dropped.
+struct Waiting<'a>(&'a Pool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.waiting = st.waiting.saturating_sub(1);
+    }
+}
+
+impl Pools {
+    /// No functions yet.
+    pub fn new(instances: Arc<Instances>, metrics: Arc<Metrics>, policy: Policy) -> Pools {
+        Pools {
+            instances,
+            metrics,
+            policy,
+            pools: Mutex::new(HashMap::new()),
+            draining: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool of a deployed function.
+    pub fn get(&self, name: &str) -> Option<Arc<Pool>> {
+        self.map().get(name).cloned()
+    }
+
+    /// The metrics calls are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The node's instances.
+    pub fn instances(&self) -> &Arc<Instances> {
+        &self.instances
+    }
+
+    /// Deploys a function: pulls its image and starts its provisioned instances. On any
+    /// failure nothing of it is left.
+    pub async fn deploy(self: &Arc<Self>, raw: RawSpec) -> Result<(FunctionView, Vec<String>), Error> {
+        let spec = Arc::new(raw.check(&self.policy)?);
+        let pool = Arc::new(Pool {
+            spec: Mutex::new(spec.clone()),
+            state: Mutex::new(State { deploying: true, ..State::default() }),
+            changed: Notify::new(),
+        });
+        {
+            let mut map = self.map();
+            if map.contains_key(&spec.name) {
+                return Err(Error::FunctionExists(spec.name.clone()));
+            }
+            map.insert(spec.name.clone(), pool.clone());
+        }
+        match self.prepare(&spec).await {
+            Ok((slots, warnings)) => {
+                let mut st = pool.state();
+                st.slots.extend(slots);
+                st.deploying = false;
+                drop(st);
+                tracing::info!(function = %spec.name, provisioned = spec.provisioned, "function deployed");
+                Ok((view(&pool), warnings))
+            }
+            Err(e) => {
+                self.map().remove(&spec.name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Pulls a spec's image and starts its provisioned instances (all or none).
+    async fn prepare(&self, spec: &FunctionSpec) -> Result<(Vec<Slot>, Vec<String>), Error> {
+        let info = self.instances.pull_image(&spec.image, &Progress::none()).await?;
+        let warnings: Vec<String> = memory_advice(info.size_bytes, spec.memory_mb).into_iter().collect();
+        let slots = self.start_n(spec, spec.provisioned).await?;
+        Ok((slots, warnings))
+    }
+
+    /// Starts `n` instances of `spec` at once; if one fails, the others are stopped.
+    async fn start_n(&self, spec: &FunctionSpec, n: u32) -> Result<Vec<Slot>, Error> {
+        let starts = (0..n).map(|_| self.instances.start(spec.start_request()));
+        let results = futures_util::future::join_all(starts).await;
+        let key = spec.instance_key();
+        let mut slots = Vec::new();
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok((inst, _)) => slots.push(slot(inst, key)),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            for s in slots {
+                if let Err(stop) = self.instances.stop(&s.id).await {
+                    tracing::warn!(instance = %s.id, error = %stop, "stopping after a failed start");
+                }
+            }
+            return Err(e);
+        }
+        Ok(slots)
+    }
+
+    /// Changes a function. When what its instances are started with changes, instances of
+    /// the new spec are started first (as many as are provisioned, at least one if it has
+    /// instances); if they fail, the old spec stays and keeps serving.
+    pub async fn update(self: &Arc<Self>, raw: RawSpec) -> Result<FunctionView, Error> {
+        let spec = Arc::new(raw.check(&self.policy)?);
+        let pool = self.get(&spec.name).ok_or_else(|| Error::FunctionNotFound(spec.name.clone()))?;
+        let old = pool.spec();
+        if old.instance_key() == spec.instance_key() {
+            *pool.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
+            pool.changed.notify_waiters();
+            return Ok(view(&pool));
+        }
+        if old.image != spec.image {
+            self.instances.pull_image(&spec.image, &Progress::none()).await?;
+        }
+        let has_instances = pool.state().slots.iter().any(|s| !s.retired);
+        let target = if has_instances { spec.provisioned.max(1) } else { spec.provisioned };
+        let slots = self.start_n(&spec, target).await?;
+        {
+            let mut st = pool.state();
+            for s in st.slots.iter_mut() {
+                s.retired = true;
+            }
+            st.slots.extend(slots);
+            *pool.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
+        }
+        pool.changed.notify_waiters();
+        tracing::info!(function = %spec.name, version = %spec.version, "function updated; old instances retire");
+        Ok(view(&pool))
+    }
+
+    /// Removes a function: its instances stop once their calls finish.
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        let pool = self.map().remove(name).ok_or_else(|| Error::FunctionNotFound(name.to_string()))?;
+        {
+            let mut st = pool.state();
+            st.removed = true;
+            for s in st.slots.iter_mut() {
+                s.retired = true;
+            }
+        }
+        pool.changed.notify_waiters();
+        self.draining.lock().unwrap_or_else(|p| p.into_inner()).push(pool);
+        Ok(())
+    }
+
+    /// The deployed functions, by name.
+    pub fn list(&self) -> Vec<FunctionView> {
+        let mut out: Vec<FunctionView> = self.map().values().map(|p| view(p)).collect();
+        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        out
+    }
+
+    /// An instance for a call: a ready one with room, else a wait in the queue while one
+    /// starts or frees up.
+    pub async fn acquire(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, AcquireError> {
+        let arrived = Instant::now();
+        let spec = pool.spec();
+        let key = spec.instance_key();
+        let f = Metrics::f(&spec.name);
+        if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived) {
+            self.metrics.warm_hits.get_or_create(&f).inc();
+            self.metrics.queue_wait.get_or_create(&f).observe(0.0);
+            return Ok(lease);
+        }
+        {
+            let mut st = pool.state();
+            if st.removed {
+                return Err(AcquireError::Removed(spec.name.clone()));
+            }
+            if st.waiting >= spec.queue_max {
+                return Err(AcquireError::QueueFull { function: spec.name.clone(), max: spec.queue_max });
+            }
+            st.waiting += 1;
+        }
+        let _waiting = Waiting(pool);
+        let deadline = tokio::time::Instant::from_std(arrived + spec.queue_timeout);
+        loop {
+            let notified = pool.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived) {
+                if lease.cold {
+                    self.metrics.cold_starts.get_or_create(&f).inc();
+                } else {
+                    self.metrics.warm_hits.get_or_create(&f).inc();
+                }
+                self.metrics.queue_wait.get_or_create(&f).observe(arrived.elapsed().as_secs_f64());
+                return Ok(lease);
+            }
+            {
+                let st = pool.state();
+                if st.removed {
+                    return Err(AcquireError::Removed(spec.name.clone()));
+                }
+                if let Some((at, reason)) = &st.last_error {
+                    if *at >= arrived {
+                        return Err(AcquireError::StartFailed {
+                            function: spec.name.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+            self.start_for_waiters(pool, &spec);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(AcquireError::QueueTimeout {
+                    function: spec.name.clone(),
+                    waited_ms: arrived.elapsed().as_millis(),
+                    max_instances: spec.max_instances,
+                });
+            }
+        }
+    }
+
+    /// Starts an instance when the waiting calls need more than the starting ones will
+    /// take, and the pool is below max_instances.
+    fn start_for_waiters(self: &Arc<Self>, pool: &Arc<Pool>, spec: &Arc<FunctionSpec>) {
+        let mut st = pool.state();
+        let live = st.slots.iter().filter(|s| !s.retired).count() as u32;
+        if st.starting * spec.concurrency < st.waiting && live + st.starting < spec.max_instances {
+            st.starting += 1;
+            drop(st);
+            self.spawn_start(pool.clone(), spec.clone());
+        }
+    }
+
+    /// Starts one instance of `spec` for `pool` in the background (its `starting` count
+    /// already raised).
+    fn spawn_start(self: &Arc<Self>, pool: Arc<Pool>, spec: Arc<FunctionSpec>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.instances.start(spec.start_request()).await;
+            let mut orphan = None;
+            {
+                let mut st = pool.state();
+                st.starting = st.starting.saturating_sub(1);
+                match result {
+                    Ok((inst, _)) if st.removed => orphan = Some(inst.id),
+                    Ok((inst, _)) => st.slots.push(slot(inst, spec.instance_key())),
+                    Err(e) => {
+                        let reason = crate::api::chain(&e);
+                        tracing::warn!(function = %spec.name, %reason, "starting an instance failed");
+                        st.last_error = Some((Instant::now(), reason));
+                    }
+                }
+            }
+            pool.changed.notify_waiters();
+            if let Some(id) = orphan {
+                this.stop_instance(&id).await;
+            }
+        });
+    }
+
+    async fn stop_instance(&self, id: &str) {
+        match self.instances.stop(id).await {
+            Ok(()) | Err(Error::InstanceNotFound(_)) => {}
+            Err(e) => tracing::warn!(instance = id, error = %e, "stopping a pool's instance"),
+        }
+    }
+
+    /// Looks after the pools until `shutdown`: drops instances that ended, stops retired
+    /// and idle ones, starts provisioned ones that are missing.
+    pub async fn maintain(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+            let mut pools: Vec<Arc<Pool>> = self.map().values().cloned().collect();
+            pools.extend(self.draining.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+            for pool in pools {
+                self.tend(&pool).await;
+            }
+            self.draining.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| {
+                let st = p.state();
+                !(st.slots.is_empty() && st.starting == 0)
+            });
+        }
+    }
+
+    async fn tend(self: &Arc<Self>, pool: &Arc<Pool>) {
+        let spec = pool.spec();
+        let key = spec.instance_key();
+        let now = Instant::now();
+        let (to_stop, to_start) = {
+            let mut st = pool.state();
+            // Instances that ended on their own (crash, OOM kill) are gone from the node.
+            let before = st.slots.len();
+            st.slots.retain(|s| self.instances.is_live(&s.id));
+            let lost = before - st.slots.len();
+            if lost > 0 {
+                tracing::info!(function = %spec.name, lost, "instances ended; the pool replaces what is provisioned");
+            }
+            // Idle ones above the provisioned count, after the keep-alive, oldest idle first.
+            let mut current = st.slots.iter().filter(|s| !s.retired && s.key == key).count() as u32;
+            let mut idle: Vec<usize> = (0..st.slots.len())
+                .filter(|&i| {
+                    let s = &st.slots[i];
+                    !s.retired && s.in_flight == 0 && now.duration_since(s.last_used) >= spec.keep_alive
+                })
+                .collect();
+            idle.sort_by_key(|&i| st.slots[i].last_used);
+            for i in idle {
+                let is_current = st.slots[i].key == key;
+                if is_current && current <= spec.provisioned {
+                    continue;
+                }
+                st.slots[i].retired = true;
+                if is_current {
+                    current -= 1;
+                }
+            }
+            let mut stop = Vec::new();
+            st.slots.retain(|s| {
+                let done = s.retired && s.in_flight == 0;
+                if done {
+                    stop.push(s.id.clone());
+                }
+                !done
+            });
+            let backing_off =
+                st.last_error.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < START_BACKOFF);
+            let mut start = 0;
+            if !st.removed && !st.deploying && !backing_off {
+                let live = st.slots.iter().filter(|s| !s.retired).count() as u32;
+                let missing = spec.provisioned.saturating_sub(current + st.starting);
+                start = missing.min(spec.max_instances.saturating_sub(live + st.starting));
+                st.starting += start;
+            }
+            (stop, start)
+        };
+        for _ in 0..to_start {
+            self.spawn_start(pool.clone(), spec.clone());
+        }
+        for id in to_stop {
+            self.stop_instance(&id).await;
+        }
+    }
+
+    /// Sets the instance gauges (before a scrape).
+    pub fn observe(&self) {
+        for pool in self.map().values() {
+            let spec = pool.spec();
+            let st = pool.state();
+            let busy = st.slots.iter().filter(|s| s.in_flight > 0).count() as i64;
+            let idle = st.slots.len() as i64 - busy;
+            for (state, n) in [("idle", idle), ("busy", busy), ("starting", i64::from(st.starting))] {
+                let labels = InstanceState { function: spec.name.clone(), state: state.into() };
+                self.metrics.instances.get_or_create(&labels).set(n);
+            }
+        }
+    }
+}
+
+fn slot(inst: Instance, key: u64) -> Slot {
+    let now = Instant::now();
+    Slot {
+        id: inst.id,
+        address: inst.address,
+        key,
+        in_flight: 0,
+        started: now,
+        last_used: now,
+        retired: false,
+    }
+}
+
+fn view(pool: &Pool) -> FunctionView {
+    let spec = pool.spec();
+    let st = pool.state();
+    FunctionView {
+        ready: st.slots.iter().filter(|s| !s.retired).count() as u32,
+        starting: st.starting,
+        in_flight: st.slots.iter().map(|s| s.in_flight).sum(),
+        queued: st.waiting,
+        instances: st.slots.iter().map(|s| s.id.clone()).collect(),
+        last_error: st.last_error.as_ref().map(|(_, e)| e.clone()).unwrap_or_default(),
+        spec,
+    }
+}

@@ -1,0 +1,232 @@
+//! A deployed function's spec: checked, with its defaults filled in.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use crate::env::Secrets;
+use crate::error::Error;
+use crate::instance::{validate_function_name, StartRequest};
+use crate::limits::Policy;
+
+/// How a function is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Requests are passed through.
+    Http,
+    /// `POST /event-invoke` with the event as body.
+    Event,
+}
+
+/// A function as deployed on the node.
+#[derive(Clone, Debug)]
+pub struct FunctionSpec {
+    /// Name (the data plane's route).
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Version.
+    pub version: String,
+    /// Image reference.
+    pub image: String,
+    /// HTTP or event.
+    pub kind: Kind,
+    /// Memory in MB.
+    pub memory_mb: u32,
+    /// Longest a call may take.
+    pub timeout: Duration,
+    /// Variables.
+    pub env: BTreeMap<String, String>,
+    /// Secret variables.
+    pub secrets: Secrets,
+    /// Instances kept ready.
+    pub provisioned: u32,
+    /// Most instances at once.
+    pub max_instances: u32,
+    /// Calls one instance takes at once.
+    pub concurrency: u32,
+    /// How long an idle instance above the provisioned count is kept.
+    pub keep_alive: Duration,
+    /// Calls that may wait for an instance.
+    pub queue_max: u32,
+    /// Longest a call waits for an instance.
+    pub queue_timeout: Duration,
+}
+
+/// The limits of the counts a spec may ask for.
+pub const MAX_INSTANCES: u32 = 1000;
+/// See [`MAX_INSTANCES`].
+pub const MAX_CONCURRENCY: u32 = 100;
+/// Longest timeout, 15 minutes (SCF's limit for event functions).
+pub const MAX_TIMEOUT_MS: u32 = 900_000;
+
+/// What the request gave, before defaults.
+#[derive(Clone, Debug, Default)]
+pub struct RawSpec {
+    /// See [`FunctionSpec`]; zero values mean the default.
+    pub name: String,
+    #[allow(missing_docs)]
+    pub namespace: String,
+    #[allow(missing_docs)]
+    pub version: String,
+    #[allow(missing_docs)]
+    pub image: String,
+    #[allow(missing_docs)]
+    pub event: bool,
+    #[allow(missing_docs)]
+    pub memory_mb: u32,
+    #[allow(missing_docs)]
+    pub timeout_ms: u32,
+    #[allow(missing_docs)]
+    pub env: BTreeMap<String, String>,
+    #[allow(missing_docs)]
+    pub secrets: BTreeMap<String, String>,
+    #[allow(missing_docs)]
+    pub provisioned: u32,
+    #[allow(missing_docs)]
+    pub max_instances: u32,
+    #[allow(missing_docs)]
+    pub concurrency: u32,
+    #[allow(missing_docs)]
+    pub keep_alive_s: u32,
+    #[allow(missing_docs)]
+    pub queue_max: u32,
+    #[allow(missing_docs)]
+    pub queue_timeout_ms: u32,
+}
+
+fn invalid(field: &'static str, reason: String) -> Error {
+    Error::InvalidArgument { field, reason }
+}
+
+impl RawSpec {
+    /// Checks the spec and fills in the defaults; every error names the field and what is
+    /// allowed.
+    pub fn check(self, policy: &Policy) -> Result<FunctionSpec, Error> {
+        validate_function_name(&self.name)?;
+        if self.image.is_empty() {
+            return Err(invalid("image", "an image reference is required".into()));
+        }
+        let memory_mb =
+            policy.limits(self.memory_mb).map_err(|e| invalid("memory_mb", e.to_string()))?.memory_mb;
+        let timeout_ms = if self.timeout_ms == 0 { 3000 } else { self.timeout_ms };
+        if timeout_ms > MAX_TIMEOUT_MS {
+            return Err(invalid("timeout_ms", format!("{timeout_ms} is over {MAX_TIMEOUT_MS} (15 minutes)")));
+        }
+        let max_instances =
+            if self.max_instances == 0 { self.provisioned.max(10) } else { self.max_instances };
+        if max_instances > MAX_INSTANCES {
+            return Err(invalid("max_instances", format!("{max_instances} is over {MAX_INSTANCES}")));
+        }
+        if self.provisioned > max_instances {
+            return Err(invalid(
+                "provisioned",
+                format!("{} is over max_instances ({max_instances})", self.provisioned),
+            ));
+        }
+        let concurrency = if self.concurrency == 0 { 1 } else { self.concurrency };
+        if concurrency > MAX_CONCURRENCY {
+            return Err(invalid("concurrency", format!("{concurrency} is over {MAX_CONCURRENCY}")));
+        }
+        let queue_max = if self.queue_max == 0 { 100 } else { self.queue_max };
+        if queue_max > 100_000 {
+            return Err(invalid("queue_max", format!("{queue_max} is over 100000")));
+        }
+        let queue_timeout_ms = if self.queue_timeout_ms == 0 { 10_000 } else { self.queue_timeout_ms };
+        if queue_timeout_ms > MAX_TIMEOUT_MS {
+            return Err(invalid("queue_timeout_ms", format!("{queue_timeout_ms} is over {MAX_TIMEOUT_MS}")));
+        }
+        Ok(FunctionSpec {
+            name: self.name,
+            namespace: if self.namespace.is_empty() { "default".into() } else { self.namespace },
+            version: if self.version.is_empty() { "$LATEST".into() } else { self.version },
+            image: self.image,
+            kind: if self.event { Kind::Event } else { Kind::Http },
+            memory_mb,
+            timeout: Duration::from_millis(u64::from(timeout_ms)),
+            env: self.env,
+            secrets: Secrets(self.secrets),
+            provisioned: self.provisioned,
+            max_instances,
+            concurrency,
+            keep_alive: Duration::from_secs(u64::from(if self.keep_alive_s == 0 {
+                60
+            } else {
+                self.keep_alive_s
+            })),
+            queue_max,
+            queue_timeout: Duration::from_millis(u64::from(queue_timeout_ms)),
+        })
+    }
+}
+
+impl FunctionSpec {
+    /// A digest of what an instance is started with: instances of another digest are of
+    /// an older spec.
+    pub fn instance_key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.namespace, &self.version, &self.image, self.memory_mb, &self.env, &self.secrets.0)
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// How an instance of it is started.
+    pub fn start_request(&self) -> StartRequest {
+        StartRequest {
+            function: self.name.clone(),
+            image: self.image.clone(),
+            env: self.env.clone(),
+            secrets: self.secrets.clone(),
+            version: self.version.clone(),
+            namespace: self.namespace.clone(),
+            memory_mb: self.memory_mb,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy { mb_per_vcpu: 1792, min_cpu_millis: 100, pids: 1024 }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let s =
+            RawSpec { name: "f".into(), image: "r/i".into(), ..Default::default() }.check(&policy()).unwrap();
+        assert_eq!((s.memory_mb, s.timeout.as_millis(), s.max_instances, s.concurrency), (128, 3000, 10, 1));
+        assert_eq!((s.namespace.as_str(), s.version.as_str(), s.kind), ("default", "$LATEST", Kind::Http));
+        assert_eq!((s.keep_alive.as_secs(), s.queue_max, s.queue_timeout.as_millis()), (60, 100, 10_000));
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let base = RawSpec { name: "f".into(), image: "r/i".into(), ..Default::default() };
+        for (raw, field) in [
+            (RawSpec { name: "F".into(), ..base.clone() }, "function"),
+            (RawSpec { image: String::new(), ..base.clone() }, "image"),
+            (RawSpec { memory_mb: 10, ..base.clone() }, "memory_mb"),
+            (RawSpec { timeout_ms: 900_001, ..base.clone() }, "timeout_ms"),
+            (RawSpec { provisioned: 5, max_instances: 2, ..base.clone() }, "provisioned"),
+            (RawSpec { concurrency: 101, ..base.clone() }, "concurrency"),
+            (RawSpec { max_instances: 1001, ..base.clone() }, "max_instances"),
+        ] {
+            let e = raw.check(&policy()).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn instance_key_follows_what_instances_are_started_with() {
+        let a =
+            RawSpec { name: "f".into(), image: "r/i".into(), ..Default::default() }.check(&policy()).unwrap();
+        let mut b = a.clone();
+        b.provisioned = 3;
+        assert_eq!(a.instance_key(), b.instance_key());
+        b.env.insert("A".into(), "1".into());
+        assert_ne!(a.instance_key(), b.instance_key());
+    }
+}
