@@ -1,0 +1,210 @@
+//! Warm calls through the data plane against the same instance called directly and
+//! through nginx as a reverse proxy (keep-alive to the upstream, as one would set it up),
+//! side by side in one run: latency (p50, p99) with 1 client and requests per second with
+//! 1 and 32 clients. The release agent runs as a process of its own; the function has one
+//! instance with 2 vCPU (3584 MB) and room for 64 calls at once, so the instance is not
+//! the limit. Rounds alternate between the three targets.
+//!
+//! Run it with scripts/bench (which starts containerd and the registry, builds the release
+//! agent and installs nginx); `dataplane [seconds per round]`, 3 by default.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use fnrt_proto::agent::v1::{DeployFunctionRequest, FunctionSpec, ListInstancesRequest};
+use fnrt_tests::process::{ready, spawn_agent};
+use fnrt_tests::{assert_nothing_left, image, remove_namespace, test_config};
+
+const ROUNDS: usize = 3;
+const PATH: &str = "/_fixture/sleep?ms=0";
+
+#[tokio::main]
+async fn main() {
+    let secs: u64 =
+        std::env::args().nth(1).map(|a| a.parse().expect("seconds must be a number")).unwrap_or(3);
+    let dir = std::env::temp_dir().join(format!("fnrt-dp-bench-{:08x}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = test_config(&dir);
+    cfg.dataplane_listen = free_port();
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/fnrt-agent");
+    assert!(bin.exists(), "{} is missing: scripts/bench builds it", bin.display());
+    let log = dir.join("agent.log");
+    let mut agent = spawn_agent(&bin, &cfg, &log);
+    let mut client = ready(&mut agent, &cfg, &log).await;
+    let spec = FunctionSpec {
+        name: "dp".into(),
+        image: image("echo"),
+        memory_mb: 3584,
+        provisioned: 1,
+        max_instances: 1,
+        concurrency: 64,
+        ..Default::default()
+    };
+    client.deploy_function(DeployFunctionRequest { function: Some(spec) }).await.unwrap();
+    let inst = client.list_instances(ListInstancesRequest { function: "dp".into() }).await.unwrap();
+    let instance = inst.into_inner().instances[0].address.clone();
+    let nginx_addr = free_port();
+    let mut nginx = Nginx::start(&dir, nginx_addr, &instance);
+
+    let targets = [
+        ("fnrt data plane", format!("http://{}/function/dp{PATH}", cfg.dataplane_listen)),
+        ("direct to the instance", format!("http://{instance}{PATH}")),
+        ("nginx reverse proxy", format!("http://{nginx_addr}{PATH}")),
+    ];
+    // Warm-up: connections, instance, page cache.
+    for (_, url) in &targets {
+        load(url, 8, Duration::from_millis(500)).await;
+    }
+    let mut results = Vec::new();
+    for clients in [1usize, 32] {
+        let mut per: Vec<(Vec<Duration>, usize, Duration)> =
+            vec![(Vec::new(), 0, Duration::ZERO); targets.len()];
+        for round in 0..ROUNDS {
+            for k in 0..targets.len() {
+                let t = (k + round) % targets.len();
+                let (lat, elapsed) = load(&targets[t].1, clients, Duration::from_secs(secs)).await;
+                per[t].1 += lat.len();
+                per[t].2 += elapsed;
+                per[t].0.extend(lat);
+            }
+        }
+        for (t, (mut lat, n, elapsed)) in per.into_iter().enumerate() {
+            lat.sort();
+            let rps = n as f64 / elapsed.as_secs_f64();
+            results.push((targets[t].0, clients, rps, lat[lat.len() / 2], lat[lat.len() * 99 / 100]));
+        }
+    }
+    println!("\nwarm calls, {ROUNDS} rounds of {secs} s per target and client count, alternating");
+    println!("{:<24} {:>8} {:>12} {:>10} {:>10}", "target", "clients", "req/s", "p50 µs", "p99 µs");
+    for (name, clients, rps, p50, p99) in &results {
+        println!("{name:<24} {clients:>8} {rps:>12.0} {:>10.1} {:>10.1}", us(*p50), us(*p99));
+    }
+    let get = |name: &str, c: usize| *results.iter().find(|r| r.0 == name && r.1 == c).unwrap();
+    let (ours1, direct1, nginx1) = (get(targets[0].0, 1), get(targets[1].0, 1), get(targets[2].0, 1));
+    let (ours32, direct32, nginx32) = (get(targets[0].0, 32), get(targets[1].0, 32), get(targets[2].0, 32));
+    println!(
+        "added p50 (1 client): fnrt {:+.1} µs, nginx {:+.1} µs (target: fnrt under 100 µs)",
+        us(ours1.3) - us(direct1.3),
+        us(nginx1.3) - us(direct1.3)
+    );
+    println!(
+        "req/s at 32 clients vs direct: fnrt {:.2}x, nginx {:.2}x (target: fnrt at least 0.9x); fnrt/nginx {:.2}x",
+        ours32.2 / direct32.2,
+        nginx32.2 / direct32.2,
+        ours32.2 / nginx32.2
+    );
+    println!(
+        "req/s at 1 client: fnrt/direct {:.2}x, fnrt/nginx {:.2}x",
+        ours1.2 / direct1.2,
+        ours1.2 / nginx1.2
+    );
+
+    nginx.stop();
+    client.remove_function(fnrt_proto::agent::v1::RemoveFunctionRequest { name: "dp".into() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .list_instances(ListInstancesRequest { function: "dp".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the function's instance did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.start_kill().unwrap();
+    agent.wait().await.unwrap();
+    remove_namespace(&cfg.containerd_socket, &cfg.namespace).await;
+    assert_nothing_left(&cfg.namespace).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// `clients` closed loops of GET `url` on keep-alive connections for `dur`: every
+/// latency, and the time taken.
+async fn load(url: &str, clients: usize, dur: Duration) -> (Vec<Duration>, Duration) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let http: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(clients).build(connector);
+    let uri: hyper::Uri = url.parse().unwrap();
+    let start = Instant::now();
+    let end = start + dur;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (http, uri) = (http.clone(), uri.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < end {
+                    let t0 = Instant::now();
+                    let resp = http.get(uri.clone()).await.unwrap();
+                    assert_eq!(resp.status(), 200, "{uri}");
+                    resp.into_body().collect().await.unwrap();
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (all, start.elapsed())
+}
+
+/// nginx as a reverse proxy to the instance, with keep-alive to it.
+struct Nginx(std::process::Child);
+
+impl Nginx {
+    fn start(dir: &Path, listen: std::net::SocketAddr, upstream: &str) -> Nginx {
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+                 upstream fn {{ server {upstream}; keepalive 64; }}\n\
+                 server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://fn;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+                p = prefix.display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new("nginx")
+            .args(["-p", &prefix.display().to_string(), "-c", &conf.display().to_string()])
+            .spawn()
+            .expect("nginx (scripts/bench installs nginx-light)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(listen).is_ok() {
+                return Nginx(child);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nginx did not listen on {listen}");
+    }
+
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
