@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::instance::Instances;
-use crate::metrics::{ErrorKind, Metrics, Outcome};
-use crate::pool::{AcquireError, FunctionSpec, Kind, Pool, Pools};
+use crate::metrics::{ErrorKind, Outcome};
+use crate::pool::{AcquireError, Kind, Pool, Pools};
 
 /// Bodies of answers and of forwarded requests.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -151,13 +151,16 @@ impl Dataplane {
     /// A call to a deployed function: an instance from its pool, the SCF headers, its timeout.
     pub async fn call(&self, pool: &Arc<Pool>, req: Request<Body>, target: &str, request_id: &str) -> Answer {
         let arrived = Instant::now();
-        let spec = pool.spec();
+        let served = pool.served();
+        let spec = &served.spec;
         let metrics = self.pools.metrics().clone();
         let count = |code: StatusCode| {
-            metrics
-                .calls
-                .get_or_create(&Outcome { function: spec.name.clone(), code: code.as_u16().to_string() })
-                .inc();
+            if code == StatusCode::OK {
+                served.ok.inc();
+            } else {
+                let labels = Outcome { function: spec.name.clone(), code: code.as_u16().to_string() };
+                metrics.calls.get_or_create(&labels).inc();
+            }
         };
         let fail = |reason: &str, code: StatusCode, message: String| {
             metrics
@@ -203,12 +206,11 @@ impl Dataplane {
         if spec.kind == Kind::Event {
             parts.method = Method::POST;
         }
-        self.scf_headers(&mut parts.headers, &spec, request_id, &lease.address.to_string());
+        scf_headers(&mut parts.headers, &served.headers, request_id, &lease.address.to_string());
         // In flight until the answer's body is sent.
         let in_flight = self.instances.logs().call(&lease.id, request_id);
         let sent =
             tokio::time::timeout(spec.timeout, self.client.request(Request::from_parts(parts, body))).await;
-        let f = Metrics::f(&spec.name);
         match sent {
             Err(_) => {
                 lease.recycle();
@@ -231,7 +233,7 @@ impl Dataplane {
                 a
             }
             Ok(Ok(resp)) => {
-                metrics.call_duration.get_or_create(&f).observe(arrived.elapsed().as_secs_f64());
+                served.duration.observe(arrived.elapsed().as_secs_f64());
                 count(resp.status());
                 let response = resp.map(move |b| {
                     b.map_frame(move |frame| {
@@ -242,40 +244,6 @@ impl Dataplane {
                 });
                 Answer { response, cold, instance }
             }
-        }
-    }
-
-    /// The SCF common headers; what the caller sent under X-Scf-* is replaced.
-    fn scf_headers(&self, h: &mut HeaderMap, spec: &FunctionSpec, request_id: &str, host: &str) {
-        let caller_scf: Vec<HeaderName> =
-            h.keys().filter(|k| k.as_str().starts_with("x-scf-")).cloned().collect();
-        for k in caller_scf {
-            h.remove(k);
-        }
-        let id = self.instances.identity();
-        let timeout = spec.timeout.as_millis().to_string();
-        let memory = spec.memory_mb.to_string();
-        for (name, value) in [
-            ("x-scf-request-id", request_id),
-            ("x-scf-memory", memory.as_str()),
-            ("x-scf-timeout", timeout.as_str()),
-            ("x-scf-version", spec.version.as_str()),
-            ("x-scf-name", spec.name.as_str()),
-            ("x-scf-namespace", spec.namespace.as_str()),
-            ("x-scf-region", id.region.as_str()),
-            ("x-scf-appid", id.appid.as_str()),
-            ("x-scf-uin", id.uin.as_str()),
-            // No credential service yet: present and empty, as SCF sends them without a role.
-            ("x-scf-session-token", ""),
-            ("x-scf-secret-id", ""),
-            ("x-scf-secret-key", ""),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(HeaderName::from_static(name), v);
-            }
-        }
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(HOST, v);
         }
     }
 
@@ -338,6 +306,27 @@ impl Dataplane {
         *req.method_mut() = Method::POST;
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Some(self.call(&pool, req, "/", request_id).await)
+    }
+}
+
+/// The SCF common headers (the request id and the spec's own); what the caller sent
+/// under X-Scf-* is replaced.
+fn scf_headers(h: &mut HeaderMap, common: &[(HeaderName, HeaderValue)], request_id: &str, host: &str) {
+    if h.keys().any(|k| k.as_str().starts_with("x-scf-")) {
+        let caller_scf: Vec<HeaderName> =
+            h.keys().filter(|k| k.as_str().starts_with("x-scf-")).cloned().collect();
+        for k in caller_scf {
+            h.remove(k);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(REQUEST_ID, v);
+    }
+    for (k, v) in common {
+        h.insert(k.clone(), v.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert(HOST, v);
     }
 }
 

@@ -119,6 +119,16 @@ async fn main() {
         assert!(Instant::now() < deadline, "the function's instance did not stop");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Removal finishes in the background: wait until containerd and the node hold nothing of it.
+    let cd =
+        fnrt_agent::containerd::Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.unwrap();
+    let prefix = format!("{}-", cfg.namespace);
+    while fnrt_tests::namespace_contents(&cd).await.iter().any(|c| c.starts_with("container "))
+        || !fnrt_tests::node_leftovers(&prefix).is_empty()
+    {
+        assert!(Instant::now() < deadline, "the function's container was not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     agent.start_kill().unwrap();
     agent.wait().await.unwrap();
     remove_namespace(&cfg.containerd_socket, &cfg.namespace).await;

@@ -103,11 +103,15 @@ struct Calls {
 }
 
 impl Calls {
-    fn stamp(&mut self) -> Vec<String> {
-        let now = Instant::now();
+    /// Forgets the calls whose grace is over.
+    fn prune(&mut self, now: Instant) {
         while self.ended.front().is_some_and(|(_, t)| now.duration_since(*t) > CALL_GRACE) {
             self.ended.pop_front();
         }
+    }
+
+    fn stamp(&mut self) -> Vec<String> {
+        self.prune(Instant::now());
         let mut ids: Vec<String> = self.ended.iter().map(|(id, _)| id.clone()).collect();
         ids.extend(self.in_flight.iter().cloned());
         ids.dedup();
@@ -153,7 +157,10 @@ impl Drop for CallGuard {
             if let Some(pos) = calls.in_flight.iter().position(|r| *r == self.request_id) {
                 calls.in_flight.remove(pos);
             }
-            calls.ended.push_back((std::mem::take(&mut self.request_id), Instant::now()));
+            let now = Instant::now();
+            // Pruned here too: an instance that prints nothing never stamps.
+            calls.prune(now);
+            calls.ended.push_back((std::mem::take(&mut self.request_id), now));
         }
     }
 }
@@ -432,6 +439,13 @@ mod tests {
         std::thread::sleep(CALL_GRACE + Duration::from_millis(10));
         assert_eq!(live.calls().stamp(), vec!["req-b"]);
         drop(b);
+        // Calls on an instance that prints nothing are forgotten after their grace.
+        for i in 0..1000 {
+            drop(logs.call("f-1", &format!("quiet-{i}")));
+        }
+        std::thread::sleep(CALL_GRACE + Duration::from_millis(10));
+        drop(logs.call("f-1", "last"));
+        assert_eq!(live.calls().ended.len(), 1);
         // A call on an instance the logs do not know is harmless.
         drop(logs.call("g-2", "req-c"));
     }

@@ -14,13 +14,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hyper::header::{HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::image::Progress;
 use crate::instance::{Instance, Instances};
 use crate::limits::{memory_advice, Policy};
-use crate::metrics::{InstanceState, Metrics};
+use crate::metrics::{InstanceState, Metrics, Outcome};
 pub use spec::{FunctionSpec, Kind, RawSpec};
 
 /// How often pools are looked after (replacements, idle instances, retired ones).
@@ -51,10 +54,32 @@ struct State {
     deploying: bool,
 }
 
+/// What every call of one spec shares, made once per spec: the static SCF headers and
+/// the function's metric handles (no label lookups per call).
+#[derive(Debug)]
+pub struct Served {
+    /// The spec.
+    pub spec: Arc<FunctionSpec>,
+    /// Its instance key.
+    pub key: u64,
+    /// X-Scf-* headers but the request id.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Calls that found a ready instance.
+    pub warm_hits: Counter,
+    /// Calls that waited for a new instance.
+    pub cold_starts: Counter,
+    /// Time calls waited for an instance.
+    pub queue_wait: Histogram,
+    /// Time to the answer's headers.
+    pub duration: Histogram,
+    /// Calls answered 200.
+    pub ok: Counter,
+}
+
 /// One function's pool.
 #[derive(Debug)]
 pub struct Pool {
-    spec: Mutex<Arc<FunctionSpec>>,
+    spec: Mutex<Arc<Served>>,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -62,7 +87,16 @@ pub struct Pool {
 impl Pool {
     /// The spec calls are served with now.
     pub fn spec(&self) -> Arc<FunctionSpec> {
+        self.served().spec.clone()
+    }
+
+    /// The spec with what its calls share.
+    pub fn served(&self) -> Arc<Served> {
         self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_served(&self, served: Served) {
+        *self.spec.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -220,6 +254,42 @@ impl Pools {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What the calls of `spec` share.
+    fn served(&self, spec: Arc<FunctionSpec>) -> Served {
+        let id = self.instances.identity();
+        let mut headers = Vec::new();
+        for (name, value) in [
+            ("x-scf-memory", spec.memory_mb.to_string()),
+            ("x-scf-timeout", spec.timeout.as_millis().to_string()),
+            ("x-scf-version", spec.version.clone()),
+            ("x-scf-name", spec.name.clone()),
+            ("x-scf-namespace", spec.namespace.clone()),
+            ("x-scf-region", id.region.clone()),
+            ("x-scf-appid", id.appid.clone()),
+            ("x-scf-uin", id.uin.clone()),
+            // No credential service yet: present and empty, as SCF sends them without a role.
+            ("x-scf-session-token", String::new()),
+            ("x-scf-secret-id", String::new()),
+            ("x-scf-secret-key", String::new()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.push((HeaderName::from_static(name), v));
+            }
+        }
+        let f = Metrics::f(&spec.name);
+        let m = &self.metrics;
+        Served {
+            headers,
+            warm_hits: m.warm_hits.get_or_create(&f).clone(),
+            cold_starts: m.cold_starts.get_or_create(&f).clone(),
+            queue_wait: m.queue_wait.get_or_create(&f).clone(),
+            duration: m.call_duration.get_or_create(&f).clone(),
+            ok: m.calls.get_or_create(&Outcome { function: spec.name.clone(), code: "200".into() }).clone(),
+            key: spec.instance_key(),
+            spec,
+        }
+    }
+
     /// The pool of a deployed function.
     pub fn get(&self, name: &str) -> Option<Arc<Pool>> {
         self.map().get(name).cloned()
@@ -240,7 +310,7 @@ impl Pools {
     pub async fn deploy(self: &Arc<Self>, raw: RawSpec) -> Result<(FunctionView, Vec<String>), Error> {
         let spec = Arc::new(raw.check(&self.policy)?);
         let pool = Arc::new(Pool {
-            spec: Mutex::new(spec.clone()),
+            spec: Mutex::new(Arc::new(self.served(spec.clone()))),
             state: Mutex::new(State { deploying: true, ..State::default() }),
             changed: Notify::new(),
         });
@@ -307,7 +377,7 @@ impl Pools {
         let pool = self.get(&spec.name).ok_or_else(|| Error::FunctionNotFound(spec.name.clone()))?;
         let old = pool.spec();
         if old.instance_key() == spec.instance_key() {
-            *pool.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
+            pool.set_served(self.served(spec));
             pool.changed.notify_waiters();
             return Ok(view(&pool));
         }
@@ -323,7 +393,7 @@ impl Pools {
                 s.retired = true;
             }
             st.slots.extend(slots);
-            *pool.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
+            pool.set_served(self.served(spec.clone()));
         }
         pool.changed.notify_waiters();
         tracing::info!(function = %spec.name, version = %spec.version, "function updated; old instances retire");
@@ -356,12 +426,12 @@ impl Pools {
     /// starts or frees up.
     pub async fn acquire(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, AcquireError> {
         let arrived = Instant::now();
-        let spec = pool.spec();
-        let key = spec.instance_key();
-        let f = Metrics::f(&spec.name);
+        let served = pool.served();
+        let spec = &served.spec;
+        let key = served.key;
         if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived) {
-            self.metrics.warm_hits.get_or_create(&f).inc();
-            self.metrics.queue_wait.get_or_create(&f).observe(0.0);
+            served.warm_hits.inc();
+            served.queue_wait.observe(0.0);
             return Ok(lease);
         }
         {
@@ -382,11 +452,11 @@ impl Pools {
             notified.as_mut().enable();
             if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived) {
                 if lease.cold {
-                    self.metrics.cold_starts.get_or_create(&f).inc();
+                    served.cold_starts.inc();
                 } else {
-                    self.metrics.warm_hits.get_or_create(&f).inc();
+                    served.warm_hits.inc();
                 }
-                self.metrics.queue_wait.get_or_create(&f).observe(arrived.elapsed().as_secs_f64());
+                served.queue_wait.observe(arrived.elapsed().as_secs_f64());
                 return Ok(lease);
             }
             {
@@ -403,7 +473,7 @@ impl Pools {
                     }
                 }
             }
-            self.start_for_waiters(pool, &spec);
+            self.start_for_waiters(pool, spec);
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(AcquireError::QueueTimeout {
                     function: spec.name.clone(),
