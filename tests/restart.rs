@@ -19,7 +19,8 @@ use fnrt_agent::containerd::Containerd;
 use fnrt_agent::network::Network;
 use fnrt_agent::Config;
 use fnrt_proto::agent::v1::{
-    ListInstancesRequest, StartInstanceRequest, StopInstanceRequest, StreamLogsRequest,
+    DeployFunctionRequest, FunctionSpec, ListFunctionsRequest, ListInstancesRequest, RemoveFunctionRequest,
+    StartInstanceRequest, StopInstanceRequest, StreamLogsRequest,
 };
 use fnrt_tests::process::{agent_bin, ready, spawn_agent};
 use fnrt_tests::{assert_nothing_left, image, node_leftovers, remove_namespace, test_config};
@@ -110,6 +111,12 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
         ids.push(client.start_instance(req).await.unwrap().into_inner().instance.unwrap().id);
     }
     ids.sort();
+    // A deployed function too: its pool must come back with its instance.
+    let kept =
+        FunctionSpec { name: "kept".into(), image: image("echo"), provisioned: 1, ..Default::default() };
+    let deployed = client.deploy_function(DeployFunctionRequest { function: Some(kept) }).await.unwrap();
+    let kept_instances = deployed.into_inner().function.unwrap().instances;
+    assert_eq!(kept_instances.len(), 1);
 
     // The steady stream: a call every 5 ms, each with a 2 s deadline.
     let stop = Arc::new(AtomicBool::new(false));
@@ -181,10 +188,21 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
 
     // Every instance re-adopted, running.
     let list = client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner().instances;
-    let mut listed: Vec<String> =
-        list.iter().filter(|i| i.state == "running").map(|i| i.id.clone()).collect();
+    let mut listed: Vec<String> = list
+        .iter()
+        .filter(|i| i.state == "running" && i.function == "steady")
+        .map(|i| i.id.clone())
+        .collect();
     listed.sort();
     assert_eq!(listed, ids, "{list:?}");
+    // The deployed function is served from its pool again, by the same instance.
+    let functions = client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions;
+    assert_eq!(functions.len(), 1, "{functions:?}");
+    assert_eq!(functions[0].instances, kept_instances);
+    let answer = reqwest::get(format!("http://{}/function/kept/", cfg.dataplane_listen)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().contains("x-scf-name"), "the pool's headers");
+    client.remove_function(RemoveFunctionRequest { name: "kept".into() }).await.unwrap();
 
     // Their output is read again: a line printed after the restart is found by its call.
     let resp = reqwest::Client::new()
@@ -221,6 +239,29 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
 
     for id in ids {
         client.stop_instance(StopInstanceRequest { id }).await.unwrap();
+    }
+    // The removed function's instance stops once idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .list_instances(ListInstancesRequest { function: "kept".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the removed function's instance still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And its teardown is done (the table forgets it first).
+    loop {
+        let left = node_leftovers(&format!("{}-kept-", cfg.namespace));
+        let c = cd.containers().list(cd.req(ListContainersRequest { filters: vec![] })).await.unwrap();
+        if left.is_empty() && !c.into_inner().containers.iter().any(|c| c.id.starts_with("kept-")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed function's instance is not torn down: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     agent.start_kill().unwrap();
     agent.wait().await.unwrap();

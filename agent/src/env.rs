@@ -31,7 +31,7 @@ pub struct Identity {
 }
 
 /// Secret variables: their values never appear in Debug output.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Secrets(pub BTreeMap<String, String>);
 
 impl std::fmt::Debug for Secrets {

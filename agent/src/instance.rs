@@ -741,6 +741,11 @@ impl Instances {
         Ok(Some(started?.0))
     }
 
+    /// The running instances of `function`.
+    pub fn running_of(&self, function: &str) -> Vec<Instance> {
+        self.lock().values().filter(|i| i.function == function).cloned().collect()
+    }
+
     /// Whether instance `id` is running (in the table).
     pub fn is_live(&self, id: &str) -> bool {
         self.lock().contains_key(id)

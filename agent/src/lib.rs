@@ -211,12 +211,18 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         cfg.state_dir.join("instances"),
         metrics.clone(),
     ));
-    let pools = Arc::new(pool::Pools::new(instances.clone(), metrics, cfg.limits_policy()));
+    let pools = Arc::new(pool::Pools::new(
+        instances.clone(),
+        metrics,
+        cfg.limits_policy(),
+        cfg.state_dir.join("functions"),
+    ));
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // Watching before adopting: an instance that ends meanwhile is not missed.
     tasks.push(tokio::spawn(instances.clone().watch(cd.clone(), rx.clone())));
     instances.adopt().await?;
+    pools.restore();
     tasks.push(tokio::spawn(logs.sweep_loop(rx.clone())));
 
     let dp_listener = TcpListener::bind(cfg.dataplane_listen).await.map_err(|source| StartError::Io {

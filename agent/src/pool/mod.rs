@@ -8,6 +8,7 @@
 //! calls are done.
 
 pub mod spec;
+pub mod store;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -224,6 +225,7 @@ pub struct Pools {
     metrics: Arc<Metrics>,
     policy: Policy,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    store: store::Store,
     /// Removed functions whose instances still finish calls.
     draining: Mutex<Vec<Arc<Pool>>>,
 }
@@ -239,12 +241,18 @@ impl Drop for Waiting<'_> {
 }
 
 impl Pools {
-    /// No functions yet.
-    pub fn new(instances: Arc<Instances>, metrics: Arc<Metrics>, policy: Policy) -> Pools {
+    /// No functions yet; deployed ones are saved under `store_dir`.
+    pub fn new(
+        instances: Arc<Instances>,
+        metrics: Arc<Metrics>,
+        policy: Policy,
+        store_dir: std::path::PathBuf,
+    ) -> Pools {
         Pools {
             instances,
             metrics,
             policy,
+            store: store::Store::new(store_dir),
             pools: Mutex::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
         }
@@ -323,6 +331,9 @@ impl Pools {
         }
         match self.prepare(&spec).await {
             Ok((slots, warnings)) => {
+                if let Err(e) = self.store.save(&spec) {
+                    tracing::warn!(function = %spec.name, error = %e, "saving the function: a restarted agent will not know it");
+                }
                 let mut st = pool.state();
                 st.slots.extend(slots);
                 st.deploying = false;
@@ -376,6 +387,9 @@ impl Pools {
         let spec = Arc::new(raw.check(&self.policy)?);
         let pool = self.get(&spec.name).ok_or_else(|| Error::FunctionNotFound(spec.name.clone()))?;
         let old = pool.spec();
+        if let Err(e) = self.store.save(&spec) {
+            tracing::warn!(function = %spec.name, error = %e, "saving the function: a restarted agent will not know it");
+        }
         if old.instance_key() == spec.instance_key() {
             pool.set_served(self.served(spec));
             pool.changed.notify_waiters();
@@ -403,6 +417,7 @@ impl Pools {
     /// Removes a function: its instances stop once their calls finish.
     pub fn remove(&self, name: &str) -> Result<(), Error> {
         let pool = self.map().remove(name).ok_or_else(|| Error::FunctionNotFound(name.to_string()))?;
+        self.store.remove(name)?;
         {
             let mut st = pool.state();
             st.removed = true;
@@ -413,6 +428,24 @@ impl Pools {
         pool.changed.notify_waiters();
         self.draining.lock().unwrap_or_else(|p| p.into_inner()).push(pool);
         Ok(())
+    }
+
+    /// Serves the saved functions again (after a restart), with the running instances of
+    /// each as its pool; the pools' care then starts what is missing.
+    pub fn restore(&self) {
+        for spec in self.store.load() {
+            let spec = Arc::new(spec);
+            let key = spec.instance_key();
+            let slots: Vec<Slot> =
+                self.instances.running_of(&spec.name).into_iter().map(|i| slot(i, key)).collect();
+            tracing::info!(function = %spec.name, instances = slots.len(), "serving a saved function again");
+            let pool = Arc::new(Pool {
+                spec: Mutex::new(Arc::new(self.served(spec.clone()))),
+                state: Mutex::new(State { slots, ..State::default() }),
+                changed: Notify::new(),
+            });
+            self.map().insert(spec.name.clone(), pool);
+        }
     }
 
     /// The deployed functions, by name.

@@ -10,7 +10,7 @@ use crate::instance::{validate_function_name, StartRequest};
 use crate::limits::Policy;
 
 /// How a function is called.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// Requests are passed through.
     Http,
@@ -19,7 +19,7 @@ pub enum Kind {
 }
 
 /// A function as deployed on the node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FunctionSpec {
     /// Name (the data plane's route).
     pub name: String,
