@@ -108,6 +108,8 @@ pub struct Instances {
     /// is removed: what a crashed agent left half made is found by these.
     marks: std::path::PathBuf,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The agent's main runtime: cold starts run there, not on the data plane's thread.
+    rt: tokio::runtime::Handle,
     table: Mutex<HashMap<String, Instance>>,
     /// Instances that ended on their own, newest last, for ListInstances.
     ended: Mutex<VecDeque<(SystemTime, Instance)>>,
@@ -154,7 +156,7 @@ impl Drop for Starting<'_> {
 }
 
 impl Instances {
-    /// The instance owner over the given parts.
+    /// The instance owner over the given parts; call it on the agent's main runtime.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         images: ImageStore,
@@ -169,6 +171,7 @@ impl Instances {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Instances {
         Instances {
+            rt: tokio::runtime::Handle::current(),
             metrics,
             marks,
             images,
@@ -733,7 +736,7 @@ impl Instances {
         // On a task of its own: a caller that goes away must not cut the start half-way.
         let this = self.clone();
         let started =
-            tokio::spawn(async move { this.start(template).await }).await.map_err(|e| Error::Io {
+            self.rt.spawn(async move { this.start(template).await }).await.map_err(|e| Error::Io {
                 what: "cold start task",
                 path: function.to_string(),
                 source: std::io::Error::other(e),

@@ -225,18 +225,25 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     pools.restore();
     tasks.push(tokio::spawn(logs.sweep_loop(rx.clone())));
 
-    let dp_listener = TcpListener::bind(cfg.dataplane_listen).await.map_err(|source| StartError::Io {
-        what: "bind data plane",
-        path: cfg.dataplane_listen.to_string(),
-        source,
-    })?;
-    let dataplane_address = dp_listener.local_addr().map_err(|source| StartError::Io {
-        what: "data plane address",
-        path: cfg.dataplane_listen.to_string(),
-        source,
-    })?;
+    let bind_err = |what| {
+        let path = cfg.dataplane_listen.to_string();
+        move |source| StartError::Io { what, path, source }
+    };
+    // One listener per core on one port (SO_REUSEPORT): each data plane thread accepts its own.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let first = reuseport_listener(cfg.dataplane_listen).map_err(bind_err("bind data plane"))?;
+    let dataplane_address = first.local_addr().map_err(bind_err("data plane address"))?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(reuseport_listener(dataplane_address).map_err(bind_err("bind data plane"))?);
+    }
+    // Each thread its own client too: a pooled connection to an instance then lives on the
+    // thread that uses it. (The gRPC Invoke has one of its own on the main runtime.)
+    for (i, l) in listeners.into_iter().enumerate() {
+        let dp = Arc::new(dataplane::Dataplane::new(pools.clone()));
+        tasks.push(serve_dataplane(dp, l, rx.clone(), i)?);
+    }
     let dp = Arc::new(dataplane::Dataplane::new(pools.clone()));
-    tasks.push(tokio::spawn(dp.clone().serve(dp_listener, rx.clone())));
     tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
 
     let node = Arc::new(Node { cd, instances, pools, dataplane: dp, dataplane_address });
@@ -258,6 +265,49 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     }
     tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
     Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })
+}
+
+/// A listening socket on `addr` that other sockets may share (SO_REUSEPORT).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
+    listener.into_std()
+}
+
+/// Runs a data plane listener on a thread of its own with a single-threaded runtime: a
+/// call's server side and its connection to the instance then wake each other on one
+/// thread, not across the agent's worker threads (cross-thread wake-ups were the largest
+/// cost of a proxied call on 2 cores; see BENCHMARKS.md).
+fn serve_dataplane(
+    dp: Arc<dataplane::Dataplane>,
+    std_listener: std::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+    n: usize,
+) -> Result<JoinHandle<()>, StartError> {
+    let io = |source| StartError::Io { what: "data plane thread", path: String::new(), source };
+    std_listener.set_nonblocking(true).map_err(io)?;
+    let thread = std::thread::Builder::new()
+        .name(format!("fnrt-dataplane-{n}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!(error = %e, "data plane runtime"),
+            };
+            rt.block_on(async move {
+                match TcpListener::from_std(std_listener) {
+                    Ok(l) => dp.serve(l, shutdown).await,
+                    Err(e) => tracing::error!(error = %e, "data plane listener"),
+                }
+            });
+        })
+        .map_err(io)?;
+    Ok(tokio::task::spawn_blocking(move || {
+        let _ = thread.join();
+    }))
 }
 
 /// The registry client the configuration asks for.

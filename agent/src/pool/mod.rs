@@ -226,6 +226,8 @@ pub struct Pools {
     policy: Policy,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     store: store::Store,
+    /// The agent's main runtime: starts run there, not on the data plane's thread.
+    rt: tokio::runtime::Handle,
     /// Removed functions whose instances still finish calls.
     draining: Mutex<Vec<Arc<Pool>>>,
 }
@@ -241,7 +243,8 @@ impl Drop for Waiting<'_> {
 }
 
 impl Pools {
-    /// No functions yet; deployed ones are saved under `store_dir`.
+    /// No functions yet; deployed ones are saved under `store_dir`. Call it on the agent's
+    /// main runtime.
     pub fn new(
         instances: Arc<Instances>,
         metrics: Arc<Metrics>,
@@ -253,6 +256,7 @@ impl Pools {
             metrics,
             policy,
             store: store::Store::new(store_dir),
+            rt: tokio::runtime::Handle::current(),
             pools: Mutex::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
         }
@@ -533,7 +537,7 @@ impl Pools {
     /// already raised).
     fn spawn_start(self: &Arc<Self>, pool: Arc<Pool>, spec: Arc<FunctionSpec>) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let result = this.instances.start(spec.start_request()).await;
             let mut orphan = None;
             {
