@@ -216,7 +216,7 @@ impl AgentApi for Api {
                 // Output reaches the agent a moment after it is written.
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 let filter = crate::logs::Filter {
-                    instance: Some(instance),
+                    instance: Some(instance.to_string()),
                     request_id: Some(request_id.clone()),
                     ..Default::default()
                 };

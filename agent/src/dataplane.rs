@@ -20,14 +20,14 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::instance::Instances;
 use crate::metrics::{ErrorKind, Outcome};
 use crate::pool::{AcquireError, Kind, Pool, Pools};
+use crate::upstream::Upstream;
 
 /// Bodies of answers and of forwarded requests.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -41,17 +41,28 @@ fn valid_request_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// A new request id, UUID v4 shaped.
+/// A new request id, UUID v4 shaped (random version 4 variant 1, lower-case hex).
 pub fn new_request_id() -> String {
-    let (a, b, c, d, e): (u32, u16, u16, u16, u64) = rand::random();
-    format!("{a:08x}-{b:04x}-4{:03x}-{:04x}-{:012x}", c & 0xfff, (d & 0x3fff) | 0x8000, e & 0xffff_ffff_ffff)
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits: u128 = rand::random();
+    bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62); // variant 10
+    let mut out = String::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        out.push(char::from(HEX[((bits >> (124 - 4 * i)) & 0xf) as usize]));
+    }
+    out
 }
 
-/// The data plane's state: the pools and instances to forward to and a pooled HTTP client.
+/// The data plane's state: the pools and instances to forward to and this thread's
+/// connections to them.
 pub struct Dataplane {
     pools: Arc<Pools>,
     instances: Arc<Instances>,
-    client: Client<HttpConnector, Body>,
+    upstream: Arc<Upstream>,
 }
 
 /// A call's answer as the data plane got it, for the gRPC Invoke.
@@ -61,17 +72,14 @@ pub struct Answer {
     /// Whether the call waited for a new instance.
     pub cold: bool,
     /// The instance that took it, if one did.
-    pub instance: Option<String>,
+    pub instance: Option<Arc<str>>,
 }
 
 impl Dataplane {
     /// A data plane over `pools` (and their node's instances).
     pub fn new(pools: Arc<Pools>) -> Dataplane {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
         let instances = pools.instances().clone();
-        Dataplane { pools, instances, client }
+        Dataplane { pools, instances, upstream: Arc::default() }
     }
 
     /// Serves on `listener` until `shutdown` turns true.
@@ -123,7 +131,7 @@ impl Dataplane {
     }
 
     async fn route(&self, req: Request<Incoming>, request_id: &str) -> Response<Body> {
-        let path = req.uri().path().to_string();
+        let path = req.uri().path();
         if path == "/healthz" {
             return text(StatusCode::OK, "ok\n".into());
         }
@@ -133,23 +141,24 @@ impl Dataplane {
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             return resp;
         }
-        let Some(rest) = path.strip_prefix("/function/") else {
+        let Some((function, target)) = function_target(req.uri()) else {
             return error(
                 StatusCode::NOT_FOUND,
                 format!("no route for {path}; call a function at /function/<name>/<path>"),
             );
         };
-        let (function, tail) = rest.split_once('/').map_or((rest, ""), |(f, t)| (f, t));
-        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        let target = format!("/{tail}{query}");
-        if let Some(pool) = self.pools.get(function) {
-            return self.call(&pool, req.map(|b| b.boxed()), &target, request_id).await.response;
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}")),
+        };
+        if let Some(pool) = self.pools.get(&function) {
+            return self.call(&pool, req.map(|b| b.boxed()), target, request_id).await.response;
         }
-        self.forward_started(function, req, &target, request_id).await
+        self.forward_started(&function, req, target, request_id).await
     }
 
     /// A call to a deployed function: an instance from its pool, the SCF headers, its timeout.
-    pub async fn call(&self, pool: &Arc<Pool>, req: Request<Body>, target: &str, request_id: &str) -> Answer {
+    pub async fn call(&self, pool: &Arc<Pool>, req: Request<Body>, target: Uri, request_id: &str) -> Answer {
         let arrived = Instant::now();
         let served = pool.served();
         let spec = &served.spec;
@@ -191,26 +200,21 @@ impl Dataplane {
         };
         let cold = lease.cold;
         let instance = Some(lease.id.clone());
-        let path = if spec.kind == Kind::Event { "/event-invoke" } else { target };
-        let uri: Uri = match format!("http://{}{path}", lease.address).parse() {
-            Ok(u) => u,
-            Err(e) => {
-                let mut a =
-                    fail("path", StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}"));
-                a.instance = instance;
-                return a;
-            }
-        };
         let (mut parts, body) = req.into_parts();
-        parts.uri = uri;
         if spec.kind == Kind::Event {
             parts.method = Method::POST;
+            parts.uri = Uri::from_static("/event-invoke");
+        } else {
+            parts.uri = target;
         }
-        scf_headers(&mut parts.headers, &served.headers, request_id, &lease.address.to_string());
+        scf_headers(&mut parts.headers, &served.headers, request_id, &lease.host);
         // In flight until the answer's body is sent.
         let in_flight = self.instances.logs().call(&lease.id, request_id);
-        let sent =
-            tokio::time::timeout(spec.timeout, self.client.request(Request::from_parts(parts, body))).await;
+        let sent = tokio::time::timeout(
+            spec.timeout,
+            self.upstream.send(&lease.id, lease.address, Request::from_parts(parts, body)),
+        )
+        .await;
         match sent {
             Err(_) => {
                 lease.recycle();
@@ -232,12 +236,12 @@ impl Dataplane {
                 (a.cold, a.instance) = (cold, instance);
                 a
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, conn))) => {
                 served.duration.observe(arrived.elapsed().as_secs_f64());
                 count(resp.status());
                 let response = resp.map(move |b| {
                     b.map_frame(move |frame| {
-                        let _held = (&lease, &in_flight);
+                        let _held = (&lease, &in_flight, &conn);
                         frame
                     })
                     .boxed()
@@ -252,7 +256,7 @@ impl Dataplane {
         &self,
         function: &str,
         req: Request<Incoming>,
-        target: &str,
+        target: Uri,
         request_id: &str,
     ) -> Response<Body> {
         let instance = match self.instances.pick_or_start(function).await {
@@ -270,12 +274,8 @@ impl Dataplane {
                 )
             }
         };
-        let uri: Uri = match format!("http://{}{target}", instance.address).parse() {
-            Ok(u) => u,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {target:?}: {e}")),
-        };
         let (mut parts, body) = req.into_parts();
-        parts.uri = uri;
+        parts.uri = target;
         if let Ok(host) = HeaderValue::from_str(&instance.address.to_string()) {
             parts.headers.insert(HOST, host);
         }
@@ -283,10 +283,11 @@ impl Dataplane {
             parts.headers.insert(REQUEST_ID, v);
         }
         let call = self.instances.logs().call(&instance.id, request_id);
-        match self.client.request(Request::from_parts(parts, body.boxed())).await {
-            Ok(resp) => resp.map(move |b| {
+        let id: Arc<str> = instance.id.as_str().into();
+        match self.upstream.send(&id, instance.address, Request::from_parts(parts, body.boxed())).await {
+            Ok((resp, conn)) => resp.map(move |b| {
                 b.map_frame(move |f| {
-                    let _in_flight = &call;
+                    let _in_flight = (&call, &conn);
                     f
                 })
                 .boxed()
@@ -305,13 +306,29 @@ impl Dataplane {
         let mut req = Request::new(Full::new(payload).map_err(|never| match never {}).boxed());
         *req.method_mut() = Method::POST;
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Some(self.call(&pool, req, "/", request_id).await)
+        Some(self.call(&pool, req, Uri::from_static("/"), request_id).await)
     }
+}
+
+/// The function named in `/function/<name>/<rest>?<query>` and the target to forward,
+/// `/<rest>?<query>` (None: not a function path).
+fn function_target(uri: &Uri) -> Option<(String, Result<Uri, hyper::http::uri::InvalidUri>)> {
+    let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let rest = pq.strip_prefix("/function/")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (function, tail) = rest.split_at(end);
+    let target = if tail.starts_with('/') { Uri::try_from(tail) } else { Uri::try_from(format!("/{tail}")) };
+    Some((function.to_string(), target))
 }
 
 /// The SCF common headers (the request id and the spec's own); what the caller sent
 /// under X-Scf-* is replaced.
-fn scf_headers(h: &mut HeaderMap, common: &[(HeaderName, HeaderValue)], request_id: &str, host: &str) {
+fn scf_headers(
+    h: &mut HeaderMap,
+    common: &[(HeaderName, HeaderValue)],
+    request_id: &str,
+    host: &HeaderValue,
+) {
     if h.keys().any(|k| k.as_str().starts_with("x-scf-")) {
         let caller_scf: Vec<HeaderName> =
             h.keys().filter(|k| k.as_str().starts_with("x-scf-")).cloned().collect();
@@ -325,9 +342,7 @@ fn scf_headers(h: &mut HeaderMap, common: &[(HeaderName, HeaderValue)], request_
     for (k, v) in common {
         h.insert(k.clone(), v.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(host) {
-        h.insert(HOST, v);
-    }
+    h.insert(HOST, host.clone());
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

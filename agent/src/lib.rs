@@ -25,6 +25,7 @@ pub mod network;
 pub mod pool;
 pub mod runtime;
 pub mod stats;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

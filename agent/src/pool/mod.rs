@@ -35,8 +35,10 @@ const START_BACKOFF: Duration = Duration::from_secs(2);
 /// One instance of a pool.
 #[derive(Debug)]
 struct Slot {
-    id: String,
+    id: Arc<str>,
     address: SocketAddr,
+    /// The address as a Host header.
+    host: HeaderValue,
     key: u64,
     in_flight: u32,
     started: Instant,
@@ -124,6 +126,7 @@ impl Pool {
             pool: self.clone(),
             id: slot.id.clone(),
             address: slot.address,
+            host: slot.host.clone(),
             cold: slot.started > arrived,
             recycle: false,
         })
@@ -135,9 +138,11 @@ impl Pool {
 pub struct Lease {
     pool: Arc<Pool>,
     /// The instance.
-    pub id: String,
+    pub id: Arc<str>,
     /// Its address.
     pub address: SocketAddr,
+    /// Its address as a Host header.
+    pub host: HeaderValue,
     /// Whether the instance was started for this call (or while it waited).
     pub cold: bool,
     recycle: bool,
@@ -623,7 +628,7 @@ impl Pools {
             st.slots.retain(|s| {
                 let done = s.retired && s.in_flight == 0;
                 if done {
-                    stop.push(s.id.clone());
+                    stop.push(s.id.to_string());
                 }
                 !done
             });
@@ -664,7 +669,9 @@ impl Pools {
 fn slot(inst: Instance, key: u64) -> Slot {
     let now = Instant::now();
     Slot {
-        id: inst.id,
+        id: inst.id.into(),
+        host: HeaderValue::try_from(inst.address.to_string())
+            .unwrap_or(HeaderValue::from_static("localhost")),
         address: inst.address,
         key,
         in_flight: 0,
@@ -682,7 +689,7 @@ fn view(pool: &Pool) -> FunctionView {
         starting: st.starting,
         in_flight: st.slots.iter().map(|s| s.in_flight).sum(),
         queued: st.waiting,
-        instances: st.slots.iter().map(|s| s.id.clone()).collect(),
+        instances: st.slots.iter().map(|s| s.id.to_string()).collect(),
         last_error: st.last_error.as_ref().map(|(_, e)| e.clone()).unwrap_or_default(),
         spec,
     }
