@@ -122,7 +122,12 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
     // The gRPC Invoke: status, body, duration, request id and the call's log lines.
     let r = agent
         .client
-        .invoke(InvokeRequest { function: "web".into(), payload: b"{}".to_vec(), request_id: "inv-1".into() })
+        .invoke(InvokeRequest {
+            function: "web".into(),
+            payload: b"{}".to_vec(),
+            request_id: "inv-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -134,12 +139,21 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
             function: "ev".into(),
             payload: b"{\"n\":1}".to_vec(),
             request_id: String::new(),
+            trigger_source: "timer".into(),
         })
         .await
         .unwrap()
         .into_inner();
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["path"], "/event-invoke");
+    assert!(
+        body["headers"].as_array().unwrap().iter().any(|h| h[0]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case("x-scf-trigger-src")
+            && h[1] == "timer"),
+        "the trigger source reaches the function: {body}"
+    );
     assert_eq!(r.request_id.len(), 36);
     let missing = agent.client.invoke(InvokeRequest { function: "nope".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);

@@ -194,11 +194,25 @@ impl AgentApi for Api {
         let r = req.into_inner();
         let request_id =
             if r.request_id.is_empty() { crate::dataplane::new_request_id() } else { r.request_id };
+        let trigger = match r.trigger_source.as_str() {
+            "" => None,
+            t if t.len() <= 32
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') =>
+            {
+                hyper::header::HeaderValue::from_str(t).ok()
+            }
+            t => {
+                return Err(Status::invalid_argument(format!(
+                    "trigger_source {t:?} must be 1 to 32 of a-z, 0-9, '_' and '-'"
+                )))
+            }
+        };
         let arrived = std::time::Instant::now();
         let answer = self
             .node
             .dataplane
-            .invoke(&r.function, r.payload.into(), &request_id)
+            .invoke(&r.function, r.payload.into(), &request_id, trigger)
             .await
             .ok_or_else(|| status(Error::FunctionNotFound(r.function.clone())))?;
         let code = answer.response.status().as_u16();

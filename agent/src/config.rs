@@ -73,6 +73,18 @@ pub struct Config {
     pub log_files: u32,
     /// Seconds the logs of an ended instance are kept.
     pub log_retention_s: u64,
+    /// The control plane to join, `http://host:port` (its grpc_listen); none: standalone.
+    pub controlplane_url: Option<String>,
+    /// The cluster token presented to the control plane (default: `tcp_token`, which the
+    /// control plane presents back when it calls this agent).
+    pub controlplane_token: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    pub node_name: String,
+    /// Where the control plane reaches this agent's API (default: `http://<tcp_listen>`
+    /// when TCP is on, else `unix://<socket>`, which only works on the same host).
+    pub advertise_grpc: Option<String>,
+    /// Where the gateway reaches the data plane, `host:port` (default: `dataplane_listen`).
+    pub advertise_dataplane: Option<String>,
 }
 
 impl Default for Config {
@@ -105,6 +117,15 @@ impl Default for Config {
             log_max_bytes: 10 << 20,
             log_files: 3,
             log_retention_s: 3600,
+            controlplane_url: None,
+            controlplane_token: None,
+            node_name: std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_ascii_lowercase())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".into()),
+            advertise_grpc: None,
+            advertise_dataplane: None,
         }
     }
 }
@@ -140,6 +161,11 @@ impl std::fmt::Debug for Config {
             .field("log_max_bytes", &self.log_max_bytes)
             .field("log_files", &self.log_files)
             .field("log_retention_s", &self.log_retention_s)
+            .field("controlplane_url", &self.controlplane_url)
+            .field("controlplane_token", &self.controlplane_token.as_ref().map(|_| "<redacted>"))
+            .field("node_name", &self.node_name)
+            .field("advertise_grpc", &self.advertise_grpc)
+            .field("advertise_dataplane", &self.advertise_dataplane)
             .finish()
     }
 }
@@ -217,6 +243,11 @@ impl Config {
             "log_max_bytes" => self.log_max_bytes = parse(value)?,
             "log_files" => self.log_files = parse(value)?,
             "log_retention_s" => self.log_retention_s = parse(value)?,
+            "controlplane_url" => self.controlplane_url = Some(value.into()),
+            "controlplane_token" => self.controlplane_token = Some(value.into()),
+            "node_name" => self.node_name = value.into(),
+            "advertise_grpc" => self.advertise_grpc = Some(value.into()),
+            "advertise_dataplane" => self.advertise_dataplane = Some(value.into()),
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())
@@ -259,6 +290,15 @@ impl Config {
                 "log_max_bytes ({}) must be at least 4096 and log_files ({}) at least 1",
                 self.log_max_bytes, self.log_files
             ));
+        }
+        if self.controlplane_url.is_some()
+            && self.controlplane_token.as_deref().or(self.tcp_token.as_deref()).unwrap_or("").is_empty()
+        {
+            errors.push(
+                "controlplane_url is set but neither controlplane_token nor tcp_token is: the control \
+                 plane only takes agents that present the cluster token"
+                    .into(),
+            );
         }
         if self.health_timeout_ms == 0 {
             errors.push("health_timeout_ms must be above 0".into());

@@ -208,6 +208,9 @@ impl Dataplane {
             parts.uri = target;
         }
         scf_headers(&mut parts.headers, &served.headers, request_id, &lease.host);
+        if let Some(TriggerSource(src)) = parts.extensions.get::<TriggerSource>() {
+            parts.headers.insert(HeaderName::from_static("x-scf-trigger-src"), src.clone());
+        }
         // In flight until the answer's body is sent.
         let in_flight = self.instances.logs().call(&lease.id, request_id);
         let sent = tokio::time::timeout(
@@ -301,14 +304,27 @@ impl Dataplane {
 
     /// The gRPC Invoke: the payload as the body of a POST (to /event-invoke for an event
     /// function, to / for an HTTP one).
-    pub async fn invoke(&self, function: &str, payload: Bytes, request_id: &str) -> Option<Answer> {
+    pub async fn invoke(
+        &self,
+        function: &str,
+        payload: Bytes,
+        request_id: &str,
+        trigger: Option<HeaderValue>,
+    ) -> Option<Answer> {
         let pool = self.pools.get(function)?;
         let mut req = Request::new(Full::new(payload).map_err(|never| match never {}).boxed());
+        if let Some(t) = trigger {
+            req.extensions_mut().insert(TriggerSource(t));
+        }
         *req.method_mut() = Method::POST;
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Some(self.call(&pool, req, Uri::from_static("/"), request_id).await)
     }
 }
+
+/// What triggered an Invoke call (X-Scf-Trigger-Src), carried to `call` with the request.
+#[derive(Clone)]
+struct TriggerSource(HeaderValue);
 
 /// The function named in `/function/<name>/<rest>?<query>` and the target to forward,
 /// `/<rest>?<query>` (None: not a function path).

@@ -18,6 +18,7 @@ pub mod events;
 pub mod health;
 pub mod image;
 pub mod instance;
+pub mod join;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -263,6 +264,19 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), bearer_check(&token));
         let router = Server::builder().add_service(svc);
         tasks.push(spawn_server(router, TcpListenerStream::new(listener), rx.clone(), "TCP"));
+    }
+    if let Some(url) = cfg.controlplane_url.clone() {
+        let join = join::Join {
+            url,
+            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
+            node: cfg.node_name.clone(),
+            grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
+                Some(a) => format!("http://{a}"),
+                None => format!("unix://{}", cfg.socket.display()),
+            }),
+            dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
+        };
+        tasks.push(tokio::spawn(join::run(node.clone(), join, rx.clone())));
     }
     tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
     Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })

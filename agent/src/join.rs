@@ -1,0 +1,144 @@
+//! Joining a control plane: the agent registers (where to reach its API and data plane)
+//! and then reports its capacity, functions and cached images every heartbeat interval
+//! (`proto/controlplane.proto`). It registers again when the control plane no longer
+//! knows it (a restart, or it was marked lost), and keeps trying while it is unreachable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnrt_proto::controlplane::v1 as pb;
+use fnrt_proto::controlplane::v1::control_plane_client::ControlPlaneClient;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Node;
+
+/// Where and how to join.
+#[derive(Clone)]
+pub struct Join {
+    /// The control plane's gRPC URL, `http://host:port`.
+    pub url: String,
+    /// The cluster token.
+    pub token: String,
+    /// This node's name in the cluster.
+    pub node: String,
+    /// Where the control plane reaches this agent's API.
+    pub grpc_endpoint: String,
+    /// Where the gateway reaches this agent's data plane.
+    pub dataplane: String,
+}
+
+impl std::fmt::Debug for Join {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Join")
+            .field("url", &self.url)
+            .field("node", &self.node)
+            .field("grpc_endpoint", &self.grpc_endpoint)
+            .field("dataplane", &self.dataplane)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the node has and runs now.
+async fn report(node: &Node) -> pb::Report {
+    let status = match node.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %crate::api::chain(&e), "cannot read the node's status for the heartbeat");
+            return pb::Report::default();
+        }
+    };
+    let live: Vec<_> = status.instances.iter().filter(|i| i.reason.is_empty()).collect();
+    pb::Report {
+        architecture: status.architecture,
+        cpus: status.cpus,
+        memory_bytes: status.memory_bytes,
+        memory_reserved_mb: live.iter().map(|i| u64::from(i.limits.memory_mb)).sum(),
+        cpu_reserved_millis: live.iter().map(|i| u64::from(i.limits.cpu_millis)).sum(),
+        functions: node
+            .pools
+            .list()
+            .into_iter()
+            .map(|f| pb::FunctionLoad {
+                name: f.spec.name.clone(),
+                ready: f.ready,
+                starting: f.starting,
+                in_flight: f.in_flight,
+                queued: f.queued,
+            })
+            .collect(),
+        images: status
+            .images
+            .iter()
+            .filter(|i| i.image.ready)
+            .map(|i| i.image.info.reference.clone())
+            .collect(),
+    }
+}
+
+fn request<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(Duration::from_secs(10));
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+async fn register(
+    client: &mut ControlPlaneClient<Channel>,
+    node: &Node,
+    join: &Join,
+) -> Result<Duration, tonic::Status> {
+    let r = client
+        .register(request(
+            pb::RegisterRequest {
+                node: join.node.clone(),
+                grpc_endpoint: join.grpc_endpoint.clone(),
+                dataplane_address: join.dataplane.clone(),
+                report: Some(report(node).await),
+            },
+            &join.token,
+        ))
+        .await?
+        .into_inner();
+    tracing::info!(controlplane = %join.url, node = %join.node, "joined the control plane");
+    Ok(Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(100))))
+}
+
+/// Registers and heartbeats until `stop`.
+pub async fn run(node: Arc<Node>, join: Join, mut stop: watch::Receiver<bool>) {
+    let endpoint = match Endpoint::from_shared(join.url.clone()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+        Err(e) => return tracing::error!(url = %join.url, error = %e, "controlplane_url is not a URL"),
+    };
+    let mut client = ControlPlaneClient::new(endpoint.connect_lazy());
+    let mut retry = Duration::from_millis(200);
+    loop {
+        let interval = match register(&mut client, &node, &join).await {
+            Ok(i) => i,
+            Err(s) => {
+                tracing::warn!(controlplane = %join.url, error = %s.message(), "cannot join the control plane; retrying");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        retry = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let beat = pb::HeartbeatRequest { node: join.node.clone(), report: Some(report(&node).await) };
+            match client.heartbeat(request(beat, &join.token)).await {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => break,
+                Err(s) => tracing::warn!(controlplane = %join.url, error = %s.message(), "heartbeat failed"),
+            }
+        }
+    }
+}

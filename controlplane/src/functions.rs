@@ -1,0 +1,272 @@
+//! Functions: create, change, delete, and the start of a deploy (the scheduler does the rest).
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::model::{
+    check_memory, check_name, check_scale, merge_secrets, parse_timeout, Function, FunctionStatus,
+};
+use crate::namespaces::{check_vars, SecretInput};
+use crate::state::{Change, State};
+
+/// Defaults of Scaleway: 0 to 20 instances, 256 MB, 300 s, public.
+const DEFAULT_MAX_SCALE: u32 = 20;
+const DEFAULT_MEMORY: u32 = 256;
+const DEFAULT_TIMEOUT_S: u32 = 300;
+
+/// The fields of Scaleway's Create/UpdateFunctionRequest, plus `registry_image` and
+/// `image_acceleration` for image functions.
+#[derive(Debug, Default, Deserialize)]
+pub struct FunctionInput {
+    /// Name (create only; generated when absent).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Namespace (create only).
+    #[serde(default)]
+    pub namespace_id: Option<String>,
+    #[serde(default)]
+    environment_variables: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    min_scale: Option<u32>,
+    #[serde(default)]
+    max_scale: Option<u32>,
+    #[serde(default)]
+    runtime: Option<String>,
+    #[serde(default)]
+    memory_limit: Option<u32>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    handler: Option<String>,
+    #[serde(default)]
+    privacy: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    secret_environment_variables: Option<Vec<SecretInput>>,
+    #[serde(default)]
+    http_option: Option<String>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    registry_image: Option<String>,
+    #[serde(default)]
+    image_acceleration: Option<bool>,
+    /// Update only: deploy after the change.
+    #[serde(default)]
+    pub redeploy: Option<bool>,
+}
+
+fn one_of(field: &str, value: &Option<String>, allowed: &[&str], errors: &mut Vec<(String, String)>) {
+    if let Some(v) = value {
+        if !allowed.contains(&v.as_str()) {
+            errors.push((field.into(), format!("{v:?} is not allowed: use one of {allowed:?}")));
+        }
+    }
+}
+
+/// Applies `input` onto `f`, collecting every problem.
+fn apply(f: &mut Function, input: FunctionInput) -> Result<(), Error> {
+    let mut errors = Vec::new();
+    check_vars(
+        input.environment_variables.as_ref(),
+        input.secret_environment_variables.as_deref(),
+        &mut errors,
+    );
+    one_of("privacy", &input.privacy, &["public", "private"], &mut errors);
+    one_of("http_option", &input.http_option, &["enabled", "redirected"], &mut errors);
+    if let Some(m) = input.memory_limit {
+        if let Err(e) = check_memory(m) {
+            errors.push(("memory_limit".into(), e));
+        }
+    }
+    let timeout = match input.timeout.as_deref().map(parse_timeout) {
+        Some(Err(e)) => {
+            errors.push(("timeout".into(), e));
+            None
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let (min, max) = (input.min_scale.unwrap_or(f.min_scale), input.max_scale.unwrap_or(f.max_scale));
+    if let Err(e) = check_scale(min, max) {
+        errors.push((if min > max { "min_scale" } else { "max_scale" }.into(), e));
+    }
+    if let Some(image) = &input.registry_image {
+        if image.is_empty() || image.len() > 512 || image.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            errors.push((
+                "registry_image".into(),
+                format!("{image:?} is not an image reference: give host/repository:tag or @sha256:<digest>"),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::Invalid(errors));
+    }
+    if let Some(v) = input.environment_variables {
+        f.environment_variables = v;
+    }
+    merge_secrets(
+        &mut f.secrets,
+        input
+            .secret_environment_variables
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.key, s.value))
+            .collect(),
+    );
+    f.min_scale = min;
+    f.max_scale = max;
+    f.memory_limit = input.memory_limit.unwrap_or(f.memory_limit);
+    f.timeout_s = timeout.unwrap_or(f.timeout_s);
+    f.privacy = input.privacy.unwrap_or(std::mem::take(&mut f.privacy));
+    f.http_option = input.http_option.unwrap_or(std::mem::take(&mut f.http_option));
+    f.runtime = input.runtime.unwrap_or(std::mem::take(&mut f.runtime));
+    f.handler = input.handler.unwrap_or(std::mem::take(&mut f.handler));
+    f.description = input.description.unwrap_or(std::mem::take(&mut f.description));
+    f.tags = input.tags.unwrap_or(std::mem::take(&mut f.tags));
+    f.registry_image = input.registry_image.unwrap_or(std::mem::take(&mut f.registry_image));
+    f.image_acceleration = input.image_acceleration.unwrap_or(f.image_acceleration);
+    f.updated_at = Utc::now();
+    Ok(())
+}
+
+/// Creates a function (status `created`; nothing runs until it is deployed).
+pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function, Error> {
+    let namespace_id = input
+        .namespace_id
+        .take()
+        .ok_or_else(|| Error::invalid("namespace_id", "a function needs its namespace_id"))?;
+    let name = input
+        .name
+        .take()
+        .unwrap_or_else(|| format!("fn-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    check_name(&name).map_err(|m| Error::invalid("name", m))?;
+    let now = Utc::now();
+    let mut f = Function {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        namespace_id,
+        description: String::new(),
+        registry_image: String::new(),
+        image_acceleration: false,
+        environment_variables: BTreeMap::new(),
+        secrets: Vec::new(),
+        min_scale: 0,
+        max_scale: DEFAULT_MAX_SCALE,
+        memory_limit: DEFAULT_MEMORY,
+        timeout_s: DEFAULT_TIMEOUT_S,
+        privacy: "public".into(),
+        http_option: "enabled".into(),
+        runtime: "unknown_runtime".into(),
+        handler: String::new(),
+        tags: Vec::new(),
+        status: FunctionStatus::Created,
+        error_message: None,
+        deploys: 0,
+        created_at: now,
+        updated_at: now,
+        ready_at: None,
+        deployed: None,
+    };
+    apply(&mut f, input)?;
+    state
+        .write(|d| {
+            if !d.namespaces.contains_key(&f.namespace_id) {
+                return Err(Error::NotFound { resource: "namespace", id: f.namespace_id.clone() });
+            }
+            if d.functions.values().any(|o| o.namespace_id == f.namespace_id && o.name == f.name) {
+                return Err(Error::Conflict {
+                    resource: "function",
+                    message: format!(
+                        "a function named {:?} exists already in namespace {}",
+                        f.name, f.namespace_id
+                    ),
+                });
+            }
+            Ok((vec![Change::Function(f.clone())], f))
+        })
+        .await
+}
+
+/// The function `id`.
+pub fn get(state: &State, id: &str) -> Result<Function, Error> {
+    state
+        .read(|d| d.functions.get(id).cloned())
+        .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })
+}
+
+/// Changes a function. Scales apply at once to a deployed function; the image,
+/// variables, memory and timeout at the next deploy (`redeploy: true` starts it).
+pub async fn update(state: &State, id: &str, input: FunctionInput) -> Result<(Function, bool), Error> {
+    let redeploy = input.redeploy.unwrap_or(false);
+    if input.name.is_some() || input.namespace_id.is_some() {
+        return Err(Error::invalid("name", "a function's name and namespace_id cannot change"));
+    }
+    state
+        .write(|d| {
+            let mut f = d
+                .functions
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
+            apply(&mut f, input)?;
+            Ok((vec![Change::Function(f.clone())], (f, redeploy)))
+        })
+        .await
+}
+
+/// Deletes a function with its tokens and crons; the scheduler takes it off the agents.
+pub async fn delete(state: &State, id: &str) -> Result<Function, Error> {
+    state
+        .write(|d| {
+            let f = d
+                .functions
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
+            let mut changes = vec![Change::DeleteFunction(id.to_string())];
+            changes.extend(
+                d.crons.values().filter(|c| c.function_id == id).map(|c| Change::DeleteCron(c.id.clone())),
+            );
+            changes.extend(
+                d.tokens
+                    .values()
+                    .filter(|t| t.function_id.as_deref() == Some(id))
+                    .map(|t| Change::DeleteToken(t.id.clone())),
+            );
+            Ok((changes, f))
+        })
+        .await
+}
+
+/// Marks a deploy as started (status `pending`); refused without an image or while one runs.
+pub async fn start_deploy(state: &State, id: &str) -> Result<Function, Error> {
+    state
+        .write(|d| {
+            let mut f = d
+                .functions
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
+            if f.registry_image.is_empty() {
+                return Err(Error::Precondition(format!(
+                    "function {id} has no registry_image: set one with an update first (code functions \
+                     are not supported yet)"
+                )));
+            }
+            if f.status == FunctionStatus::Pending {
+                return Err(Error::Precondition(format!("function {id} is being deployed already")));
+            }
+            f.status = FunctionStatus::Pending;
+            f.error_message = None;
+            f.deploys += 1;
+            f.updated_at = Utc::now();
+            Ok((vec![Change::Function(f.clone())], f))
+        })
+        .await
+}

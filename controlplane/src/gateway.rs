@@ -1,0 +1,157 @@
+//! The gateway: the endpoint function clients call. A function is reached at
+//! `http://<namespace>-<function>.<domain>/...` (by the Host header) or, for local use,
+//! `http://<gateway>/<namespace>/<function>/...`. Private functions need a valid token of
+//! the function or its namespace in `X-Auth-Token`. Calls go to an agent's data plane,
+//! which adds the SCF headers and runs the pool.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State as AxState};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::json;
+
+use crate::model::{Function, FunctionStatus};
+use crate::{tokens, Ctx};
+
+struct Gateway {
+    ctx: Arc<Ctx>,
+    client: Client<HttpConnector, Body>,
+}
+
+/// The gateway's router.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    Router::new().fallback(call).with_state(Arc::new(Gateway { ctx, client }))
+}
+
+fn answer(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// The function a request is for, and the path to forward (`/rest?query`).
+fn target(ctx: &Ctx, req: &Request) -> Option<(Function, String)> {
+    let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let host = host.split(':').next().unwrap_or_default();
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    ctx.state.read(|d| {
+        let find = |ns: &str, f: &str| {
+            let ns = d.namespaces.values().find(|n| n.name == ns)?;
+            d.functions.values().find(|x| x.namespace_id == ns.id && x.name == f).cloned()
+        };
+        if let Some(label) = host.strip_suffix(&format!(".{}", ctx.cfg.domain)) {
+            // <namespace>-<function>: both may hold '-', so try every split.
+            for (i, _) in label.match_indices('-') {
+                if let Some(f) = find(&label[..i], &label[i + 1..]) {
+                    return Some((f, pq.clone()));
+                }
+            }
+            return None;
+        }
+        let (path, query) = pq.split_once('?').map_or((pq.as_str(), None), |(p, q)| (p, Some(q)));
+        let mut segments = path.trim_start_matches('/').splitn(3, '/');
+        let (ns, f) = (segments.next()?, segments.next()?);
+        let tail = format!(
+            "/{}{}",
+            segments.next().unwrap_or(""),
+            query.map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        find(ns, f).map(|f| (f, tail))
+    })
+}
+
+async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response {
+    let ctx = &gw.ctx;
+    let Some((f, tail)) = target(ctx, &req) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no function at {}{}",
+                req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or(""),
+                req.uri()
+            ),
+        );
+    };
+    if f.deployed.is_none() {
+        let why = match f.status {
+            FunctionStatus::Error => {
+                format!("its deploy failed: {}", f.error_message.clone().unwrap_or_default())
+            }
+            FunctionStatus::Pending => "its deploy is under way".into(),
+            _ => "deploy it first".into(),
+        };
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("function {} is not deployed: {why}", f.name),
+        );
+    }
+    // The token is a secret: checked here, never forwarded to the function.
+    let token = req.headers_mut().remove("x-auth-token");
+    if f.privacy == "private" {
+        let ok = token
+            .as_ref()
+            .and_then(|t| t.to_str().ok())
+            .is_some_and(|t| tokens::allows(&ctx.state, t, &f.id, &f.namespace_id));
+        if !ok {
+            return answer(
+                StatusCode::FORBIDDEN,
+                format!("function {} is private: send a valid, unexpired token of it or of its namespace in X-Auth-Token", f.name),
+            );
+        }
+    }
+    let Some(route) = ctx.scheduler.route(&f.agent_name()) else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("function {} runs on no connected agent", f.name),
+        );
+    };
+    let uri: Uri = match format!("http://{}/function/{}{}", route.dataplane, route.name, tail).parse() {
+        Ok(u) => u,
+        Err(e) => return answer(StatusCode::BAD_REQUEST, format!("the path cannot be forwarded: {e}")),
+    };
+    *req.uri_mut() = uri;
+    if let Ok(v) = HeaderValue::from_str(&route.dataplane) {
+        req.headers_mut().insert("host", v);
+    }
+    match gw.client.request(req).await {
+        Ok(resp) => {
+            // The route counts the call as in flight until the answer's body is done.
+            let (parts, body) = resp.into_parts();
+            let body = Body::new(GuardedBody { inner: body, _route: route });
+            Response::from_parts(parts, body)
+        }
+        Err(e) => answer(StatusCode::BAD_GATEWAY, format!("agent {} did not answer: {e}", route.dataplane)),
+    }
+}
+
+/// A response body that holds its route until it ends.
+struct GuardedBody {
+    inner: hyper::body::Incoming,
+    _route: crate::scheduler::Route,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,212 @@
+//! The fnrt control plane: the Scaleway Functions v1beta1 API users manage functions
+//! with (`rest`), the gateway their clients call (`gateway`), and the scheduler that
+//! places functions on the agents that joined (`scheduler`). State lives in an embedded
+//! store (`store`, redb) behind an interface an etcd backend can implement later.
+
+pub mod config;
+pub mod crons;
+pub mod error;
+pub mod functions;
+pub mod gateway;
+pub mod model;
+pub mod namespaces;
+pub mod rest;
+pub mod scheduler;
+pub mod state;
+pub mod store;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+use scheduler::Scheduler;
+use state::State;
+
+/// What the servers share.
+pub struct Ctx {
+    /// The configuration (admin token resolved).
+    pub cfg: Arc<Config>,
+    /// The resources.
+    pub state: Arc<State>,
+    /// The scheduler.
+    pub scheduler: Arc<Scheduler>,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The state directory or admin token file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store.
+    #[error(transparent)]
+    State(#[from] error::Error),
+    /// A listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane.
+pub struct Handle {
+    /// The management API's address.
+    pub api_address: SocketAddr,
+    /// The gateway's address.
+    pub gateway_address: SocketAddr,
+    /// The gRPC address agents join on.
+    pub grpc_address: SocketAddr,
+    /// The shared context.
+    pub ctx: Arc<Ctx>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Stops the servers and the scheduler and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Io { path: path.to_path_buf(), source }
+}
+
+/// The admin token: configured, or kept in `<state_dir>/admin-token` (made at first start).
+fn admin_token(cfg: &Config) -> Result<String, StartError> {
+    if !cfg.admin_token.is_empty() {
+        return Ok(cfg.admin_token.clone());
+    }
+    let path = cfg.state_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let token = uuid::Uuid::new_v4().to_string();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io(&path))?;
+            f.write_all(token.as_bytes()).map_err(io(&path))?;
+            tracing::info!(path = %path.display(), "made the admin secret key (X-Auth-Token)");
+            Ok(token)
+        }
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "server failed");
+        }
+    })
+}
+
+/// Opens the store and starts the API, the gateway, the join service, the scheduler
+/// and the cron timer.
+pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
+    cfg.admin_token = admin_token(&cfg)?;
+    let db = cfg.state_dir.join("state.redb");
+    let store = tokio::task::spawn_blocking(move || store::RedbStore::open(&db))
+        .await
+        .map_err(|e| error::Error::Internal(e.to_string()))?
+        .map_err(error::Error::from)?;
+    let state = Arc::new(State::open(Arc::new(store))?);
+    let cfg = Arc::new(cfg);
+    let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone()));
+    let ctx = Arc::new(Ctx { cfg: cfg.clone(), state, scheduler: scheduler.clone() });
+    let (shutdown, stop) = watch::channel(false);
+    let api = bind(cfg.api_listen).await?;
+    let gw = bind(cfg.gateway_listen).await?;
+    let grpc = bind(cfg.grpc_listen).await?;
+    let (api_address, gateway_address, grpc_address) = (
+        api.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?,
+        gw.local_addr().map_err(|source| StartError::Listen { addr: cfg.gateway_listen, source })?,
+        grpc.local_addr().map_err(|source| StartError::Listen { addr: cfg.grpc_listen, source })?,
+    );
+    let mut tasks = vec![
+        serve(api, rest::router(ctx.clone()), stop.clone()),
+        serve(gw, gateway::router(ctx.clone()), stop.clone()),
+        tokio::spawn(scheduler.clone().run()),
+        tokio::spawn(scheduler.clone().run_timer()),
+    ];
+    let join = fnrt_proto::controlplane::v1::control_plane_server::ControlPlaneServer::new(
+        scheduler::agents::Join { scheduler: scheduler.clone() },
+    );
+    let mut stop_grpc = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        let shutdown = async move {
+            let _ = stop_grpc.wait_for(|s| *s).await;
+        };
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(join)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+    tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, "control plane started");
+    Ok(Handle { api_address, gateway_address, grpc_address, ctx, shutdown, tasks })
+}
+
+/// Runs the control plane until SIGINT or SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let handle = start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| StartError::Io { path: "SIGTERM".into(), source })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    handle.shutdown().await;
+    Ok(())
+}

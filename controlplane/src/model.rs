@@ -1,0 +1,365 @@
+//! The resources the control plane keeps: namespaces, functions, tokens and crons, as
+//! stored (JSON records), with the rules their fields must follow.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Memory sizes a function may have, in MB (as Scaleway offers).
+pub const MEMORY_LIMITS: [u32; 7] = [128, 256, 512, 1024, 2048, 3072, 4096];
+/// The longest timeout, in seconds (SCF's and Scaleway's 15 minutes).
+pub const MAX_TIMEOUT_S: u32 = 900;
+/// The most instances of one function.
+pub const MAX_SCALE: u32 = 100;
+
+/// A secret environment variable: the value reaches instances only; answers carry its hash.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretVar {
+    /// The variable name.
+    pub key: String,
+    /// The value (kept in the store, which only its owner can read; never answered).
+    pub value: String,
+    /// `sha256:<hex>` of the value: what answers show.
+    pub hashed_value: String,
+}
+
+impl std::fmt::Debug for SecretVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretVar").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl SecretVar {
+    /// A secret with its hash.
+    pub fn new(key: String, value: String) -> SecretVar {
+        let hashed_value = format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())));
+        SecretVar { key, value, hashed_value }
+    }
+}
+
+/// Applies a Scaleway secret update: a key with a value sets it, a key without one removes it.
+pub fn merge_secrets(current: &mut Vec<SecretVar>, changes: Vec<(String, Option<String>)>) {
+    for (key, value) in changes {
+        current.retain(|s| s.key != key);
+        if let Some(v) = value {
+            current.push(SecretVar::new(key, v));
+        }
+    }
+    current.sort_by(|a, b| a.key.cmp(&b.key));
+}
+
+/// A namespace: a group of functions with shared variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Namespace {
+    /// UUID.
+    pub id: String,
+    /// Unique in the region.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The owner's project (as given; the control plane has one tenant).
+    pub project_id: String,
+    /// Variables every function of the namespace gets.
+    pub environment_variables: BTreeMap<String, String>,
+    /// Secret variables every function gets.
+    pub secrets: Vec<SecretVar>,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a function stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionStatus {
+    /// Never deployed.
+    Created,
+    /// A deploy is under way.
+    Pending,
+    /// Deployed and served.
+    Ready,
+    /// The last deploy failed (error_message says why).
+    Error,
+}
+
+/// A function: an image and how to run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Function {
+    /// UUID.
+    pub id: String,
+    /// Unique in its namespace.
+    pub name: String,
+    /// The namespace's id.
+    pub namespace_id: String,
+    /// Free text.
+    pub description: String,
+    /// The image to run (Scaleway containers' `registry_image`).
+    pub registry_image: String,
+    /// Prefetch the image on every agent at deploy.
+    pub image_acceleration: bool,
+    /// Variables, over the namespace's.
+    pub environment_variables: BTreeMap<String, String>,
+    /// Secret variables, over the namespace's.
+    pub secrets: Vec<SecretVar>,
+    /// Instances kept warm across agents.
+    pub min_scale: u32,
+    /// Most instances across agents.
+    pub max_scale: u32,
+    /// MB, one of [`MEMORY_LIMITS`].
+    pub memory_limit: u32,
+    /// Seconds a call may take.
+    pub timeout_s: u32,
+    /// `public` or `private`.
+    pub privacy: String,
+    /// `enabled` or `redirected`.
+    pub http_option: String,
+    /// As given (image functions need none).
+    pub runtime: String,
+    /// As given.
+    pub handler: String,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Where it stands.
+    pub status: FunctionStatus,
+    /// Why the last deploy failed.
+    pub error_message: Option<String>,
+    /// Deploys so far; the agents' function version.
+    pub deploys: u64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When the last deploy became ready.
+    pub ready_at: Option<DateTime<Utc>>,
+    /// What the last successful deploy put on the agents.
+    #[serde(default)]
+    pub deployed: Option<Deployed>,
+}
+
+/// The part of a function that a deploy fixes (scales apply at once, these at a deploy).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployed {
+    /// The image.
+    pub image: String,
+    /// The agents' function version (the deploy count).
+    pub version: String,
+    /// Namespace variables, then the function's.
+    pub env: BTreeMap<String, String>,
+    /// Namespace secrets, then the function's (values).
+    pub secrets: BTreeMap<String, String>,
+    /// MB.
+    pub memory_mb: u32,
+    /// Seconds.
+    pub timeout_s: u32,
+}
+
+impl std::fmt::Debug for Deployed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployed")
+            .field("image", &self.image)
+            .field("version", &self.version)
+            .field("env", &self.env)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("memory_mb", &self.memory_mb)
+            .field("timeout_s", &self.timeout_s)
+            .finish()
+    }
+}
+
+impl Deployed {
+    /// What deploying `f` of namespace `ns` puts on agents.
+    pub fn of(f: &Function, ns: &Namespace) -> Deployed {
+        let mut env = ns.environment_variables.clone();
+        env.extend(f.environment_variables.clone());
+        let mut secrets: BTreeMap<String, String> =
+            ns.secrets.iter().map(|s| (s.key.clone(), s.value.clone())).collect();
+        secrets.extend(f.secrets.iter().map(|s| (s.key.clone(), s.value.clone())));
+        Deployed {
+            image: f.registry_image.clone(),
+            version: f.deploys.to_string(),
+            env,
+            secrets,
+            memory_mb: f.memory_limit,
+            timeout_s: f.timeout_s,
+        }
+    }
+}
+
+impl Function {
+    /// The function's name on agents: unique in the cluster, valid as an agent name.
+    pub fn agent_name(&self) -> String {
+        format!("fn-{}", self.id)
+    }
+
+    /// The milli-vCPUs its memory buys (Scaleway: 1 vCPU per 1792 MB, at least 70 mvCPU).
+    pub fn cpu_limit(&self) -> u32 {
+        (self.memory_limit * 1000 / 1792).max(70)
+    }
+}
+
+/// A token that calls a private function (of one function, or of every function of a namespace).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Token {
+    /// UUID.
+    pub id: String,
+    /// sha256 hex of the token; the token itself is answered once, at creation.
+    pub hash: String,
+    /// The function it is for, if any.
+    pub function_id: Option<String>,
+    /// The namespace it is for, if any.
+    pub namespace_id: Option<String>,
+    /// Free text.
+    pub description: String,
+    /// After this, refused.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Hash of a token as kept.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A schedule that calls a function with `args` as the event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cron {
+    /// UUID.
+    pub id: String,
+    /// The function it calls.
+    pub function_id: String,
+    /// Five-field UNIX cron schedule, in UTC.
+    pub schedule: String,
+    /// The event (a JSON object).
+    pub args: serde_json::Map<String, serde_json::Value>,
+    /// Its name.
+    pub name: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Checks a namespace or function name: 1 to 63 of a-z, 0-9 and '-', starting with a
+/// letter, not ending with '-'.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1 to 63 of a-z, 0-9 and '-', starting with a letter and \
+             not ending with '-'"
+        ))
+    }
+}
+
+/// Checks environment variable names (and that they do not collide with the built-in SCF ones).
+pub fn check_env_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 256
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(format!(
+            "{key:?} is not a valid variable name: use 1 to 256 of A-Z, a-z, 0-9 and '_', not starting \
+             with a digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a memory limit against [`MEMORY_LIMITS`].
+pub fn check_memory(mb: u32) -> Result<(), String> {
+    if MEMORY_LIMITS.contains(&mb) {
+        Ok(())
+    } else {
+        Err(format!("{mb} MB is not offered: memory_limit must be one of {MEMORY_LIMITS:?} (MB)"))
+    }
+}
+
+/// Parses a timeout as Scaleway sends it (`"300s"`, `"1.5s"`), 1 to [`MAX_TIMEOUT_S`] seconds.
+pub fn parse_timeout(text: &str) -> Result<u32, String> {
+    let secs: f64 = text
+        .strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| format!("{text:?} is not a duration: write seconds with an 's', e.g. \"300s\""))?;
+    let whole = secs.ceil();
+    if !(1.0..=f64::from(MAX_TIMEOUT_S)).contains(&whole) {
+        return Err(format!("{text:?} is out of range: timeout must be 1s to {MAX_TIMEOUT_S}s"));
+    }
+    Ok(whole as u32)
+}
+
+/// Checks min and max scale together.
+pub fn check_scale(min: u32, max: u32) -> Result<(), String> {
+    if max == 0 || max > MAX_SCALE {
+        return Err(format!("max_scale {max} is out of range: it must be 1 to {MAX_SCALE}"));
+    }
+    if min > max {
+        return Err(format!("min_scale {min} is above max_scale {max}"));
+    }
+    Ok(())
+}
+
+/// Checks a five-field cron schedule (minute hour day-of-month month day-of-week), UTC.
+pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
+    if schedule.split_whitespace().count() != 5 {
+        return Err(format!(
+            "{schedule:?} is not a cron schedule: give five fields, minute hour day-of-month month \
+             day-of-week, e.g. \"*/5 * * * *\""
+        ));
+    }
+    schedule.parse::<croner::Cron>().map_err(|e| format!("{schedule:?} is not a cron schedule: {e}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_memory_timeouts_scales_and_schedules_are_checked() {
+        for ok in ["a", "my-fn-2", &"a".repeat(63)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "A", "1a", "a-", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_memory(256).is_ok());
+        assert!(check_memory(100).unwrap_err().contains("128, 256"));
+        assert_eq!(parse_timeout("300s"), Ok(300));
+        assert_eq!(parse_timeout("1.5s"), Ok(2));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("901s").is_err());
+        assert!(parse_timeout("5m").is_err());
+        assert!(check_scale(0, 1).is_ok());
+        assert!(check_scale(2, 1).is_err());
+        assert!(check_scale(0, 0).is_err());
+        assert!(parse_schedule("*/5 * * * *").is_ok());
+        assert!(parse_schedule("* * * *").is_err());
+        assert!(parse_schedule("61 * * * *").is_err());
+        assert!(parse_schedule("every minute").is_err());
+        assert!(check_env_key("A_1").is_ok());
+        assert!(check_env_key("1A").is_err());
+        assert!(check_env_key("A-B").is_err());
+    }
+
+    #[test]
+    fn secrets_merge_and_hash() {
+        let mut s = vec![SecretVar::new("A".into(), "x".into())];
+        merge_secrets(&mut s, vec![("B".into(), Some("zq9".into())), ("A".into(), None)]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].key, "B");
+        assert!(s[0].hashed_value.starts_with("sha256:"));
+        assert!(!format!("{s:?}").contains("zq9"));
+    }
+}

@@ -1,0 +1,56 @@
+//! Core errors as Scaleway's JSON error bodies: one exhaustive mapping.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::Error;
+
+/// A core error on its way out of the REST API.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.0.to_string();
+        let (status, body) = match self.0 {
+            Error::NotFound { resource, id } => (
+                StatusCode::NOT_FOUND,
+                json!({ "type": "not_found", "message": message, "resource": resource, "resource_id": id }),
+            ),
+            Error::Invalid(details) => (
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "type": "invalid_arguments",
+                    "message": message,
+                    "details": details.iter().map(|(a, m)| json!({
+                        "argument_name": a, "reason": "constraint", "help_message": m,
+                    })).collect::<Vec<_>>(),
+                }),
+            ),
+            Error::Conflict { resource, .. } => (
+                StatusCode::CONFLICT,
+                json!({ "type": "conflict", "message": message, "resource": resource }),
+            ),
+            Error::Precondition(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                json!({ "type": "precondition_failed", "message": message, "precondition": "resource_not_usable", "help_message": message }),
+            ),
+            Error::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                json!({ "type": "denied_authentication", "message": message, "method": "api_key", "reason": "invalid_argument" }),
+            ),
+            Error::Store(_) | Error::Internal(_) => {
+                tracing::error!(error = %message, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, json!({ "type": "internal", "message": message }))
+            }
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,251 @@
+//! The routes and their handlers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State as AxState};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::list::ListQuery;
+use super::views::{self, Site};
+use super::ApiError;
+use crate::error::Error;
+use crate::model::Function;
+use crate::{crons, functions, namespaces, tokens, Ctx};
+
+type Answer = Result<Json<Value>, ApiError>;
+type Ax = AxState<Arc<Ctx>>;
+
+/// The management API's router (admin key required on every route).
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let r = Router::new()
+        .route("/namespaces", get(list_namespaces).post(create_namespace))
+        .route("/namespaces/{id}", get(get_namespace).patch(update_namespace).delete(delete_namespace))
+        .route("/functions", get(list_functions).post(create_function))
+        .route("/functions/{id}", get(get_function).patch(update_function).delete(delete_function))
+        .route("/functions/{id}/deploy", post(deploy_function))
+        .route("/runtimes", get(list_runtimes))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", get(get_token).delete(delete_token))
+        .route("/crons", get(list_crons).post(create_cron))
+        .route("/crons/{id}", get(get_cron).patch(update_cron).delete(delete_cron));
+    Router::new()
+        .nest("/functions/v1beta1/regions/{region}", r)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), super::admin_only))
+        .with_state(ctx)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::NotFound { resource: "path", id: uri.path().to_string() })
+}
+
+fn site(ctx: &Ctx) -> Site<'_> {
+    Site { region: &ctx.cfg.region, domain: &ctx.cfg.domain, registry: &ctx.cfg.registry }
+}
+
+fn region(ctx: &Ctx, region: &str) -> Result<(), Error> {
+    if region == ctx.cfg.region {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "region",
+            format!("{region:?} is not served here: this control plane serves {:?}", ctx.cfg.region),
+        ))
+    }
+}
+
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
+    let bytes = if bytes.is_empty() { &b"{}"[..] } else { bytes };
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid("body", format!("not the JSON this call takes: {e}")))
+}
+
+fn function_view(ctx: &Ctx, f: &Function, status: Option<&str>) -> Value {
+    let ns =
+        ctx.state.read(|d| d.namespaces.get(&f.namespace_id).map(|n| n.name.clone())).unwrap_or_default();
+    views::function(f, &ns, &site(ctx), status)
+}
+
+/// Sorts by creation time or name, as `order_by` says.
+fn order<T>(items: &mut [T], order_by: &str, created: impl Fn(&T) -> String, name: impl Fn(&T) -> String) {
+    match order_by {
+        "name_asc" | "hostname_asc" => items.sort_by_key(|a| name(a)),
+        "name_desc" | "hostname_desc" => items.sort_by_key(|b| std::cmp::Reverse(name(b))),
+        "created_at_desc" => items.sort_by_key(|b| std::cmp::Reverse(created(b))),
+        _ => items.sort_by_key(|a| created(a)),
+    }
+}
+
+const NAMED_ORDERS: &[&str] = &["created_at_asc", "created_at_desc", "name_asc", "name_desc"];
+const TIME_ORDERS: &[&str] = &["created_at_asc", "created_at_desc"];
+
+async fn list_namespaces(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
+    region(&ctx, &r)?;
+    let q = ListQuery::parse(q.as_deref(), NAMED_ORDERS)?;
+    let mut items = ctx.state.read(|d| {
+        d.namespaces
+            .values()
+            .filter(|n| q.filter("name").is_none_or(|name| n.name.contains(name)))
+            .filter(|n| q.filter("project_id").is_none_or(|p| n.project_id == p))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    order(&mut items, &q.order_by, |n| views::time(&n.created_at), |n| n.name.clone());
+    let site = site(&ctx);
+    Ok(Json(q.page("namespaces", items.iter().map(|n| views::namespace(n, &site, "ready")).collect())))
+}
+
+async fn create_namespace(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let ns = namespaces::create(&ctx.state, body(&b)?).await?;
+    Ok(Json(views::namespace(&ns, &site(&ctx), "ready")))
+}
+
+async fn get_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::namespace(&namespaces::get(&ctx.state, &id)?, &site(&ctx), "ready")))
+}
+
+async fn update_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let ns = namespaces::update(&ctx.state, &id, body(&b)?).await?;
+    Ok(Json(views::namespace(&ns, &site(&ctx), "ready")))
+}
+
+async fn delete_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    let ns = namespaces::delete(&ctx.state, &id).await?;
+    ctx.scheduler.kick();
+    Ok(Json(views::namespace(&ns, &site(&ctx), "deleting")))
+}
+
+async fn list_functions(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
+    region(&ctx, &r)?;
+    let q = ListQuery::parse(q.as_deref(), NAMED_ORDERS)?;
+    let mut items = ctx.state.read(|d| {
+        d.functions
+            .values()
+            .filter(|f| q.filter("namespace_id").is_none_or(|n| f.namespace_id == n))
+            .filter(|f| q.filter("name").is_none_or(|name| f.name.contains(name)))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    order(&mut items, &q.order_by, |f| views::time(&f.created_at), |f| f.name.clone());
+    Ok(Json(q.page("functions", items.iter().map(|f| function_view(&ctx, f, None)).collect())))
+}
+
+async fn create_function(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let f = functions::create(&ctx.state, body(&b)?).await?;
+    Ok(Json(function_view(&ctx, &f, None)))
+}
+
+async fn get_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(function_view(&ctx, &functions::get(&ctx.state, &id)?, None)))
+}
+
+async fn update_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let (mut f, redeploy) = functions::update(&ctx.state, &id, body(&b)?).await?;
+    if redeploy {
+        f = functions::start_deploy(&ctx.state, &id).await?;
+        ctx.scheduler.deploy(&id);
+    } else {
+        ctx.scheduler.kick();
+    }
+    Ok(Json(function_view(&ctx, &f, None)))
+}
+
+async fn delete_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    let f = functions::delete(&ctx.state, &id).await?;
+    ctx.scheduler.kick();
+    Ok(Json(function_view(&ctx, &f, Some("deleting"))))
+}
+
+async fn deploy_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    let f = functions::start_deploy(&ctx.state, &id).await?;
+    ctx.scheduler.deploy(&id);
+    Ok(Json(function_view(&ctx, &f, None)))
+}
+
+/// Code runtimes this control plane can build: none yet (image functions need none).
+async fn list_runtimes(AxState(ctx): Ax, Path(r): Path<String>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(json!({ "runtimes": [], "total_count": 0 })))
+}
+
+async fn list_tokens(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
+    region(&ctx, &r)?;
+    let q = ListQuery::parse(q.as_deref(), TIME_ORDERS)?;
+    let mut items = ctx.state.read(|d| {
+        d.tokens
+            .values()
+            .filter(|t| q.filter("function_id").is_none_or(|f| t.function_id.as_deref() == Some(f)))
+            .filter(|t| q.filter("namespace_id").is_none_or(|n| t.namespace_id.as_deref() == Some(n)))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    order(&mut items, &q.order_by, |t| views::time(&t.created_at), |t| t.id.clone());
+    Ok(Json(q.page("tokens", items.iter().map(|t| views::token(t, None, "ready")).collect())))
+}
+
+async fn create_token(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let (t, secret) = tokens::create(&ctx.state, body(&b)?).await?;
+    Ok(Json(views::token(&t, Some(&secret), "ready")))
+}
+
+async fn get_token(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::token(&tokens::get(&ctx.state, &id)?, None, "ready")))
+}
+
+async fn delete_token(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::token(&tokens::delete(&ctx.state, &id).await?, None, "deleting")))
+}
+
+async fn list_crons(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
+    region(&ctx, &r)?;
+    let q = ListQuery::parse(q.as_deref(), TIME_ORDERS)?;
+    let mut items = ctx.state.read(|d| {
+        d.crons
+            .values()
+            .filter(|c| q.filter("function_id").is_none_or(|f| c.function_id == f))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    order(&mut items, &q.order_by, |c| views::time(&c.created_at), |c| c.name.clone());
+    Ok(Json(q.page("crons", items.iter().map(|c| views::cron(c, "ready")).collect())))
+}
+
+async fn create_cron(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let c = crons::create(&ctx.state, body(&b)?).await?;
+    ctx.scheduler.kick();
+    Ok(Json(views::cron(&c, "ready")))
+}
+
+async fn get_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::cron(&crons::get(&ctx.state, &id)?, "ready")))
+}
+
+async fn update_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let c = crons::update(&ctx.state, &id, body(&b)?).await?;
+    ctx.scheduler.kick();
+    Ok(Json(views::cron(&c, "ready")))
+}
+
+async fn delete_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::cron(&crons::delete(&ctx.state, &id).await?, "deleting")))
+}

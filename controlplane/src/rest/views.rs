@@ -1,0 +1,115 @@
+//! The JSON shapes of Scaleway's Functions v1beta1 API, made from the stored records.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use crate::model::{Cron, Function, FunctionStatus, Namespace, SecretVar, Token};
+
+/// Times as the API gives them: RFC 3339 / ISO 8601 in UTC.
+pub fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn secrets(s: &[SecretVar]) -> Value {
+    s.iter().map(|s| json!({ "key": s.key, "hashed_value": s.hashed_value })).collect()
+}
+
+/// What a view needs besides the record.
+pub struct Site<'a> {
+    /// The region served.
+    pub region: &'a str,
+    /// The gateway's domain (function endpoints are `<namespace>-<function>.<domain>`).
+    pub domain: &'a str,
+    /// The registry namespaces' endpoint prefix.
+    pub registry: &'a str,
+}
+
+/// A namespace.
+pub fn namespace(n: &Namespace, site: &Site, status: &str) -> Value {
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "environment_variables": n.environment_variables,
+        "organization_id": n.project_id,
+        "project_id": n.project_id,
+        "status": status,
+        "registry_namespace_id": n.id,
+        "error_message": null,
+        "registry_endpoint": format!("{}/{}", site.registry, n.name),
+        "description": n.description,
+        "secret_environment_variables": secrets(&n.secrets),
+        "region": site.region,
+        "tags": n.tags,
+        "created_at": time(&n.created_at),
+        "updated_at": time(&n.updated_at),
+        "vpc_integration_activated": false,
+    })
+}
+
+/// A function; `namespace_name` makes its domain name.
+pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<&str>) -> Value {
+    let status = status.unwrap_or(match f.status {
+        FunctionStatus::Created => "created",
+        FunctionStatus::Pending => "pending",
+        FunctionStatus::Ready => "ready",
+        FunctionStatus::Error => "error",
+    });
+    json!({
+        "id": f.id,
+        "name": f.name,
+        "namespace_id": f.namespace_id,
+        "status": status,
+        "environment_variables": f.environment_variables,
+        "min_scale": f.min_scale,
+        "max_scale": f.max_scale,
+        "runtime": f.runtime,
+        "memory_limit": f.memory_limit,
+        "cpu_limit": f.cpu_limit(),
+        "timeout": format!("{}s", f.timeout_s),
+        "handler": f.handler,
+        "error_message": f.error_message,
+        "build_message": null,
+        "privacy": f.privacy,
+        "description": f.description,
+        "domain_name": format!("{namespace_name}-{}.{}", f.name, site.domain),
+        "secret_environment_variables": secrets(&f.secrets),
+        "region": site.region,
+        "http_option": f.http_option,
+        "runtime_message": "",
+        "sandbox": "v2",
+        "tags": f.tags,
+        "created_at": time(&f.created_at),
+        "updated_at": time(&f.updated_at),
+        "ready_at": f.ready_at.as_ref().map(time),
+        "private_network_id": null,
+        "registry_image": f.registry_image,
+        "image_acceleration": f.image_acceleration,
+    })
+}
+
+/// A token; `secret` only in the answer to its creation.
+pub fn token(t: &Token, secret: Option<&str>, status: &str) -> Value {
+    json!({
+        "id": t.id,
+        "token": secret,
+        "function_id": t.function_id,
+        "namespace_id": t.namespace_id,
+        "public_key": null,
+        "status": status,
+        "description": t.description,
+        "expires_at": t.expires_at.as_ref().map(time),
+        "created_at": time(&t.created_at),
+    })
+}
+
+/// A cron.
+pub fn cron(c: &Cron, status: &str) -> Value {
+    json!({
+        "id": c.id,
+        "function_id": c.function_id,
+        "schedule": c.schedule,
+        "args": c.args,
+        "status": status,
+        "name": c.name,
+    })
+}

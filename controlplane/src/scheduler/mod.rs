@@ -1,0 +1,297 @@
+//! The scheduler: places functions on the agents that joined, keeps `min_scale` warm
+//! instances across them, moves a lost agent's share elsewhere, and picks the agent for
+//! each call.
+//!
+//! The agents run the pools (warm instances, on-demand starts, queueing); the scheduler
+//! decides which agents run a function and with which share of its scales, and keeps
+//! that true: a reconcile pass runs every heartbeat interval and whenever something
+//! changes.
+
+pub mod agents;
+mod deploy;
+pub mod placement;
+pub mod timer;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fnrt_proto::agent::v1 as apb;
+use tokio::sync::Notify;
+
+use crate::model::{Deployed, Function, Namespace};
+use crate::state::State;
+use crate::Config;
+use agents::{Agent, Client};
+use placement::{place, Candidate, Share};
+
+/// The scheduler.
+pub struct Scheduler {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    state: Arc<State>,
+    agents: Mutex<HashMap<String, Agent>>,
+    /// What the scheduler last put on (node, agent function name).
+    applied: Mutex<HashMap<(String, String), apb::FunctionSpec>>,
+    /// The gateway's calls in flight by (node, agent function name).
+    in_flight: Arc<Mutex<HashMap<(String, String), u32>>>,
+    kick: Notify,
+}
+
+/// How long an agent gets for a deploy (pull and health checks included).
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The agent spec of function `f` for one share.
+pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb::FunctionSpec {
+    apb::FunctionSpec {
+        name: f.agent_name(),
+        namespace: ns.name.clone(),
+        version: d.version.clone(),
+        image: d.image.clone(),
+        r#type: apb::FunctionType::Http as i32,
+        memory_mb: d.memory_mb,
+        timeout_ms: d.timeout_s * 1000,
+        env: d.env.clone().into_iter().collect(),
+        secrets: d.secrets.clone().into_iter().collect(),
+        provisioned: share.provisioned,
+        max_instances: share.max_instances,
+        concurrency: 1,
+        keep_alive_s: 0,
+        queue_max: 0,
+        queue_timeout_ms: 0,
+    }
+}
+
+/// A call routed by the gateway: the agent's data plane; counts as in flight until dropped.
+pub struct Route {
+    /// The agent's data plane, `host:port`.
+    pub dataplane: String,
+    /// The function's name on the agent.
+    pub name: String,
+    key: (String, String),
+    in_flight: Arc<Mutex<HashMap<(String, String), u32>>>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        let mut m = lock(&self.in_flight);
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with no agents yet.
+    pub fn new(cfg: Arc<Config>, state: Arc<State>) -> Scheduler {
+        Scheduler {
+            cfg,
+            state,
+            agents: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            kick: Notify::new(),
+        }
+    }
+
+    pub(crate) fn agents_mut(&self) -> MutexGuard<'_, HashMap<String, Agent>> {
+        lock(&self.agents)
+    }
+
+    /// The agents, lost ones included.
+    pub fn agents(&self) -> Vec<Agent> {
+        let mut v: Vec<Agent> = lock(&self.agents).values().cloned().collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    fn live(&self) -> Vec<Agent> {
+        self.agents().into_iter().filter(|a| !a.lost).collect()
+    }
+
+    /// Asks for a reconcile pass now.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Starts the deploy of function `id` (already marked pending) on a task of its own.
+    pub fn deploy(self: &Arc<Self>, id: &str) {
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { me.run_deploy(&id).await });
+    }
+
+    fn hosts(&self, a: &Agent, name: &str) -> bool {
+        a.hosts(name) || lock(&self.applied).contains_key(&(a.node.clone(), name.to_string()))
+    }
+
+    fn candidates(&self, live: &[Agent], name: &str, image: &str) -> Vec<Candidate> {
+        live.iter()
+            .map(|a| Candidate {
+                node: a.node.clone(),
+                free_memory_mb: a.free_memory_mb(),
+                has_image: a.report.images.iter().any(|i| i == image),
+                hosts: self.hosts(a, name),
+            })
+            .collect()
+    }
+
+    /// Puts `spec` on agent `a`: a deploy where it is new, else an update when it changed.
+    async fn apply(&self, a: &Agent, spec: apb::FunctionSpec) -> Result<(), tonic::Status> {
+        let key = (a.node.clone(), spec.name.clone());
+        let known = self.hosts(a, &spec.name);
+        if known && lock(&self.applied).get(&key) == Some(&spec) {
+            return Ok(());
+        }
+        let mut client = a.client.clone();
+        let result = if known {
+            update(&mut client, spec.clone()).await
+        } else {
+            deploy(&mut client, spec.clone()).await
+        };
+        let result = match result {
+            Err(s) if s.code() == tonic::Code::NotFound && known => deploy(&mut client, spec.clone()).await,
+            Err(s) if s.code() == tonic::Code::AlreadyExists => update(&mut client, spec.clone()).await,
+            other => other,
+        };
+        if result.is_ok() {
+            lock(&self.applied).insert(key, spec);
+        }
+        result
+    }
+
+    /// Takes function `name` off agent `a`.
+    async fn remove(&self, a: &Agent, name: &str) {
+        let mut req = tonic::Request::new(apb::RemoveFunctionRequest { name: name.to_string() });
+        req.set_timeout(CALL_TIMEOUT);
+        match a.client.clone().remove_function(req).await {
+            Ok(_) => tracing::info!(node = %a.node, function = name, "function removed from agent"),
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => {
+                tracing::warn!(node = %a.node, function = name, error = %s.message(), "cannot remove function");
+                return;
+            }
+        }
+        lock(&self.applied).remove(&(a.node.clone(), name.to_string()));
+    }
+
+    /// One reconcile pass: every deployed function on the agents its placement says, with
+    /// its share; what is no longer wanted removed.
+    pub async fn reconcile(&self) {
+        agents::mark_lost(&mut self.agents_mut(), Duration::from_millis(u64::from(self.cfg.lost_after_ms)));
+        let live = self.live();
+        let (functions, pending): (Vec<(Function, Namespace)>, HashSet<String>) = self.state.read(|d| {
+            let f = d
+                .functions
+                .values()
+                .filter(|f| f.deployed.is_some() && f.status != crate::model::FunctionStatus::Pending)
+                .filter_map(|f| Some((f.clone(), d.namespaces.get(&f.namespace_id)?.clone())))
+                .collect();
+            let p = d
+                .functions
+                .values()
+                .filter(|f| f.status == crate::model::FunctionStatus::Pending)
+                .map(Function::agent_name)
+                .collect();
+            (f, p)
+        });
+        let mut wanted: HashSet<(String, String)> = HashSet::new();
+        for (f, ns) in &functions {
+            let Some(d) = &f.deployed else { continue };
+            let name = f.agent_name();
+            let shares = match place(
+                f.min_scale,
+                f.max_scale,
+                d.memory_mb,
+                &self.candidates(&live, &name, &d.image),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(function = %f.id, error = %e, "cannot place function");
+                    for a in live.iter().filter(|a| self.hosts(a, &name)) {
+                        wanted.insert((a.node.clone(), name.clone()));
+                    }
+                    continue;
+                }
+            };
+            for share in shares {
+                wanted.insert((share.node.clone(), name.clone()));
+                let Some(a) = live.iter().find(|a| a.node == share.node) else { continue };
+                if let Err(s) = self.apply(a, spec_of(f, ns, d, &share)).await {
+                    tracing::warn!(node = %a.node, function = %f.id, error = %s.message(), "cannot place function on agent");
+                }
+            }
+        }
+        for a in &live {
+            let mut names: HashSet<String> = a.report.functions.iter().map(|f| f.name.clone()).collect();
+            names.extend(lock(&self.applied).keys().filter(|(n, _)| *n == a.node).map(|(_, f)| f.clone()));
+            for name in names {
+                // Functions deployed by an operator (not fn-<uuid>) are left alone.
+                let ours = name.starts_with("fn-") && name.len() == 39;
+                if ours && !pending.contains(&name) && !wanted.contains(&(a.node.clone(), name.clone())) {
+                    self.remove(a, &name).await;
+                }
+            }
+        }
+    }
+
+    /// Runs reconcile passes until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let every = Duration::from_millis(u64::from(self.cfg.heartbeat_interval_ms));
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                () = self.kick.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// The agent for a call to function `name`: the one with the most ready instances not
+    /// busy with the gateway's calls; when none is free, the one with the fewest calls (its
+    /// pool starts an instance).
+    pub fn route(&self, name: &str) -> Option<Route> {
+        let live = self.live();
+        let mut in_flight = lock(&self.in_flight);
+        let best = live
+            .iter()
+            .filter(|a| self.hosts(a, name))
+            .map(|a| {
+                let busy = in_flight.get(&(a.node.clone(), name.to_string())).copied().unwrap_or(0);
+                let ready = a.report.functions.iter().find(|f| f.name == name).map_or(0, |f| f.ready);
+                (i64::from(ready) - i64::from(busy), std::cmp::Reverse(busy), a)
+            })
+            .max_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)))?
+            .2;
+        let key = (best.node.clone(), name.to_string());
+        *in_flight.entry(key.clone()).or_insert(0) += 1;
+        Some(Route {
+            dataplane: best.dataplane.clone(),
+            name: name.to_string(),
+            key,
+            in_flight: self.in_flight.clone(),
+        })
+    }
+
+    /// The client of the agent a route goes to.
+    pub fn client_for(&self, route: &Route) -> Option<Client> {
+        lock(&self.agents).get(&route.key.0).map(|a| a.client.clone())
+    }
+}
+
+async fn deploy(c: &mut Client, spec: apb::FunctionSpec) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(apb::DeployFunctionRequest { function: Some(spec) });
+    req.set_timeout(DEPLOY_TIMEOUT);
+    c.deploy_function(req).await.map(drop)
+}
+
+async fn update(c: &mut Client, spec: apb::FunctionSpec) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(apb::UpdateFunctionRequest { function: Some(spec) });
+    req.set_timeout(DEPLOY_TIMEOUT);
+    c.update_function(req).await.map(drop)
+}

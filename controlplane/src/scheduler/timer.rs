@@ -1,0 +1,78 @@
+//! Fires crons: each due schedule calls its function through an agent's Invoke, with the
+//! cron's `args` as the event and `X-Scf-Trigger-Src: timer`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fnrt_proto::agent::v1 as apb;
+
+use super::Scheduler;
+use crate::model::{parse_schedule, Cron};
+
+/// Whether `schedule` has a time in (`after`, `until`].
+fn due(schedule: &str, after: DateTime<Utc>, until: DateTime<Utc>) -> bool {
+    parse_schedule(schedule)
+        .ok()
+        .and_then(|c| c.find_next_occurrence(&after, false).ok())
+        .is_some_and(|next| next <= until)
+}
+
+impl Scheduler {
+    async fn fire(self: Arc<Self>, cron: Cron) {
+        let name = format!("fn-{}", cron.function_id);
+        let Some(route) = self.route(&name) else {
+            tracing::warn!(cron = %cron.id, function = %cron.function_id, "cron due but its function runs on no agent");
+            return;
+        };
+        let Some(mut client) = self.client_for(&route) else { return };
+        let payload = serde_json::Value::Object(cron.args.clone()).to_string().into_bytes();
+        let mut req = tonic::Request::new(apb::InvokeRequest {
+            function: name,
+            payload,
+            request_id: String::new(),
+            trigger_source: "timer".into(),
+        });
+        req.set_timeout(Duration::from_secs(900));
+        match client.invoke(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                tracing::info!(cron = %cron.id, status = r.status, request_id = %r.request_id, "cron fired");
+            }
+            Err(s) => tracing::warn!(cron = %cron.id, error = %s.message(), "cron call failed"),
+        }
+        drop(route);
+    }
+
+    /// Checks the crons every second until the process ends.
+    pub async fn run_timer(self: Arc<Self>) {
+        let mut last = Utc::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = Utc::now();
+            let crons: Vec<Cron> = self.state.read(|d| d.crons.values().cloned().collect());
+            for cron in crons.into_iter().filter(|c| due(&c.schedule, last, now)) {
+                tokio::spawn(self.clone().fire(cron));
+            }
+            last = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_is_due_once_per_occurrence() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc));
+        let (Ok(a), Ok(b), Ok(c)) =
+            (t("2026-01-01T00:00:59Z"), t("2026-01-01T00:01:00Z"), t("2026-01-01T00:01:01Z"))
+        else {
+            panic!("times parse")
+        };
+        assert!(due("* * * * *", a, b));
+        assert!(!due("* * * * *", b, c));
+        assert!(!due("*/5 * * * *", a, b));
+    }
+}

@@ -1,0 +1,147 @@
+//! The resources in memory, written through to the [`Store`].
+//!
+//! Reads take a short lock on the maps and never wait for I/O. Writes are serialized by
+//! one async writer lock: a change is computed against the current maps, made durable in
+//! the store (on a blocking thread), and only then applied to the maps, so what readers
+//! see is always on disk.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::model::{Cron, Function, Namespace, Token};
+use crate::store::{Op, Store};
+
+/// Everything the control plane keeps, by id.
+#[derive(Debug, Default, Clone)]
+pub struct Data {
+    /// Namespaces.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Functions.
+    pub functions: BTreeMap<String, Function>,
+    /// Tokens.
+    pub tokens: BTreeMap<String, Token>,
+    /// Crons.
+    pub crons: BTreeMap<String, Cron>,
+}
+
+/// One change of a write.
+// A write holds a handful of changes, briefly: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Creates or replaces a namespace.
+    Namespace(Namespace),
+    /// Creates or replaces a function.
+    Function(Function),
+    /// Creates or replaces a token.
+    Token(Token),
+    /// Creates or replaces a cron.
+    Cron(Cron),
+    /// Removes a namespace.
+    DeleteNamespace(String),
+    /// Removes a function.
+    DeleteFunction(String),
+    /// Removes a token.
+    DeleteToken(String),
+    /// Removes a cron.
+    DeleteCron(String),
+}
+
+const NAMESPACES: &str = "namespaces/";
+const FUNCTIONS: &str = "functions/";
+const TOKENS: &str = "tokens/";
+const CRONS: &str = "crons/";
+
+impl Change {
+    fn op(&self) -> Result<Op, Error> {
+        fn put<T: serde::Serialize>(prefix: &str, id: &str, v: &T) -> Result<Op, Error> {
+            let bytes =
+                serde_json::to_vec(v).map_err(|e| Error::Internal(format!("encode {prefix}{id}: {e}")))?;
+            Ok(Op::Put(format!("{prefix}{id}"), bytes))
+        }
+        match self {
+            Change::Namespace(n) => put(NAMESPACES, &n.id, n),
+            Change::Function(f) => put(FUNCTIONS, &f.id, f),
+            Change::Token(t) => put(TOKENS, &t.id, t),
+            Change::Cron(c) => put(CRONS, &c.id, c),
+            Change::DeleteNamespace(id) => Ok(Op::Delete(format!("{NAMESPACES}{id}"))),
+            Change::DeleteFunction(id) => Ok(Op::Delete(format!("{FUNCTIONS}{id}"))),
+            Change::DeleteToken(id) => Ok(Op::Delete(format!("{TOKENS}{id}"))),
+            Change::DeleteCron(id) => Ok(Op::Delete(format!("{CRONS}{id}"))),
+        }
+    }
+
+    fn apply(self, d: &mut Data) {
+        match self {
+            Change::Namespace(n) => drop(d.namespaces.insert(n.id.clone(), n)),
+            Change::Function(f) => drop(d.functions.insert(f.id.clone(), f)),
+            Change::Token(t) => drop(d.tokens.insert(t.id.clone(), t)),
+            Change::Cron(c) => drop(d.crons.insert(c.id.clone(), c)),
+            Change::DeleteNamespace(id) => drop(d.namespaces.remove(&id)),
+            Change::DeleteFunction(id) => drop(d.functions.remove(&id)),
+            Change::DeleteToken(id) => drop(d.tokens.remove(&id)),
+            Change::DeleteCron(id) => drop(d.crons.remove(&id)),
+        }
+    }
+}
+
+/// The state: the maps and the store under them.
+pub struct State {
+    store: Arc<dyn Store>,
+    data: RwLock<Data>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+fn load<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<BTreeMap<String, T>, Error> {
+    let mut out = BTreeMap::new();
+    for (key, bytes) in store.list(prefix)? {
+        let v = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Internal(format!("stored record {key} cannot be read: {e}")))?;
+        out.insert(key[prefix.len()..].to_string(), v);
+    }
+    Ok(out)
+}
+
+impl State {
+    /// Loads every record of `store`.
+    pub fn open(store: Arc<dyn Store>) -> Result<State, Error> {
+        let data = Data {
+            namespaces: load(store.as_ref(), NAMESPACES)?,
+            functions: load(store.as_ref(), FUNCTIONS)?,
+            tokens: load(store.as_ref(), TOKENS)?,
+            crons: load(store.as_ref(), CRONS)?,
+        };
+        Ok(State { store, data: RwLock::new(data), writer: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Reads the maps.
+    pub fn read<R>(&self, f: impl FnOnce(&Data) -> R) -> R {
+        let d = self.data.read().unwrap_or_else(|p| p.into_inner());
+        f(&d)
+    }
+
+    /// Computes changes with `f` against the current maps, stores them, then applies them.
+    pub async fn write<R>(
+        &self,
+        f: impl FnOnce(&Data) -> Result<(Vec<Change>, R), Error>,
+    ) -> Result<R, Error> {
+        let _writer = self.writer.lock().await;
+        let (changes, out) = self.read(f)?;
+        if changes.is_empty() {
+            return Ok(out);
+        }
+        let ops = changes.iter().map(Change::op).collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.apply(&ops))
+            .await
+            .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
+        let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
+        for c in changes {
+            c.apply(&mut d);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,329 @@
+//! The control plane with real agents: the official Python SDK against its API, two agents
+//! behind one gateway (tokens, crons, a lost agent), and a restart that keeps everything.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fnrt_controlplane::Config as CpConfig;
+use fnrt_proto::agent::v1::{ListFunctionsRequest, RemoveFunctionRequest, StreamLogsRequest};
+use fnrt_tests::{connect, image, real_parts, TestAgent};
+use serde_json::{json, Value};
+
+const CLUSTER_TOKEN: &str = "cluster-token-for-tests-0123456789";
+
+async fn start_cp(dir: &Path) -> fnrt_controlplane::Handle {
+    real_parts();
+    let cfg = CpConfig {
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        gateway_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.to_path_buf(),
+        cluster_token: CLUSTER_TOKEN.into(),
+        heartbeat_interval_ms: 300,
+        lost_after_ms: 2000,
+        ..CpConfig::default()
+    };
+    fnrt_controlplane::start(cfg).await.expect("control plane starts")
+}
+
+async fn joined_agent(cp: &fnrt_controlplane::Handle, node: &str) -> TestAgent {
+    let url = format!("http://{}", cp.grpc_address);
+    let node = node.to_string();
+    let agent = TestAgent::start_with(move |c| {
+        c.controlplane_url = Some(url);
+        c.controlplane_token = Some(CLUSTER_TOKEN.into());
+        c.node_name = node;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cp.ctx.scheduler.agents().iter().any(|a| a.node == agent.cfg.node_name) {
+        assert!(Instant::now() < deadline, "agent {} did not join", agent.cfg.node_name);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent
+}
+
+/// Takes every function off an agent and waits until its instances are gone, then cleans it up.
+async fn clean(mut agent: TestAgent) {
+    let fns = agent.client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions;
+    for f in fns {
+        let name = f.spec.unwrap().name;
+        let _ = agent.client.remove_function(RemoveFunctionRequest { name }).await;
+    }
+    agent.cleanup().await;
+}
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(cp: &fnrt_controlplane::Handle) -> Api {
+        Api {
+            base: format!("http://{}/functions/v1beta1/regions/fr-par", cp.api_address),
+            token: cp.ctx.cfg.admin_token.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req =
+            self.http.request(method, format!("{}{path}", self.base)).header("X-Auth-Token", &self.token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap())
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(s, 200, "POST {path}: {v}");
+        v
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (s, v) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    async fn wait_ready(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let f = self.get(&format!("/functions/{id}")).await;
+            if f["status"] != "pending" {
+                return f;
+            }
+            assert!(Instant::now() < deadline, "function {id} stayed pending");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The venv's Python, made by scripts/test.
+fn sdk_python() -> String {
+    let py = std::env::var("FNRT_SDK_PYTHON").unwrap_or_else(|_| {
+        panic!("FNRT_SDK_PYTHON is not set: run the tests with scripts/test, which makes the SDK's virtual environment")
+    });
+    assert!(
+        Path::new(&py).exists(),
+        "{py} does not exist: run scripts/test, which makes the SDK's virtual environment"
+    );
+    py
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_python_sdk_drives_the_api() {
+    let python = sdk_python();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start_cp(dir.path()).await;
+    let agent = joined_agent(&cp, "sdk-node").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/test_sdk.py");
+    let out = tokio::process::Command::new(python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
+        .env("FNRT_API_URL", format!("http://{}", cp.api_address))
+        .env("FNRT_GATEWAY_URL", format!("http://{}", cp.gateway_address))
+        .env("FNRT_ADMIN_TOKEN", &cp.ctx.cfg.admin_token)
+        .env("FNRT_IMAGE_ECHO", image("echo"))
+        .env("FNRT_IMAGE_NEVER_LISTENS", image("never-listens"))
+        .env("FNRT_IMAGE_ARM64", image("arm64-only"))
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "the SDK tests failed:\n{text}");
+    // Every function the SDK tests made was deleted: the scheduler takes them off the agent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = agent.client.clone();
+    while !client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions.is_empty() {
+        assert!(Instant::now() < deadline, "deleted functions stayed on the agent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.shutdown().await;
+    clean(agent).await;
+}
+
+/// The ready instances of `name` on each agent.
+async fn ready_on(agents: &[&TestAgent], name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for a in agents {
+        let fns =
+            a.client.clone().list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions;
+        out.push(fns.iter().find(|f| f.spec.as_ref().unwrap().name == name).map_or(0, |f| f.ready));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_agents_one_gateway_private_calls_a_cron_and_a_lost_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start_cp(dir.path()).await;
+    let a = joined_agent(&cp, "node-a").await;
+    let b = joined_agent(&cp, "node-b").await;
+    let api = Api::new(&cp);
+
+    let ns = api.post("/namespaces", json!({ "name": "e2e" })).await;
+    let f = api
+        .post(
+            "/functions",
+            json!({
+                "namespace_id": ns["id"], "name": "echo", "min_scale": 2, "max_scale": 4,
+                "memory_limit": 128, "privacy": "private", "registry_image": image("echo"),
+                "image_acceleration": true,
+            }),
+        )
+        .await;
+    let id = f["id"].as_str().unwrap().to_string();
+    let name = format!("fn-{id}");
+    api.post(&format!("/functions/{id}/deploy"), json!({})).await;
+    let ready = api.wait_ready(&id).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    // min_scale 2 over two agents: one warm instance each.
+    assert_eq!(ready_on(&[&a, &b], &name).await, vec![1, 1]);
+
+    // Through the gateway, by host name and by path: private, then with a token.
+    let gw = format!("http://{}", cp.gateway_address);
+    let http = reqwest::Client::new();
+    let host = format!("e2e-echo.{}", cp.ctx.cfg.domain);
+    let r = http.get(format!("{gw}/x")).header("host", &host).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let token = api.post("/tokens", json!({ "function_id": id })).await;
+    let secret = token["token"].as_str().unwrap().to_string();
+    for _ in 0..6 {
+        let r = http
+            .get(format!("{gw}/x?q=1"))
+            .header("host", &host)
+            .header("X-Auth-Token", &secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(seen["path"], "/x?q=1");
+    }
+    let r = http.get(format!("{gw}/e2e/echo/y")).header("X-Auth-Token", &secret).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/tokens",
+            Some(json!({ "function_id": id, "expires_at": "2000-01-01T00:00:00Z" })),
+        )
+        .await;
+    assert_eq!((s, body["details"][0]["argument_name"].as_str()), (400, Some("expires_at")));
+    let (s, _) = api.call(reqwest::Method::GET, "/tokens/none", None).await;
+    assert_eq!(s, 404);
+    let soon = chrono_now_plus(1);
+    let short = api.post("/tokens", json!({ "function_id": id, "expires_at": soon })).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = http
+        .get(format!("{gw}/e2e/echo/"))
+        .header("X-Auth-Token", short["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "an expired token is refused");
+
+    // A cron every minute: the function sees the timer event with the cron's args.
+    api.post("/crons", json!({ "function_id": id, "schedule": "* * * * *", "args": { "job": "e2e-cron" } }))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(75);
+    'seen: loop {
+        for agent in [&a, &b] {
+            let mut logs = agent
+                .client
+                .clone()
+                .stream_logs(StreamLogsRequest { function: name.clone(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(line) = logs.message().await.unwrap() {
+                if line.line.contains("echo: timer event") && line.line.contains("e2e-cron") {
+                    break 'seen;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no cron call reached the function in 75 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Agent a goes away: after lost_after_ms its share is placed on b (two warm there).
+    let TestAgent { handle, cfg, dir: a_dir, .. } = a;
+    handle.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready_on(&[&b], &name).await != vec![2] {
+        assert!(Instant::now() < deadline, "min_scale was not restored on the other agent");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = http.get(format!("{gw}/e2e/echo/")).header("X-Auth-Token", &secret).send().await.unwrap();
+    assert_eq!(r.status(), 200, "calls go to the agent that is left");
+
+    // Cleanup: the function goes from b; a comes back standalone to stop what it adopted.
+    let (s, _) = api.call(reqwest::Method::DELETE, &format!("/functions/{id}"), None).await;
+    assert_eq!(s, 200);
+    cp.shutdown().await;
+    let mut cfg = cfg;
+    cfg.controlplane_url = None;
+    let handle = fnrt_agent::start(cfg.clone()).await.unwrap();
+    let client = connect(&handle.socket).await;
+    clean(TestAgent { handle, client, cfg, dir: a_dir }).await;
+    clean(b).await;
+}
+
+fn chrono_now_plus(secs: u64) -> String {
+    let t = std::time::SystemTime::now() + Duration::from_secs(secs);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[tokio::test]
+async fn a_restarted_control_plane_keeps_namespaces_functions_tokens_and_crons() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start_cp(dir.path()).await;
+    let api = Api::new(&cp);
+    let ns = api
+        .post(
+            "/namespaces",
+            json!({ "name": "keep", "secret_environment_variables": [{"key": "S", "value": "v"}] }),
+        )
+        .await;
+    let f = api
+        .post("/functions", json!({ "namespace_id": ns["id"], "name": "f", "registry_image": image("echo") }))
+        .await;
+    let t = api.post("/tokens", json!({ "namespace_id": ns["id"] })).await;
+    let c = api
+        .post("/crons", json!({ "function_id": f["id"], "schedule": "0 0 * * *", "args": {"a": 1} }))
+        .await;
+    let admin = cp.ctx.cfg.admin_token.clone();
+    cp.shutdown().await;
+
+    let cp = start_cp(dir.path()).await;
+    assert_eq!(cp.ctx.cfg.admin_token, admin, "the made admin key is kept");
+    let api = Api::new(&cp);
+    assert_eq!(api.get(&format!("/namespaces/{}", ns["id"].as_str().unwrap())).await, ns);
+    assert_eq!(
+        api.get(&format!("/functions/{}", f["id"].as_str().unwrap())).await["registry_image"],
+        f["registry_image"]
+    );
+    let tok = api.get(&format!("/tokens/{}", t["id"].as_str().unwrap())).await;
+    assert!(tok["token"].is_null(), "the token itself is never answered again");
+    assert_eq!(api.get(&format!("/crons/{}", c["id"].as_str().unwrap())).await, c);
+    assert!(fnrt_controlplane::tokens::allows(
+        &cp.ctx.state,
+        t["token"].as_str().unwrap(),
+        f["id"].as_str().unwrap(),
+        ns["id"].as_str().unwrap()
+    ));
+    let (s, _) =
+        api.call(reqwest::Method::DELETE, &format!("/namespaces/{}", ns["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, 200);
+    let (s, body) =
+        api.call(reqwest::Method::GET, &format!("/crons/{}", c["id"].as_str().unwrap()), None).await;
+    assert_eq!((s, body["resource"].as_str()), (404, Some("cron")), "a namespace goes with all it holds");
+    cp.shutdown().await;
+}

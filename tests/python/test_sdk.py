@@ -1,0 +1,202 @@
+"""The control plane's API driven by Scaleway's official Python SDK (scaleway on PyPI).
+
+Run by tests/controlplane.rs against a control plane and one joined agent; the
+addresses, keys and image references come from the environment it sets.
+"""
+
+import datetime
+import os
+import time
+import uuid
+
+import pytest
+import requests
+from scaleway import Client
+from scaleway.function.v1beta1 import FunctionV1Beta1API
+from scaleway.function.v1beta1.types import FunctionPrivacy, FunctionStatus, ListNamespacesRequestOrderBy
+from scaleway_core.api import ScalewayException
+from scaleway_core.utils import WaitForOptions
+
+API = os.environ["FNRT_API_URL"]
+GATEWAY = os.environ["FNRT_GATEWAY_URL"]
+ADMIN = os.environ["FNRT_ADMIN_TOKEN"]
+ECHO = os.environ["FNRT_IMAGE_ECHO"]
+NEVER = os.environ["FNRT_IMAGE_NEVER_LISTENS"]
+ARM = os.environ["FNRT_IMAGE_ARM64"]
+REGION = "fr-par"
+BASE = f"/functions/v1beta1/regions/{REGION}"
+
+
+@pytest.fixture(scope="module")
+def api():
+    client = Client(
+        access_key="SCW" + "X" * 17,
+        secret_key=ADMIN,
+        default_project_id=str(uuid.uuid4()),
+        default_region=REGION,
+        api_url=API,
+    )
+    return FunctionV1Beta1API(client)
+
+
+def raw(api, method, path, body=None):
+    """A call the SDK has no parameter for (registry_image), through its own transport."""
+    res = api._request(method, BASE + path, body=body)
+    api._throw_on_error(res)
+    return res.json()
+
+
+def error_of(call):
+    with pytest.raises(ScalewayException) as e:
+        call()
+    return e.value.status_code, e.value.response.json()
+
+
+def wait(api, function_id):
+    return api.wait_for_function(function_id=function_id, options=WaitForOptions(timeout=120, min_delay=0.3, max_delay=1))
+
+
+def test_namespaces_secrets_are_only_hashed(api):
+    ns = api.create_namespace(
+        name="sdk-ns",
+        environment_variables={"A": "1"},
+        secret_environment_variables=[{"key": "PASSWORD", "value": "hunter2-sdk"}],
+        description="made by the SDK",
+    )
+    assert ns.status == "ready" and ns.name == "sdk-ns" and ns.environment_variables == {"A": "1"}
+    assert [s.key for s in ns.secret_environment_variables] == ["PASSWORD"]
+    assert ns.secret_environment_variables[0].hashed_value.startswith("sha256:")
+    text = requests.get(f"{API}{BASE}/namespaces/{ns.id}", headers={"X-Auth-Token": ADMIN}).text
+    assert "hunter2-sdk" not in text
+    got = api.get_namespace(namespace_id=ns.id)
+    assert got.created_at is not None and got.created_at.tzinfo is not None
+    up = api.update_namespace(namespace_id=ns.id, environment_variables={"B": "2"}, description="changed")
+    assert up.environment_variables == {"B": "2"} and up.description == "changed"
+    status, body = error_of(lambda: api.create_namespace(name="sdk-ns"))
+    assert status == 409 and "exists" in body["message"]
+    deleted = api.delete_namespace(namespace_id=ns.id)
+    assert deleted.status == "deleting"
+    status, body = error_of(lambda: api.get_namespace(namespace_id=ns.id))
+    assert status == 404 and body["type"] == "not_found" and body["resource"] == "namespace"
+
+
+def test_pagination_and_order(api):
+    ids = [api.create_namespace(name=f"page-{i:02}").id for i in range(25)]
+    pages = [api.list_namespaces(name="page-", page=p, page_size=10) for p in (1, 2, 3, 4)]
+    assert [len(p.namespaces) for p in pages] == [10, 10, 5, 0]
+    assert all(p.total_count == 25 for p in pages)
+    every = api.list_namespaces_all(name="page-", page_size=10)
+    assert sorted(n.id for n in every) == sorted(ids)
+    desc = api.list_namespaces(name="page-", order_by=ListNamespacesRequestOrderBy.NAME_DESC, page_size=3)
+    assert [n.name for n in desc.namespaces] == ["page-24", "page-23", "page-22"]
+    status, body = error_of(lambda: api.list_namespaces(page_size=101))
+    assert status == 400 and body["type"] == "invalid_arguments"
+    assert body["details"][0]["argument_name"] == "page_size" and "100" in body["details"][0]["help_message"]
+    for i in ids:
+        api.delete_namespace(namespace_id=i)
+    assert api.list_namespaces(name="page-").total_count == 0
+
+
+def test_bad_input_is_refused_and_nothing_is_half_made(api):
+    status, body = error_of(lambda: api.create_namespace(name="Bad_Name"))
+    assert status == 400 and body["details"][0]["argument_name"] == "name"
+    assert api.list_namespaces(name="Bad_Name").total_count == 0
+    ns = api.create_namespace(name="bad-input")
+    status, body = error_of(lambda: api.create_function(namespace_id=ns.id, name="f", memory_limit=100))
+    assert status == 400 and "128" in body["details"][0]["help_message"]
+    status, body = error_of(lambda: api.create_function(namespace_id=ns.id, name="f", timeout="5m"))
+    assert status == 400 and body["details"][0]["argument_name"] == "timeout"
+    status, body = error_of(lambda: api.create_function(namespace_id=ns.id, name="f", min_scale=3, max_scale=2))
+    assert status == 400 and body["details"][0]["argument_name"] == "min_scale"
+    assert api.list_functions(namespace_id=ns.id).total_count == 0
+    status, body = error_of(lambda: api.get_function(function_id=str(uuid.uuid4())))
+    assert status == 404 and body["resource"] == "function"
+    status, body = error_of(lambda: api.create_function(namespace_id=str(uuid.uuid4()), name="f"))
+    assert status == 404 and body["resource"] == "namespace"
+    fn = api.create_function(namespace_id=ns.id, name="f")
+    status, body = error_of(lambda: api.create_cron(function_id=fn.id, schedule="every minute"))
+    assert status == 400 and body["details"][0]["argument_name"] == "schedule"
+    status, body = error_of(lambda: api.create_cron(function_id=fn.id, schedule="61 * * * *"))
+    assert status == 400
+    assert api.list_crons(function_id=fn.id).total_count == 0
+    status, body = error_of(lambda: api.deploy_function(function_id=fn.id))
+    assert status == 412 and "registry_image" in body["message"]
+    r = requests.get(f"{API}{BASE}/namespaces")
+    assert r.status_code == 401 and r.json()["type"] == "denied_authentication"
+    r = requests.get(f"{API}{BASE}/namespaces", headers={"X-Auth-Token": str(uuid.uuid4())})
+    assert r.status_code == 401
+    api.delete_namespace(namespace_id=ns.id)
+
+
+def test_deploy_call_tokens_and_crons(api):
+    ns = api.create_namespace(name="sdk-deploy", environment_variables={"FROM_NS": "ns"})
+    fn = api.create_function(
+        namespace_id=ns.id,
+        name="echo",
+        min_scale=1,
+        max_scale=2,
+        memory_limit=256,
+        timeout="30s",
+        privacy=FunctionPrivacy.PRIVATE,
+        environment_variables={"GREETING": "hello"},
+        secret_environment_variables=[{"key": "API_KEY", "value": "s3cret-sdk"}],
+    )
+    assert fn.status == FunctionStatus.CREATED and fn.timeout == "30s" and fn.domain_name.startswith("sdk-deploy-echo.")
+    raw(api, "PATCH", f"/functions/{fn.id}", {"registry_image": ECHO})
+    assert api.deploy_function(function_id=fn.id).status == FunctionStatus.PENDING
+    ready = wait(api, fn.id)
+    assert ready.status == FunctionStatus.READY, ready.error_message
+    assert ready.ready_at is not None
+    assert [f.id for f in api.list_functions_all(namespace_id=ns.id)] == [fn.id]
+
+    url = f"{GATEWAY}/sdk-deploy/echo/hello?x=1"
+    r = requests.post(url, data="hi")
+    assert r.status_code == 403 and "private" in r.json()["error"]
+    token = api.create_token(function_id=fn.id, description="for the test")
+    assert token.token
+    r = requests.post(url, data="hi", headers={"X-Auth-Token": token.token})
+    assert r.status_code == 200, r.text
+    seen = r.json()
+    assert seen["path"] == "/hello?x=1" and seen["body"] == "hi"
+    assert seen["env"]["GREETING"] == "hello" and seen["env"]["FROM_NS"] == "ns" and seen["env"]["API_KEY"] == "s3cret-sdk"
+    assert not any(k.lower() == "x-auth-token" for k, _ in seen["headers"]), "the token is not forwarded"
+    assert api.get_token(token_id=token.id).token is None
+    assert [t.id for t in api.list_tokens_all(function_id=fn.id)] == [token.id]
+    api.delete_token(token_id=token.id)
+    assert requests.post(url, data="hi", headers={"X-Auth-Token": token.token}).status_code == 403
+
+    ns_token = api.create_token(namespace_id=ns.id)
+    assert requests.post(url, headers={"X-Auth-Token": ns_token.token}).status_code == 200
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+    short = api.create_token(function_id=fn.id, expires_at=soon)
+    assert requests.post(url, headers={"X-Auth-Token": short.token}).status_code == 200
+    time.sleep(2.5)
+    assert requests.post(url, headers={"X-Auth-Token": short.token}).status_code == 403
+
+    cron = api.create_cron(function_id=fn.id, schedule="*/5 * * * *", args={"job": "nightly"}, name="c1")
+    assert cron.status == "ready" and cron.args == {"job": "nightly"}
+    cron = api.update_cron(cron_id=cron.id, schedule="0 * * * *")
+    assert api.get_cron(cron_id=cron.id).schedule == "0 * * * *"
+    assert [c.id for c in api.list_crons_all(function_id=fn.id)] == [cron.id]
+    assert api.delete_cron(cron_id=cron.id).id == cron.id
+
+    api.delete_function(function_id=fn.id)
+    assert requests.post(url, headers={"X-Auth-Token": ns_token.token}).status_code == 404
+    api.delete_namespace(namespace_id=ns.id)
+
+
+def test_failed_deploys_say_why(api):
+    ns = api.create_namespace(name="sdk-fail")
+    never = api.create_function(namespace_id=ns.id, name="never")
+    raw(api, "PATCH", f"/functions/{never.id}", {"registry_image": NEVER})
+    api.deploy_function(function_id=never.id)
+    got = wait(api, never.id)
+    assert got.status == FunctionStatus.ERROR and "9000" in got.error_message, got.error_message
+    arm = api.create_function(namespace_id=ns.id, name="arm")
+    raw(api, "PATCH", f"/functions/{arm.id}", {"registry_image": ARM})
+    api.deploy_function(function_id=arm.id)
+    got = wait(api, arm.id)
+    assert got.status == FunctionStatus.ERROR and "amd64" in got.error_message, got.error_message
+    r = requests.post(f"{GATEWAY}/sdk-fail/arm/")
+    assert r.status_code == 503 and "deploy failed" in r.json()["error"]
+    api.delete_namespace(namespace_id=ns.id)
