@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fnrt_controlplane::Config as CpConfig;
-use fnrt_proto::agent::v1::{ListFunctionsRequest, RemoveFunctionRequest, StreamLogsRequest};
+use fnrt_proto::agent::v1::{
+    ListFunctionsRequest, ListInstancesRequest, RemoveFunctionRequest, StreamLogsRequest,
+};
 use fnrt_tests::{connect, image, real_parts, TestAgent};
 use serde_json::{json, Value};
 
@@ -50,6 +52,16 @@ async fn clean(mut agent: TestAgent) {
     for f in fns {
         let name = f.spec.unwrap().name;
         let _ = agent.client.remove_function(RemoveFunctionRequest { name }).await;
+    }
+    // Removed functions' instances stop on their own once their calls end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+        if list.instances.iter().all(|i| !i.reason.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instances of removed functions did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     agent.cleanup().await;
 }

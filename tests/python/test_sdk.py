@@ -13,7 +13,7 @@ import pytest
 import requests
 from scaleway import Client
 from scaleway.function.v1beta1 import FunctionV1Beta1API
-from scaleway.function.v1beta1.types import FunctionPrivacy, FunctionStatus, ListNamespacesRequestOrderBy
+from scaleway.function.v1beta1.types import FunctionPrivacy, FunctionStatus, ListNamespacesRequestOrderBy, Secret
 from scaleway_core.api import ScalewayException
 from scaleway_core.utils import WaitForOptions
 
@@ -53,14 +53,14 @@ def error_of(call):
 
 
 def wait(api, function_id):
-    return api.wait_for_function(function_id=function_id, options=WaitForOptions(timeout=120, min_delay=0.3, max_delay=1))
+    return api.wait_for_function(function_id=function_id, options=WaitForOptions(timeout=120, min_delay=1, max_delay=2))
 
 
 def test_namespaces_secrets_are_only_hashed(api):
     ns = api.create_namespace(
         name="sdk-ns",
         environment_variables={"A": "1"},
-        secret_environment_variables=[{"key": "PASSWORD", "value": "hunter2-sdk"}],
+        secret_environment_variables=[Secret(key="PASSWORD", value="hunter2-sdk")],
         description="made by the SDK",
     )
     assert ns.status == "ready" and ns.name == "sdk-ns" and ns.environment_variables == {"A": "1"}
@@ -139,7 +139,7 @@ def test_deploy_call_tokens_and_crons(api):
         timeout="30s",
         privacy=FunctionPrivacy.PRIVATE,
         environment_variables={"GREETING": "hello"},
-        secret_environment_variables=[{"key": "API_KEY", "value": "s3cret-sdk"}],
+        secret_environment_variables=[Secret(key="API_KEY", value="s3cret-sdk")],
     )
     assert fn.status == FunctionStatus.CREATED and fn.timeout == "30s" and fn.domain_name.startswith("sdk-deploy-echo.")
     raw(api, "PATCH", f"/functions/{fn.id}", {"registry_image": ECHO})
