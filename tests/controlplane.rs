@@ -92,6 +92,20 @@ impl Api {
         (status, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap())
     }
 
+    /// A call outside the region's API (the operator's /fnrt/v1 paths).
+    async fn call_path(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let root = self.base.split("/functions/").next().unwrap();
+        let resp = self
+            .http
+            .request(method, format!("{root}{path}"))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap())
+    }
+
     async fn post(&self, path: &str, body: Value) -> Value {
         let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
         assert_eq!(s, 200, "POST {path}: {v}");
@@ -198,6 +212,23 @@ async fn two_agents_one_gateway_private_calls_a_cron_and_a_lost_agent() {
     assert_eq!(ready["status"], "ready", "{ready}");
     // min_scale 2 over two agents: one warm instance each.
     assert_eq!(ready_on(&[&a, &b], &name).await, vec![1, 1]);
+    // The operator's view shows it on both, once their heartbeats report it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, placement) = api.call_path(reqwest::Method::GET, "/fnrt/v1/placement").await;
+        let mut nodes: Vec<String> = placement["functions"][0]["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["node"].as_str().unwrap().to_string())
+            .collect();
+        nodes.sort();
+        if nodes == ["node-a", "node-b"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "placement: {placement}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Through the gateway, by host name and by path: private, then with a token.
     let gw = format!("http://{}", cp.gateway_address);

@@ -1,7 +1,9 @@
-//! agentctl, the operator's CLI for one fnrt agent.
+//! agentctl, the operator's CLI for one fnrt agent, and for the cluster's view of the
+//! control plane.
 //!
 //! It talks to the agent's gRPC API on its Unix socket (by default the one the dev stack
-//! and a production agent use, /run/fnrt/agent.sock) and, for `invoke`, to its data plane.
+//! and a production agent use, /run/fnrt/agent.sock), for `invoke` to its data plane, and
+//! for `cluster` to the control plane's management API.
 //!
 //! Exit codes: 0 success, 1 failure, 2 bad usage, 3 not found.
 
@@ -77,6 +79,8 @@ pub enum Command {
     Invoke(commands::invoke::InvokeArgs),
     /// Print what instances wrote to stdout and stderr (by function, instance or call).
     Logs(commands::logs::LogsArgs),
+    /// The control plane's view: agents and where functions run.
+    Cluster(commands::cluster::ClusterArgs),
 }
 
 /// A failed command.
@@ -123,6 +127,9 @@ impl From<tonic::Status> for CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     // reqwest's TLS (built for the agent's registry client) needs a crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Command::Cluster(args) = cli.command {
+        return commands::cluster::run(args, cli.output).await;
+    }
     let mut agent = connect(&cli.socket).await?;
     match cli.command {
         Command::Node { command } => commands::node::run(&mut agent, command, cli.output).await,
@@ -131,5 +138,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Instance { command } => commands::instance::run(&mut agent, command, cli.output).await,
         Command::Invoke(args) => commands::invoke::run(&mut agent, args).await,
         Command::Logs(args) => commands::logs::run(&mut agent, args, cli.output).await,
+        Command::Cluster(_) => Err(CliError::Usage("cluster commands do not use the agent".into())),
     }
 }

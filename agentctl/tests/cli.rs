@@ -120,3 +120,93 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
     assert!(again.2.contains("not deployed"), "{}", again.2);
     agent.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agentctl_shows_the_control_plane_view_of_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = fnrt_controlplane::start(fnrt_controlplane::Config {
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        gateway_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().to_path_buf(),
+        cluster_token: "cluster-token-for-cli-test".into(),
+        heartbeat_interval_ms: 200,
+        lost_after_ms: 2000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}", cp.grpc_address);
+    let agent = TestAgent::start_with(move |c| {
+        c.controlplane_url = Some(url);
+        c.controlplane_token = Some("cluster-token-for-cli-test".into());
+        c.node_name = "cli-node".into();
+    })
+    .await;
+    while cp.ctx.scheduler.agents().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let api = format!("http://{}", cp.api_address);
+    let token = cp.ctx.cfg.admin_token.clone();
+    let http = reqwest::Client::new();
+    let base = format!("{api}/functions/v1beta1/regions/fr-par");
+    let ns: serde_json::Value = serde_json::from_slice(
+        &http
+            .post(format!("{base}/namespaces"))
+            .header("X-Auth-Token", &token)
+            .body(r#"{"name":"clins"}"#)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let body = serde_json::json!({ "namespace_id": ns["id"], "name": "clifn" }).to_string();
+    let r = http
+        .post(format!("{base}/functions"))
+        .header("X-Auth-Token", &token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str], token: &str| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+                .args(["cluster", "--controlplane", &api, "--admin-token", token])
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        (
+            run(&["agents"], &token),
+            run(&["agents", "-o", "json"], &token),
+            run(&["placement"], &token),
+            run(&["agents"], "wrong"),
+        )
+    })
+    .await
+    .unwrap();
+    let (table, json, placement, wrong) = out;
+    assert_eq!(table.0, 0, "{}", table.2);
+    assert!(
+        table.1.starts_with("NODE") && table.1.contains("cli-node") && table.1.contains("ready"),
+        "{}",
+        table.1
+    );
+    let v: serde_json::Value = serde_json::from_str(&json.1).unwrap();
+    assert_eq!(v["agents"][0]["node"], "cli-node");
+    assert_eq!(v["agents"][0]["architecture"], "amd64");
+    assert!(placement.1.contains("clins/clifn") && placement.1.contains("created"), "{}", placement.1);
+    assert_eq!(wrong.0, 1);
+    assert!(wrong.2.contains("401") && wrong.2.contains("admin secret key"), "{}", wrong.2);
+    cp.shutdown().await;
+    agent.cleanup().await;
+}

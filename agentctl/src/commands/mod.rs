@@ -1,5 +1,6 @@
 //! One module per resource or verb.
 
+pub mod cluster;
 pub mod function;
 pub mod image;
 pub mod instance;

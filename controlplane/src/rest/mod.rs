@@ -2,6 +2,7 @@
 //! `/functions/v1beta1/regions/{region}/`, for the official SDKs. Handlers only parse,
 //! call the core (`namespaces`, `functions`, `tokens`, `crons`) and shape the answer.
 
+mod cluster;
 mod error;
 mod list;
 mod routes;

@@ -34,6 +34,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/crons/{id}", get(get_cron).patch(update_cron).delete(delete_cron));
     Router::new()
         .nest("/functions/v1beta1/regions/{region}", r)
+        .route("/fnrt/v1/agents", get(super::cluster::agents))
+        .route("/fnrt/v1/placement", get(super::cluster::placement))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), super::admin_only))
         .with_state(ctx)

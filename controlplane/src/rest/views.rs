@@ -46,14 +46,19 @@ pub fn namespace(n: &Namespace, site: &Site, status: &str) -> Value {
     })
 }
 
-/// A function; `namespace_name` makes its domain name.
-pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<&str>) -> Value {
-    let status = status.unwrap_or(match f.status {
+/// A function's status as the API names it.
+pub fn status(f: &Function) -> &'static str {
+    match f.status {
         FunctionStatus::Created => "created",
         FunctionStatus::Pending => "pending",
         FunctionStatus::Ready => "ready",
         FunctionStatus::Error => "error",
-    });
+    }
+}
+
+/// A function; `namespace_name` makes its domain name.
+pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<&str>) -> Value {
+    let status = status.unwrap_or(self::status(f));
     json!({
         "id": f.id,
         "name": f.name,

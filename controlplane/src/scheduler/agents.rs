@@ -50,6 +50,11 @@ impl Agent {
         (self.report.memory_bytes >> 20).saturating_sub(self.report.memory_reserved_mb)
     }
 
+    /// Free milli-CPUs by its limits.
+    pub fn free_cpu_millis(&self) -> u64 {
+        (u64::from(self.report.cpus) * 1000).saturating_sub(self.report.cpu_reserved_millis)
+    }
+
     /// Whether its report lists the function `name`.
     pub fn hosts(&self, name: &str) -> bool {
         self.report.functions.iter().any(|f| f.name == name)

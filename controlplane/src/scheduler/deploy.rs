@@ -77,7 +77,7 @@ impl Scheduler {
         let shares = super::place(
             f.min_scale,
             f.max_scale,
-            deployed.memory_mb,
+            super::need(deployed.memory_mb),
             &self.candidates(&live, &name, &deployed.image),
         )?;
         let calls = shares.iter().filter_map(|share| {

@@ -42,6 +42,12 @@ pub struct Scheduler {
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What one instance of `memory_mb` takes: its memory and the CPU quota the agents give
+/// it by default (1 vCPU per 1792 MB, at least 0.1).
+pub fn need(memory_mb: u32) -> (u32, u32) {
+    (memory_mb, (memory_mb * 1000 / 1792).max(100))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -135,6 +141,7 @@ impl Scheduler {
             .map(|a| Candidate {
                 node: a.node.clone(),
                 free_memory_mb: a.free_memory_mb(),
+                free_cpu_millis: a.free_cpu_millis(),
                 has_image: a.report.images.iter().any(|i| i == image),
                 hosts: self.hosts(a, name),
             })
@@ -207,7 +214,7 @@ impl Scheduler {
             let shares = match place(
                 f.min_scale,
                 f.max_scale,
-                d.memory_mb,
+                need(d.memory_mb),
                 &self.candidates(&live, &name, &d.image),
             ) {
                 Ok(s) => s,
