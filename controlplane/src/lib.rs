@@ -160,6 +160,14 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     let state = Arc::new(State::open(Arc::new(store))?);
     let cfg = Arc::new(cfg);
     let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone()));
+    // Deploys a stop cut short start again (their agents' calls are idempotent).
+    let pending: Vec<String> = state.read(|d| {
+        d.functions
+            .values()
+            .filter(|f| f.status == model::FunctionStatus::Pending)
+            .map(|f| f.id.clone())
+            .collect()
+    });
     let ctx = Arc::new(Ctx { cfg: cfg.clone(), state, scheduler: scheduler.clone() });
     let (shutdown, stop) = watch::channel(false);
     let api = bind(cfg.api_listen).await?;
@@ -193,6 +201,9 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }));
+    for id in pending {
+        scheduler.deploy(&id);
+    }
     tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, "control plane started");
     Ok(Handle { api_address, gateway_address, grpc_address, ctx, shutdown, tasks })
 }

@@ -69,10 +69,16 @@ impl Scheduler {
             })
             .ok_or_else(|| format!("function {id} was deleted during its deploy"))?;
         let deployed = Deployed::of(&f, &ns);
+        let name = f.agent_name();
+        // Right after a restart agents are still joining: give them one lost_after_ms.
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(u64::from(self.cfg.lost_after_ms));
+        while self.live().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         if f.image_acceleration {
             self.prefetch(&deployed.image).await;
         }
-        let name = f.agent_name();
         let live = self.live();
         let shares = super::place(
             f.min_scale,
