@@ -370,3 +370,249 @@ async fn a_restarted_control_plane_keeps_namespaces_functions_tokens_and_crons()
     assert_eq!((s, body["resource"].as_str()), (404, Some("cron")), "a namespace goes with all it holds");
     cp.shutdown().await;
 }
+
+/// A registry of the test's own whose notifications go to the control plane's webhook.
+struct NotifyingRegistry {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifyingRegistry {
+    async fn start(webhook: &str, token: &str) -> NotifyingRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n\
+             notifications:\n  endpoints:\n    - name: fnrt\n      url: {webhook}\n      headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry runs (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reqwest::get(format!("http://{addr}/v2/")).await.is_err() {
+            assert!(Instant::now() < deadline, "the test registry did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        NotifyingRegistry { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for NotifyingRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+async fn upload_blob(http: &reqwest::Client, registry: &str, repo: &str, bytes: Vec<u8>) -> String {
+    let digest = sha256(&bytes);
+    let r = http.post(format!("http://{registry}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let url = if location.starts_with("http") { location } else { format!("http://{registry}{location}") };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = http.put(format!("{url}{sep}digest={digest}")).body(bytes).send().await.unwrap();
+    assert_eq!(r.status(), 201, "blob upload");
+    digest
+}
+
+/// Pushes the echo image to `registry`/fnrt/app:`tag` with VERSION=`version` in its
+/// environment (and another entrypoint, if given), over the distribution API; returns the
+/// manifest's digest.
+async fn push_variant(registry: &str, tag: &str, version: u32, entrypoint: Option<&[&str]>) -> String {
+    let http = reqwest::Client::new();
+    let src = real_parts().registry;
+    let accept =
+        "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+    let r = http
+        .get(format!("http://{src}/v2/fnrt/echo/manifests/latest"))
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    let media_type = r.headers()["content-type"].to_str().unwrap().to_string();
+    let mut manifest: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let blob = |d: &str| format!("http://{src}/v2/fnrt/echo/blobs/{d}");
+    for layer in manifest["layers"].as_array().unwrap().clone() {
+        let bytes =
+            http.get(blob(layer["digest"].as_str().unwrap())).send().await.unwrap().bytes().await.unwrap();
+        upload_blob(&http, registry, "fnrt/app", bytes.to_vec()).await;
+    }
+    let config_bytes = http
+        .get(blob(manifest["config"]["digest"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut config: Value = serde_json::from_slice(&config_bytes).unwrap();
+    let env = config["config"]["Env"].as_array().cloned().unwrap_or_default();
+    let mut env: Vec<Value> =
+        env.into_iter().filter(|e| !e.as_str().unwrap_or("").starts_with("VERSION=")).collect();
+    env.push(json!(format!("VERSION={version}")));
+    config["config"]["Env"] = json!(env);
+    if let Some(ep) = entrypoint {
+        config["config"]["Entrypoint"] = json!(ep);
+    }
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["size"] = json!(config_bytes.len());
+    manifest["config"]["digest"] = json!(upload_blob(&http, registry, "fnrt/app", config_bytes).await);
+    let body = serde_json::to_vec(&manifest).unwrap();
+    let digest = sha256(&body);
+    let r = http
+        .put(format!("http://{registry}/v2/fnrt/app/manifests/{tag}"))
+        .header("content-type", media_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "manifest push");
+    digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "webhook-token-for-tests";
+    real_parts();
+    let cp = fnrt_controlplane::start(CpConfig {
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        gateway_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().to_path_buf(),
+        cluster_token: CLUSTER_TOKEN.into(),
+        webhook_token: token.into(),
+        heartbeat_interval_ms: 300,
+        lost_after_ms: 2000,
+        ..CpConfig::default()
+    })
+    .await
+    .unwrap();
+    let webhook = format!("http://{}/fnrt/v1/registry-events", cp.api_address);
+    let reg = NotifyingRegistry::start(&webhook, token).await;
+    let agent = joined_agent(&cp, "push-node").await;
+    let api = Api::new(&cp);
+
+    push_variant(&reg.addr, "live", 1, None).await;
+    let ns = api.post("/namespaces", json!({ "name": "push" })).await;
+    let image = format!("{}/fnrt/app:live", reg.addr);
+    let f = api
+        .post("/functions", json!({ "namespace_id": ns["id"], "name": "app", "min_scale": 1, "memory_limit": 128, "registry_image": image }))
+        .await;
+    let id = f["id"].as_str().unwrap().to_string();
+    api.post(&format!("/functions/{id}/deploy"), json!({})).await;
+    assert_eq!(api.wait_ready(&id).await["status"], "ready");
+
+    // Calls all along: every one must succeed; the versions they saw are kept.
+    let url = format!("http://{}/push/app/v", cp.gateway_address);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let (mut failures, mut seen) = (Vec::new(), Vec::<String>::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+                        let version = v["env"]["VERSION"].as_str().unwrap_or("").to_string();
+                        if seen.last() != Some(&version) {
+                            seen.push(version);
+                        }
+                    }
+                    Ok(r) => failures.push(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (failures, seen)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // v2 to the tag: the notification redeploys, pinned to the pushed digest.
+    let v2 = push_variant(&reg.addr, "live", 2, None).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let f = api.get(&format!("/functions/{id}")).await;
+        if f["status"] == "ready"
+            && f["ready_at"] != json!(null)
+            && cp.ctx.state.read(|d| d.functions[&id].deploys) == 2
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the push did not redeploy: {f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deployed = cp.ctx.state.read(|d| d.functions[&id].deployed.clone().unwrap().image);
+    assert_eq!(deployed, format!("{image}@{v2}"));
+
+    // The same notification again (registries retry): no new deploy.
+    let again = json!({ "events": [{ "action": "push", "target": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": v2, "repository": "fnrt/app",
+        "tag": "live", "url": format!("http://{}/v2/fnrt/app/manifests/{v2}", reg.addr) } }] });
+    let r = reqwest::Client::new()
+        .post(&webhook)
+        .bearer_auth(token)
+        .body(again.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(r["deploying"], json!([]), "a digest already seen is not a new deploy");
+    let r = reqwest::Client::new().post(&webhook).bearer_auth("wrong").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // v3 never listens: its deploy fails, v2 keeps serving.
+    push_variant(&reg.addr, "live", 3, Some(&["/fixture", "never-listen"])).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let f = api.get(&format!("/functions/{id}")).await;
+        if f["status"] == "error" {
+            assert!(f["error_message"].as_str().unwrap().contains("9000"), "{f}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failing push did not end in error: {f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (failures, seen) = caller.await.unwrap();
+    assert!(failures.is_empty(), "calls failed during the switches: {failures:?}");
+    assert_eq!(seen, ["1", "2"], "calls saw v1, then v2, and v2 stayed after the failed v3");
+
+    let (s, _) = api.call(reqwest::Method::DELETE, &format!("/functions/{id}"), None).await;
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent
+        .client
+        .clone()
+        .list_functions(ListFunctionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .functions
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the deleted function stayed on the agent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.shutdown().await;
+    drop(reg);
+    clean(agent).await;
+}

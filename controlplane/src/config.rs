@@ -28,6 +28,9 @@ pub struct Config {
     pub cluster_token: String,
     /// Function endpoints are `<namespace>-<function>.<domain>`.
     pub domain: String,
+    /// The registry's notifications present it as `Authorization: Bearer <token>` on
+    /// `POST /fnrt/v1/registry-events`; empty: push-then-deploy is off.
+    pub webhook_token: String,
     /// The registry shown as the namespaces' `registry_endpoint`.
     pub registry: String,
     /// How often agents report, in ms.
@@ -47,6 +50,7 @@ impl Default for Config {
             admin_token: String::new(),
             cluster_token: String::new(),
             domain: "functions.localhost".into(),
+            webhook_token: String::new(),
             registry: "127.0.0.1:5000".into(),
             heartbeat_interval_ms: 2000,
             lost_after_ms: 10_000,
@@ -65,6 +69,7 @@ impl std::fmt::Debug for Config {
             .field("region", &self.region)
             .field("admin_token", &"<redacted>")
             .field("cluster_token", &"<redacted>")
+            .field("webhook_token", &"<redacted>")
             .field("domain", &self.domain)
             .field("registry", &self.registry)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
@@ -124,6 +129,7 @@ impl Config {
             "admin_token" => self.admin_token = value.into(),
             "cluster_token" => self.cluster_token = value.into(),
             "domain" => self.domain = value.into(),
+            "webhook_token" => self.webhook_token = value.into(),
             "registry" => self.registry = value.into(),
             "heartbeat_interval_ms" => self.heartbeat_interval_ms = parse(value)?,
             "lost_after_ms" => self.lost_after_ms = parse(value)?,

@@ -129,7 +129,13 @@ fn apply(f: &mut Function, input: FunctionInput) -> Result<(), Error> {
     f.handler = input.handler.unwrap_or(std::mem::take(&mut f.handler));
     f.description = input.description.unwrap_or(std::mem::take(&mut f.description));
     f.tags = input.tags.unwrap_or(std::mem::take(&mut f.tags));
-    f.registry_image = input.registry_image.unwrap_or(std::mem::take(&mut f.registry_image));
+    if let Some(image) = input.registry_image {
+        if image != f.registry_image {
+            // A new image: the digest seen for the old one's tag no longer applies.
+            f.pushed_digest = None;
+        }
+        f.registry_image = image;
+    }
     f.image_acceleration = input.image_acceleration.unwrap_or(f.image_acceleration);
     f.updated_at = Utc::now();
     Ok(())
@@ -172,6 +178,7 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
         updated_at: now,
         ready_at: None,
         deployed: None,
+        pushed_digest: None,
     };
     apply(&mut f, input)?;
     state
@@ -232,6 +239,12 @@ pub async fn delete(state: &State, id: &str) -> Result<Function, Error> {
             let mut changes = vec![Change::DeleteFunction(id.to_string())];
             changes.extend(
                 d.crons.values().filter(|c| c.function_id == id).map(|c| Change::DeleteCron(c.id.clone())),
+            );
+            changes.extend(
+                d.domains
+                    .values()
+                    .filter(|x| x.function_id == id)
+                    .map(|x| Change::DeleteDomain(x.id.clone())),
             );
             changes.extend(
                 d.tokens

@@ -1,6 +1,6 @@
 //! The gateway: the endpoint function clients call. A function is reached at
 //! `http://<namespace>-<function>.<domain>/...` (by the Host header) or, for local use,
-//! `http://<gateway>/<namespace>/<function>/...`. Private functions need a valid token of
+//! `http://<gateway>/<namespace>/<function>/...`, or at a custom domain's host name. Private functions need a valid token of
 //! the function or its namespace in `X-Auth-Token`. Calls go to an agent's data plane,
 //! which adds the SCF headers and runs the pool.
 
@@ -45,6 +45,10 @@ fn target(ctx: &Ctx, req: &Request) -> Option<(Function, String)> {
             let ns = d.namespaces.values().find(|n| n.name == ns)?;
             d.functions.values().find(|x| x.namespace_id == ns.id && x.name == f).cloned()
         };
+        // A custom domain routes its whole host name to one function.
+        if let Some(x) = d.domains.values().find(|x| x.hostname.eq_ignore_ascii_case(host)) {
+            return d.functions.get(&x.function_id).cloned().map(|f| (f, pq.clone()));
+        }
         if let Some(label) = host.strip_suffix(&format!(".{}", ctx.cfg.domain)) {
             // <namespace>-<function>: both may hold '-', so try every split.
             for (i, _) in label.match_indices('-') {

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod crons;
+pub mod domains;
 pub mod error;
 pub mod functions;
 pub mod gateway;
@@ -15,6 +16,7 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -139,6 +139,10 @@ pub struct Function {
     /// What the last successful deploy put on the agents.
     #[serde(default)]
     pub deployed: Option<Deployed>,
+    /// The digest its tag was last pushed at (from the registry's notifications); deploys
+    /// pin the image to it.
+    #[serde(default)]
+    pub pushed_digest: Option<String>,
 }
 
 /// The part of a function that a deploy fixes (scales apply at once, these at a deploy).
@@ -179,8 +183,12 @@ impl Deployed {
         let mut secrets: BTreeMap<String, String> =
             ns.secrets.iter().map(|s| (s.key.clone(), s.value.clone())).collect();
         secrets.extend(f.secrets.iter().map(|s| (s.key.clone(), s.value.clone())));
+        let image = match &f.pushed_digest {
+            Some(digest) => format!("{}@{digest}", f.registry_image),
+            None => f.registry_image.clone(),
+        };
         Deployed {
-            image: f.registry_image.clone(),
+            image,
             version: f.deploys.to_string(),
             env,
             secrets,
@@ -241,6 +249,42 @@ pub struct Cron {
     pub name: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+}
+
+/// A custom host name the gateway routes to a function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Domain {
+    /// UUID.
+    pub id: String,
+    /// The host name, lowercase.
+    pub hostname: String,
+    /// The function it routes to.
+    pub function_id: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Checks a host name: dot-separated labels of 1 to 63 of a-z, 0-9 and '-' (not at a
+/// label's ends), at least two labels, 253 characters at most.
+pub fn check_hostname(host: &str) -> Result<(), String> {
+    let labels: Vec<&str> = host.split('.').collect();
+    let ok = host.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name: give lowercase labels of a-z, 0-9 and '-' separated by dots, e.g. \
+             api.example.com"
+        ))
+    }
 }
 
 /// Checks a namespace or function name: 1 to 63 of a-z, 0-9 and '-', starting with a
@@ -351,6 +395,10 @@ mod tests {
         assert!(check_env_key("A_1").is_ok());
         assert!(check_env_key("1A").is_err());
         assert!(check_env_key("A-B").is_err());
+        assert!(check_hostname("api.example.com").is_ok());
+        for bad in ["localhost", "API.example.com", "-a.example.com", "a..b", "a b.com"] {
+            assert!(check_hostname(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::model::{Cron, Function, Namespace, Token};
+use crate::model::{Cron, Domain, Function, Namespace, Token};
 use crate::store::{Op, Store};
 
 /// Everything the control plane keeps, by id.
@@ -25,6 +25,8 @@ pub struct Data {
     pub tokens: BTreeMap<String, Token>,
     /// Crons.
     pub crons: BTreeMap<String, Cron>,
+    /// Custom domains.
+    pub domains: BTreeMap<String, Domain>,
 }
 
 /// One change of a write.
@@ -40,6 +42,8 @@ pub enum Change {
     Token(Token),
     /// Creates or replaces a cron.
     Cron(Cron),
+    /// Creates a domain.
+    Domain(Domain),
     /// Removes a namespace.
     DeleteNamespace(String),
     /// Removes a function.
@@ -48,12 +52,15 @@ pub enum Change {
     DeleteToken(String),
     /// Removes a cron.
     DeleteCron(String),
+    /// Removes a domain.
+    DeleteDomain(String),
 }
 
 const NAMESPACES: &str = "namespaces/";
 const FUNCTIONS: &str = "functions/";
 const TOKENS: &str = "tokens/";
 const CRONS: &str = "crons/";
+const DOMAINS: &str = "domains/";
 
 impl Change {
     fn op(&self) -> Result<Op, Error> {
@@ -67,6 +74,8 @@ impl Change {
             Change::Function(f) => put(FUNCTIONS, &f.id, f),
             Change::Token(t) => put(TOKENS, &t.id, t),
             Change::Cron(c) => put(CRONS, &c.id, c),
+            Change::Domain(x) => put(DOMAINS, &x.id, x),
+            Change::DeleteDomain(id) => Ok(Op::Delete(format!("{DOMAINS}{id}"))),
             Change::DeleteNamespace(id) => Ok(Op::Delete(format!("{NAMESPACES}{id}"))),
             Change::DeleteFunction(id) => Ok(Op::Delete(format!("{FUNCTIONS}{id}"))),
             Change::DeleteToken(id) => Ok(Op::Delete(format!("{TOKENS}{id}"))),
@@ -80,6 +89,8 @@ impl Change {
             Change::Function(f) => drop(d.functions.insert(f.id.clone(), f)),
             Change::Token(t) => drop(d.tokens.insert(t.id.clone(), t)),
             Change::Cron(c) => drop(d.crons.insert(c.id.clone(), c)),
+            Change::Domain(x) => drop(d.domains.insert(x.id.clone(), x)),
+            Change::DeleteDomain(id) => drop(d.domains.remove(&id)),
             Change::DeleteNamespace(id) => drop(d.namespaces.remove(&id)),
             Change::DeleteFunction(id) => drop(d.functions.remove(&id)),
             Change::DeleteToken(id) => drop(d.tokens.remove(&id)),
@@ -113,6 +124,7 @@ impl State {
             functions: load(store.as_ref(), FUNCTIONS)?,
             tokens: load(store.as_ref(), TOKENS)?,
             crons: load(store.as_ref(), CRONS)?,
+            domains: load(store.as_ref(), DOMAINS)?,
         };
         Ok(State { store, data: RwLock::new(data), writer: tokio::sync::Mutex::new(()) })
     }

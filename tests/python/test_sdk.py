@@ -180,6 +180,19 @@ def test_deploy_call_tokens_and_crons(api):
     assert [c.id for c in api.list_crons_all(function_id=fn.id)] == [cron.id]
     assert api.delete_cron(cron_id=cron.id).id == cron.id
 
+    dom = api.create_domain(hostname="api.example.test", function_id=fn.id)
+    assert dom.url == "http://api.example.test" and dom.status == "ready"
+    by_host = {"Host": "api.example.test", "X-Auth-Token": ns_token.token}
+    r = requests.post(f"{GATEWAY}/via-domain?d=1", headers=by_host)
+    assert r.status_code == 200 and r.json()["path"] == "/via-domain?d=1", r.text
+    status, body = error_of(lambda: api.create_domain(hostname="api.example.test", function_id=fn.id))
+    assert status == 409 and body["resource"] == "domain"
+    status, body = error_of(lambda: api.create_domain(hostname="not a host", function_id=fn.id))
+    assert status == 400 and body["details"][0]["argument_name"] == "hostname"
+    assert [x.id for x in api.list_domains_all(function_id=fn.id)] == [dom.id]
+    assert api.delete_domain(domain_id=dom.id).status == "deleting"
+    assert requests.post(f"{GATEWAY}/via-domain", headers=by_host).status_code == 404
+
     api.delete_function(function_id=fn.id)
     assert requests.post(url, headers={"X-Auth-Token": ns_token.token}).status_code == 404
     api.delete_namespace(namespace_id=ns.id)

@@ -7,6 +7,7 @@ mod error;
 mod list;
 mod routes;
 pub mod views;
+mod webhook;
 
 use std::sync::Arc;
 

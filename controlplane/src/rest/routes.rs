@@ -14,7 +14,7 @@ use super::views::{self, Site};
 use super::ApiError;
 use crate::error::Error;
 use crate::model::Function;
-use crate::{crons, functions, namespaces, tokens, Ctx};
+use crate::{crons, domains, functions, namespaces, tokens, Ctx};
 
 type Answer = Result<Json<Value>, ApiError>;
 type Ax = AxState<Arc<Ctx>>;
@@ -31,14 +31,17 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", get(get_token).delete(delete_token))
         .route("/crons", get(list_crons).post(create_cron))
-        .route("/crons/{id}", get(get_cron).patch(update_cron).delete(delete_cron));
-    Router::new()
+        .route("/crons/{id}", get(get_cron).patch(update_cron).delete(delete_cron))
+        .route("/domains", get(list_domains).post(create_domain))
+        .route("/domains/{id}", get(get_domain).delete(delete_domain));
+    let admin = Router::new()
         .nest("/functions/v1beta1/regions/{region}", r)
         .route("/fnrt/v1/agents", get(super::cluster::agents))
         .route("/fnrt/v1/placement", get(super::cluster::placement))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(ctx.clone(), super::admin_only))
-        .with_state(ctx)
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), super::admin_only));
+    // The registry has its own token, not the admin key.
+    Router::new().route("/fnrt/v1/registry-events", post(super::webhook::events)).merge(admin).with_state(ctx)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -250,4 +253,35 @@ async fn update_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b:
 async fn delete_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
     region(&ctx, &r)?;
     Ok(Json(views::cron(&crons::delete(&ctx.state, &id).await?, "deleting")))
+}
+
+const DOMAIN_ORDERS: &[&str] = &["created_at_asc", "created_at_desc", "hostname_asc", "hostname_desc"];
+
+async fn list_domains(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
+    region(&ctx, &r)?;
+    let q = ListQuery::parse(q.as_deref(), DOMAIN_ORDERS)?;
+    let mut items = ctx.state.read(|d| {
+        d.domains
+            .values()
+            .filter(|x| q.filter("function_id").is_none_or(|f| x.function_id == f))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    order(&mut items, &q.order_by, |x| views::time(&x.created_at), |x| x.hostname.clone());
+    Ok(Json(q.page("domains", items.iter().map(|x| views::domain(x, "ready")).collect())))
+}
+
+async fn create_domain(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::domain(&domains::create(&ctx.state, body(&b)?).await?, "ready")))
+}
+
+async fn get_domain(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::domain(&domains::get(&ctx.state, &id)?, "ready")))
+}
+
+async fn delete_domain(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(views::domain(&domains::delete(&ctx.state, &id).await?, "deleting")))
 }

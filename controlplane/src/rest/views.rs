@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use crate::model::{Cron, Function, FunctionStatus, Namespace, SecretVar, Token};
+use crate::model::{Cron, Domain, Function, FunctionStatus, Namespace, SecretVar, Token};
 
 /// Times as the API gives them: RFC 3339 / ISO 8601 in UTC.
 pub fn time(t: &DateTime<Utc>) -> String {
@@ -116,5 +116,17 @@ pub fn cron(c: &Cron, status: &str) -> Value {
         "args": c.args,
         "status": status,
         "name": c.name,
+    })
+}
+
+/// A custom domain (served over HTTP by the gateway; no certificate is made).
+pub fn domain(x: &Domain, status: &str) -> Value {
+    json!({
+        "id": x.id,
+        "hostname": x.hostname,
+        "function_id": x.function_id,
+        "url": format!("http://{}", x.hostname),
+        "status": status,
+        "error_message": null,
     })
 }

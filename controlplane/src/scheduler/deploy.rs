@@ -1,6 +1,8 @@
 //! A function's deploy: prefetch (with image acceleration), place, put on the agents,
 //! then `ready`, or `error` with the reason and nothing left of the attempt.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use fnrt_proto::agent::v1 as apb;
 use futures_util::future::join_all;
@@ -10,7 +12,9 @@ use crate::model::{Deployed, FunctionStatus};
 use crate::state::Change;
 
 impl Scheduler {
-    pub(super) async fn run_deploy(&self, id: &str) {
+    pub(super) async fn run_deploy(self: &Arc<Self>, id: &str) {
+        let pushed = |me: &Self| me.state.read(|d| d.functions.get(id).and_then(|f| f.pushed_digest.clone()));
+        let pushed_before = pushed(self);
         let outcome = self.deploy_function(id).await;
         if let Err(e) = &outcome {
             tracing::warn!(function = id, error = %e, "deploy failed");
@@ -37,6 +41,13 @@ impl Scheduler {
             .await;
         if let Err(e) = written {
             tracing::error!(function = id, error = %e, "cannot record the deploy's outcome");
+        }
+        // A push of its tag arrived during this deploy: deploy that digest now.
+        if pushed(self) != pushed_before {
+            match crate::functions::start_deploy(&self.state, id).await {
+                Ok(_) => self.deploy(id),
+                Err(e) => tracing::warn!(function = id, error = %e, "cannot deploy the pushed image"),
+            }
         }
         self.kick();
     }

@@ -1,0 +1,62 @@
+//! Custom domains: a host name the gateway routes to a function.
+
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::model::{check_hostname, Domain};
+use crate::state::{Change, State};
+
+/// Scaleway's CreateDomainRequest.
+#[derive(Debug, Deserialize)]
+pub struct CreateDomain {
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    function_id: Option<String>,
+}
+
+/// Creates a domain; a host name routes to one function only.
+pub async fn create(state: &State, req: CreateDomain) -> Result<Domain, Error> {
+    let hostname = req.hostname.ok_or_else(|| Error::invalid("hostname", "a domain needs its hostname"))?;
+    check_hostname(&hostname).map_err(|m| Error::invalid("hostname", m))?;
+    let function_id =
+        req.function_id.ok_or_else(|| Error::invalid("function_id", "a domain needs its function_id"))?;
+    let domain =
+        Domain { id: uuid::Uuid::new_v4().to_string(), hostname, function_id, created_at: Utc::now() };
+    state
+        .write(|d| {
+            if !d.functions.contains_key(&domain.function_id) {
+                return Err(Error::NotFound { resource: "function", id: domain.function_id.clone() });
+            }
+            if d.domains.values().any(|x| x.hostname == domain.hostname) {
+                return Err(Error::Conflict {
+                    resource: "domain",
+                    message: format!("host name {:?} routes to a function already", domain.hostname),
+                });
+            }
+            Ok((vec![Change::Domain(domain.clone())], domain))
+        })
+        .await
+}
+
+/// The domain `id`.
+pub fn get(state: &State, id: &str) -> Result<Domain, Error> {
+    state
+        .read(|d| d.domains.get(id).cloned())
+        .ok_or_else(|| Error::NotFound { resource: "domain", id: id.to_string() })
+}
+
+/// Deletes a domain: the gateway stops routing its host name.
+pub async fn delete(state: &State, id: &str) -> Result<Domain, Error> {
+    state
+        .write(|d| {
+            let x = d
+                .domains
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound { resource: "domain", id: id.to_string() })?;
+            Ok((vec![Change::DeleteDomain(id.to_string())], x))
+        })
+        .await
+}

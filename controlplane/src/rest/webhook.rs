@@ -1,0 +1,50 @@
+//! `POST /fnrt/v1/registry-events`: the registry's notifications (push-then-deploy).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::ApiError;
+use crate::error::Error;
+use crate::{webhook, Ctx};
+
+/// Reads the events, records tag pushes and starts the deploys they call for.
+pub async fn events(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let want = &ctx.cfg.webhook_token;
+    let given =
+        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if want.is_empty() {
+        return Err(Error::Precondition(
+            "push-then-deploy is off: set webhook_token on the control plane".into(),
+        )
+        .into());
+    }
+    if given.is_none_or(|g| Sha256::digest(g.as_bytes()) != Sha256::digest(want.as_bytes())) {
+        return Err(Error::Unauthenticated(
+            "registry notifications need Authorization: Bearer <webhook_token>".into(),
+        )
+        .into());
+    }
+    let envelope: webhook::Envelope = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid("body", format!("not a registry notification envelope: {e}")))?;
+    let mut deployed = Vec::new();
+    for push in webhook::pushes(envelope) {
+        for (id, busy) in webhook::record(&ctx.state, &push).await? {
+            tracing::info!(function = %id, image = %push.reference, digest = %push.digest, "tag pushed: deploying");
+            if !busy {
+                ctx.scheduler.deploy(&id);
+            }
+            deployed.push(id);
+        }
+    }
+    Ok(Json(json!({ "deploying": deployed })))
+}
