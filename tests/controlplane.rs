@@ -548,14 +548,15 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     let v2 = push_variant(&reg.addr, "live", 2, None).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let f = api.get(&format!("/functions/{id}")).await;
-        if f["status"] == "ready"
-            && f["ready_at"] != json!(null)
-            && cp.ctx.state.read(|d| d.functions[&id].deploys) == 2
-        {
+        // One read of the record: its status and deploy count together.
+        let (ready, deploys) = cp.ctx.state.read(|d| {
+            let f = &d.functions[&id];
+            (f.status == fnrt_controlplane::model::FunctionStatus::Ready, f.deploys)
+        });
+        if ready && deploys == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "the push did not redeploy: {f}");
+        assert!(Instant::now() < deadline, "the push did not redeploy (deploys {deploys})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let deployed = cp.ctx.state.read(|d| d.functions[&id].deployed.clone().unwrap().image);
@@ -615,4 +616,163 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     cp.shutdown().await;
     drop(reg);
     clean(agent).await;
+}
+
+/// A nats-server of the test's own on a free port.
+struct Nats {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Nats {
+    async fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/test installs Debian's nats-server)");
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Nats { child, url }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a line of `function`'s output on `agent` contains `text`.
+async fn printed(agent: &TestAgent, function: &str, text: &str) -> bool {
+    let mut logs = agent
+        .client
+        .clone()
+        .stream_logs(StreamLogsRequest { function: function.to_string(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(line) = logs.message().await.unwrap() {
+        if line.line.contains(text) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_messages_call_the_function_and_failed_deliveries_show_on_the_trigger() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    real_parts();
+    let cp = fnrt_controlplane::start(CpConfig {
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        gateway_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().to_path_buf(),
+        cluster_token: CLUSTER_TOKEN.into(),
+        nats_url: nats.url.clone(),
+        heartbeat_interval_ms: 300,
+        lost_after_ms: 2000,
+        ..CpConfig::default()
+    })
+    .await
+    .unwrap();
+    let agent = joined_agent(&cp, "nats-node").await;
+    let api = Api::new(&cp);
+    let ns = api.post("/namespaces", json!({ "name": "nats" })).await;
+    let f = api
+        .post("/functions", json!({ "namespace_id": ns["id"], "name": "echo", "min_scale": 1, "memory_limit": 128, "registry_image": image("echo") }))
+        .await;
+    let id = f["id"].as_str().unwrap().to_string();
+    api.post(&format!("/functions/{id}/deploy"), json!({})).await;
+    assert_eq!(api.wait_ready(&id).await["status"], "ready");
+    let nats_config = |subject: &str| json!({ "subject": subject, "mnq_nats_account_id": "acc", "mnq_project_id": "proj", "mnq_region": "fr-par" });
+    let t = api
+        .post(
+            "/triggers",
+            json!({ "name": "orders", "function_id": id, "scw_nats_config": nats_config("orders.new") }),
+        )
+        .await;
+    assert_eq!((t["status"].as_str(), t["input_type"].as_str()), (Some("ready"), Some("scw_nats")));
+
+    // A published message reaches the function as its event.
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        client.publish("orders.new", r#"{"order":42}"#.into()).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if printed(&agent, &format!("fn-{id}"), r#"echo: nats event: {"order":42}"#).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no NATS message reached the function in 20 s");
+    }
+
+    // A trigger of a function that runs nowhere: retried, then shown as the trigger's error.
+    let idle = api.post("/functions", json!({ "namespace_id": ns["id"], "name": "idle" })).await;
+    let bad = api
+        .post(
+            "/triggers",
+            json!({ "function_id": idle["id"], "scw_nats_config": nats_config("orders.idle") }),
+        )
+        .await;
+    let bad_id = bad["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        client.publish("orders.idle", "x".into()).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let t = api.get(&format!("/triggers/{bad_id}")).await;
+        if t["status"] == "error" {
+            let m = t["error_message"].as_str().unwrap();
+            assert!(m.contains("3 attempts") && m.contains("runs on no agent"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failed delivery did not show on the trigger: {t}");
+    }
+
+    // Bad triggers.
+    let (s, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/triggers",
+            Some(json!({ "function_id": id, "scw_nats_config": nats_config("a b") })),
+        )
+        .await;
+    assert_eq!((s, body["details"][0]["argument_name"].as_str()), (400, Some("scw_nats_config.subject")));
+    let (s, _) = api
+        .call(reqwest::Method::POST, "/triggers", Some(json!({ "function_id": id, "sqs_config": {} })))
+        .await;
+    assert_eq!(s, 400);
+    let list = api.get(&format!("/triggers?function_id={id}")).await;
+    assert_eq!(list["total_count"], 1);
+
+    let (s, _) =
+        api.call(reqwest::Method::DELETE, &format!("/namespaces/{}", ns["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent
+        .client
+        .clone()
+        .list_functions(ListFunctionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .functions
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the deleted function stayed on the agent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.shutdown().await;
+    clean(agent).await;
+    drop(nats);
 }

@@ -31,6 +31,9 @@ pub struct Config {
     /// The registry's notifications present it as `Authorization: Bearer <token>` on
     /// `POST /fnrt/v1/registry-events`; empty: push-then-deploy is off.
     pub webhook_token: String,
+    /// The NATS server `scw_nats_config` triggers subscribe on (`nats://host:port`);
+    /// empty: no NATS triggers.
+    pub nats_url: String,
     /// The registry shown as the namespaces' `registry_endpoint`.
     pub registry: String,
     /// How often agents report, in ms.
@@ -51,6 +54,7 @@ impl Default for Config {
             cluster_token: String::new(),
             domain: "functions.localhost".into(),
             webhook_token: String::new(),
+            nats_url: String::new(),
             registry: "127.0.0.1:5000".into(),
             heartbeat_interval_ms: 2000,
             lost_after_ms: 10_000,
@@ -70,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("admin_token", &"<redacted>")
             .field("cluster_token", &"<redacted>")
             .field("webhook_token", &"<redacted>")
+            .field("nats_url", &self.nats_url)
             .field("domain", &self.domain)
             .field("registry", &self.registry)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
@@ -130,6 +135,7 @@ impl Config {
             "cluster_token" => self.cluster_token = value.into(),
             "domain" => self.domain = value.into(),
             "webhook_token" => self.webhook_token = value.into(),
+            "nats_url" => self.nats_url = value.into(),
             "registry" => self.registry = value.into(),
             "heartbeat_interval_ms" => self.heartbeat_interval_ms = parse(value)?,
             "lost_after_ms" => self.lost_after_ms = parse(value)?,

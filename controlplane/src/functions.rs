@@ -247,6 +247,12 @@ pub async fn delete(state: &State, id: &str) -> Result<Function, Error> {
                     .map(|x| Change::DeleteDomain(x.id.clone())),
             );
             changes.extend(
+                d.triggers
+                    .values()
+                    .filter(|t| t.function_id == id)
+                    .map(|t| Change::DeleteTrigger(t.id.clone())),
+            );
+            changes.extend(
                 d.tokens
                     .values()
                     .filter(|t| t.function_id.as_deref() == Some(id))

@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod triggers;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -185,6 +186,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         serve(gw, gateway::router(ctx.clone()), stop.clone()),
         tokio::spawn(scheduler.clone().run()),
         tokio::spawn(scheduler.clone().run_timer()),
+        tokio::spawn(scheduler.clone().run_triggers()),
     ];
     let join = fnrt_proto::controlplane::v1::control_plane_server::ControlPlaneServer::new(
         scheduler::agents::Join { scheduler: scheduler.clone() },

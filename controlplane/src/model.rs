@@ -251,6 +251,29 @@ pub struct Cron {
     pub created_at: DateTime<Utc>,
 }
 
+/// A trigger: messages on a NATS subject call a function, each message the event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trigger {
+    /// UUID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The function it calls.
+    pub function_id: String,
+    /// The NATS subject it listens to.
+    pub subject: String,
+    /// As given (the control plane's NATS server stands for every account).
+    pub nats_account_id: String,
+    /// As given.
+    pub project_id: String,
+    /// As given.
+    pub region: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
 /// A custom host name the gateway routes to a function.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Domain {

@@ -168,6 +168,9 @@ pub async fn delete(state: &State, id: &str) -> Result<Namespace, Error> {
             for x in d.domains.values().filter(|x| functions.contains(&&x.function_id)) {
                 changes.push(Change::DeleteDomain(x.id.clone()));
             }
+            for t in d.triggers.values().filter(|t| functions.contains(&&t.function_id)) {
+                changes.push(Change::DeleteTrigger(t.id.clone()));
+            }
             for t in d.tokens.values().filter(|t| {
                 t.namespace_id.as_deref() == Some(id)
                     || t.function_id.as_ref().is_some_and(|f| functions.contains(&f))

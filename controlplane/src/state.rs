@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::model::{Cron, Domain, Function, Namespace, Token};
+use crate::model::{Cron, Domain, Function, Namespace, Token, Trigger};
 use crate::store::{Op, Store};
 
 /// Everything the control plane keeps, by id.
@@ -27,6 +27,8 @@ pub struct Data {
     pub crons: BTreeMap<String, Cron>,
     /// Custom domains.
     pub domains: BTreeMap<String, Domain>,
+    /// Triggers.
+    pub triggers: BTreeMap<String, Trigger>,
 }
 
 /// One change of a write.
@@ -44,6 +46,10 @@ pub enum Change {
     Cron(Cron),
     /// Creates a domain.
     Domain(Domain),
+    /// Creates or replaces a trigger.
+    Trigger(Trigger),
+    /// Removes a trigger.
+    DeleteTrigger(String),
     /// Removes a namespace.
     DeleteNamespace(String),
     /// Removes a function.
@@ -61,6 +67,7 @@ const FUNCTIONS: &str = "functions/";
 const TOKENS: &str = "tokens/";
 const CRONS: &str = "crons/";
 const DOMAINS: &str = "domains/";
+const TRIGGERS: &str = "triggers/";
 
 impl Change {
     fn op(&self) -> Result<Op, Error> {
@@ -76,6 +83,8 @@ impl Change {
             Change::Cron(c) => put(CRONS, &c.id, c),
             Change::Domain(x) => put(DOMAINS, &x.id, x),
             Change::DeleteDomain(id) => Ok(Op::Delete(format!("{DOMAINS}{id}"))),
+            Change::Trigger(t) => put(TRIGGERS, &t.id, t),
+            Change::DeleteTrigger(id) => Ok(Op::Delete(format!("{TRIGGERS}{id}"))),
             Change::DeleteNamespace(id) => Ok(Op::Delete(format!("{NAMESPACES}{id}"))),
             Change::DeleteFunction(id) => Ok(Op::Delete(format!("{FUNCTIONS}{id}"))),
             Change::DeleteToken(id) => Ok(Op::Delete(format!("{TOKENS}{id}"))),
@@ -91,6 +100,8 @@ impl Change {
             Change::Cron(c) => drop(d.crons.insert(c.id.clone(), c)),
             Change::Domain(x) => drop(d.domains.insert(x.id.clone(), x)),
             Change::DeleteDomain(id) => drop(d.domains.remove(&id)),
+            Change::Trigger(t) => drop(d.triggers.insert(t.id.clone(), t)),
+            Change::DeleteTrigger(id) => drop(d.triggers.remove(&id)),
             Change::DeleteNamespace(id) => drop(d.namespaces.remove(&id)),
             Change::DeleteFunction(id) => drop(d.functions.remove(&id)),
             Change::DeleteToken(id) => drop(d.tokens.remove(&id)),
@@ -125,6 +136,7 @@ impl State {
             tokens: load(store.as_ref(), TOKENS)?,
             crons: load(store.as_ref(), CRONS)?,
             domains: load(store.as_ref(), DOMAINS)?,
+            triggers: load(store.as_ref(), TRIGGERS)?,
         };
         Ok(State { store, data: RwLock::new(data), writer: tokio::sync::Mutex::new(()) })
     }

@@ -166,7 +166,8 @@ def test_deploy_call_tokens_and_crons(api):
     assert requests.post(url, data="hi", headers={"X-Auth-Token": token.token}).status_code == 403
 
     ns_token = api.create_token(namespace_id=ns.id)
-    assert requests.post(url, headers={"X-Auth-Token": ns_token.token}).status_code == 200
+    r = requests.post(url, headers={"X-Auth-Token": ns_token.token})
+    assert r.status_code == 200, r.text
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
     short = api.create_token(function_id=fn.id, expires_at=soon)
     assert requests.post(url, headers={"X-Auth-Token": short.token}).status_code == 200

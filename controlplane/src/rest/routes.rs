@@ -14,7 +14,7 @@ use super::views::{self, Site};
 use super::ApiError;
 use crate::error::Error;
 use crate::model::Function;
-use crate::{crons, domains, functions, namespaces, tokens, Ctx};
+use crate::{crons, domains, functions, namespaces, tokens, triggers, Ctx};
 
 type Answer = Result<Json<Value>, ApiError>;
 type Ax = AxState<Arc<Ctx>>;
@@ -33,7 +33,9 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/crons", get(list_crons).post(create_cron))
         .route("/crons/{id}", get(get_cron).patch(update_cron).delete(delete_cron))
         .route("/domains", get(list_domains).post(create_domain))
-        .route("/domains/{id}", get(get_domain).delete(delete_domain));
+        .route("/domains/{id}", get(get_domain).delete(delete_domain))
+        .route("/triggers", get(list_triggers).post(create_trigger))
+        .route("/triggers/{id}", get(get_trigger).patch(update_trigger).delete(delete_trigger));
     let admin = Router::new()
         .nest("/functions/v1beta1/regions/{region}", r)
         .route("/fnrt/v1/agents", get(super::cluster::agents))
@@ -284,4 +286,47 @@ async fn get_domain(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> 
 async fn delete_domain(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
     region(&ctx, &r)?;
     Ok(Json(views::domain(&domains::delete(&ctx.state, &id).await?, "deleting")))
+}
+
+fn trigger_view(ctx: &Ctx, t: &crate::model::Trigger, deleting: bool) -> Value {
+    views::trigger(t, ctx.scheduler.trigger_error(&t.id), deleting)
+}
+
+async fn list_triggers(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
+    region(&ctx, &r)?;
+    let q = ListQuery::parse(q.as_deref(), TIME_ORDERS)?;
+    let mut items = ctx.state.read(|d| {
+        d.triggers
+            .values()
+            .filter(|t| q.filter("function_id").is_none_or(|f| t.function_id == f))
+            .filter(|t| {
+                q.filter("namespace_id")
+                    .is_none_or(|n| d.functions.get(&t.function_id).is_some_and(|f| f.namespace_id == n))
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    order(&mut items, &q.order_by, |t| views::time(&t.created_at), |t| t.name.clone());
+    Ok(Json(q.page("triggers", items.iter().map(|t| trigger_view(&ctx, t, false)).collect())))
+}
+
+async fn create_trigger(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    let t = triggers::create(&ctx.state, body(&b)?, !ctx.cfg.nats_url.is_empty()).await?;
+    Ok(Json(trigger_view(&ctx, &t, false)))
+}
+
+async fn get_trigger(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(trigger_view(&ctx, &triggers::get(&ctx.state, &id)?, false)))
+}
+
+async fn update_trigger(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(trigger_view(&ctx, &triggers::update(&ctx.state, &id, body(&b)?).await?, false)))
+}
+
+async fn delete_trigger(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
+    region(&ctx, &r)?;
+    Ok(Json(trigger_view(&ctx, &triggers::delete(&ctx.state, &id).await?, true)))
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use crate::model::{Cron, Domain, Function, FunctionStatus, Namespace, SecretVar, Token};
+use crate::model::{Cron, Domain, Function, FunctionStatus, Namespace, SecretVar, Token, Trigger};
 
 /// Times as the API gives them: RFC 3339 / ISO 8601 in UTC.
 pub fn time(t: &DateTime<Utc>) -> String {
@@ -128,5 +128,34 @@ pub fn domain(x: &Domain, status: &str) -> Value {
         "url": format!("http://{}", x.hostname),
         "status": status,
         "error_message": null,
+    })
+}
+
+/// A NATS trigger; `error` is its last delivery failure, if any.
+pub fn trigger(t: &Trigger, error: Option<String>, deleting: bool) -> Value {
+    let status = if deleting {
+        "deleting"
+    } else if error.is_some() {
+        "error"
+    } else {
+        "ready"
+    };
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "function_id": t.function_id,
+        "input_type": "scw_nats",
+        "status": status,
+        "error_message": error,
+        "scw_nats_config": {
+            "subject": t.subject,
+            "mnq_nats_account_id": t.nats_account_id,
+            "mnq_project_id": t.project_id,
+            "mnq_region": t.region,
+            "mnq_credential_id": null,
+        },
+        "scw_sqs_config": null,
+        "sqs_config": null,
     })
 }

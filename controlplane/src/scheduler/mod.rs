@@ -9,6 +9,7 @@
 
 pub mod agents;
 mod deploy;
+mod nats;
 pub mod placement;
 pub mod timer;
 
@@ -35,6 +36,8 @@ pub struct Scheduler {
     applied: Mutex<HashMap<(String, String), apb::FunctionSpec>>,
     /// The gateway's calls in flight by (node, agent function name).
     in_flight: Arc<Mutex<HashMap<(String, String), u32>>>,
+    /// The last delivery error of each trigger that has one.
+    trigger_errors: Mutex<HashMap<String, String>>,
     kick: Notify,
 }
 
@@ -101,6 +104,7 @@ impl Scheduler {
             agents: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            trigger_errors: Mutex::new(HashMap::new()),
             kick: Notify::new(),
         }
     }
@@ -283,6 +287,27 @@ impl Scheduler {
             key,
             in_flight: self.in_flight.clone(),
         })
+    }
+
+    /// Calls function `function_id` through an agent's Invoke with `payload` as the event
+    /// and `source` as X-Scf-Trigger-Src; the function's status code.
+    pub async fn invoke(&self, function_id: &str, payload: Vec<u8>, source: &str) -> Result<u32, String> {
+        let name = format!("fn-{function_id}");
+        let route = self
+            .route(&name)
+            .ok_or_else(|| format!("function {function_id} runs on no agent: is it deployed?"))?;
+        let mut client =
+            self.client_for(&route).ok_or_else(|| format!("agent of function {function_id} is gone"))?;
+        let mut req = tonic::Request::new(apb::InvokeRequest {
+            function: name,
+            payload,
+            request_id: String::new(),
+            trigger_source: source.to_string(),
+        });
+        req.set_timeout(Duration::from_secs(900));
+        let answer =
+            client.invoke(req).await.map_err(|s| format!("agent {}: {}", route.dataplane, s.message()))?;
+        Ok(answer.into_inner().status)
     }
 
     /// The client of the agent a route goes to.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fnrt_proto::agent::v1 as apb;
 
 use super::Scheduler;
 use crate::model::{parse_schedule, Cron};
@@ -20,28 +19,11 @@ fn due(schedule: &str, after: DateTime<Utc>, until: DateTime<Utc>) -> bool {
 
 impl Scheduler {
     async fn fire(self: Arc<Self>, cron: Cron) {
-        let name = format!("fn-{}", cron.function_id);
-        let Some(route) = self.route(&name) else {
-            tracing::warn!(cron = %cron.id, function = %cron.function_id, "cron due but its function runs on no agent");
-            return;
-        };
-        let Some(mut client) = self.client_for(&route) else { return };
         let payload = serde_json::Value::Object(cron.args.clone()).to_string().into_bytes();
-        let mut req = tonic::Request::new(apb::InvokeRequest {
-            function: name,
-            payload,
-            request_id: String::new(),
-            trigger_source: "timer".into(),
-        });
-        req.set_timeout(Duration::from_secs(900));
-        match client.invoke(req).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                tracing::info!(cron = %cron.id, status = r.status, request_id = %r.request_id, "cron fired");
-            }
-            Err(s) => tracing::warn!(cron = %cron.id, error = %s.message(), "cron call failed"),
+        match self.invoke(&cron.function_id, payload, "timer").await {
+            Ok(status) => tracing::info!(cron = %cron.id, status, "cron fired"),
+            Err(e) => tracing::warn!(cron = %cron.id, error = %e, "cron call failed"),
         }
-        drop(route);
     }
 
     /// Checks the crons every second until the process ends.
