@@ -132,6 +132,38 @@ build_images() {
     rm -rf "$ctx"
   done
   push_too_large
+  build_runtime_images
+}
+
+# The code runtimes' base images (runtimes/*), from Debian's packages: python311 (CPython
+# 3.11 and fnrt's wrapper) and custom (BusyBox's shell for scf_bootstrap).
+build_runtime_images() {
+  local b=(buildah --storage-driver vfs --root "$FNRT_STATE/buildah/root" --runroot "$FNRT_STATE/buildah/run")
+  local debs="$ROOT/target/runtime-debs"
+  mkdir -p "$debs"
+  local python=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 zlib1g libexpat1 libffi8
+    libssl3 libbz2-1.0 liblzma5 libcrypt1 libgcc-s1)
+  local custom=(busybox-static)
+  for rt in python311 custom; do
+    local ctx pkgs
+    ctx=$(mktemp -d)
+    if [ "$rt" = python311 ]; then pkgs=("${python[@]}"); else pkgs=("${custom[@]}"); fi
+    (cd "$debs" && for p in "${pkgs[@]}"; do
+      ls "$p"_*.deb >/dev/null 2>&1 || apt-get download -qq "$p" 2>/dev/null || {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get download -qq "$p"; }
+    done)
+    mkdir -p "$ctx/rootfs"
+    for p in "${pkgs[@]}"; do dpkg-deb -x "$(ls "$debs/$p"_*.deb | head -1)" "$ctx/rootfs"; done
+    rm -rf "$ctx/rootfs/usr/share/doc" "$ctx/rootfs/usr/share/man" "$ctx/rootfs/usr/share/locale"
+    if [ "$rt" = custom ]; then
+      ln -sf busybox "$ctx/rootfs/bin/sh"
+    fi
+    cp "$ROOT/runtimes/$rt/"* "$ctx/"
+    log "image $FNRT_REGISTRY/fnrt/runtime-$rt:latest"
+    "${b[@]}" bud --quiet --format oci -f "$ctx/Containerfile" -t "fnrt/runtime-$rt:latest" "$ctx" >/dev/null
+    "${b[@]}" push --quiet --tls-verify=false "fnrt/runtime-$rt:latest" "docker://$FNRT_REGISTRY/fnrt/runtime-$rt:latest"
+    rm -rf "$ctx"
+  done
 }
 
 # Builds and pushes fnrt/large (about 200 MB, several layers) for the benchmarks.

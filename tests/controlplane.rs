@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 const CLUSTER_TOKEN: &str = "cluster-token-for-tests-0123456789";
 
 async fn start_cp(dir: &Path) -> fnrt_controlplane::Handle {
-    real_parts();
     let cfg = CpConfig {
+        registry: real_parts().registry,
         api_listen: "127.0.0.1:0".parse().unwrap(),
         gateway_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),

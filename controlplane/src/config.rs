@@ -31,6 +31,16 @@ pub struct Config {
     /// The registry's notifications present it as `Authorization: Bearer <token>` on
     /// `POST /fnrt/v1/registry-events`; empty: push-then-deploy is off.
     pub webhook_token: String,
+    /// Base image of the python311 runtime (default `<registry>/fnrt/runtime-python311:latest`).
+    pub python311_image: String,
+    /// Base image of the custom runtime (default `<registry>/fnrt/runtime-custom:latest`).
+    pub custom_image: String,
+    /// How clients reach the API, for upload and download URLs (default `http://<api_listen>`
+    /// as bound).
+    pub public_url: String,
+    /// Signs upload and download URLs (from `<state_dir>/url-key`; never configured).
+    #[serde(skip)]
+    pub url_key: Vec<u8>,
     /// The NATS server `scw_nats_config` triggers subscribe on (`nats://host:port`);
     /// empty: no NATS triggers.
     pub nats_url: String,
@@ -55,6 +65,10 @@ impl Default for Config {
             domain: "functions.localhost".into(),
             webhook_token: String::new(),
             nats_url: String::new(),
+            python311_image: String::new(),
+            custom_image: String::new(),
+            public_url: String::new(),
+            url_key: Vec::new(),
             registry: "127.0.0.1:5000".into(),
             heartbeat_interval_ms: 2000,
             lost_after_ms: 10_000,
@@ -75,6 +89,9 @@ impl std::fmt::Debug for Config {
             .field("cluster_token", &"<redacted>")
             .field("webhook_token", &"<redacted>")
             .field("nats_url", &self.nats_url)
+            .field("python311_image", &self.python311_image)
+            .field("custom_image", &self.custom_image)
+            .field("public_url", &self.public_url)
             .field("domain", &self.domain)
             .field("registry", &self.registry)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
@@ -136,6 +153,9 @@ impl Config {
             "domain" => self.domain = value.into(),
             "webhook_token" => self.webhook_token = value.into(),
             "nats_url" => self.nats_url = value.into(),
+            "python311_image" => self.python311_image = value.into(),
+            "custom_image" => self.custom_image = value.into(),
+            "public_url" => self.public_url = value.into(),
             "registry" => self.registry = value.into(),
             "heartbeat_interval_ms" => self.heartbeat_interval_ms = parse(value)?,
             "lost_after_ms" => self.lost_after_ms = parse(value)?,
@@ -164,5 +184,21 @@ impl Config {
         } else {
             Err(ConfigError(errors))
         }
+    }
+}
+
+impl Config {
+    /// The base image of a code runtime, if it is one.
+    pub fn runtime_image(&self, runtime: &str) -> Option<String> {
+        let (set, name) = match runtime {
+            "python311" => (&self.python311_image, "python311"),
+            "custom" => (&self.custom_image, "custom"),
+            _ => return None,
+        };
+        Some(if set.is_empty() {
+            format!("{}/fnrt/runtime-{name}:latest", self.registry)
+        } else {
+            set.clone()
+        })
     }
 }

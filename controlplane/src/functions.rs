@@ -179,6 +179,7 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
         ready_at: None,
         deployed: None,
         pushed_digest: None,
+        build_message: None,
     };
     apply(&mut f, input)?;
     state
@@ -263,8 +264,13 @@ pub async fn delete(state: &State, id: &str) -> Result<Function, Error> {
         .await
 }
 
-/// Marks a deploy as started (status `pending`); refused without an image or while one runs.
-pub async fn start_deploy(state: &State, id: &str) -> Result<Function, Error> {
+/// Marks a deploy as started (status `pending`); refused without an image (or, for a code
+/// function, `has_code` false) or while one runs.
+pub async fn start_deploy(
+    state: &State,
+    id: &str,
+    has_code: impl Fn(&Function) -> bool,
+) -> Result<Function, Error> {
     state
         .write(|d| {
             let mut f = d
@@ -272,10 +278,10 @@ pub async fn start_deploy(state: &State, id: &str) -> Result<Function, Error> {
                 .get(id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
-            if f.registry_image.is_empty() {
+            if f.registry_image.is_empty() && !has_code(&f) {
                 return Err(Error::Precondition(format!(
-                    "function {id} has no registry_image: set one with an update first (code functions \
-                     are not supported yet)"
+                    "function {id} has nothing to deploy: set a registry_image, or give it runtime python311 \
+                     or custom and upload its code to the upload-url"
                 )));
             }
             if f.status == FunctionStatus::Pending {

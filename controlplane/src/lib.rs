@@ -3,6 +3,7 @@
 //! places functions on the agents that joined (`scheduler`). State lives in an embedded
 //! store (`store`, redb) behind an interface an etcd backend can implement later.
 
+pub mod build;
 pub mod config;
 pub mod crons;
 pub mod domains;
@@ -130,6 +131,28 @@ fn admin_token(cfg: &Config) -> Result<String, StartError> {
     }
 }
 
+/// The key that signs upload and download URLs: `<state_dir>/url-key` (made at first start).
+fn url_key(cfg: &Config) -> Result<Vec<u8>, StartError> {
+    let path = cfg.state_dir.join("url-key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= 32 => Ok(k),
+        Ok(_) | Err(_) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = rand::random::<[u8; 32]>().to_vec();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io(&path))?;
+            f.write_all(&key).map_err(io(&path))?;
+            Ok(key)
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
 }
@@ -161,6 +184,12 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         .map_err(|e| error::Error::Internal(e.to_string()))?
         .map_err(error::Error::from)?;
     let state = Arc::new(State::open(Arc::new(store))?);
+    let api = bind(cfg.api_listen).await?;
+    if cfg.public_url.is_empty() {
+        let addr = api.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
+        cfg.public_url = format!("http://{addr}");
+    }
+    cfg.url_key = url_key(&cfg)?;
     let cfg = Arc::new(cfg);
     let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone()));
     // Deploys a stop cut short start again (their agents' calls are idempotent).
@@ -173,7 +202,6 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     });
     let ctx = Arc::new(Ctx { cfg: cfg.clone(), state, scheduler: scheduler.clone() });
     let (shutdown, stop) = watch::channel(false);
-    let api = bind(cfg.api_listen).await?;
     let gw = bind(cfg.gateway_listen).await?;
     let grpc = bind(cfg.grpc_listen).await?;
     let (api_address, gateway_address, grpc_address) = (

@@ -143,6 +143,9 @@ pub struct Function {
     /// pin the image to it.
     #[serde(default)]
     pub pushed_digest: Option<String>,
+    /// What the last build of a code function did (or why it failed).
+    #[serde(default)]
+    pub build_message: Option<String>,
 }
 
 /// The part of a function that a deploy fixes (scales apply at once, these at a deploy).

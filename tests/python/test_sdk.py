@@ -5,9 +5,11 @@ addresses, keys and image references come from the environment it sets.
 """
 
 import datetime
+import io
 import os
 import time
 import uuid
+import zipfile
 
 import pytest
 import requests
@@ -213,4 +215,77 @@ def test_failed_deploys_say_why(api):
     assert got.status == FunctionStatus.ERROR and "amd64" in got.error_message, got.error_message
     r = requests.post(f"{GATEWAY}/sdk-fail/arm/")
     assert r.status_code == 503 and "deploy failed" in r.json()["error"]
+    api.delete_namespace(namespace_id=ns.id)
+
+
+def zip_of(files):
+    """A zip of {name: text or (text, mode)}."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, content in files.items():
+            text, mode = content if isinstance(content, tuple) else (content, 0o644)
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o100000 | mode) << 16
+            z.writestr(info, text)
+    return buf.getvalue()
+
+
+def upload(api, function_id, data):
+    u = api.get_function_upload_url(function_id=function_id, content_length=len(data))
+    return requests.put(u.url, data=data, headers={"Content-Type": "application/octet-stream"})
+
+
+PY_V1 = 'def handle(event, context):\n    return {"statusCode": 200, "body": {"answer": "v1", "path": event["path"], "q": event["queryStringParameters"]}}\n'
+PY_V2 = 'def handle(event, context):\n    return {"answer": "v2", "body": event["body"]}\n'
+BOOT = "#!/bin/sh\nexec busybox httpd -f -p 9000 -h /var/user/www\n"
+
+
+def test_code_functions_python311_and_custom(api):
+    names = [r.name for r in api.list_function_runtimes().runtimes]
+    assert "python311" in names and "custom" in names, names
+    ns = api.create_namespace(name="sdk-code")
+    fn = api.create_function(namespace_id=ns.id, name="py", runtime="python311", handler="handler.handle", min_scale=1, memory_limit=256)
+
+    # Bad zips are refused and nothing is kept.
+    r = upload(api, fn.id, b"not a zip")
+    assert r.status_code == 400 and "not a zip" in r.text, r.text
+    r = upload(api, fn.id, zip_of({"../evil.py": "x", "handler.py": "x"}))
+    assert r.status_code == 400 and "leaves the zip" in r.text, r.text
+    r = upload(api, fn.id, zip_of({"other.py": "x"}))
+    assert r.status_code == 400 and "handler.py" in r.text, r.text
+    status, body = error_of(lambda: api.deploy_function(function_id=fn.id))
+    assert status == 412 and "upload" in body["message"]
+    u = api.get_function_upload_url(function_id=fn.id, content_length=10)
+    assert requests.put(u.url.replace("sig=", "sig=0"), data=b"x").status_code == 401
+
+    # Upload, deploy, call; then new code, redeploy, the new answer.
+    v1 = zip_of({"handler.py": PY_V1})
+    assert upload(api, fn.id, v1).status_code == 200
+    api.deploy_function(function_id=fn.id)
+    got = wait(api, fn.id)
+    assert got.status == FunctionStatus.READY, got.error_message
+    assert got.build_message.startswith("built ") and "/sdk-code/py:1@sha256:" in got.build_message, got.build_message
+    r = requests.get(f"{GATEWAY}/sdk-code/py/hello?x=1")
+    assert r.status_code == 200 and r.json() == {"answer": "v1", "path": "/hello", "q": {"x": "1"}}, r.text
+    d = api.get_function_download_url(function_id=fn.id)
+    assert requests.get(d.url).content == v1
+    assert upload(api, fn.id, zip_of({"handler.py": PY_V2})).status_code == 200
+    api.deploy_function(function_id=fn.id)
+    assert wait(api, fn.id).status == FunctionStatus.READY
+    r = requests.post(f"{GATEWAY}/sdk-code/py/", data="payload")
+    assert r.json() == {"answer": "v2", "body": "payload"}, r.text
+
+    # The custom runtime: scf_bootstrap starts the user's own server.
+    cf = api.create_function(namespace_id=ns.id, name="custom", runtime="custom", min_scale=1, memory_limit=128)
+    r = upload(api, cf.id, zip_of({"www/index.html": "x"}))
+    assert r.status_code == 400 and "scf_bootstrap" in r.text
+    assert upload(api, cf.id, zip_of({"scf_bootstrap": (BOOT, 0o755), "www/index.html": "custom v1"})).status_code == 200
+    api.deploy_function(function_id=cf.id)
+    got = wait(api, cf.id)
+    assert got.status == FunctionStatus.READY, got.error_message
+    assert requests.get(f"{GATEWAY}/sdk-code/custom/").text == "custom v1"
+    assert upload(api, cf.id, zip_of({"scf_bootstrap": (BOOT, 0o755), "www/index.html": "custom v2"})).status_code == 200
+    api.deploy_function(function_id=cf.id)
+    assert wait(api, cf.id).status == FunctionStatus.READY
+    assert requests.get(f"{GATEWAY}/sdk-code/custom/").text == "custom v2"
     api.delete_namespace(namespace_id=ns.id)

@@ -3,6 +3,7 @@
 //! call the core (`namespaces`, `functions`, `tokens`, `crons`) and shape the answer.
 
 mod cluster;
+pub mod code;
 mod error;
 mod list;
 mod routes;

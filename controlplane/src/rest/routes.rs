@@ -27,6 +27,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/functions", get(list_functions).post(create_function))
         .route("/functions/{id}", get(get_function).patch(update_function).delete(delete_function))
         .route("/functions/{id}/deploy", post(deploy_function))
+        .route("/functions/{id}/upload-url", get(super::code::upload_url))
+        .route("/functions/{id}/download-url", get(super::code::download_url))
         .route("/runtimes", get(list_runtimes))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", get(get_token).delete(delete_token))
@@ -42,8 +44,13 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/fnrt/v1/placement", get(super::cluster::placement))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), super::admin_only));
-    // The registry has its own token, not the admin key.
-    Router::new().route("/fnrt/v1/registry-events", post(super::webhook::events)).merge(admin).with_state(ctx)
+    // The registry has its own token, code URLs their signature: not the admin key.
+    Router::new()
+        .route("/fnrt/v1/registry-events", post(super::webhook::events))
+        .route("/fnrt/v1/code/{id}", axum::routing::put(super::code::put_code).get(super::code::get_code))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::build::code::MAX_ZIP_BYTES as usize + 1))
+        .merge(admin)
+        .with_state(ctx)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -69,6 +76,11 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
     let bytes = if bytes.is_empty() { &b"{}"[..] } else { bytes };
     serde_json::from_slice(bytes)
         .map_err(|e| Error::invalid("body", format!("not the JSON this call takes: {e}")))
+}
+
+/// Whether `f` is a code function with code uploaded.
+fn has_code(ctx: &Ctx, f: &Function) -> bool {
+    ctx.cfg.runtime_image(&f.runtime).is_some() && super::code::zip_path(ctx, &f.id).exists()
 }
 
 fn function_view(ctx: &Ctx, f: &Function, status: Option<&str>) -> Value {
@@ -160,7 +172,7 @@ async fn update_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>
     region(&ctx, &r)?;
     let (mut f, redeploy) = functions::update(&ctx.state, &id, body(&b)?).await?;
     if redeploy {
-        f = functions::start_deploy(&ctx.state, &id).await?;
+        f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
         ctx.scheduler.deploy(&id);
     } else {
         ctx.scheduler.kick();
@@ -177,15 +189,29 @@ async fn delete_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>
 
 async fn deploy_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
     region(&ctx, &r)?;
-    let f = functions::start_deploy(&ctx.state, &id).await?;
+    let f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
     ctx.scheduler.deploy(&id);
     Ok(Json(function_view(&ctx, &f, None)))
 }
 
-/// Code runtimes this control plane can build: none yet (image functions need none).
+/// The code runtimes whose base image is in the registry.
 async fn list_runtimes(AxState(ctx): Ax, Path(r): Path<String>) -> Answer {
     region(&ctx, &r)?;
-    Ok(Json(json!({ "runtimes": [], "total_count": 0 })))
+    let mut runtimes = Vec::new();
+    for (name, language, version, handler) in
+        [("python311", "Python", "3.11", "handler.handle"), ("custom", "Custom", "", "scf_bootstrap")]
+    {
+        let Some(image) = ctx.cfg.runtime_image(name) else { continue };
+        if crate::build::image::exists(&image).await {
+            runtimes.push(json!({
+                "name": name, "language": language, "version": version, "default_handler": handler,
+                "code_sample": "", "status": "available", "status_message": "", "extension": "zip",
+                "implementation": image, "logo_url": "",
+            }));
+        }
+    }
+    let n = runtimes.len();
+    Ok(Json(json!({ "runtimes": runtimes, "total_count": n })))
 }
 
 async fn list_tokens(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {

@@ -73,7 +73,7 @@ pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<
         "timeout": format!("{}s", f.timeout_s),
         "handler": f.handler,
         "error_message": f.error_message,
-        "build_message": null,
+        "build_message": f.build_message,
         "privacy": f.privacy,
         "description": f.description,
         "domain_name": format!("{namespace_name}-{}.{}", f.name, site.domain),

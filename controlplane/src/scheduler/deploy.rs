@@ -44,7 +44,7 @@ impl Scheduler {
         }
         // A push of its tag arrived during this deploy: deploy that digest now.
         if pushed(self) != pushed_before {
-            match crate::functions::start_deploy(&self.state, id).await {
+            match crate::functions::start_deploy(&self.state, id, |_| false).await {
                 Ok(_) => self.deploy(id),
                 Err(e) => tracing::warn!(function = id, error = %e, "cannot deploy the pushed image"),
             }
@@ -79,7 +79,23 @@ impl Scheduler {
                 Some((f, ns))
             })
             .ok_or_else(|| format!("function {id} was deleted during its deploy"))?;
-        let deployed = Deployed::of(&f, &ns);
+        let mut deployed = Deployed::of(&f, &ns);
+        if f.registry_image.is_empty() {
+            let built = crate::build::build(&self.cfg, &f, &ns).await;
+            let message = match &built {
+                Ok((_, m)) => m.clone(),
+                Err(e) => format!("build failed: {e}"),
+            };
+            let _ = self
+                .state
+                .write(|d| {
+                    let Some(mut g) = d.functions.get(id).cloned() else { return Ok((vec![], ())) };
+                    g.build_message = Some(message);
+                    Ok((vec![Change::Function(g)], ()))
+                })
+                .await;
+            deployed.image = built.map_err(|e| format!("build failed: {e}"))?.0;
+        }
         let name = f.agent_name();
         // Right after a restart agents are still joining: give them one lost_after_ms.
         let deadline =

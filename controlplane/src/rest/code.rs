@@ -1,0 +1,156 @@
+//! Code of code functions: `upload-url` and `download-url` (admin) give short-lived URLs
+//! signed with the control plane's key; `PUT`/`GET /fnrt/v1/code/{id}` at those URLs take
+//! or give the zip. A zip is checked before it is kept; a bad one is refused and nothing
+//! changes.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, RawQuery, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use super::list::ListQuery;
+use super::ApiError;
+use crate::build::code::{self, Entry, MAX_ZIP_BYTES};
+use crate::error::Error;
+use crate::{functions, Ctx};
+
+const URL_LIFETIME_S: i64 = 900;
+
+fn signature(ctx: &Ctx, method: &str, id: &str, expires: i64) -> String {
+    // HMAC keys of any length are accepted.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&ctx.cfg.url_key).expect("any key length");
+    mac.update(format!("{method}\n{id}\n{expires}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn signed_url(ctx: &Ctx, method: &str, id: &str) -> String {
+    let expires = chrono::Utc::now().timestamp() + URL_LIFETIME_S;
+    format!(
+        "{}/fnrt/v1/code/{id}?expires={expires}&sig={}",
+        ctx.cfg.public_url,
+        signature(ctx, method, id, expires)
+    )
+}
+
+/// The zip of function `id` on disk.
+pub fn zip_path(ctx: &Ctx, id: &str) -> std::path::PathBuf {
+    crate::build::zip_path(&ctx.cfg.state_dir, id)
+}
+
+/// The entry file a code function's zip must hold; an error when it is not a code function.
+pub fn entry_of(ctx: &Ctx, f: &crate::model::Function) -> Result<Entry, Error> {
+    if !f.registry_image.is_empty() || ctx.cfg.runtime_image(&f.runtime).is_none() {
+        return Err(Error::Precondition(format!(
+            "function {} is not a code function: give it runtime python311 or custom and no registry_image",
+            f.id
+        )));
+    }
+    Entry::of(&f.runtime, &f.handler).map_err(|m| Error::invalid("handler", m))
+}
+
+/// `GET .../functions/{id}/upload-url?content_length=N`.
+pub async fn upload_url(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path((_, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let f = functions::get(&ctx.state, &id)?;
+    entry_of(&ctx, &f)?;
+    let q = ListQuery::parse(q.as_deref(), &["created_at_asc"])?;
+    if let Some(n) = q.filter("content_length") {
+        let n: u64 =
+            n.parse().map_err(|_| Error::invalid("content_length", format!("{n:?} is not a number")))?;
+        if n > MAX_ZIP_BYTES {
+            return Err(Error::invalid(
+                "content_length",
+                format!("{n} bytes: a zip may have at most {MAX_ZIP_BYTES}"),
+            )
+            .into());
+        }
+    }
+    let url = signed_url(&ctx, "PUT", &id);
+    Ok(Json(json!({ "url": url, "headers": { "Content-Type": ["application/octet-stream"] } })))
+}
+
+/// `GET .../functions/{id}/download-url`.
+pub async fn download_url(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    functions::get(&ctx.state, &id)?;
+    if !zip_path(&ctx, &id).exists() {
+        return Err(Error::NotFound { resource: "code", id }.into());
+    }
+    Ok(Json(json!({ "url": signed_url(&ctx, "GET", &id), "headers": {} })))
+}
+
+/// The signature part of a code URL.
+#[derive(Deserialize)]
+pub struct Signed {
+    #[serde(default)]
+    expires: i64,
+    #[serde(default)]
+    sig: String,
+}
+
+fn verify(ctx: &Ctx, method: &str, id: &str, s: &Signed) -> Result<(), Error> {
+    if s.expires < chrono::Utc::now().timestamp() {
+        return Err(Error::Unauthenticated("this code URL has expired: ask for a new one".into()));
+    }
+    let want = signature(ctx, method, id, s.expires);
+    use sha2::Digest;
+    if Sha256::digest(want.as_bytes()) != Sha256::digest(s.sig.as_bytes()) {
+        return Err(Error::Unauthenticated("this code URL is not signed by this control plane".into()));
+    }
+    Ok(())
+}
+
+/// `PUT /fnrt/v1/code/{id}`: checks the zip and keeps it.
+pub async fn put_code(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path(id): Path<String>,
+    Query(s): Query<Signed>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    verify(&ctx, "PUT", &id, &s)?;
+    let f = functions::get(&ctx.state, &id)?;
+    let entry = entry_of(&ctx, &f)?;
+    let zip = body.to_vec();
+    let size = zip.len();
+    let path = zip_path(&ctx, &id);
+    tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        code::check(&zip, &entry).map_err(|m| Error::invalid("code", m))?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+        // Written aside, then renamed: a failed write leaves the last good zip.
+        let tmp = path.with_extension("zip.part");
+        std::fs::write(&tmp, &zip).map_err(|e| Error::Internal(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
+    tracing::info!(function = %id, bytes = size, "code uploaded");
+    Ok(Json(json!({ "function_id": id, "size": size })))
+}
+
+/// `GET /fnrt/v1/code/{id}`: the current zip.
+pub async fn get_code(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path(id): Path<String>,
+    Query(s): Query<Signed>,
+) -> Response {
+    if let Err(e) = verify(&ctx, "GET", &id, &s) {
+        return ApiError(e).into_response();
+    }
+    match tokio::fs::read(zip_path(&ctx, &id)).await {
+        Ok(bytes) => (StatusCode::OK, [("content-type", "application/zip")], bytes).into_response(),
+        Err(_) => ApiError(Error::NotFound { resource: "code", id }).into_response(),
+    }
+}
