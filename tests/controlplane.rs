@@ -9,24 +9,13 @@ use fnrt_controlplane::Config as CpConfig;
 use fnrt_proto::agent::v1::{
     ListFunctionsRequest, ListInstancesRequest, RemoveFunctionRequest, StreamLogsRequest,
 };
-use fnrt_tests::{connect, image, real_parts, TestAgent};
+use fnrt_tests::{connect, controlplane_config, image, real_parts, TestAgent};
 use serde_json::{json, Value};
 
 const CLUSTER_TOKEN: &str = "cluster-token-for-tests-0123456789";
 
 async fn start_cp(dir: &Path) -> fnrt_controlplane::Handle {
-    let cfg = CpConfig {
-        registry: real_parts().registry,
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.to_path_buf(),
-        cluster_token: CLUSTER_TOKEN.into(),
-        heartbeat_interval_ms: 300,
-        lost_after_ms: 2000,
-        ..CpConfig::default()
-    };
-    fnrt_controlplane::start(cfg).await.expect("control plane starts")
+    fnrt_controlplane::start(controlplane_config(dir, CLUSTER_TOKEN)).await.expect("control plane starts")
 }
 
 async fn joined_agent(cp: &fnrt_controlplane::Handle, node: &str) -> TestAgent {
@@ -490,15 +479,8 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     let token = "webhook-token-for-tests";
     real_parts();
     let cp = fnrt_controlplane::start(CpConfig {
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path().to_path_buf(),
-        cluster_token: CLUSTER_TOKEN.into(),
         webhook_token: token.into(),
-        heartbeat_interval_ms: 300,
-        lost_after_ms: 2000,
-        ..CpConfig::default()
+        ..controlplane_config(dir.path(), CLUSTER_TOKEN)
     })
     .await
     .unwrap();
@@ -673,15 +655,8 @@ async fn nats_messages_call_the_function_and_failed_deliveries_show_on_the_trigg
     let dir = tempfile::tempdir().unwrap();
     real_parts();
     let cp = fnrt_controlplane::start(CpConfig {
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path().to_path_buf(),
-        cluster_token: CLUSTER_TOKEN.into(),
         nats_url: nats.url.clone(),
-        heartbeat_interval_ms: 300,
-        lost_after_ms: 2000,
-        ..CpConfig::default()
+        ..controlplane_config(dir.path(), CLUSTER_TOKEN)
     })
     .await
     .unwrap();

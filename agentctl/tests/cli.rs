@@ -124,18 +124,10 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn agentctl_shows_the_control_plane_view_of_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = fnrt_controlplane::start(fnrt_controlplane::Config {
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path().to_path_buf(),
-        cluster_token: "cluster-token-for-cli-test".into(),
-        heartbeat_interval_ms: 200,
-        lost_after_ms: 2000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cp =
+        fnrt_controlplane::start(fnrt_tests::controlplane_config(dir.path(), "cluster-token-for-cli-test"))
+            .await
+            .unwrap();
     let url = format!("http://{}", cp.grpc_address);
     let agent = TestAgent::start_with(move |c| {
         c.controlplane_url = Some(url);

@@ -133,15 +133,8 @@ async fn main() {
     let state = parts.state_dir.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let cp = fnrt_controlplane::start(fnrt_controlplane::Config {
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path().to_path_buf(),
-        cluster_token: TOKEN.into(),
-        registry: parts.registry.clone(),
-        heartbeat_interval_ms: 200,
         lost_after_ms: 1000,
-        ..Default::default()
+        ..fnrt_tests::controlplane_config(dir.path(), TOKEN)
     })
     .await
     .unwrap();

@@ -326,3 +326,19 @@ pub async fn pull_image(
     }
     Err(tonic::Status::internal("the pull stream ended without an image"))
 }
+
+/// A control plane configuration for tests: every port on 127.0.0.1:0, state under `dir`,
+/// the test registry, `cluster_token`, heartbeats every 200 ms, lost after 2 s.
+pub fn controlplane_config(dir: &Path, cluster_token: &str) -> fnrt_controlplane::Config {
+    fnrt_controlplane::Config {
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        gateway_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.to_path_buf(),
+        cluster_token: cluster_token.into(),
+        registry: real_parts().registry,
+        heartbeat_interval_ms: 200,
+        lost_after_ms: 2000,
+        ..Default::default()
+    }
+}
