@@ -176,6 +176,8 @@ mod tests {
         assert!(check(&zip_of(&[("../evil.py", ""), ("handler.py", "")]), &py)
             .unwrap_err()
             .contains("leaves"));
+        let too_large = vec![0u8; MAX_ZIP_BYTES as usize + 1];
+        assert!(check(&too_large, &py).unwrap_err().contains("at most"));
         let boot = check(&zip_of(&[("scf_bootstrap", "#!/bin/sh")]), &Entry::Bootstrap).unwrap();
         assert_eq!(boot[0].2, 0o755, "scf_bootstrap is made executable");
     }
