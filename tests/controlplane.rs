@@ -241,6 +241,36 @@ async fn two_agents_one_gateway_private_calls_a_cron_and_a_lost_agent() {
     }
     let r = http.get(format!("{gw}/e2e/echo/y")).header("X-Auth-Token", &secret).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // Hop-by-hop headers stop at the gateway, both ways (RFC 9110 §7.6.1).
+    let hop_call = |path: &str| {
+        http.get(format!("{gw}/e2e/echo{path}"))
+            .header("X-Auth-Token", &secret)
+            .header("Connection", "X-Caller-Hop")
+            .header("X-Caller-Hop", "1")
+            .send()
+    };
+    let r = hop_call("/_fixture/hop").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-end-to-end"], "1");
+    for hop in ["connection", "x-hop-only", "keep-alive"] {
+        assert!(r.headers().get(hop).is_none(), "{hop} came back: {:?}", r.headers());
+    }
+    let r = hop_call("/").await.unwrap();
+    let seen: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(!seen["headers"].to_string().to_lowercase().contains("x-caller-hop"), "{seen}");
+    // Instances see the function's own name, not the id agents know it by.
+    assert_eq!(
+        (seen["env"]["SCF_FUNCTIONNAME"].as_str(), seen["env"]["SCF_NAMESPACE"].as_str()),
+        (Some("echo"), Some("e2e"))
+    );
+    assert!(
+        seen["headers"].as_array().unwrap().iter().any(|h| h[0]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case("x-scf-name")
+            && h[1] == "echo"),
+        "{seen}"
+    );
     let (s, body) = api
         .call(
             reqwest::Method::POST,

@@ -109,6 +109,31 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
         assert_eq!(headers.get(k).map(String::as_str), Some(v), "{k} in {headers:?}");
     }
 
+    // Hop-by-hop headers (RFC 9110 §7.6.1) stop at the data plane, both ways.
+    let resp = http
+        .get(url(&agent, "web", "/"))
+        .header("Connection", "keep-alive, X-Caller-Hop")
+        .header("X-Caller-Hop", "1")
+        .header("Keep-Alive", "timeout=5")
+        .header("Proxy-Connection", "keep-alive")
+        .header("TE", "trailers")
+        .header("X-End-To-End", "1")
+        .send()
+        .await
+        .unwrap();
+    let echoed: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let seen: Vec<String> =
+        echoed["headers"].as_array().unwrap().iter().map(|h| h[0].as_str().unwrap().to_lowercase()).collect();
+    for hop in ["connection", "x-caller-hop", "keep-alive", "proxy-connection", "te"] {
+        assert!(!seen.iter().any(|h| h == hop), "{hop} reached the instance: {seen:?}");
+    }
+    assert!(seen.iter().any(|h| h == "x-end-to-end"), "{seen:?}");
+    let resp = http.get(url(&agent, "web", "/_fixture/hop")).send().await.unwrap();
+    assert_eq!(resp.headers()["x-end-to-end"], "1");
+    for hop in ["connection", "x-hop-only", "keep-alive"] {
+        assert!(resp.headers().get(hop).is_none(), "{hop} came back: {:?}", resp.headers());
+    }
+
     // An event function: POST /event-invoke with the event, whatever path was called.
     let event = r#"{"key":"value"}"#;
     let resp = http.post(url(&agent, "ev", "/")).body(event).send().await.unwrap();

@@ -107,6 +107,7 @@ impl AgentApi for Api {
         let r = req.into_inner();
         let start = StartRequest {
             function: r.function,
+            display_name: String::new(),
             image: r.image,
             env: r.env.into_iter().collect(),
             memory_mb: r.memory_mb,
@@ -391,6 +392,7 @@ fn raw_spec(f: Option<pb::FunctionSpec>) -> Result<crate::pool::RawSpec, Status>
         keep_alive_s: f.keep_alive_s,
         queue_max: f.queue_max,
         queue_timeout_ms: f.queue_timeout_ms,
+        display_name: f.display_name,
     })
 }
 
@@ -417,6 +419,7 @@ fn function(v: crate::pool::FunctionView) -> pb::Function {
             keep_alive_s: s.keep_alive.as_secs() as u32,
             queue_max: s.queue_max,
             queue_timeout_ms: s.queue_timeout.as_millis() as u32,
+            display_name: s.display_name.clone(),
         }),
         secret_names: s.secrets.0.keys().cloned().collect(),
         ready: v.ready,

@@ -112,7 +112,9 @@ impl Dataplane {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        // The caller's connection headers are not the instance's (answers: Upstream::send).
+        fnrt_hop::strip(req.headers_mut());
         let request_id =
             match req.headers().get(REQUEST_ID).map(|v| v.to_str()) {
                 None => new_request_id(),

@@ -58,6 +58,8 @@ const ENDED_KEPT: Duration = Duration::from_secs(3600);
 pub struct StartRequest {
     /// Function name, validated by [`validate_function_name`].
     pub function: String,
+    /// The name the instance sees as SCF_FUNCTIONNAME; `function` when empty.
+    pub display_name: String,
     /// Image reference.
     pub image: String,
     /// The function's variables.
@@ -396,9 +398,9 @@ impl Instances {
             .map_err(|e| Error::InvalidArgument { field: "memory_mb", reason: e.to_string() })?;
         let version = if req.version.is_empty() { "$LATEST" } else { &req.version };
         let namespace = if req.namespace.is_empty() { "default" } else { &req.namespace };
-        let env =
-            crate::env::build(&self.identity, &req.function, version, namespace, &req.env, &req.secrets)
-                .map_err(|e| Error::InvalidArgument { field: "env", reason: e.to_string() })?;
+        let shown = if req.display_name.is_empty() { &req.function } else { &req.display_name };
+        let env = crate::env::build(&self.identity, shown, version, namespace, &req.env, &req.secrets)
+            .map_err(|e| Error::InvalidArgument { field: "env", reason: e.to_string() })?;
         let name = ImageRef::parse(&req.image).map_err(ImageError::from)?.name();
         let _starting = self.mark_starting(&name);
         let image = match self.images.runnable(&name).await {

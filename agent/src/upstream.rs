@@ -7,7 +7,7 @@
 //! [`Checkout`]); one that hyper closed meanwhile (the instance closed it, or the caller
 //! dropped the body mid-way) is skipped when next taken. A request that an idle connection
 //! could not send (closed under it before the request was written) is sent once more on a
-//! new connection.
+//! new connection. Answers come back without hop-by-hop headers (see [`fnrt_hop`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,7 +88,7 @@ impl Upstream {
         let mut req = req;
         if let Some(mut sender) = self.take_ready(instance, address).await {
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.checkout(instance, address, sender))),
+                Ok(resp) => return Ok((answer(resp), self.checkout(instance, address, sender))),
                 Err(mut e) => match e.take_message() {
                     // Not written: the connection was closed under it; try a new one.
                     Some(r) => req = r,
@@ -98,7 +98,7 @@ impl Upstream {
         }
         let mut sender = self.connect(address).await?;
         let resp = sender.send_request(req).await?;
-        Ok((resp, self.checkout(instance, address, sender)))
+        Ok((answer(resp), self.checkout(instance, address, sender)))
     }
 
     fn checkout(
@@ -162,4 +162,11 @@ impl Upstream {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Idle>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// An instance's answer without its connection's headers: hyper ends a connection the
+/// instance said `Connection: close` on; the caller's connection stays as it is.
+fn answer(mut resp: Response<Incoming>) -> Response<Incoming> {
+    fnrt_hop::strip(resp.headers_mut());
+    resp
 }

@@ -120,13 +120,15 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
         Err(e) => return answer(StatusCode::BAD_REQUEST, format!("the path cannot be forwarded: {e}")),
     };
     *req.uri_mut() = uri;
+    fnrt_hop::strip(req.headers_mut());
     if let Ok(v) = HeaderValue::from_str(&route.dataplane) {
         req.headers_mut().insert("host", v);
     }
     match gw.client.request(req).await {
         Ok(resp) => {
             // The route counts the call as in flight until the answer's body is done.
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
+            fnrt_hop::strip(&mut parts.headers);
             let body = Body::new(GuardedBody { inner: body, _route: route });
             Response::from_parts(parts, body)
         }

@@ -279,7 +279,7 @@ impl Pools {
             ("x-scf-memory", spec.memory_mb.to_string()),
             ("x-scf-timeout", spec.timeout.as_millis().to_string()),
             ("x-scf-version", spec.version.clone()),
-            ("x-scf-name", spec.name.clone()),
+            ("x-scf-name", spec.scf_name().to_string()),
             ("x-scf-namespace", spec.namespace.clone()),
             ("x-scf-region", id.region.clone()),
             ("x-scf-appid", id.appid.clone()),

@@ -51,6 +51,9 @@ pub struct FunctionSpec {
     pub queue_max: u32,
     /// Longest a call waits for an instance.
     pub queue_timeout: Duration,
+    /// The name instances see; empty: `name` (see [`FunctionSpec::scf_name`]).
+    #[serde(default)]
+    pub display_name: String,
 }
 
 /// The limits of the counts a spec may ask for.
@@ -93,6 +96,8 @@ pub struct RawSpec {
     pub queue_max: u32,
     #[allow(missing_docs)]
     pub queue_timeout_ms: u32,
+    #[allow(missing_docs)]
+    pub display_name: String,
 }
 
 fn invalid(field: &'static str, reason: String) -> Error {
@@ -104,6 +109,14 @@ impl RawSpec {
     /// allowed.
     pub fn check(self, policy: &Policy) -> Result<FunctionSpec, Error> {
         validate_function_name(&self.name)?;
+        if self.display_name.len() > 128
+            || !self.display_name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err(invalid(
+                "display_name",
+                "at most 128 visible ASCII characters (it becomes SCF_FUNCTIONNAME and X-Scf-Name)".into(),
+            ));
+        }
         if self.image.is_empty() {
             return Err(invalid("image", "an image reference is required".into()));
         }
@@ -156,6 +169,7 @@ impl RawSpec {
             })),
             queue_max,
             queue_timeout: Duration::from_millis(u64::from(queue_timeout_ms)),
+            display_name: self.display_name,
         })
     }
 }
@@ -167,13 +181,27 @@ impl FunctionSpec {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&self.namespace, &self.version, &self.image, self.memory_mb, &self.env, &self.secrets.0)
             .hash(&mut h);
+        // Hashed only when set, so that specs saved before it keep their instances.
+        if !self.display_name.is_empty() {
+            self.display_name.hash(&mut h);
+        }
         h.finish()
+    }
+
+    /// The name its instances see (SCF_FUNCTIONNAME, X-Scf-Name).
+    pub fn scf_name(&self) -> &str {
+        if self.display_name.is_empty() {
+            &self.name
+        } else {
+            &self.display_name
+        }
     }
 
     /// How an instance of it is started.
     pub fn start_request(&self) -> StartRequest {
         StartRequest {
             function: self.name.clone(),
+            display_name: self.display_name.clone(),
             image: self.image.clone(),
             env: self.env.clone(),
             secrets: self.secrets.clone(),
@@ -212,6 +240,9 @@ mod tests {
             (RawSpec { timeout_ms: 900_001, ..base.clone() }, "timeout_ms"),
             (RawSpec { provisioned: 5, max_instances: 2, ..base.clone() }, "provisioned"),
             (RawSpec { concurrency: 101, ..base.clone() }, "concurrency"),
+            (RawSpec { display_name: "a\nb".into(), ..base.clone() }, "display_name"),
+            (RawSpec { display_name: "é".into(), ..base.clone() }, "display_name"),
+            (RawSpec { display_name: "n".repeat(129), ..base.clone() }, "display_name"),
             (RawSpec { max_instances: 1001, ..base.clone() }, "max_instances"),
         ] {
             let e = raw.check(&policy()).unwrap_err().to_string();

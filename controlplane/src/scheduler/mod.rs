@@ -73,6 +73,7 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
         keep_alive_s: 0,
         queue_max: 0,
         queue_timeout_ms: 0,
+        display_name: f.name.clone(),
     }
 }
 
