@@ -217,6 +217,30 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_provisioned_function_is_restarted_with_back_off() {
+    let mut agent = TestAgent::start().await;
+    // Each instance listens, passes its health check, and exits 300 ms later.
+    let env = HashMap::from([("FIXTURE_EXIT_AFTER_MS".to_string(), "300".to_string())]);
+    let deployed = Instant::now();
+    deploy(&mut agent, FunctionSpec { provisioned: 1, env, ..spec("loop") }).await;
+    // Without back-off a start every ~0.6 s (start, 300 ms, a 200 ms tick): about 13 in
+    // 8 s. With 1 s, 2 s, 4 s waits: the deploy's, then about 1.5 s and 4 s later.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(deployed.elapsed())).await;
+    let all = agent.client.list_instances(ListInstancesRequest { function: "loop".into() }).await.unwrap();
+    let started = all.into_inner().instances.len();
+    assert!((2..=5).contains(&started), "{started} instances started in 8 s");
+    let f = agent.client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner();
+    let f = f.functions.iter().find(|f| f.spec.as_ref().unwrap().name == "loop").unwrap();
+    assert!(
+        f.last_error.contains("ms after its start") && f.last_error.contains("failures in a row"),
+        "{}",
+        f.last_error
+    );
+    remove(&mut agent, "loop").await;
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_call_past_its_timeout_gets_504_and_its_instance_is_recycled() {
     let mut agent = TestAgent::start().await;
     deploy(&mut agent, FunctionSpec { provisioned: 1, timeout_ms: 500, ..spec("slow") }).await;

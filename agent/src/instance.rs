@@ -751,6 +751,12 @@ impl Instances {
         self.lock().values().filter(|i| i.function == function).cloned().collect()
     }
 
+    /// Why instance `id` ended, while ListInstances still shows it.
+    pub fn ended_reason(&self, id: &str) -> Option<String> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.iter().rev().find(|(_, i)| i.id == id).map(|(_, i)| i.reason.clone())
+    }
+
     /// Whether instance `id` is running (in the table).
     pub fn is_live(&self, id: &str) -> bool {
         self.lock().contains_key(id)

@@ -29,8 +29,20 @@ pub use spec::{FunctionSpec, Kind, RawSpec};
 
 /// How often pools are looked after (replacements, idle instances, retired ones).
 const TICK: Duration = Duration::from_millis(200);
-/// After a failed start, provisioned instances are not tried again for this long.
-const START_BACKOFF: Duration = Duration::from_secs(2);
+/// Crash-loop back-off of provisioned instances: after `n` failures in a row (starts that
+/// failed, instances that ended within [`STABLE`] of their start) the pool waits
+/// `BACKOFF_FIRST * 2^(n-1)`, at most [`BACKOFF_MAX`], before it starts another.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// See [`BACKOFF_FIRST`].
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// An instance that ran this long was not crash-looping: the failure count starts again.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// How long provisioned starts wait after `failures` failures in a row.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_FIRST.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
 
 /// One instance of a pool.
 #[derive(Debug)]
@@ -52,9 +64,33 @@ struct State {
     starting: u32,
     waiting: u32,
     last_error: Option<(Instant, String)>,
+    /// Provisioned instances that failed in a row, the last failure and when the pool may
+    /// start provisioned instances again.
+    crash_loop: Option<CrashLoop>,
     removed: bool,
     /// The deploy is starting the provisioned instances itself.
     deploying: bool,
+}
+
+/// A pool's provisioned instances failing in a row.
+#[derive(Debug)]
+struct CrashLoop {
+    failures: u32,
+    why: String,
+    retry_at: Instant,
+}
+
+impl State {
+    /// Counts one more failure in a row and backs off.
+    fn failed(&mut self, now: Instant, why: String) {
+        let failures = self.crash_loop.as_ref().map_or(0, |c| c.failures) + 1;
+        let wait = backoff(failures);
+        let why = format!(
+            "{why}; provisioned instances start again in {} s ({failures} failures in a row)",
+            wait.as_secs()
+        );
+        self.crash_loop = Some(CrashLoop { failures, why, retry_at: now + wait });
+    }
 }
 
 /// What every call of one spec shares, made once per spec: the static SCF headers and
@@ -416,6 +452,8 @@ impl Pools {
                 s.retired = true;
             }
             st.slots.extend(slots);
+            // The new spec's instances started: the old one's failures are not theirs.
+            st.crash_loop = None;
             pool.set_served(self.served(spec.clone()));
         }
         pool.changed.notify_waiters();
@@ -554,6 +592,7 @@ impl Pools {
                     Err(e) => {
                         let reason = crate::api::chain(&e);
                         tracing::warn!(function = %spec.name, %reason, "starting an instance failed");
+                        st.failed(Instant::now(), format!("starting an instance failed: {reason}"));
                         st.last_error = Some((Instant::now(), reason));
                     }
                 }
@@ -598,12 +637,31 @@ impl Pools {
         let now = Instant::now();
         let (to_stop, to_start) = {
             let mut st = pool.state();
-            // Instances that ended on their own (crash, OOM kill) are gone from the node.
-            let before = st.slots.len();
-            st.slots.retain(|s| self.instances.is_live(&s.id));
-            let lost = before - st.slots.len();
-            if lost > 0 {
-                tracing::info!(function = %spec.name, lost, "instances ended; the pool replaces what is provisioned");
+            // Instances that ended on their own (crash, OOM kill) are gone from the node; one
+            // that ended soon after its start counts towards the crash-loop back-off.
+            let mut short_lived = Vec::new();
+            st.slots.retain(|s| {
+                let live = self.instances.is_live(&s.id);
+                if !live && !s.retired && now.duration_since(s.started) < STABLE {
+                    short_lived.push((s.id.clone(), now.duration_since(s.started)));
+                }
+                live
+            });
+            for (id, lived) in short_lived {
+                let reason = self.instances.ended_reason(&id).unwrap_or_else(|| "it ended".into());
+                tracing::warn!(function = %spec.name, instance = %id, %reason, "instance ended soon after its start");
+                st.failed(
+                    now,
+                    format!("instance {id} ended {} ms after its start: {reason}", lived.as_millis()),
+                );
+            }
+            if st.crash_loop.is_some()
+                && st
+                    .slots
+                    .iter()
+                    .any(|s| !s.retired && s.key == key && now.duration_since(s.started) >= STABLE)
+            {
+                st.crash_loop = None;
             }
             // Idle ones above the provisioned count, after the keep-alive, oldest idle first.
             let mut current = st.slots.iter().filter(|s| !s.retired && s.key == key).count() as u32;
@@ -632,8 +690,7 @@ impl Pools {
                 }
                 !done
             });
-            let backing_off =
-                st.last_error.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < START_BACKOFF);
+            let backing_off = st.crash_loop.as_ref().is_some_and(|c| now < c.retry_at);
             let mut start = 0;
             if !st.removed && !st.deploying && !backing_off {
                 let live = st.slots.iter().filter(|s| !s.retired).count() as u32;
@@ -690,7 +747,36 @@ fn view(pool: &Pool) -> FunctionView {
         in_flight: st.slots.iter().map(|s| s.in_flight).sum(),
         queued: st.waiting,
         instances: st.slots.iter().map(|s| s.id.to_string()).collect(),
-        last_error: st.last_error.as_ref().map(|(_, e)| e.clone()).unwrap_or_default(),
+        last_error: match (&st.crash_loop, &st.last_error) {
+            (Some(c), _) => c.why.clone(),
+            (None, Some((_, e))) => e.clone(),
+            (None, None) => String::new(),
+        },
         spec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loop_back_off_doubles_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+        let mut st = State::default();
+        let now = Instant::now();
+        st.failed(now, "instance x ended 300 ms after its start: exited with status 7".into());
+        st.failed(now, "instance y ended 310 ms after its start: exited with status 7".into());
+        let c = st.crash_loop.as_ref().map(|c| (c.failures, c.retry_at - now, c.why.clone()));
+        assert_eq!(
+            c,
+            Some((
+                2,
+                Duration::from_secs(2),
+                "instance y ended 310 ms after its start: exited with status 7; provisioned instances start again in 2 s (2 failures in a row)".into()
+            ))
+        );
     }
 }
