@@ -157,6 +157,13 @@ build_runtime_images() {
     rm -rf "$ctx/rootfs/usr/share/doc" "$ctx/rootfs/usr/share/man" "$ctx/rootfs/usr/share/locale"
     if [ "$rt" = custom ]; then
       ln -sf busybox "$ctx/rootfs/bin/sh"
+    else
+      # Debian makes the standard library's .pyc files when it installs the package; the
+      # image's root is read-only, so without them every start compiles what it imports
+      # (3.6 s instead of 0.75 s for the wrapper's imports at a 256 MB function's 0.14
+      # vCPU). Hash-based and unchecked: the image never changes under them.
+      chroot "$ctx/rootfs" /usr/bin/python3.11 -m compileall -q --invalidation-mode unchecked-hash \
+        /usr/lib/python3.11 >/dev/null
     fi
     cp "$ROOT/runtimes/$rt/"* "$ctx/"
     log "image $FNRT_REGISTRY/fnrt/runtime-$rt:latest"
