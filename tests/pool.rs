@@ -241,6 +241,23 @@ async fn a_crash_looping_provisioned_function_is_restarted_with_back_off() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failed_update_leaves_the_old_spec_serving_and_saved() {
+    let mut agent = TestAgent::start().await;
+    deploy(&mut agent, FunctionSpec { provisioned: 1, ..spec("kept") }).await;
+    let bad = FunctionSpec { provisioned: 1, image: image("never-listens"), ..spec("kept") };
+    let err = agent.client.update_function(UpdateFunctionRequest { function: Some(bad) }).await.unwrap_err();
+    assert!(err.message().contains("9000"), "{}", err.message());
+    let resp = reqwest::get(url(&agent, "kept", "/")).await.unwrap();
+    assert_eq!(resp.status(), 200, "the old spec still serves");
+    // What a restarted agent would serve is the old spec too.
+    let saved = std::fs::read_to_string(agent.cfg.state_dir.join("functions/kept.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved["image"], image("echo"), "{saved}");
+    remove(&mut agent, "kept").await;
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_call_past_its_timeout_gets_504_and_its_instance_is_recycled() {
     let mut agent = TestAgent::start().await;
     deploy(&mut agent, FunctionSpec { provisioned: 1, timeout_ms: 500, ..spec("slow") }).await;

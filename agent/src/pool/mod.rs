@@ -432,10 +432,15 @@ impl Pools {
         let spec = Arc::new(raw.check(&self.policy)?);
         let pool = self.get(&spec.name).ok_or_else(|| Error::FunctionNotFound(spec.name.clone()))?;
         let old = pool.spec();
-        if let Err(e) = self.store.save(&spec) {
-            tracing::warn!(function = %spec.name, error = %e, "saving the function: a restarted agent will not know it");
-        }
+        // Saved only once it serves: a restarted agent must not bring back a spec whose
+        // instances failed to start while the old one kept serving.
+        let save = |spec: &FunctionSpec| {
+            if let Err(e) = self.store.save(spec) {
+                tracing::warn!(function = %spec.name, error = %e, "saving the function: a restarted agent will not know this change");
+            }
+        };
         if old.instance_key() == spec.instance_key() {
+            save(&spec);
             pool.set_served(self.served(spec));
             pool.changed.notify_waiters();
             return Ok(view(&pool));
@@ -446,6 +451,7 @@ impl Pools {
         let has_instances = pool.state().slots.iter().any(|s| !s.retired);
         let target = if has_instances { spec.provisioned.max(1) } else { spec.provisioned };
         let slots = self.start_n(&spec, target).await?;
+        save(&spec);
         {
             let mut st = pool.state();
             for s in st.slots.iter_mut() {
