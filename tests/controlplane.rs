@@ -66,7 +66,7 @@ impl Api {
         Api {
             base: format!("http://{}/functions/v1beta1/regions/fr-par", cp.api_address),
             token: cp.ctx.cfg.admin_token.clone(),
-            http: reqwest::Client::new(),
+            http: fnrt_tests::http(),
         }
     }
 
@@ -221,7 +221,7 @@ async fn two_agents_one_gateway_private_calls_a_cron_and_a_lost_agent() {
 
     // Through the gateway, by host name and by path: private, then with a token.
     let gw = format!("http://{}", cp.gateway_address);
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
     let host = format!("e2e-echo.{}", cp.ctx.cfg.domain);
     let r = http.get(format!("{gw}/x")).header("host", &host).send().await.unwrap();
     assert_eq!(r.status(), 403);
@@ -452,7 +452,7 @@ async fn upload_blob(http: &reqwest::Client, registry: &str, repo: &str, bytes: 
 /// environment (and another entrypoint, if given), over the distribution API; returns the
 /// manifest's digest.
 async fn push_variant(registry: &str, tag: &str, version: u32, entrypoint: Option<&[&str]>) -> String {
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
     let src = real_parts().registry;
     let accept =
         "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -535,7 +535,7 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     let caller = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let http = reqwest::Client::new();
+            let http = fnrt_tests::http();
             let (mut failures, mut seen) = (Vec::new(), Vec::<String>::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match http.get(&url).send().await {
@@ -578,17 +578,12 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     let again = json!({ "events": [{ "action": "push", "target": {
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": v2, "repository": "fnrt/app",
         "tag": "live", "url": format!("http://{}/v2/fnrt/app/manifests/{v2}", reg.addr) } }] });
-    let r = reqwest::Client::new()
-        .post(&webhook)
-        .bearer_auth(token)
-        .body(again.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r =
+        fnrt_tests::http().post(&webhook).bearer_auth(token).body(again.to_string()).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(r["deploying"], json!([]), "a digest already seen is not a new deploy");
-    let r = reqwest::Client::new().post(&webhook).bearer_auth("wrong").body("{}").send().await.unwrap();
+    let r = fnrt_tests::http().post(&webhook).bearer_auth("wrong").body("{}").send().await.unwrap();
     assert_eq!(r.status(), 401);
 
     // v3 never listens: its deploy fails, v2 keeps serving.

@@ -159,7 +159,7 @@ async fn layers_unpack_as_containerds_applier_unpacks_them() {
         (zstd::encode_all(&l2[..], 3).unwrap(), "application/vnd.oci.image.layer.v1.tar+zstd"),
     ];
 
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
     let repo = "fnrt-test/layers";
     let tag = format!("t{:08x}", rand::random::<u32>());
     let mut layers = Vec::new();

@@ -16,7 +16,7 @@ async fn call(
     request_id: Option<&str>,
 ) -> (u16, String, String) {
     let url = format!("http://{}/function/{function}{path}", agent.handle.dataplane_address);
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = fnrt_tests::http().get(url);
     if let Some(id) = request_id {
         req = req.header("X-Scf-Request-Id", id);
     }

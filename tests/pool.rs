@@ -66,7 +66,7 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
     )
     .await;
     deploy(&mut agent, FunctionSpec { r#type: FunctionType::Event as i32, ..spec("ev") }).await;
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
 
     // Method, path, query, headers and a large body through, and back.
     let big: String = "0123456789abcdef".repeat(256 * 1024); // 4 MiB
@@ -290,7 +290,7 @@ async fn a_call_past_its_timeout_gets_504_and_its_instance_is_recycled() {
 async fn provisioned_instances_take_a_burst_without_cold_starts() {
     let mut agent = TestAgent::start().await;
     deploy(&mut agent, FunctionSpec { provisioned: 3, ..spec("warm") }).await;
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
     let calls = (0..3).map(|_| http.get(url(&agent, "warm", "/_fixture/sleep?ms=300")).send());
     for r in futures_util::future::join_all(calls).await {
         assert_eq!(r.unwrap().status(), 200);
@@ -310,7 +310,7 @@ async fn a_burst_past_max_instances_gets_429_after_the_queue_bound_and_no_other_
         FunctionSpec { max_instances: 1, queue_max: 2, queue_timeout_ms: 400, ..spec("busy") },
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
     let calls = (0..6).map(|_| http.get(url(&agent, "busy", "/_fixture/sleep?ms=1500")).send());
     let mut statuses = Vec::new();
     for r in futures_util::future::join_all(calls).await {
@@ -364,7 +364,7 @@ async fn updates_under_load_lose_no_call() {
     for _ in 0..4 {
         let (stop, u) = (stop.clone(), url(&agent, "live", "/"));
         callers.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = fnrt_tests::http();
             let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = http.get(&u).send().await.unwrap();

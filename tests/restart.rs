@@ -124,7 +124,8 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     let caller = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+            let http =
+                fnrt_common::tls::http_client(&[]).unwrap().timeout(Duration::from_secs(2)).build().unwrap();
             let mut calls = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let at = Instant::now();
@@ -205,7 +206,7 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     client.remove_function(RemoveFunctionRequest { name: "kept".into() }).await.unwrap();
 
     // Their output is read again: a line printed after the restart is found by its call.
-    let resp = reqwest::Client::new()
+    let resp = fnrt_tests::http()
         .get(format!("http://{}/function/steady/_fixture/log?text=after-restart", cfg.dataplane_listen))
         .header("X-Scf-Request-Id", "after-restart-1")
         .send()

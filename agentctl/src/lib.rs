@@ -125,8 +125,6 @@ impl From<tonic::Status> for CliError {
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    // reqwest's TLS (built for the agent's registry client) needs a crypto provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Command::Cluster(args) = cli.command {
         return commands::cluster::run(args, cli.output).await;
     }

@@ -140,7 +140,7 @@ async fn agentctl_shows_the_control_plane_view_of_the_cluster() {
     }
     let api = format!("http://{}", cp.api_address);
     let token = cp.ctx.cfg.admin_token.clone();
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
     let base = format!("{api}/functions/v1beta1/regions/fr-par");
     let ns: serde_json::Value = serde_json::from_slice(
         &http

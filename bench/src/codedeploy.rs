@@ -141,7 +141,7 @@ async fn main() {
     let api = Api {
         base: format!("http://{}/functions/v1beta1/regions/fr-par", cp.api_address),
         token: cp.ctx.cfg.admin_token.clone(),
-        http: reqwest::Client::new(),
+        http: fnrt_tests::http(),
     };
     let ns = api.send(reqwest::Method::POST, "/namespaces", json!({ "name": "bench" })).await;
     let (mut cold, mut cached, mut builds, mut baseline) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

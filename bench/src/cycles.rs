@@ -40,7 +40,7 @@ async fn main() {
         .map(|p| p.trim().parse().unwrap_or(0))
         .unwrap_or(0);
 
-    let http = reqwest::Client::new();
+    let http = fnrt_tests::http();
     let url = format!("http://{}/function/cycle/", cfg.dataplane_listen);
     let mut samples = Vec::new();
     let mut took = Vec::new();

@@ -58,6 +58,9 @@ pub enum StartError {
     /// The store.
     #[error(transparent)]
     State(#[from] error::Error),
+    /// The HTTPS client set-up.
+    #[error(transparent)]
+    Tls(#[from] fnrt_common::tls::TlsError),
     /// A listener.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -191,7 +194,8 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     }
     cfg.url_key = url_key(&cfg)?;
     let cfg = Arc::new(cfg);
-    let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone()));
+    let registry = build::image::Registry::new()?;
+    let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone(), registry));
     // Deploys a stop cut short start again (their agents' calls are idempotent).
     let pending: Vec<String> = state.read(|d| {
         d.functions

@@ -22,6 +22,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Clients name their crypto provider; this covers any TLS set-up that does not.
+    fnrt_common::tls::install_default_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_env("FNRT_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.log_json {

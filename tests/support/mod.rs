@@ -37,10 +37,13 @@ pub struct RealParts {
     pub state_dir: PathBuf,
 }
 
+/// An HTTP client (TLS with an explicit crypto provider, as the binaries build theirs).
+pub fn http() -> reqwest::Client {
+    fnrt_common::tls::default_http_client().expect("an HTTP client")
+}
+
 /// The real parts, or a panic that says how to get them.
 pub fn real_parts() -> RealParts {
-    // reqwest's TLS needs a crypto provider before any client is built.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let var = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| {
             panic!("{name} is not set: these tests need the private containerd and registry; run them with scripts/test (it installs and starts everything)")
@@ -114,12 +117,7 @@ impl TestAgent {
     /// Calls `function` through the data plane.
     pub async fn call(&self, function: &str, path_and_query: &str, body: &str) -> (u16, String) {
         let url = format!("http://{}/function/{function}{path_and_query}", self.handle.dataplane_address);
-        let resp = reqwest::Client::new()
-            .post(&url)
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("data plane answers");
+        let resp = http().post(&url).body(body.to_string()).send().await.expect("data plane answers");
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap())
     }
@@ -293,7 +291,7 @@ pub async fn content_digests(socket: &Path, namespace: &str) -> Vec<String> {
 /// The config and layer digests of an image's manifest, straight from the registry.
 pub async fn blob_digests(repository: &str) -> Vec<String> {
     let url = format!("http://{}/v2/{repository}/manifests/latest", real_parts().registry);
-    let text = reqwest::Client::new()
+    let text = http()
         .get(url)
         .header("Accept", "application/vnd.oci.image.manifest.v1+json")
         .send()

@@ -62,7 +62,6 @@ impl RegistryProxy {
     /// Starts a proxy over HTTPS with a certificate for 127.0.0.1 from a CA made for the
     /// occasion; returns it with the CA's certificate in PEM, for the agent to trust.
     pub async fn start_tls(upstream: &str, fault: Fault) -> (RegistryProxy, String) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "fnrt test CA");
@@ -73,7 +72,9 @@ impl RegistryProxy {
             .signed_by(&leaf_key, &ca)
             .unwrap();
         let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
-        let config = rustls::ServerConfig::builder()
+        let config = rustls::ServerConfig::builder_with_provider(fnrt_common::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
             .unwrap();

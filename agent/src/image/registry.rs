@@ -97,7 +97,7 @@ pub struct RegistrySettings {
 
 /// The registry client cannot be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("registry TLS set-up: {0}; registry_ca_file must hold PEM certificates")]
+#[error("registry TLS set-up (registry_ca_file): {0}")]
 pub struct TlsSetupError(String);
 
 /// The registry client. Cheap to clone; connections are pooled.
@@ -113,17 +113,13 @@ pub struct Registry {
 impl Registry {
     /// A client with the agent's user agent and `settings`.
     pub fn new(settings: RegistrySettings) -> Result<Registry, TlsSetupError> {
-        // ring is the TLS crypto; installing it twice (a second agent in one process) is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
+        // The crypto provider is named in the TLS configuration: no process-wide one needed.
+        let http = fnrt_common::tls::http_client(&settings.extra_roots_pem)
+            .map_err(|e| TlsSetupError(e.to_string()))?
             .user_agent(concat!("fnrt-agent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(10));
-        if !settings.extra_roots_pem.is_empty() {
-            let certs = reqwest::Certificate::from_pem_bundle(&settings.extra_roots_pem)
-                .map_err(|e| TlsSetupError(e.to_string()))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder.build().map_err(|e| TlsSetupError(e.to_string()))?;
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| TlsSetupError(e.to_string()))?;
         Ok(Registry {
             http,
             credentials: Arc::new(settings.credentials),

@@ -32,7 +32,8 @@ pub enum ClusterCommand {
 
 async fn get(args: &ClusterArgs, path: &str) -> Result<Value, CliError> {
     let url = format!("{}{path}", args.controlplane.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
+    let resp = fnrt_common::tls::default_http_client()
+        .map_err(|e| CliError::Call(e.to_string()))?
         .get(&url)
         .header("X-Auth-Token", &args.admin_token)
         .send()

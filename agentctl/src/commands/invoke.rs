@@ -37,7 +37,9 @@ pub async fn run(agent: &mut AgentClient<Channel>, args: InvokeArgs) -> Result<(
         args.method.clone().unwrap_or_else(|| if args.data.is_some() { "POST" } else { "GET" }.into());
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| CliError::Usage(format!("--method {method:?} is not an HTTP method")))?;
-    let mut req = reqwest::Client::new().request(method, &url);
+    let mut req = fnrt_common::tls::default_http_client()
+        .map_err(|e| CliError::Call(e.to_string()))?
+        .request(method, &url);
     for h in &args.headers {
         let (k, v) = h
             .split_once(':')

@@ -94,9 +94,48 @@ impl Client {
     }
 }
 
+/// The control plane's registry client: one connection pool, TLS with an explicit crypto
+/// provider (see fnrt_common::tls).
+#[derive(Clone, Debug)]
+pub struct Registry {
+    http: reqwest::Client,
+}
+
+impl Registry {
+    /// A client with a connect timeout of 10 s.
+    pub fn new() -> Result<Registry, fnrt_common::tls::TlsError> {
+        let http = fnrt_common::tls::http_client(&[])?
+            .user_agent(concat!("fnrt-controlplane/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| fnrt_common::tls::TlsError::Setup(e.to_string()))?;
+        Ok(Registry { http })
+    }
+
+    /// See [`push`].
+    pub async fn push(
+        &self,
+        base: &str,
+        target: &str,
+        layer: Layer,
+        env: &[(String, String)],
+    ) -> Result<String, String> {
+        push(&self.http, base, target, layer, env).await
+    }
+
+    /// Whether `reference`'s manifest is in its registry.
+    pub async fn exists(&self, reference: &str) -> bool {
+        let Ok((host, repo, tag)) = split(reference) else { return false };
+        let url = format!("{}/v2/{repo}/manifests/{tag}", base_url(&host));
+        let r = self.http.head(url).header("accept", ACCEPT).send().await;
+        r.is_ok_and(|r| r.status().is_success())
+    }
+}
+
 /// Pushes `base` plus `layer` (and `env` added to its config) as `target`
 /// (`host/repository:tag`, on the base's registry); the pushed `target@digest`.
-pub async fn push(
+async fn push(
+    http: &reqwest::Client,
     base: &str,
     target: &str,
     layer: Layer,
@@ -107,7 +146,7 @@ pub async fn push(
     if bhost != thost {
         return Err(format!("the runtime image {base} must be on the registry code images go to ({thost})"));
     }
-    let c = Client { http: reqwest::Client::new(), url: base_url(&thost) };
+    let c = Client { http: http.clone(), url: base_url(&thost) };
     let (media_type, body) = c.get(&format!("/v2/{brepo}/manifests/{btag}"), Some(ACCEPT)).await?;
     let mut manifest: Value = serde_json::from_slice(&body)
         .map_err(|e| format!("the runtime image {base} has no readable manifest: {e}"))?;
@@ -160,14 +199,6 @@ pub async fn push(
         return Err(format!("registry {} refused the manifest of {target}: {}", c.url, r.status()));
     }
     Ok(format!("{target}@{digest}"))
-}
-
-/// Whether `reference`'s manifest is in its registry.
-pub async fn exists(reference: &str) -> bool {
-    let Ok((host, repo, tag)) = split(reference) else { return false };
-    let url = format!("{}/v2/{repo}/manifests/{tag}", base_url(&host));
-    let r = reqwest::Client::new().head(url).header("accept", ACCEPT).send().await;
-    r.is_ok_and(|r| r.status().is_success())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub fn zip_path(state_dir: &std::path::Path, id: &str) -> std::path::PathBuf {
 /// what the build did, in words.
 pub async fn build(
     cfg: &crate::Config,
+    registry: &image::Registry,
     f: &crate::model::Function,
     ns: &crate::model::Namespace,
 ) -> Result<(String, String), String> {
@@ -34,7 +35,7 @@ pub async fn build(
     let target = format!("{}/{}/{}:{}", cfg.registry, ns.name, f.name, f.deploys);
     let handler = if f.handler.is_empty() { "handler.handle".to_string() } else { f.handler.clone() };
     let bytes = layer.gz.len();
-    let image = image::push(&base, &target, layer, &[("SCF_HANDLER".to_string(), handler)]).await?;
+    let image = registry.push(&base, &target, layer, &[("SCF_HANDLER".to_string(), handler)]).await?;
     let message = format!(
         "built {image} from {n} files ({bytes} bytes compressed) on {base} in {} ms",
         started.elapsed().as_millis()

@@ -202,7 +202,7 @@ async fn list_runtimes(AxState(ctx): Ax, Path(r): Path<String>) -> Answer {
         [("python311", "Python", "3.11", "handler.handle"), ("custom", "Custom", "", "scf_bootstrap")]
     {
         let Some(image) = ctx.cfg.runtime_image(name) else { continue };
-        if crate::build::image::exists(&image).await {
+        if ctx.scheduler.registry.exists(&image).await {
             runtimes.push(json!({
                 "name": name, "language": language, "version": version, "default_handler": handler,
                 "code_sample": "", "status": "available", "status_message": "", "extension": "zip",

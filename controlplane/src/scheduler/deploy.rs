@@ -15,7 +15,16 @@ impl Scheduler {
     pub(super) async fn run_deploy(self: &Arc<Self>, id: &str) {
         let pushed = |me: &Self| me.state.read(|d| d.functions.get(id).and_then(|f| f.pushed_digest.clone()));
         let pushed_before = pushed(self);
-        let outcome = self.deploy_function(id).await;
+        // On a task of its own: a panic in it fails the deploy with a reason instead of
+        // leaving the function pending for ever.
+        let me = self.clone();
+        let owned = id.to_string();
+        let outcome = match tokio::spawn(async move { me.deploy_function(&owned).await }).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                Err(format!("internal error: the deploy task failed ({e}); the control plane's log has more"))
+            }
+        };
         if let Err(e) = &outcome {
             tracing::warn!(function = id, error = %e, "deploy failed");
         }
@@ -81,7 +90,7 @@ impl Scheduler {
             .ok_or_else(|| format!("function {id} was deleted during its deploy"))?;
         let mut deployed = Deployed::of(&f, &ns);
         if f.registry_image.is_empty() {
-            let built = crate::build::build(&self.cfg, &f, &ns).await;
+            let built = crate::build::build(&self.cfg, &self.registry, &f, &ns).await;
             let message = match &built {
                 Ok((_, m)) => m.clone(),
                 Err(e) => format!("build failed: {e}"),

@@ -30,6 +30,8 @@ use placement::{place, Candidate, Share};
 pub struct Scheduler {
     /// The configuration.
     pub cfg: Arc<Config>,
+    /// The registry client code builds and the runtimes check use.
+    pub registry: crate::build::image::Registry,
     state: Arc<State>,
     agents: Mutex<HashMap<String, Agent>>,
     /// What the scheduler last put on (node, agent function name).
@@ -98,9 +100,10 @@ impl Drop for Route {
 
 impl Scheduler {
     /// A scheduler with no agents yet.
-    pub fn new(cfg: Arc<Config>, state: Arc<State>) -> Scheduler {
+    pub fn new(cfg: Arc<Config>, state: Arc<State>, registry: crate::build::image::Registry) -> Scheduler {
         Scheduler {
             cfg,
+            registry,
             state,
             agents: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
