@@ -65,6 +65,108 @@ async fn pull_start_call_through_the_data_plane_and_stop() {
     agent.cleanup().await;
 }
 
+/// Waits until everything of instance `id` is gone from the node.
+async fn gone(agent: &TestAgent, id: &str) {
+    let prefix = format!("{}-{id}", agent.cfg.namespace);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fnrt_tests::node_leftovers(&prefix).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", fnrt_tests::node_leftovers(&prefix));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of header `name` in the echo fixture's answer.
+fn header<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    v["headers"].as_array()?.iter().find(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))?[1]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_started_on_its_own_is_called_like_a_deployed_function() {
+    let mut agent = TestAgent::start().await;
+    let echo = image("echo");
+    let req = StartInstanceRequest {
+        memory_mb: 256,
+        version: "7".into(),
+        namespace: "team-a".into(),
+        timeout_ms: 1500,
+        ..start_req("solo", &echo)
+    };
+    let first = agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap();
+    // A caller's forged X-Scf-* headers are replaced; every common header is there.
+    let url = format!("http://{}/function/solo/h", agent.handle.dataplane_address);
+    let http = fnrt_tests::http();
+    let resp =
+        http.get(&url).header("X-Scf-Name", "forged").header("X-Scf-Uin", "forged-uin").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    for (name, want) in [
+        ("x-scf-memory", Some("256")),
+        ("x-scf-timeout", Some("1500")),
+        ("x-scf-version", Some("7")),
+        ("x-scf-name", Some("solo")),
+        ("x-scf-namespace", Some("team-a")),
+        ("x-scf-session-token", Some("")),
+        ("x-scf-secret-id", Some("")),
+        ("x-scf-secret-key", Some("")),
+    ] {
+        assert_eq!(header(&v, name), want, "{name}: {v}");
+    }
+    for name in ["x-scf-request-id", "x-scf-region", "x-scf-appid", "x-scf-uin"] {
+        assert!(header(&v, name).is_some(), "{name}: {v}");
+    }
+    assert_ne!(header(&v, "x-scf-uin"), Some("forged-uin"), "the caller's value is replaced");
+    // Past its timeout: 504, and the instance that overran is stopped; the next call gets
+    // a new one started like it.
+    let base = format!("http://{}/function/solo", agent.handle.dataplane_address);
+    let resp = http.get(format!("{base}/_fixture/sleep?ms=4000")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("timeout of 1500 ms"), "{body}");
+    gone(&agent, &first.id).await;
+    assert_eq!(http.get(format!("{base}/_fixture/sleep?ms=10")).send().await.unwrap().status(), 200);
+    let list = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+    let running: Vec<&str> =
+        list.instances.iter().filter(|i| i.reason.is_empty()).map(|i| i.id.as_str()).collect();
+    assert_eq!(running.len(), 1, "{list:?}");
+    assert_ne!(running[0], first.id, "the instance that overran was replaced");
+    let overran = list.instances.iter().find(|i| i.id == first.id).unwrap();
+    assert!(overran.reason.contains("overran"), "{overran:?}");
+    // The gRPC Invoke takes the same path.
+    let answer = agent
+        .client
+        .invoke(fnrt_proto::agent::v1::InvokeRequest { function: "solo".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(header(&v, "x-scf-timeout"), Some("1500"), "{v}");
+    // Out of range: refused before anything starts.
+    let e = agent
+        .client
+        .start_instance(StartInstanceRequest { timeout_ms: 900_001, ..start_req("solo", &echo) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("timeout_ms"), "{}", e.message());
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_started_without_a_timeout_gets_the_default_3_s() {
+    let mut agent = TestAgent::start().await;
+    let first = agent.client.start_instance(start_req("slow-solo", &image("echo"))).await.unwrap();
+    let first = first.into_inner().instance.unwrap();
+    let url = format!("http://{}/function/slow-solo/_fixture/sleep?ms=5000", agent.handle.dataplane_address);
+    let started = Instant::now();
+    let resp = fnrt_tests::http().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_millis(4500), "{:?}", started.elapsed());
+    assert!(resp.text().await.unwrap().contains("timeout of 3000 ms"));
+    gone(&agent, &first.id).await;
+    agent.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_of_one_function_listen_on_9000_side_by_side() {
     let mut agent = TestAgent::start().await;
@@ -76,8 +178,14 @@ async fn two_instances_of_one_function_listen_on_9000_side_by_side() {
     assert_ne!(a.address, b.address);
     assert!(a.address.ends_with(":9000") && b.address.ends_with(":9000"));
     for inst in [&a, &b] {
-        let body =
-            reqwest::get(format!("http://{}/direct", inst.address)).await.unwrap().text().await.unwrap();
+        let body = fnrt_tests::http()
+            .get(format!("http://{}/direct", inst.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(body.contains("\"path\":\"/direct\""), "{body}");
     }
     for _ in 0..4 {

@@ -416,7 +416,7 @@ impl NotifyingRegistry {
             .spawn()
             .expect("docker-registry runs (scripts/test installs it)");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(format!("http://{addr}/v2/")).await.is_err() {
+        while fnrt_tests::http().get(format!("http://{addr}/v2/")).send().await.is_err() {
             assert!(Instant::now() < deadline, "the test registry did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -32,7 +32,9 @@ async fn metric(agent: &TestAgent, name: &str, function: &str) -> f64 {
 
 /// A metric's value by its whole label set (0 when it has none yet).
 async fn metric_with(agent: &TestAgent, name: &str, labels: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", agent.handle.dataplane_address))
+    let text = fnrt_tests::http()
+        .get(format!("http://{}/metrics", agent.handle.dataplane_address))
+        .send()
         .await
         .unwrap()
         .text()
@@ -247,7 +249,7 @@ async fn a_failed_update_leaves_the_old_spec_serving_and_saved() {
     let bad = FunctionSpec { provisioned: 1, image: image("never-listens"), ..spec("kept") };
     let err = agent.client.update_function(UpdateFunctionRequest { function: Some(bad) }).await.unwrap_err();
     assert!(err.message().contains("9000"), "{}", err.message());
-    let resp = reqwest::get(url(&agent, "kept", "/")).await.unwrap();
+    let resp = fnrt_tests::http().get(url(&agent, "kept", "/")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "the old spec still serves");
     // What a restarted agent would serve is the old spec too.
     let saved = std::fs::read_to_string(agent.cfg.state_dir.join("functions/kept.json")).unwrap();
@@ -262,7 +264,7 @@ async fn a_call_past_its_timeout_gets_504_and_its_instance_is_recycled() {
     let mut agent = TestAgent::start().await;
     deploy(&mut agent, FunctionSpec { provisioned: 1, timeout_ms: 500, ..spec("slow") }).await;
     let before = running(&mut agent, "slow").await;
-    let resp = reqwest::get(url(&agent, "slow", "/_fixture/sleep?ms=3000")).await.unwrap();
+    let resp = fnrt_tests::http().get(url(&agent, "slow", "/_fixture/sleep?ms=3000")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
     let body = resp.text().await.unwrap();
     assert!(body.contains("did not answer within its timeout of 500 ms"), "{body}");
@@ -276,7 +278,7 @@ async fn a_call_past_its_timeout_gets_504_and_its_instance_is_recycled() {
         assert!(Instant::now() < deadline, "{before:?} -> {now:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let resp = reqwest::get(url(&agent, "slow", "/")).await.unwrap();
+    let resp = fnrt_tests::http().get(url(&agent, "slow", "/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let timeouts =
         metric_with(&agent, "fnrt_call_errors_total", "function=\"slow\",reason=\"timeout\"").await;
@@ -340,7 +342,7 @@ async fn without_provisioned_concurrency_a_function_scales_to_zero_after_the_kee
     let mut agent = TestAgent::start().await;
     deploy(&mut agent, FunctionSpec { keep_alive_s: 1, ..spec("idle") }).await;
     assert!(running(&mut agent, "idle").await.is_empty());
-    assert_eq!(reqwest::get(url(&agent, "idle", "/")).await.unwrap().status(), 200);
+    assert_eq!(fnrt_tests::http().get(url(&agent, "idle", "/")).send().await.unwrap().status(), 200);
     assert_eq!(running(&mut agent, "idle").await.len(), 1);
     assert_eq!(metric(&agent, "fnrt_cold_starts_total", "idle").await, 1.0);
     let t0 = Instant::now();
@@ -350,7 +352,7 @@ async fn without_provisioned_concurrency_a_function_scales_to_zero_after_the_kee
     }
     assert!(t0.elapsed() >= Duration::from_millis(700), "kept for its keep-alive: {:?}", t0.elapsed());
     // And back on the next call.
-    assert_eq!(reqwest::get(url(&agent, "idle", "/")).await.unwrap().status(), 200);
+    assert_eq!(fnrt_tests::http().get(url(&agent, "idle", "/")).send().await.unwrap().status(), 200);
     remove(&mut agent, "idle").await;
     agent.cleanup().await;
 }

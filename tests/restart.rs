@@ -200,7 +200,11 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     let functions = client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions;
     assert_eq!(functions.len(), 1, "{functions:?}");
     assert_eq!(functions[0].instances, kept_instances);
-    let answer = reqwest::get(format!("http://{}/function/kept/", cfg.dataplane_listen)).await.unwrap();
+    let answer = fnrt_tests::http()
+        .get(format!("http://{}/function/kept/", cfg.dataplane_listen))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 200);
     assert!(answer.text().await.unwrap().contains("x-scf-name"), "the pool's headers");
     client.remove_function(RemoveFunctionRequest { name: "kept".into() }).await.unwrap();

@@ -114,6 +114,7 @@ impl AgentApi for Api {
             secrets: crate::env::Secrets(r.secrets.into_iter().collect()),
             version: r.version,
             namespace: r.namespace,
+            timeout_ms: r.timeout_ms,
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.
@@ -123,6 +124,7 @@ impl AgentApi for Api {
                 start.function
             )));
         }
+        self.node.pools.check_started(&start).map_err(status)?;
         let node = self.node.clone();
         let (inst, advice) = tokio::spawn(async move { node.instances.start(start).await })
             .await
@@ -193,8 +195,15 @@ impl AgentApi for Api {
 
     async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
         let r = req.into_inner();
-        let request_id =
-            if r.request_id.is_empty() { crate::dataplane::new_request_id() } else { r.request_id };
+        let request_id = match r.request_id {
+            id if id.is_empty() => crate::dataplane::new_request_id(),
+            id if crate::dataplane::valid_request_id(&id) => id,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "request_id must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':'",
+                ))
+            }
+        };
         let trigger = match r.trigger_source.as_str() {
             "" => None,
             t if t.len() <= 32

@@ -4,8 +4,9 @@
 //! `/function/<name>/<path>?<query>` is passed to an instance of an HTTP function as
 //! `/<path>?<query>`, with method, headers and body streamed through; an event function
 //! gets `POST /event-invoke` with the body as the event. Deployed functions are served from
-//! their pools (see crate::pool) with the SCF common headers and their timeout; instances
-//! started on their own with StartInstance are picked round robin.
+//! their pools (see crate::pool); instances started on their own with StartInstance are
+//! picked round robin. Either way a call is sent by one function, [`Dataplane::forward`]:
+//! the SCF common headers, the function's timeout, in-flight tracking, metrics.
 //!
 //! Every call has a request id: the caller's `X-Scf-Request-Id` or a new one. It goes to
 //! the instance and back to the caller in that header, and stamps the lines the instance
@@ -26,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::instance::Instances;
 use crate::metrics::{ErrorKind, Outcome};
-use crate::pool::{AcquireError, Kind, Pool, Pools};
+use crate::pool::{AcquireError, Kind, Lease, Pool, Pools, Served};
 use crate::upstream::Upstream;
 
 /// Bodies of answers and of forwarded requests.
@@ -36,7 +37,7 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub const REQUEST_ID: &str = "x-scf-request-id";
 
 /// A caller's request id must be 1 to 128 of these.
-fn valid_request_id(id: &str) -> bool {
+pub(crate) fn valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
@@ -153,10 +154,17 @@ impl Dataplane {
             Ok(t) => t,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}")),
         };
+        let req = req.map(|b| b.boxed());
         if let Some(pool) = self.pools.get(&function) {
-            return self.call(&pool, req.map(|b| b.boxed()), target, request_id).await.response;
+            return self.call(&pool, req, target, request_id).await.response;
         }
-        self.forward_started(&function, req, target, request_id).await
+        match self.pools.started(&function) {
+            Some(served) => self.call_started(&served, req, target, request_id).await.response,
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("function {function:?} is not deployed and has no running instance on this node; deploy it with agentctl function deploy {function} <image>"),
+            ),
+        }
     }
 
     /// A call to a deployed function: an instance from its pool, the SCF headers, its timeout.
@@ -164,31 +172,15 @@ impl Dataplane {
         let arrived = Instant::now();
         let served = pool.served();
         let spec = &served.spec;
-        let metrics = self.pools.metrics().clone();
-        let count = |code: StatusCode| {
-            if code == StatusCode::OK {
-                served.ok.inc();
-            } else {
-                let labels = Outcome { function: spec.name.clone(), code: code.as_u16().to_string() };
-                metrics.calls.get_or_create(&labels).inc();
-            }
-        };
-        let fail = |reason: &str, code: StatusCode, message: String| {
-            metrics
-                .errors
-                .get_or_create(&ErrorKind { function: spec.name.clone(), reason: reason.into() })
-                .inc();
-            count(code);
-            Answer { response: error(code, message), cold: false, instance: None }
-        };
         if spec.kind == Kind::Event && req.method() != Method::POST {
-            return fail(
+            return self.fail(
+                &served,
                 "method",
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} is an event function: send the event with POST", spec.name),
             );
         }
-        let mut lease = match self.pools.acquire(pool).await {
+        let lease = match self.pools.acquire(pool).await {
             Ok(l) => l,
             Err(e) => {
                 let (reason, code) = match &e {
@@ -197,11 +189,71 @@ impl Dataplane {
                     AcquireError::StartFailed { .. } => ("start_failed", StatusCode::SERVICE_UNAVAILABLE),
                     AcquireError::Removed(_) => ("removed", StatusCode::NOT_FOUND),
                 };
-                return fail(reason, code, e.to_string());
+                return self.fail(&served, reason, code, e.to_string());
             }
         };
-        let cold = lease.cold;
-        let instance = Some(lease.id.clone());
+        let (id, host) = (lease.id.clone(), lease.host.clone());
+        let to = To { id: &id, address: lease.address, host: &host, cold: lease.cold, arrived };
+        self.forward(&served, lease, to, req, target, request_id).await
+    }
+
+    /// A call to a function that is not deployed: one of the instances started for it,
+    /// sent as a deployed function's calls are.
+    async fn call_started(
+        &self,
+        served: &Served,
+        req: Request<Body>,
+        target: Uri,
+        request_id: &str,
+    ) -> Answer {
+        let arrived = Instant::now();
+        let function = &served.spec.name;
+        let instance = match self.instances.pick_or_start(function).await {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                return Answer {
+                    response: error(
+                        StatusCode::NOT_FOUND,
+                        format!("function {function:?} is not deployed and has no running instance on this node; deploy it with agentctl function deploy {function} <image>"),
+                    ),
+                    cold: false,
+                    instance: None,
+                }
+            }
+            Err(e) => {
+                return Answer {
+                    response: error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("function {function:?} has no running instance and starting one failed: {}", crate::api::chain(&e)),
+                    ),
+                    cold: false,
+                    instance: None,
+                }
+            }
+        };
+        let id: Arc<str> = instance.id.as_str().into();
+        let host = HeaderValue::try_from(instance.address.to_string())
+            .unwrap_or(HeaderValue::from_static("localhost"));
+        let hold = Started { instances: self.instances.clone(), id: id.clone() };
+        let to = To { id: &id, address: instance.address, host: &host, cold: false, arrived };
+        self.forward(served, hold, to, req, target, request_id).await
+    }
+
+    /// Sends a call to one instance as every call is sent: an event function's as `POST
+    /// /event-invoke`, the SCF common headers (the caller's X-Scf-* replaced), the trigger
+    /// source, in flight for the instance's log lines, the function's timeout (504 past it,
+    /// and the instance is recycled), counted in the function's metrics. `hold` is kept
+    /// until the answer's body is sent.
+    async fn forward(
+        &self,
+        served: &Served,
+        mut hold: impl Hold,
+        to: To<'_>,
+        req: Request<Body>,
+        target: Uri,
+        request_id: &str,
+    ) -> Answer {
+        let spec = &served.spec;
         let (mut parts, body) = req.into_parts();
         if spec.kind == Kind::Event {
             parts.method = Method::POST;
@@ -209,99 +261,69 @@ impl Dataplane {
         } else {
             parts.uri = target;
         }
-        scf_headers(&mut parts.headers, &served.headers, request_id, &lease.host);
+        scf_headers(&mut parts.headers, &served.headers, request_id, to.host);
         if let Some(TriggerSource(src)) = parts.extensions.get::<TriggerSource>() {
             parts.headers.insert(HeaderName::from_static("x-scf-trigger-src"), src.clone());
         }
         // In flight until the answer's body is sent.
-        let in_flight = self.instances.logs().call(&lease.id, request_id);
+        let in_flight = self.instances.logs().call(to.id, request_id);
         let sent = tokio::time::timeout(
             spec.timeout,
-            self.upstream.send(&lease.id, lease.address, Request::from_parts(parts, body)),
+            self.upstream.send(to.id, to.address, Request::from_parts(parts, body)),
         )
         .await;
+        let instance = Some(to.id.clone());
+        let failed = |reason: &str, code: StatusCode, message: String| {
+            let mut a = self.fail(served, reason, code, message);
+            (a.cold, a.instance) = (to.cold, instance.clone());
+            a
+        };
         match sent {
             Err(_) => {
-                lease.recycle();
+                hold.overran();
                 let ms = spec.timeout.as_millis();
-                let mut a = fail(
+                failed(
                     "timeout",
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("function {:?} did not answer within its timeout of {ms} ms; the instance that overran is recycled", spec.name),
-                );
-                (a.cold, a.instance) = (cold, instance);
-                a
+                )
             }
-            Ok(Err(e)) => {
-                let mut a = fail(
-                    "upstream",
-                    StatusCode::BAD_GATEWAY,
-                    format!("instance {} of function {:?} did not answer: {e}", lease.id, spec.name),
-                );
-                (a.cold, a.instance) = (cold, instance);
-                a
-            }
+            Ok(Err(e)) => failed(
+                "upstream",
+                StatusCode::BAD_GATEWAY,
+                format!("instance {} of function {:?} did not answer: {e}", to.id, spec.name),
+            ),
             Ok(Ok((resp, conn))) => {
-                served.duration.observe(arrived.elapsed().as_secs_f64());
-                count(resp.status());
+                served.duration.observe(to.arrived.elapsed().as_secs_f64());
+                self.count(served, resp.status());
                 let response = resp.map(move |b| {
                     b.map_frame(move |frame| {
-                        let _held = (&lease, &in_flight, &conn);
+                        let _held = (&hold, &in_flight, &conn);
                         frame
                     })
                     .boxed()
                 });
-                Answer { response, cold, instance }
+                Answer { response, cold: to.cold, instance }
             }
         }
     }
 
-    /// A call to a function that is not deployed: one of the instances started for it.
-    async fn forward_started(
-        &self,
-        function: &str,
-        req: Request<Incoming>,
-        target: Uri,
-        request_id: &str,
-    ) -> Response<Body> {
-        let instance = match self.instances.pick_or_start(function).await {
-            Ok(Some(i)) => i,
-            Ok(None) => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("function {function:?} is not deployed and has no running instance on this node; deploy it with agentctl function deploy {function} <image>"),
-                )
-            }
-            Err(e) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("function {function:?} has no running instance and starting one failed: {}", crate::api::chain(&e)),
-                )
-            }
-        };
-        let (mut parts, body) = req.into_parts();
-        parts.uri = target;
-        if let Ok(host) = HeaderValue::from_str(&instance.address.to_string()) {
-            parts.headers.insert(HOST, host);
+    /// Counts a call's answer in its function's metrics.
+    fn count(&self, served: &Served, code: StatusCode) {
+        if code == StatusCode::OK {
+            served.ok.inc();
+        } else {
+            let labels = Outcome { function: served.spec.name.clone(), code: code.as_u16().to_string() };
+            self.pools.metrics().calls.get_or_create(&labels).inc();
         }
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            parts.headers.insert(REQUEST_ID, v);
-        }
-        let call = self.instances.logs().call(&instance.id, request_id);
-        let id: Arc<str> = instance.id.as_str().into();
-        match self.upstream.send(&id, instance.address, Request::from_parts(parts, body.boxed())).await {
-            Ok((resp, conn)) => resp.map(move |b| {
-                b.map_frame(move |f| {
-                    let _in_flight = (&call, &conn);
-                    f
-                })
-                .boxed()
-            }),
-            Err(e) => error(
-                StatusCode::BAD_GATEWAY,
-                format!("instance {} of function {function:?} did not answer: {e}", instance.id),
-            ),
-        }
+    }
+
+    /// An error answer of the agent's, counted with its reason.
+    fn fail(&self, served: &Served, reason: &str, code: StatusCode, message: String) -> Answer {
+        let errors = &self.pools.metrics().errors;
+        errors.get_or_create(&ErrorKind { function: served.spec.name.clone(), reason: reason.into() }).inc();
+        self.count(served, code);
+        Answer { response: error(code, message), cold: false, instance: None }
     }
 
     /// The gRPC Invoke: the payload as the body of a POST (to /event-invoke for an event
@@ -313,14 +335,56 @@ impl Dataplane {
         request_id: &str,
         trigger: Option<HeaderValue>,
     ) -> Option<Answer> {
-        let pool = self.pools.get(function)?;
+        let pool = self.pools.get(function);
+        let started = if pool.is_none() { Some(self.pools.started(function)?) } else { None };
         let mut req = Request::new(Full::new(payload).map_err(|never| match never {}).boxed());
         if let Some(t) = trigger {
             req.extensions_mut().insert(TriggerSource(t));
         }
         *req.method_mut() = Method::POST;
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Some(self.call(&pool, req, Uri::from_static("/"), request_id).await)
+        let target = Uri::from_static("/");
+        Some(match (pool, started) {
+            (Some(pool), _) => self.call(&pool, req, target, request_id).await,
+            (None, Some(served)) => self.call_started(&served, req, target, request_id).await,
+            (None, None) => return None,
+        })
+    }
+}
+
+/// The instance a call goes to.
+struct To<'a> {
+    id: &'a Arc<str>,
+    address: std::net::SocketAddr,
+    /// Its address as a Host header.
+    host: &'a HeaderValue,
+    /// Whether it was started for this call.
+    cold: bool,
+    /// When the call arrived (its duration counts from there, queue wait included).
+    arrived: Instant,
+}
+
+/// A call's hold on its instance, kept until the answer's body is sent.
+trait Hold: Send + Sync + 'static {
+    /// The call overran the function's timeout: the instance takes no more calls.
+    fn overran(&mut self);
+}
+
+impl Hold for Lease {
+    fn overran(&mut self) {
+        self.recycle();
+    }
+}
+
+/// The hold of a call to an instance started on its own (no pool keeps count of it).
+struct Started {
+    instances: Arc<Instances>,
+    id: Arc<str>,
+}
+
+impl Hold for Started {
+    fn overran(&mut self) {
+        self.instances.recycle(&self.id);
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +72,9 @@ pub struct StartRequest {
     pub namespace: String,
     /// Memory in MB; 0 for the default.
     pub memory_mb: u32,
+    /// Longest a call may take, in ms; 0 for the default (3000). Used by the data plane
+    /// for calls to instances started on their own.
+    pub timeout_ms: u32,
 }
 
 /// Checks a function name: 1 to 63 of a-z, 0-9 and '-', starting with a letter, not
@@ -120,7 +123,10 @@ pub struct Instances {
     /// How each function's instances were last started, for the cold start of the next
     /// one when a call finds none running (after a crash or an OOM kill). Dropped when the
     /// operator stops a function's last instance. In memory only (it holds secrets).
-    templates: Mutex<HashMap<String, StartRequest>>,
+    templates: Mutex<HashMap<String, (u64, StartRequest)>>,
+    /// Counts template changes (each start records one): the data plane's view of a
+    /// template is made again when its number changes.
+    template_changes: AtomicU64,
     /// One cold start at a time per function: calls that find no instance wait for it.
     cold_starts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Instances being started: their exit, if it comes before they listen, ends the start.
@@ -189,6 +195,7 @@ impl Instances {
             oom_seen: Mutex::new(HashSet::new()),
             exits_at_start: Mutex::new(HashMap::new()),
             templates: Mutex::new(HashMap::new()),
+            template_changes: AtomicU64::new(0),
             cold_starts: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
@@ -477,7 +484,8 @@ impl Instances {
             reason: String::new(),
         };
         self.lock().insert(id, inst.clone());
-        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(inst.function.clone(), template);
+        let n = self.template_changes.fetch_add(1, Ordering::Relaxed);
+        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(inst.function.clone(), (n, template));
         let advice = memory_advice(image.info.size_bytes, limits.memory_mb);
         if let Some(a) = &advice {
             tracing::warn!(instance = %inst.id, image = %inst.image, "{a}");
@@ -686,6 +694,11 @@ impl Instances {
         inst.state = state.into();
         inst.reason = reason;
         inst.pid = 0;
+        self.push_ended(at, inst);
+    }
+
+    /// Lists an ended instance (with its state and reason set) for ListInstances.
+    fn push_ended(&self, at: SystemTime, inst: Instance) {
         let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         ended.push_back((at, inst));
         let horizon = SystemTime::now() - ENDED_KEPT;
@@ -730,8 +743,7 @@ impl Instances {
         if let Some(i) = self.pick(function) {
             return Ok(Some(i));
         }
-        let Some(template) = self.templates.lock().unwrap_or_else(|p| p.into_inner()).get(function).cloned()
-        else {
+        let Some(template) = self.template(function).map(|(_, t)| t) else {
             return Ok(None);
         };
         tracing::info!(function, "cold start: a call found no running instance");
@@ -744,6 +756,31 @@ impl Instances {
                 source: std::io::Error::other(e),
             })?;
         Ok(Some(started?.0))
+    }
+
+    /// How `function`'s instances were last started, with the template's change number,
+    /// while calls to it may start one (see [`Instances::pick_or_start`]).
+    pub fn template(&self, function: &str) -> Option<(u64, StartRequest)> {
+        self.templates.lock().unwrap_or_else(|p| p.into_inner()).get(function).cloned()
+    }
+
+    /// Stops an instance that overran a call's timeout. Unlike [`Instances::stop`], its
+    /// function's template stays: the next call starts another instance like it.
+    pub fn recycle(self: &Arc<Self>, id: &str) {
+        let Some(mut inst) = self.lock().remove(id) else { return };
+        tracing::warn!(instance = id, function = %inst.function, "stopping an instance that overran a call's timeout");
+        inst.state = "stopped".into();
+        inst.reason = "stopped by the agent: a call overran the function's timeout".into();
+        inst.pid = 0;
+        self.push_ended(SystemTime::now(), inst);
+        let this = self.clone();
+        let id = id.to_string();
+        // On the main runtime, not the data plane's thread that noticed the overrun.
+        self.rt.spawn(async move {
+            if let Err(e) = this.teardown(&id).await {
+                tracing::warn!(instance = %id, error = %e, "stopping an instance that overran");
+            }
+        });
     }
 
     /// The running instances of `function`.

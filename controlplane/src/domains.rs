@@ -29,10 +29,14 @@ pub async fn create(state: &State, req: CreateDomain) -> Result<Domain, Error> {
             if !d.functions.contains_key(&domain.function_id) {
                 return Err(Error::NotFound { resource: "function", id: domain.function_id.clone() });
             }
-            if d.domains.values().any(|x| x.hostname == domain.hostname) {
-                return Err(Error::Conflict {
+            if let Some(x) = d.domains.values().find(|x| x.hostname == domain.hostname) {
+                return Err(Error::AlreadyExists {
                     resource: "domain",
-                    message: format!("host name {:?} routes to a function already", domain.hostname),
+                    id: x.id.clone(),
+                    message: format!(
+                        "host name {:?} routes to function {} already (domain {}): delete that domain first",
+                        domain.hostname, x.function_id, x.id
+                    ),
                 });
             }
             Ok((vec![Change::Domain(domain.clone())], domain))

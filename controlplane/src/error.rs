@@ -17,15 +17,27 @@ pub enum Error {
     /// One or more arguments are not allowed; each with the reason.
     #[error("invalid argument(s): {}", .0.iter().map(|(a, m)| format!("{a}: {m}")).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<(String, String)>),
-    /// The resource exists already (a name taken).
+    /// A resource with this name exists already (Scaleway's `already_exists`).
     #[error("{message}")]
-    Conflict {
+    AlreadyExists {
         /// Kind of resource.
         resource: &'static str,
-        /// What collides.
+        /// The id of the one that exists.
+        id: String,
+        /// What collides, and what to do.
         message: String,
     },
-    /// The resource is not in a state that allows this.
+    /// The resource is in the middle of a change that must end first (`transient_state`).
+    #[error("{resource} {id} is {state}: wait until it is done, then try again")]
+    TransientState {
+        /// Kind of resource.
+        resource: &'static str,
+        /// Its id.
+        id: String,
+        /// The state it is in.
+        state: &'static str,
+    },
+    /// The resource is not in a state that allows this (`precondition_failed`).
     #[error("{0}")]
     Precondition(String),
     /// No or a wrong admin key.

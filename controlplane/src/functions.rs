@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::model::{
     check_memory, check_name, check_scale, merge_secrets, parse_timeout, Function, FunctionStatus,
 };
-use crate::namespaces::{check_vars, SecretInput};
+use crate::namespaces::{check_vars, hash_secrets, SecretInput};
 use crate::state::{Change, State};
 
 /// Defaults of Scaleway: 0 to 20 instances, 256 MB, 300 s, public.
@@ -55,9 +55,19 @@ pub struct FunctionInput {
     registry_image: Option<String>,
     #[serde(default)]
     image_acceleration: Option<bool>,
+    #[serde(default)]
+    sandbox: Option<String>,
+    #[serde(default)]
+    private_network_id: Option<String>,
     /// Update only: deploy after the change.
     #[serde(default)]
     pub redeploy: Option<bool>,
+}
+
+/// A Scaleway enum as sent: its zero value `unknown_*` (what the Go SDK sends for a field
+/// left unset) and an empty string mean "not set".
+fn enum_value(value: Option<String>, zero: &str) -> Option<String> {
+    value.filter(|v| !v.is_empty() && v != zero)
 }
 
 fn one_of(field: &str, value: &Option<String>, allowed: &[&str], errors: &mut Vec<(String, String)>) {
@@ -69,8 +79,18 @@ fn one_of(field: &str, value: &Option<String>, allowed: &[&str], errors: &mut Ve
 }
 
 /// Applies `input` onto `f`, collecting every problem.
-fn apply(f: &mut Function, input: FunctionInput) -> Result<(), Error> {
+fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result<(), Error> {
+    input.privacy = enum_value(input.privacy, "unknown_privacy");
+    input.http_option = enum_value(input.http_option, "unknown_http_option");
+    input.runtime = enum_value(input.runtime, "unknown_runtime");
+    input.sandbox = enum_value(input.sandbox, "unknown_sandbox");
     let mut errors = Vec::new();
+    if input.private_network_id.as_deref().is_some_and(|p| !p.is_empty()) {
+        errors.push((
+            "private_network_id".into(),
+            "private networks are not offered by this control plane: leave private_network_id unset".into(),
+        ));
+    }
     check_vars(
         input.environment_variables.as_ref(),
         input.secret_environment_variables.as_deref(),
@@ -78,6 +98,7 @@ fn apply(f: &mut Function, input: FunctionInput) -> Result<(), Error> {
     );
     one_of("privacy", &input.privacy, &["public", "private"], &mut errors);
     one_of("http_option", &input.http_option, &["enabled", "redirected"], &mut errors);
+    one_of("sandbox", &input.sandbox, &["v1", "v2"], &mut errors);
     if let Some(m) = input.memory_limit {
         if let Err(e) = check_memory(m) {
             errors.push(("memory_limit".into(), e));
@@ -110,15 +131,7 @@ fn apply(f: &mut Function, input: FunctionInput) -> Result<(), Error> {
     if let Some(v) = input.environment_variables {
         f.environment_variables = v;
     }
-    merge_secrets(
-        &mut f.secrets,
-        input
-            .secret_environment_variables
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| (s.key, s.value))
-            .collect(),
-    );
+    merge_secrets(&mut f.secrets, secrets);
     f.min_scale = min;
     f.max_scale = max;
     f.memory_limit = input.memory_limit.unwrap_or(f.memory_limit);
@@ -126,6 +139,7 @@ fn apply(f: &mut Function, input: FunctionInput) -> Result<(), Error> {
     f.privacy = input.privacy.unwrap_or(std::mem::take(&mut f.privacy));
     f.http_option = input.http_option.unwrap_or(std::mem::take(&mut f.http_option));
     f.runtime = input.runtime.unwrap_or(std::mem::take(&mut f.runtime));
+    f.sandbox = input.sandbox.unwrap_or(std::mem::take(&mut f.sandbox));
     f.handler = input.handler.unwrap_or(std::mem::take(&mut f.handler));
     f.description = input.description.unwrap_or(std::mem::take(&mut f.description));
     f.tags = input.tags.unwrap_or(std::mem::take(&mut f.tags));
@@ -140,6 +154,9 @@ fn apply(f: &mut Function, input: FunctionInput) -> Result<(), Error> {
     f.updated_at = Utc::now();
     Ok(())
 }
+
+/// A request's secrets, hashed (see `namespaces::hash_secrets`).
+type Secrets = Vec<(String, Option<crate::model::SecretVar>)>;
 
 /// Creates a function (status `created`; nothing runs until it is deployed).
 pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function, Error> {
@@ -169,6 +186,7 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
         privacy: "public".into(),
         http_option: "enabled".into(),
         runtime: "unknown_runtime".into(),
+        sandbox: "v2".into(),
         handler: String::new(),
         tags: Vec::new(),
         status: FunctionStatus::Created,
@@ -181,18 +199,21 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
         pushed_digest: None,
         build_message: None,
     };
-    apply(&mut f, input)?;
+    let secrets = hash_secrets(input.secret_environment_variables.clone()).await?;
+    apply(&mut f, input, secrets)?;
     state
         .write(|d| {
             if !d.namespaces.contains_key(&f.namespace_id) {
                 return Err(Error::NotFound { resource: "namespace", id: f.namespace_id.clone() });
             }
-            if d.functions.values().any(|o| o.namespace_id == f.namespace_id && o.name == f.name) {
-                return Err(Error::Conflict {
+            if let Some(o) = d.functions.values().find(|o| o.namespace_id == f.namespace_id && o.name == f.name)
+            {
+                return Err(Error::AlreadyExists {
                     resource: "function",
+                    id: o.id.clone(),
                     message: format!(
-                        "a function named {:?} exists already in namespace {}",
-                        f.name, f.namespace_id
+                        "a function named {:?} exists already in namespace {} (id {}): choose another name or update it",
+                        f.name, f.namespace_id, o.id
                     ),
                 });
             }
@@ -215,6 +236,7 @@ pub async fn update(state: &State, id: &str, input: FunctionInput) -> Result<(Fu
     if input.name.is_some() || input.namespace_id.is_some() {
         return Err(Error::invalid("name", "a function's name and namespace_id cannot change"));
     }
+    let secrets = hash_secrets(input.secret_environment_variables.clone()).await?;
     state
         .write(|d| {
             let mut f = d
@@ -222,7 +244,7 @@ pub async fn update(state: &State, id: &str, input: FunctionInput) -> Result<(Fu
                 .get(id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
-            apply(&mut f, input)?;
+            apply(&mut f, input, secrets)?;
             Ok((vec![Change::Function(f.clone())], (f, redeploy)))
         })
         .await
@@ -285,7 +307,11 @@ pub async fn start_deploy(
                 )));
             }
             if f.status == FunctionStatus::Pending {
-                return Err(Error::Precondition(format!("function {id} is being deployed already")));
+                return Err(Error::TransientState {
+                    resource: "function",
+                    id: id.to_string(),
+                    state: "pending",
+                });
             }
             f.status = FunctionStatus::Pending;
             f.error_message = None;

@@ -187,6 +187,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         .map_err(|e| error::Error::Internal(e.to_string()))?
         .map_err(error::Error::from)?;
     let state = Arc::new(State::open(Arc::new(store))?);
+    namespaces::upgrade_secret_hashes(&state).await?;
     let api = bind(cfg.api_listen).await?;
     if cfg.public_url.is_empty() {
         let addr = api.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;

@@ -21,7 +21,9 @@ pub struct SecretVar {
     pub key: String,
     /// The value (kept in the store, which only its owner can read; never answered).
     pub value: String,
-    /// `sha256:<hex>` of the value: what answers show.
+    /// An argon2id hash of the value in PHC form (`$argon2id$v=19$m=...`), as Scaleway
+    /// answers it: clients such as the Serverless Framework's plugin verify a value they
+    /// hold against it to tell whether it changed. What answers show.
     pub hashed_value: String,
 }
 
@@ -32,19 +34,31 @@ impl std::fmt::Debug for SecretVar {
 }
 
 impl SecretVar {
-    /// A secret with its hash.
-    pub fn new(key: String, value: String) -> SecretVar {
-        let hashed_value = format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())));
-        SecretVar { key, value, hashed_value }
+    /// A secret with its argon2id hash (a salt of its own; Argon2's default cost, some
+    /// tens of ms: call it off the async threads, see `namespaces::hash_secrets`).
+    pub fn new(key: String, value: String) -> Result<SecretVar, String> {
+        use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+        let salt = SaltString::generate(&mut OsRng);
+        let hashed_value = argon2::Argon2::default()
+            .hash_password(value.as_bytes(), &salt)
+            .map_err(|e| format!("hashing secret {key}: {e}"))?
+            .to_string();
+        Ok(SecretVar { key, value, hashed_value })
+    }
+
+    /// Whether its hash is of an older form (before argon2id) and must be made again.
+    pub fn needs_rehash(&self) -> bool {
+        !self.hashed_value.starts_with("$argon2id$")
     }
 }
 
-/// Applies a Scaleway secret update: a key with a value sets it, a key without one removes it.
-pub fn merge_secrets(current: &mut Vec<SecretVar>, changes: Vec<(String, Option<String>)>) {
+/// Applies a Scaleway secret update: a key with a value sets it, a key without one
+/// (absent or null) removes it, keys not named stay.
+pub fn merge_secrets(current: &mut Vec<SecretVar>, changes: Vec<(String, Option<SecretVar>)>) {
     for (key, value) in changes {
         current.retain(|s| s.key != key);
         if let Some(v) = value {
-            current.push(SecretVar::new(key, v));
+            current.push(v);
         }
     }
     current.sort_by(|a, b| a.key.cmp(&b.key));
@@ -120,6 +134,10 @@ pub struct Function {
     pub http_option: String,
     /// As given (image functions need none).
     pub runtime: String,
+    /// Scaleway's sandbox generation, `v1` or `v2` (default): kept and answered; every
+    /// instance here runs in the same sandbox whichever is chosen.
+    #[serde(default = "default_sandbox")]
+    pub sandbox: String,
     /// As given.
     pub handler: String,
     /// Labels.
@@ -146,6 +164,10 @@ pub struct Function {
     /// What the last build of a code function did (or why it failed).
     #[serde(default)]
     pub build_message: Option<String>,
+}
+
+fn default_sandbox() -> String {
+    "v2".into()
 }
 
 /// The part of a function that a deploy fixes (scales apply at once, these at a deploy).
@@ -428,12 +450,20 @@ mod tests {
     }
 
     #[test]
-    fn secrets_merge_and_hash() {
-        let mut s = vec![SecretVar::new("A".into(), "x".into())];
-        merge_secrets(&mut s, vec![("B".into(), Some("zq9".into())), ("A".into(), None)]);
+    fn secrets_merge_and_hash_as_argon2id_that_verifies() {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        let mut s = vec![SecretVar::new("A".into(), "x".into()).unwrap()];
+        let b = SecretVar::new("B".into(), "zq9".into()).unwrap();
+        merge_secrets(&mut s, vec![("B".into(), Some(b)), ("A".into(), None), ("C".into(), None)]);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].key, "B");
-        assert!(s[0].hashed_value.starts_with("sha256:"));
+        assert!(s[0].hashed_value.starts_with("$argon2id$v=19$"), "{}", s[0].hashed_value);
+        assert!(!s[0].needs_rehash());
+        let parsed = PasswordHash::new(&s[0].hashed_value).unwrap();
+        assert!(argon2::Argon2::default().verify_password(b"zq9", &parsed).is_ok());
+        assert!(argon2::Argon2::default().verify_password(b"zq8", &parsed).is_err());
         assert!(!format!("{s:?}").contains("zq9"));
+        let other = SecretVar::new("B".into(), "zq9".into()).unwrap();
+        assert_ne!(other.hashed_value, s[0].hashed_value, "each hash has a salt of its own");
     }
 }

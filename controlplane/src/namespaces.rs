@@ -6,7 +6,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::model::{check_env_key, check_name, merge_secrets, Namespace};
+use crate::model::{check_env_key, check_name, merge_secrets, Namespace, SecretVar};
 use crate::state::{Change, State};
 
 /// A secret as Scaleway's API sends it: a value sets it, none removes it.
@@ -68,8 +68,27 @@ pub struct UpdateNamespace {
     tags: Option<Vec<String>>,
 }
 
-fn secrets_of(input: Option<Vec<SecretInput>>) -> Vec<(String, Option<String>)> {
-    input.unwrap_or_default().into_iter().map(|s| (s.key, s.value)).collect()
+/// Hashes the secrets of a request (argon2id, on a blocking thread): a key with its
+/// [`SecretVar`], or none to remove it.
+pub async fn hash_secrets(
+    input: Option<Vec<SecretInput>>,
+) -> Result<Vec<(String, Option<SecretVar>)>, Error> {
+    let input = input.unwrap_or_default();
+    if input.iter().all(|s| s.value.is_none()) {
+        return Ok(input.into_iter().map(|s| (s.key, None)).collect());
+    }
+    tokio::task::spawn_blocking(move || {
+        input
+            .into_iter()
+            .map(|s| match s.value {
+                Some(v) => SecretVar::new(s.key.clone(), v).map(|h| (s.key, Some(h))),
+                None => Ok((s.key, None)),
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
+    .map_err(Error::Internal)
 }
 
 /// Creates a namespace.
@@ -96,13 +115,17 @@ pub async fn create(state: &State, req: CreateNamespace) -> Result<Namespace, Er
         created_at: now,
         updated_at: now,
     };
-    merge_secrets(&mut ns.secrets, secrets_of(req.secret_environment_variables));
+    merge_secrets(&mut ns.secrets, hash_secrets(req.secret_environment_variables).await?);
     state
         .write(|d| {
-            if d.namespaces.values().any(|n| n.name == ns.name) {
-                return Err(Error::Conflict {
+            if let Some(n) = d.namespaces.values().find(|n| n.name == ns.name) {
+                return Err(Error::AlreadyExists {
                     resource: "namespace",
-                    message: format!("a namespace named {:?} exists already", ns.name),
+                    id: n.id.clone(),
+                    message: format!(
+                        "a namespace named {:?} exists already (id {}): choose another name or update it",
+                        ns.name, n.id
+                    ),
                 });
             }
             Ok((vec![Change::Namespace(ns.clone())], ns))
@@ -117,13 +140,15 @@ pub fn get(state: &State, id: &str) -> Result<Namespace, Error> {
         .ok_or_else(|| Error::NotFound { resource: "namespace", id: id.to_string() })
 }
 
-/// Changes a namespace; its functions get the new variables at their next deploy.
-pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<Namespace, Error> {
+/// Changes a namespace; the second value says whether its variables or secrets changed
+/// (its deployed functions are then deployed again to get them).
+pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<(Namespace, bool), Error> {
     let mut errors = Vec::new();
     check_vars(req.environment_variables.as_ref(), req.secret_environment_variables.as_deref(), &mut errors);
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
+    let secrets = hash_secrets(req.secret_environment_variables).await?;
     state
         .write(|d| {
             let mut ns = d
@@ -131,6 +156,7 @@ pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<Nam
                 .get(id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "namespace", id: id.to_string() })?;
+            let before = (ns.environment_variables.clone(), ns.secrets.clone());
             if let Some(env) = req.environment_variables {
                 ns.environment_variables = env;
             }
@@ -140,9 +166,12 @@ pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<Nam
             if let Some(tags) = req.tags {
                 ns.tags = tags;
             }
-            merge_secrets(&mut ns.secrets, secrets_of(req.secret_environment_variables));
+            merge_secrets(&mut ns.secrets, secrets);
+            let values =
+                |s: &[SecretVar]| s.iter().map(|s| (s.key.clone(), s.value.clone())).collect::<Vec<_>>();
+            let changed = before.0 != ns.environment_variables || values(&before.1) != values(&ns.secrets);
             ns.updated_at = Utc::now();
-            Ok((vec![Change::Namespace(ns.clone())], ns))
+            Ok((vec![Change::Namespace(ns.clone())], (ns, changed)))
         })
         .await
 }
@@ -180,4 +209,57 @@ pub async fn delete(state: &State, id: &str) -> Result<Namespace, Error> {
             Ok((changes, ns))
         })
         .await
+}
+
+/// Hashes again, as argon2id, the secrets a store of an earlier version kept with another
+/// hash (`sha256:`); the number of records rewritten. Run once at start.
+pub async fn upgrade_secret_hashes(state: &State) -> Result<usize, Error> {
+    let (mut namespaces, mut functions) = state.read(|d| {
+        let ns: Vec<Namespace> = d
+            .namespaces
+            .values()
+            .filter(|n| n.secrets.iter().any(SecretVar::needs_rehash))
+            .cloned()
+            .collect();
+        let fs: Vec<crate::model::Function> =
+            d.functions.values().filter(|f| f.secrets.iter().any(SecretVar::needs_rehash)).cloned().collect();
+        (ns, fs)
+    });
+    if namespaces.is_empty() && functions.is_empty() {
+        return Ok(0);
+    }
+    let rehash = |secrets: &mut Vec<SecretVar>| -> Result<(), String> {
+        for s in secrets.iter_mut().filter(|s| s.needs_rehash()) {
+            *s = SecretVar::new(s.key.clone(), std::mem::take(&mut s.value))?;
+        }
+        Ok(())
+    };
+    (namespaces, functions) = tokio::task::spawn_blocking(move || {
+        namespaces.iter_mut().try_for_each(|n| rehash(&mut n.secrets))?;
+        functions.iter_mut().try_for_each(|f| rehash(&mut f.secrets))?;
+        Ok::<_, String>((namespaces, functions))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
+    .map_err(Error::Internal)?;
+    let n = namespaces.len() + functions.len();
+    state
+        .write(|d| {
+            // Only records still there and unchanged since they were read.
+            let mut changes = Vec::new();
+            for ns in namespaces {
+                if d.namespaces.get(&ns.id).is_some_and(|o| o.updated_at == ns.updated_at) {
+                    changes.push(Change::Namespace(ns));
+                }
+            }
+            for f in functions {
+                if d.functions.get(&f.id).is_some_and(|o| o.updated_at == f.updated_at) {
+                    changes.push(Change::Function(f));
+                }
+            }
+            Ok((changes, ()))
+        })
+        .await?;
+    tracing::info!(records = n, "secret hashes of an earlier version made again as argon2id");
+    Ok(n)
 }

@@ -271,6 +271,9 @@ pub struct Pools {
     rt: tokio::runtime::Handle,
     /// Removed functions whose instances still finish calls.
     draining: Mutex<Vec<Arc<Pool>>>,
+    /// What calls to functions that are not deployed but have instances started on their
+    /// own share, by function, with the change number of the template it was made from.
+    started: Mutex<HashMap<String, (u64, Arc<Served>)>>,
 }
 
 /// Marks a call as waiting until dropped.
@@ -300,6 +303,7 @@ impl Pools {
             rt: tokio::runtime::Handle::current(),
             pools: Mutex::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
+            started: Mutex::new(HashMap::new()),
         }
     }
 
@@ -341,6 +345,39 @@ impl Pools {
             key: spec.instance_key(),
             spec,
         }
+    }
+
+    /// Checks a StartInstance request as the spec its calls will be served with.
+    pub fn check_started(&self, req: &crate::instance::StartRequest) -> Result<(), Error> {
+        FunctionSpec::of_started(req, &self.policy).map(drop)
+    }
+
+    /// What calls to `function` share when it is not deployed but has instances started on
+    /// their own (StartInstance): made from how they were last started, so that such calls
+    /// get the SCF headers and timeout a deployed function's calls get. None when the node
+    /// knows no way to run it.
+    pub fn started(&self, function: &str) -> Option<Arc<Served>> {
+        let mut cache = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((n, template)) = self.instances.template(function) else {
+            cache.remove(function);
+            return None;
+        };
+        if let Some((seen, served)) = cache.get(function) {
+            if *seen == n {
+                return Some(served.clone());
+            }
+        }
+        // The template was checked when its instance started; a failure here is a bug.
+        let spec = match FunctionSpec::of_started(&template, &self.policy) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(function, error = %e, "the start template of a function is not a valid spec");
+                return None;
+            }
+        };
+        let served = Arc::new(self.served(Arc::new(spec)));
+        cache.insert(function.to_string(), (n, served.clone()));
+        Some(served)
     }
 
     /// The pool of a deployed function.

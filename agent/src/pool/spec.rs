@@ -208,7 +208,27 @@ impl FunctionSpec {
             version: self.version.clone(),
             namespace: self.namespace.clone(),
             memory_mb: self.memory_mb,
+            timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(MAX_TIMEOUT_MS),
         }
+    }
+
+    /// The spec calls to the instances of `req`'s function (started on their own with
+    /// StartInstance, not deployed) are served with: one instance's worth of pool, HTTP.
+    pub fn of_started(req: &StartRequest, policy: &Policy) -> Result<FunctionSpec, Error> {
+        RawSpec {
+            name: req.function.clone(),
+            namespace: req.namespace.clone(),
+            version: req.version.clone(),
+            image: req.image.clone(),
+            event: false,
+            memory_mb: req.memory_mb,
+            timeout_ms: req.timeout_ms,
+            env: req.env.clone(),
+            secrets: req.secrets.0.clone(),
+            display_name: req.display_name.clone(),
+            ..RawSpec::default()
+        }
+        .check(policy)
     }
 }
 

@@ -28,6 +28,9 @@ pub enum InstanceCommand {
         /// Secret environment variable, KEY=VALUE; repeatable; never shown back.
         #[arg(long = "secret", value_name = "KEY=VALUE")]
         secret: Vec<String>,
+        /// Longest a call may take, in ms (504 past it); 3000 if unset.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        timeout_ms: u32,
     },
     /// Stop an instance and remove all it owned.
     Stop {
@@ -49,7 +52,7 @@ pub async fn run(
     out: Output,
 ) -> Result<(), CliError> {
     match cmd {
-        InstanceCommand::Start { function, image, env, memory, secret } => {
+        InstanceCommand::Start { function, image, env, memory, secret, timeout_ms } => {
             let env = key_values("--env", env, true)?;
             let secrets = key_values("--secret", secret, false)?;
             let req = StartInstanceRequest {
@@ -58,6 +61,7 @@ pub async fn run(
                 env,
                 memory_mb: memory,
                 secrets,
+                timeout_ms,
                 ..Default::default()
             };
             let started = agent.start_instance(req).await?.into_inner();

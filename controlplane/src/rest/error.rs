@@ -1,4 +1,6 @@
-//! Core errors as Scaleway's JSON error bodies: one exhaustive mapping.
+//! Core errors as Scaleway's JSON error bodies: one exhaustive mapping, with the standard
+//! `type`s and fields the SDKs turn into typed errors (scaleway-sdk-go `scw/errors.go`) and
+//! the status codes Scaleway answers them with.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -34,9 +36,13 @@ impl IntoResponse for ApiError {
                     })).collect::<Vec<_>>(),
                 }),
             ),
-            Error::Conflict { resource, .. } => (
+            Error::AlreadyExists { resource, id, .. } => (
                 StatusCode::CONFLICT,
-                json!({ "type": "conflict", "message": message, "resource": resource }),
+                json!({ "type": "already_exists", "message": message, "resource": resource, "resource_id": id, "help_message": message }),
+            ),
+            Error::TransientState { resource, id, state } => (
+                StatusCode::CONFLICT,
+                json!({ "type": "transient_state", "message": message, "resource": resource, "resource_id": id, "current_state": state }),
             ),
             Error::Precondition(_) => (
                 StatusCode::PRECONDITION_FAILED,

@@ -44,7 +44,11 @@ impl ListQuery {
                 format!("{page_size} is out of range: page_size must be 1 to {MAX_PAGE_SIZE}"),
             ));
         }
-        let order_by = params.get("order_by").cloned().unwrap_or_else(|| orders[0].to_string());
+        let order_by = params
+            .get("order_by")
+            .filter(|o| !o.is_empty())
+            .cloned()
+            .unwrap_or_else(|| orders[0].to_string());
         if !orders.contains(&order_by.as_str()) {
             errors.push(("order_by".into(), format!("{order_by:?} is not an order: use one of {orders:?}")));
         }

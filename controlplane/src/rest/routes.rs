@@ -24,6 +24,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let r = Router::new()
         .route("/namespaces", get(list_namespaces).post(create_namespace))
         .route("/namespaces/{id}", get(get_namespace).patch(update_namespace).delete(delete_namespace))
+        .route("/namespaces/{id}/functions", get(list_namespace_functions))
         .route("/functions", get(list_functions).post(create_function))
         .route("/functions/{id}", get(get_function).patch(update_function).delete(delete_function))
         .route("/functions/{id}/deploy", post(deploy_function))
@@ -114,6 +115,11 @@ async fn list_namespaces(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): R
             .collect::<Vec<_>>()
     });
     order(&mut items, &q.order_by, |n| views::time(&n.created_at), |n| n.name.clone());
+    // The name filter matches parts of names; clients that look a namespace up by its name
+    // take the first one (the Serverless Framework's plugin does): the exact one comes first.
+    if let Some(name) = q.filter("name") {
+        items.sort_by_key(|n| n.name != name);
+    }
     let site = site(&ctx);
     Ok(Json(q.page("namespaces", items.iter().map(|n| views::namespace(n, &site, "ready")).collect())))
 }
@@ -131,7 +137,25 @@ async fn get_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) 
 
 async fn update_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
     region(&ctx, &r)?;
-    let ns = namespaces::update(&ctx.state, &id, body(&b)?).await?;
+    let (ns, changed) = namespaces::update(&ctx.state, &id, body(&b)?).await?;
+    if changed {
+        // Its deployed functions get the new variables and secrets now, as on Scaleway.
+        let deployed: Vec<String> = ctx.state.read(|d| {
+            d.functions
+                .values()
+                .filter(|f| f.namespace_id == id && f.deployed.is_some())
+                .map(|f| f.id.clone())
+                .collect()
+        });
+        for fid in deployed {
+            match functions::start_deploy(&ctx.state, &fid, |f| has_code(&ctx, f)).await {
+                Ok(_) => ctx.scheduler.deploy(&fid),
+                Err(e) => {
+                    tracing::warn!(function = %fid, error = %e, "not deployed again after its namespace changed")
+                }
+            }
+        }
+    }
     Ok(Json(views::namespace(&ns, &site(&ctx), "ready")))
 }
 
@@ -149,6 +173,28 @@ async fn list_functions(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): Ra
         d.functions
             .values()
             .filter(|f| q.filter("namespace_id").is_none_or(|n| f.namespace_id == n))
+            .filter(|f| q.filter("name").is_none_or(|name| f.name.contains(name)))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    order(&mut items, &q.order_by, |f| views::time(&f.created_at), |f| f.name.clone());
+    Ok(Json(q.page("functions", items.iter().map(|f| function_view(&ctx, f, None)).collect())))
+}
+
+/// `GET .../namespaces/{id}/functions`: the functions of one namespace (the path the
+/// Serverless Framework's Scaleway plugin lists them by).
+async fn list_namespace_functions(
+    AxState(ctx): Ax,
+    Path((r, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    region(&ctx, &r)?;
+    namespaces::get(&ctx.state, &id)?;
+    let q = ListQuery::parse(q.as_deref(), NAMED_ORDERS)?;
+    let mut items = ctx.state.read(|d| {
+        d.functions
+            .values()
+            .filter(|f| f.namespace_id == id)
             .filter(|f| q.filter("name").is_none_or(|name| f.name.contains(name)))
             .cloned()
             .collect::<Vec<_>>()

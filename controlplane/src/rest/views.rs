@@ -81,7 +81,7 @@ pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<
         "region": site.region,
         "http_option": f.http_option,
         "runtime_message": "",
-        "sandbox": "v2",
+        "sandbox": f.sandbox,
         "tags": f.tags,
         "created_at": time(&f.created_at),
         "updated_at": time(&f.updated_at),
