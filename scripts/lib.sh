@@ -294,3 +294,27 @@ ensure_sdk_venv() {
   fi
   export FNRT_SDK_PYTHON="$venv/bin/python"
 }
+
+# The Serverless Framework v3 and Scaleway's plugin for it, at the versions of
+# tests/serverless/package-lock.json, under target/serverless (npm ci, from the npm
+# registry); exports FNRT_SERVERLESS_DIR. tests/shipped.rs deploys with them.
+ensure_serverless() {
+  local dir="$ROOT/target/serverless" want="$ROOT/tests/serverless"
+  if ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(nodejs npm)
+    ensure_packages
+  fi
+  if ! cmp -s "$want/package-lock.json" "$dir/package-lock.json" || [ ! -x "$dir/node_modules/.bin/serverless" ] ||
+    ! (cd "$dir" && node -e 'require("argon2")' >/dev/null 2>&1); then
+    log "the Serverless Framework and Scaleway's plugin ($dir)"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$want/package.json" "$want/package-lock.json" "$dir/"
+    # The plugin checks secrets with argon2, a native module built here: Node's headers
+    # (in /usr/include/node with Debian's or NodeSource's nodejs), make and g++.
+    if [ -f /usr/include/node/node.h ]; then export npm_config_nodedir=/usr; fi
+    (cd "$dir" && timeout 900 npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+      die "npm ci of the Serverless Framework failed in $dir (it needs the npm registry, make and g++)"
+  fi
+  export FNRT_SERVERLESS_DIR="$dir"
+}

@@ -1,5 +1,6 @@
-//! The control plane with real agents: the official Python SDK against its API, two agents
-//! behind one gateway (tokens, crons, a lost agent), and a restart that keeps everything.
+//! The control plane in-process with real agents: two agents behind one gateway (tokens,
+//! crons, a lost agent), a restart that keeps everything, push-then-deploy and triggers.
+//! The official Python SDK drives the release binaries instead (tests/shipped.rs).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -118,50 +119,6 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-/// The venv's Python, made by scripts/test.
-fn sdk_python() -> String {
-    let py = std::env::var("FNRT_SDK_PYTHON").unwrap_or_else(|_| {
-        panic!("FNRT_SDK_PYTHON is not set: run the tests with scripts/test, which makes the SDK's virtual environment")
-    });
-    assert!(
-        Path::new(&py).exists(),
-        "{py} does not exist: run scripts/test, which makes the SDK's virtual environment"
-    );
-    py
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_official_python_sdk_drives_the_api() {
-    let python = sdk_python();
-    let dir = tempfile::tempdir().unwrap();
-    let cp = start_cp(dir.path()).await;
-    let agent = joined_agent(&cp, "sdk-node").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/test_sdk.py");
-    let out = tokio::process::Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
-        .env("FNRT_API_URL", format!("http://{}", cp.api_address))
-        .env("FNRT_GATEWAY_URL", format!("http://{}", cp.gateway_address))
-        .env("FNRT_ADMIN_TOKEN", &cp.ctx.cfg.admin_token)
-        .env("FNRT_IMAGE_ECHO", image("echo"))
-        .env("FNRT_IMAGE_NEVER_LISTENS", image("never-listens"))
-        .env("FNRT_IMAGE_ARM64", image("arm64-only"))
-        .output()
-        .await
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success(), "the SDK tests failed:\n{text}");
-    // Every function the SDK tests made was deleted: the scheduler takes them off the agent.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut client = agent.client.clone();
-    while !client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions.is_empty() {
-        assert!(Instant::now() < deadline, "deleted functions stayed on the agent");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cp.shutdown().await;
-    clean(agent).await;
 }
 
 /// The ready instances of `name` on each agent.

@@ -4,17 +4,18 @@
 //! Beside them, the baseline a user would otherwise run before an image deploy: `buildah
 //! bud` of the same image (FROM the runtime's base, COPY the code) and `buildah push`.
 //!
+//! The control plane and the agents are the release binaries as processes (the product as
+//! shipped), each run's agent a new one with an empty cache.
+//!
 //! Run it with scripts/bench; `codedeploy [runs]`, 3 runs of each by default.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use fnrt_proto::agent::v1::{ListFunctionsRequest, ListInstancesRequest, RemoveFunctionRequest};
-use fnrt_tests::{real_parts, TestAgent};
+use fnrt_tests::real_parts;
+use fnrt_tests::shipped::{ShippedAgent, ShippedControlPlane};
 use serde_json::{json, Value};
-
-const TOKEN: &str = "bench-cluster-token-0123456789";
 
 fn zip_of(code: &str) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -71,34 +72,11 @@ impl Api {
     }
 }
 
-async fn joined_agent(cp: &fnrt_controlplane::Handle, node: &str) -> TestAgent {
-    let url = format!("http://{}", cp.grpc_address);
-    let node = node.to_string();
-    let agent = TestAgent::start_with(move |c| {
-        c.controlplane_url = Some(url);
-        c.controlplane_token = Some(TOKEN.into());
-        c.node_name = node;
-        c.health_timeout_ms = 30_000;
-    })
-    .await;
-    while !cp.ctx.scheduler.agents().iter().any(|a| a.node == agent.cfg.node_name && !a.lost) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    agent
-}
-
-async fn clean(mut agent: TestAgent) {
-    for f in agent.client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions {
-        let _ = agent.client.remove_function(RemoveFunctionRequest { name: f.spec.unwrap().name }).await;
-    }
-    loop {
-        let l = agent.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
-        if l.instances.iter().all(|i| !i.reason.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    agent.cleanup().await;
+/// Whether the control plane sees `node` as a ready agent.
+async fn ready_agent(api: &Api, cp: &ShippedControlPlane, node: &str) -> bool {
+    let r = api.http.get(format!("{}/fnrt/v1/agents", cp.api)).header("X-Auth-Token", &api.token).send();
+    let v: Value = serde_json::from_slice(&r.await.unwrap().bytes().await.unwrap()).unwrap();
+    v["agents"].as_array().unwrap().iter().any(|a| a["node"] == node && a["state"] == "ready")
 }
 
 fn buildah(state: &str, args: &[&str]) {
@@ -131,24 +109,14 @@ async fn main() {
     let runs: usize = std::env::args().nth(1).map(|a| a.parse().expect("runs must be a number")).unwrap_or(3);
     let parts = real_parts();
     let state = parts.state_dir.display().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let cp = fnrt_controlplane::start(fnrt_controlplane::Config {
-        lost_after_ms: 1000,
-        ..fnrt_tests::controlplane_config(dir.path(), TOKEN)
-    })
-    .await
-    .unwrap();
-    let api = Api {
-        base: format!("http://{}/functions/v1beta1/regions/fr-par", cp.api_address),
-        token: cp.ctx.cfg.admin_token.clone(),
-        http: fnrt_tests::http(),
-    };
+    let cp = ShippedControlPlane::start(&["lost_after_ms=1000".into()]).await;
+    let api = Api { base: cp.region_url(), token: cp.admin_token.clone(), http: fnrt_tests::http() };
     let ns = api.send(reqwest::Method::POST, "/namespaces", json!({ "name": "bench" })).await;
     let (mut cold, mut cached, mut builds, mut baseline) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let base = cp.ctx.cfg.runtime_image("python311").unwrap();
+    let base = format!("{}/fnrt/runtime-python311:latest", parts.registry);
     for run in 0..runs {
         // An agent with an empty cache: the first deploy pulls the base layers too.
-        let agent = joined_agent(&cp, &format!("bench-{run}")).await;
+        let agent = ShippedAgent::start(&cp).await;
         let f = api
             .send(
                 reqwest::Method::POST,
@@ -171,14 +139,11 @@ async fn main() {
         builds.push(build_ms);
         println!("cached run {run}: {:8.1} ms  ({m})", ms(t));
         api.send(reqwest::Method::DELETE, &format!("/functions/{id}"), json!({})).await;
-        while !cp.ctx.state.read(|d| d.functions.is_empty()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let node = agent.cfg.node_name.clone();
-        clean(agent).await;
+        agent.cleanup().await;
         // The next run's agent must be the only one placement can pick.
-        while cp.ctx.scheduler.agents().iter().any(|a| a.node == node && !a.lost) {
+        while ready_agent(&api, &cp, &node).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
@@ -222,5 +187,5 @@ async fn main() {
         "baseline: buildah bud + push of the same image    {base_ms:8.1} ms  (our build {:.2}x of it)",
         b / base_ms
     );
-    cp.shutdown().await;
+    cp.stop().await;
 }

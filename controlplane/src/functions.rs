@@ -84,6 +84,10 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
     input.http_option = enum_value(input.http_option, "unknown_http_option");
     input.runtime = enum_value(input.runtime, "unknown_runtime");
     input.sandbox = enum_value(input.sandbox, "unknown_sandbox");
+    // Request objects marshalled whole carry 0 for numbers left unset; 0 MB or a
+    // max_scale of 0 is no setting anyone could mean.
+    input.memory_limit = input.memory_limit.filter(|m| *m != 0);
+    input.max_scale = input.max_scale.filter(|m| *m != 0);
     let mut errors = Vec::new();
     if input.private_network_id.as_deref().is_some_and(|p| !p.is_empty()) {
         errors.push((

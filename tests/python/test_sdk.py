@@ -15,7 +15,18 @@ import pytest
 import requests
 from scaleway import Client
 from scaleway.function.v1beta1 import FunctionV1Beta1API
-from scaleway.function.v1beta1.types import FunctionPrivacy, FunctionStatus, ListNamespacesRequestOrderBy, Secret
+from scaleway.function.v1beta1.marshalling import marshal_CreateFunctionRequest, marshal_UpdateFunctionRequest
+from scaleway.function.v1beta1.types import (
+    CreateFunctionRequest,
+    FunctionHttpOption,
+    FunctionPrivacy,
+    FunctionRuntime,
+    FunctionSandbox,
+    FunctionStatus,
+    ListNamespacesRequestOrderBy,
+    Secret,
+    UpdateFunctionRequest,
+)
 from scaleway_core.api import ScalewayException
 from scaleway_core.utils import WaitForOptions
 
@@ -67,7 +78,8 @@ def test_namespaces_secrets_are_only_hashed(api):
     )
     assert ns.status == "ready" and ns.name == "sdk-ns" and ns.environment_variables == {"A": "1"}
     assert [s.key for s in ns.secret_environment_variables] == ["PASSWORD"]
-    assert ns.secret_environment_variables[0].hashed_value.startswith("sha256:")
+    # Scaleway's form: an argon2id PHC string, which clients verify values against.
+    assert ns.secret_environment_variables[0].hashed_value.startswith("$argon2id$v=19$")
     text = requests.get(f"{API}{BASE}/namespaces/{ns.id}", headers={"X-Auth-Token": ADMIN}).text
     assert "hunter2-sdk" not in text
     got = api.get_namespace(namespace_id=ns.id)
@@ -76,6 +88,7 @@ def test_namespaces_secrets_are_only_hashed(api):
     assert up.environment_variables == {"B": "2"} and up.description == "changed"
     status, body = error_of(lambda: api.create_namespace(name="sdk-ns"))
     assert status == 409 and "exists" in body["message"]
+    assert body["type"] == "already_exists" and body["resource"] == "namespace" and body["resource_id"] == ns.id, body
     deleted = api.delete_namespace(namespace_id=ns.id)
     assert deleted.status == "deleting"
     status, body = error_of(lambda: api.get_namespace(namespace_id=ns.id))
@@ -146,6 +159,8 @@ def test_deploy_call_tokens_and_crons(api):
     assert fn.status == FunctionStatus.CREATED and fn.timeout == "30s" and fn.domain_name.startswith("sdk-deploy-echo.")
     raw(api, "PATCH", f"/functions/{fn.id}", {"registry_image": ECHO})
     assert api.deploy_function(function_id=fn.id).status == FunctionStatus.PENDING
+    status, body = error_of(lambda: api.deploy_function(function_id=fn.id))
+    assert status == 409 and body["type"] == "transient_state" and body["current_state"] == "pending", body
     ready = wait(api, fn.id)
     assert ready.status == FunctionStatus.READY, ready.error_message
     assert ready.ready_at is not None
@@ -288,4 +303,39 @@ def test_code_functions_python311_and_custom(api):
     api.deploy_function(function_id=cf.id)
     assert wait(api, cf.id).status == FunctionStatus.READY
     assert requests.get(f"{GATEWAY}/sdk-code/custom/").text == "custom v2"
+    api.delete_namespace(namespace_id=ns.id)
+
+
+def test_zero_values_of_enums_mean_not_set(api):
+    """Request objects marshalled whole, as the Go SDK (scw, Terraform) sends every request:
+    each enum's unknown_* zero value, 0 for unset numbers, empty lists."""
+    ns = api.create_namespace(name="sdk-zero")
+    req = CreateFunctionRequest(namespace_id=ns.id, name="zero")
+    body = marshal_CreateFunctionRequest(req, api.client)
+    assert body["privacy"] == "unknown_privacy" and body["sandbox"] == "unknown_sandbox", body
+    assert body["runtime"] == "unknown_runtime" and body["http_option"] == "unknown_http_option", body
+    fn = raw(api, "POST", "/functions", body)
+    assert fn["privacy"] == "public" and fn["http_option"] == "enabled" and fn["sandbox"] == "v2", fn
+    assert fn["memory_limit"] == 256 and fn["max_scale"] == 20 and fn["timeout"] == "300s", fn
+    # An update that only sets the sandbox keeps everything else.
+    raw(api, "PATCH", f"/functions/{fn['id']}", {"privacy": "private"})
+    up = UpdateFunctionRequest(function_id=fn["id"], sandbox=FunctionSandbox.V1, redeploy=False)
+    body = marshal_UpdateFunctionRequest(up, api.client)
+    got = raw(api, "PATCH", f"/functions/{fn['id']}", body)
+    assert got["sandbox"] == "v1" and got["privacy"] == "private" and got["http_option"] == "enabled", got
+    # The Go SDK's exact bytes for an update of the sandbox alone.
+    go = {"runtime": "unknown_runtime", "privacy": "unknown_privacy", "secret_environment_variables": None,
+          "http_option": "unknown_http_option", "sandbox": "v2"}
+    got = raw(api, "PATCH", f"/functions/{fn['id']}", go)
+    assert got["sandbox"] == "v2" and got["privacy"] == "private", got
+    # Typed values still are checked, and a name taken says which resource holds it.
+    status, body = error_of(lambda: raw(api, "PATCH", f"/functions/{fn['id']}", {"privacy": "secret"}))
+    assert status == 400 and body["details"][0]["argument_name"] == "privacy", body
+    status, body = error_of(lambda: api.create_function(namespace_id=ns.id, name="zero"))
+    assert status == 409 and body["type"] == "already_exists" and body["resource_id"] == fn["id"], body
+    status, body = error_of(lambda: raw(api, "PATCH", f"/functions/{fn['id']}", {"private_network_id": str(uuid.uuid4())}))
+    assert status == 400 and body["details"][0]["argument_name"] == "private_network_id", body
+    # The functions of a namespace, by the path the Serverless Framework's plugin lists them.
+    listed = raw(api, "GET", f"/namespaces/{ns.id}/functions")
+    assert [f["id"] for f in listed["functions"]] == [fn["id"]], listed
     api.delete_namespace(namespace_id=ns.id)

@@ -7,6 +7,7 @@
 
 pub mod process;
 pub mod proxy;
+pub mod shipped;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -32,6 +32,13 @@ pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Chil
     args.extend(set("bridge", cfg.bridge.clone()));
     args.extend(set("subnet", cfg.subnet.clone()));
     args.extend(set("health_timeout_ms", cfg.health_timeout_ms.to_string()));
+    if let Some(url) = &cfg.controlplane_url {
+        args.extend(set("controlplane_url", url.clone()));
+        args.extend(set("node_name", cfg.node_name.clone()));
+    }
+    if let Some(token) = &cfg.controlplane_token {
+        args.extend(set("controlplane_token", token.clone()));
+    }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     tokio::process::Command::new(bin)
         .args(args)

@@ -1,0 +1,426 @@
+//! The product as shipped: every user flow through the release binaries started as
+//! processes, the way the README and scripts/demo start them (`fnrt-controlplane`,
+//! `fnrt-agent` and `agentctl`), with the clients users have: Scaleway's official Python
+//! SDK, the Serverless Framework with Scaleway's plugin, plain curl, and agentctl.
+//! In-process servers elsewhere are for fast tests; these are the proof.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fnrt_tests::image;
+use fnrt_tests::shipped::{ShippedAgent, ShippedControlPlane};
+use serde_json::{json, Value};
+use tokio::process::Command;
+
+/// Runs curl with `args` (30 s at most); the status and body. A transport failure (a
+/// connection closed without an answer, as a panicking server gives) fails the test.
+async fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs (scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed ({}): {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// A call of the region's API with curl, as a user types it.
+async fn api(cp: &ShippedControlPlane, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", cp.region_url());
+    let auth = format!("X-Auth-Token: {}", cp.admin_token);
+    let data = body.map(|b| b.to_string());
+    let mut args = vec!["-X", method, "-H", &auth, "-H", "Content-Type: application/json", &url];
+    if let Some(d) = &data {
+        args.extend(["-d", d]);
+    }
+    let (status, text) = curl(&args).await;
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: {status} {text:?}"));
+    (status, v)
+}
+
+async fn ok(cp: &ShippedControlPlane, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (status, v) = api(cp, method, path, body).await;
+    assert_eq!(status, 200, "{method} {path}: {v}\ncontrol plane log:\n{}", cp.log());
+    v
+}
+
+/// Polls function `id` until it is no longer pending (3 minutes at most).
+async fn settled(cp: &ShippedControlPlane, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let f = ok(cp, "GET", &format!("/functions/{id}"), None).await;
+        if f["status"] != "pending" {
+            return f;
+        }
+        assert!(Instant::now() < deadline, "function {id} stayed pending: {f}\n{}", cp.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A zip of `files` (name, content, unix mode).
+fn zip_of(path: &Path, files: &[(&str, &str, u32)]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, content, mode) in files {
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+        z.start_file(*name, opts).unwrap();
+        z.write_all(content.as_bytes()).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// The value of header `name` in the echo fixture's answer.
+fn header<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
+    v["headers"].as_array()?.iter().find(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))?[1]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn curl_and_agentctl_drive_the_release_binaries() {
+    let cp = ShippedControlPlane::start(&[]).await;
+    let agent = ShippedAgent::start(&cp).await;
+
+    // The runtimes check builds the control plane's registry client: the shipped binary
+    // once closed the connection here (no TLS crypto provider in the process).
+    let runtimes = ok(&cp, "GET", "/runtimes", None).await;
+    let names: Vec<&str> =
+        runtimes["runtimes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"python311") && names.contains(&"custom"), "{runtimes}");
+
+    // An image function, created the way the Go SDK sends it: every enum's zero value.
+    let ns = ok(&cp, "POST", "/namespaces", Some(json!({ "name": "curl" }))).await;
+    let ns_id = ns["id"].as_str().unwrap();
+    let f = ok(
+        &cp,
+        "POST",
+        "/functions",
+        Some(json!({
+            "namespace_id": ns_id, "name": "echo", "registry_image": image("echo"), "min_scale": 1,
+            "memory_limit": 128, "privacy": "private", "runtime": "unknown_runtime",
+            "http_option": "unknown_http_option", "sandbox": "unknown_sandbox", "tags": null,
+            "secret_environment_variables": null, "environment_variables": {},
+        })),
+    )
+    .await;
+    assert_eq!((f["http_option"].as_str(), f["sandbox"].as_str()), (Some("enabled"), Some("v2")), "{f}");
+    let id = f["id"].as_str().unwrap().to_string();
+    let (status, dup) =
+        api(&cp, "POST", "/functions", Some(json!({ "namespace_id": ns_id, "name": "echo" }))).await;
+    assert_eq!(
+        (status, dup["type"].as_str(), dup["resource_id"].as_str()),
+        (409, Some("already_exists"), Some(id.as_str())),
+        "{dup}"
+    );
+    ok(&cp, "POST", &format!("/functions/{id}/deploy"), Some(json!({}))).await;
+    // A cron every minute; its call is looked for at the end.
+    ok(
+        &cp,
+        "POST",
+        "/crons",
+        Some(json!({ "function_id": id, "schedule": "* * * * *", "args": { "job": "shipped-cron" } })),
+    )
+    .await;
+
+    // A custom-runtime code function: its zip PUT with curl to the signed upload URL.
+    let c = ok(
+        &cp,
+        "POST",
+        "/functions",
+        Some(json!({ "namespace_id": ns_id, "name": "site", "runtime": "custom", "min_scale": 1 })),
+    )
+    .await;
+    let cid = c["id"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("code.zip");
+    zip_of(
+        &zip,
+        &[
+            ("scf_bootstrap", "#!/bin/sh\nexec busybox httpd -f -p 9000 -h /var/user/www\n", 0o755),
+            ("www/index.html", "custom from curl", 0o644),
+        ],
+    );
+    let len = std::fs::metadata(&zip).unwrap().len();
+    let u = ok(&cp, "GET", &format!("/functions/{cid}/upload-url?content_length={len}"), None).await;
+    let (status, text) = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", zip.display()),
+        u["url"].as_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(status, 200, "{text}");
+    ok(&cp, "POST", &format!("/functions/{cid}/deploy"), Some(json!({}))).await;
+
+    let ready = settled(&cp, &id).await;
+    assert_eq!(ready["status"], "ready", "{ready}\n{}", cp.log());
+    let built = settled(&cp, &cid).await;
+    assert_eq!(built["status"], "ready", "{built}\n{}", cp.log());
+    assert!(built["build_message"].as_str().unwrap().starts_with("built "), "{built}");
+
+    // Through the gateway: private without a token, then with one.
+    let call = format!("{}/curl/echo/hello?x=1", cp.gateway);
+    let (status, _) = curl(&[&call]).await;
+    assert_eq!(status, 403);
+    let token = ok(&cp, "POST", "/tokens", Some(json!({ "function_id": id }))).await;
+    let auth = format!("X-Auth-Token: {}", token["token"].as_str().unwrap());
+    let (status, text) = curl(&["-H", &auth, "-H", "X-Scf-Name: forged", "-d", "hi", &call]).await;
+    assert_eq!(status, 200, "{text}");
+    let seen: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((seen["path"].as_str(), seen["body"].as_str()), (Some("/hello?x=1"), Some("hi")));
+    assert_eq!(header(&seen, "x-scf-name"), Some("echo"), "{seen}");
+    let (status, text) = curl(&[&format!("{}/curl/site/", cp.gateway)]).await;
+    assert_eq!((status, text.as_str()), (200, "custom from curl"));
+
+    // agentctl on the node: an instance started on its own is called like a deployed one.
+    let echo = image("echo");
+    let (code, _, err) =
+        agent.agentctl(&["instance", "start", "solo", &echo, "--timeout-ms", "1000", "-m", "256"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = agent.agentctl(&["invoke", "solo", "--path", "/x", "-d", "payload"]).await;
+    assert_eq!(code, 0, "{err}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (header(&seen, "x-scf-timeout"), header(&seen, "x-scf-memory")),
+        (Some("1000"), Some("256")),
+        "{seen}"
+    );
+    assert_eq!(header(&seen, "x-scf-name"), Some("solo"), "{seen}");
+    let (code, out, err) = agent.agentctl(&["invoke", "solo", "--path", "/_fixture/sleep?ms=3000"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("504") || out.contains("timeout of 1000 ms"), "{out}{err}");
+    let controlplane = format!("--controlplane={}", cp.api);
+    let admin = format!("--admin-token={}", cp.admin_token);
+    let (code, out, err) = agent.agentctl(&["cluster", &controlplane, &admin, "agents"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&agent.cfg.node_name), "{out}");
+
+    // The cron's call reached the function (timer event with its args), read with agentctl logs.
+    let deadline = Instant::now() + Duration::from_secs(75);
+    loop {
+        let (code, out, err) = agent.agentctl(&["logs", &format!("fn-{id}")]).await;
+        assert_eq!(code, 0, "{err}");
+        if out.lines().any(|l| l.contains("echo: timer event") && l.contains("shipped-cron")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cron call in 75 s; logs:\n{out}\n{}", cp.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    ok(&cp, "DELETE", &format!("/namespaces/{ns_id}"), None).await;
+    cp.stop().await;
+    agent.cleanup().await;
+}
+
+/// The venv's Python with Scaleway's SDK, made by scripts/test.
+fn sdk_python() -> String {
+    let py = std::env::var("FNRT_SDK_PYTHON").unwrap_or_else(|_| {
+        panic!("FNRT_SDK_PYTHON is not set: run the tests with scripts/test, which makes the SDK's virtual environment")
+    });
+    assert!(
+        Path::new(&py).exists(),
+        "{py} does not exist: run scripts/test, which makes the SDK's virtual environment"
+    );
+    py
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_python_sdk_drives_the_release_binaries() {
+    let python = sdk_python();
+    let cp = ShippedControlPlane::start(&[]).await;
+    let agent = ShippedAgent::start(&cp).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/test_sdk.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        Command::new(python)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
+            .env("FNRT_API_URL", &cp.api)
+            .env("FNRT_GATEWAY_URL", &cp.gateway)
+            .env("FNRT_ADMIN_TOKEN", &cp.admin_token)
+            .env("FNRT_IMAGE_ECHO", image("echo"))
+            .env("FNRT_IMAGE_NEVER_LISTENS", image("never-listens"))
+            .env("FNRT_IMAGE_ARM64", image("arm64-only"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK tests end within 10 minutes")
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "the SDK tests failed:\n{text}\ncontrol plane log:\n{}", cp.log());
+    // Every function the SDK tests made was deleted: the scheduler takes them off the agent.
+    let mut client = agent.client.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .list_functions(fnrt_proto::agent::v1::ListFunctionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .functions
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "deleted functions stayed on the agent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.stop().await;
+    agent.cleanup().await;
+}
+
+/// The Serverless Framework and Scaleway's plugin, installed by scripts/test.
+fn serverless_dir() -> PathBuf {
+    let dir = std::env::var_os("FNRT_SERVERLESS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("FNRT_SERVERLESS_DIR is not set: run the tests with scripts/test, which installs the Serverless Framework")
+    });
+    assert!(
+        dir.join("node_modules/.bin/serverless").exists(),
+        "{}/node_modules/.bin/serverless is missing: run scripts/test, which installs it",
+        dir.display()
+    );
+    dir
+}
+
+const SLS_YML: &str = r#"service: sls-shipped
+configValidationMode: off
+provider:
+  name: scaleway
+  runtime: python311
+  secret:
+    NS_SECRET: "ns-one"
+plugins:
+  - serverless-scaleway-functions
+package:
+  patterns: ["!node_modules/**", "!.serverless/**"]
+functions:
+  hello:
+    handler: handler.handle
+    env:
+      GREETING: "GREETING_VALUE"
+    secret:
+SECRETS
+"#;
+
+const SLS_HANDLER: &str = r#"import os
+
+
+def handle(event, context):
+    keys = ["GREETING", "S1", "S2", "S3", "NS_SECRET"]
+    return {"statusCode": 200, "body": {"version": "VERSION", "env": {k: os.environ.get(k) for k in keys}}}
+"#;
+
+/// Writes the service: serverless.yml with `greeting` and `secrets`, handler.py of `version`.
+fn write_service(dir: &Path, version: &str, greeting: &str, secrets: &[(&str, &str)]) {
+    let secrets: String = secrets.iter().map(|(k, v)| format!("      {k}: \"{v}\"\n")).collect();
+    let yml = SLS_YML.replace("GREETING_VALUE", greeting).replace("SECRETS\n", &secrets);
+    std::fs::write(dir.join("serverless.yml"), yml).unwrap();
+    std::fs::write(dir.join("handler.py"), SLS_HANDLER.replace("VERSION", version)).unwrap();
+}
+
+/// Runs `serverless <verb>` in the service directory against `cp` (loopback only: no
+/// telemetry, no notifications); fails with its output unless it succeeds in 5 minutes.
+async fn serverless(cp: &ShippedControlPlane, service: &Path, home: &Path, verb: &str) -> String {
+    let bin = serverless_dir().join("node_modules/.bin/serverless");
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        Command::new(&bin)
+            .arg(verb)
+            .current_dir(service)
+            .env("HOME", home)
+            .env("SCW_FUNCTION_URL", cp.region_url())
+            .env("SCW_SECRET_KEY", &cp.admin_token)
+            .env("SCW_DEFAULT_PROJECT_ID", "11111111-2222-3333-4444-555555555555")
+            .env("SCW_REGION", "fr-par")
+            .env("SLS_TELEMETRY_DISABLED", "1")
+            .env("SLS_NOTIFICATIONS_MODE", "off")
+            .env("SLS_DEPRECATION_DISABLE", "*")
+            .env("NO_PROXY", "*")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("serverless {verb} did not end in 5 minutes\n{}", cp.log()))
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "serverless {verb} failed:\n{text}\ncontrol plane log:\n{}", cp.log());
+    println!("serverless {verb}:\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_serverless_framework_deploys_redeploys_and_removes_a_python_function() {
+    serverless_dir();
+    let cp = ShippedControlPlane::start(&[]).await;
+    let agent = ShippedAgent::start(&cp).await;
+    let work = tempfile::tempdir().unwrap();
+    let (service, home) = (work.path().join("svc"), work.path().join("home"));
+    std::fs::create_dir_all(&service).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    // The plugin is found from the service directory, as in a user's project.
+    std::os::unix::fs::symlink(serverless_dir().join("node_modules"), service.join("node_modules")).unwrap();
+    let url = format!("{}/sls-shipped/hello/", cp.gateway);
+    let answer = || async {
+        let (status, text) = curl(&[&url]).await;
+        assert_eq!(status, 200, "{text}\n{}", cp.log());
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+
+    write_service(&service, "1", "hello", &[("S1", "one"), ("S2", "two")]);
+    serverless(&cp, &service, &home, "deploy").await;
+    let seen = answer().await;
+    assert_eq!(seen["version"], "1", "{seen}");
+    assert_eq!(
+        seen["env"],
+        json!({ "GREETING": "hello", "S1": "one", "S2": "two", "S3": null, "NS_SECRET": "ns-one" })
+    );
+
+    // Again, with new code, one secret changed, one gone, one new: the plugin verifies the
+    // hashes it is answered (argon2id) to send only what changed.
+    write_service(&service, "2", "hello again", &[("S1", "one-changed"), ("S3", "three")]);
+    serverless(&cp, &service, &home, "deploy").await;
+    let seen = answer().await;
+    assert_eq!(seen["version"], "2", "{seen}");
+    assert_eq!(
+        seen["env"],
+        json!({ "GREETING": "hello again", "S1": "one-changed", "S2": null, "S3": "three", "NS_SECRET": "ns-one" })
+    );
+    let (_, list) = api(&cp, "GET", "/namespaces?name=sls-shipped", None).await;
+    let ns_id = list["namespaces"][0]["id"].as_str().unwrap().to_string();
+    let (_, fns) = api(&cp, "GET", &format!("/namespaces/{ns_id}/functions"), None).await;
+    let keys: Vec<&str> = fns["functions"][0]["secret_environment_variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["S1", "S3"], "{fns}");
+
+    serverless(&cp, &service, &home, "remove").await;
+    let (status, _) = api(&cp, "GET", &format!("/namespaces/{ns_id}"), None).await;
+    assert_eq!(status, 404);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = curl(&[&url]).await;
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed function still answers ({status})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cp.stop().await;
+    agent.cleanup().await;
+}

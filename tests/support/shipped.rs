@@ -1,0 +1,271 @@
+//! The product as shipped: the release binaries (`fnrt-controlplane`, `fnrt-agent`,
+//! `agentctl`) started as processes with `--set` flags, the way scripts/demo and the
+//! README start them. A process-wide setting that only a test harness makes (a TLS crypto
+//! provider, a signal handler) cannot hide a start-up bug from the tests built on these.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fnrt_agent::Config;
+use fnrt_proto::agent::v1::agent_client::AgentClient;
+use fnrt_proto::agent::v1::{ListFunctionsRequest, ListInstancesRequest, RemoveFunctionRequest};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+use crate::process::{ready, spawn_agent};
+use crate::{assert_nothing_left, real_parts, remove_namespace, test_config};
+
+/// A release binary, as `cargo build --release` (scripts/test) left it; `FNRT_RELEASE_DIR`
+/// names another directory.
+pub fn release_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FNRT_RELEASE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test, which builds the release binaries (cargo build --release --bins)",
+        bin.display()
+    );
+    bin
+}
+
+/// A log's text without the terminal colour codes tracing writes.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What follows `key=` on `line`, up to the next space.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// Stops a child with SIGTERM, as systemd or an operator would; SIGKILL after 10 s.
+async fn terminate(child: &mut Child, what: &str, log: &Path) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            panic!(
+                "{what} did not stop within 10 s of SIGTERM; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// `fnrt-controlplane` as a process: every port on 127.0.0.1:0 (read back from its start
+/// line), state in a directory of its own, the test registry.
+pub struct ShippedControlPlane {
+    /// `http://<api>`.
+    pub api: String,
+    /// `http://<gateway>`.
+    pub gateway: String,
+    /// Where agents join.
+    pub grpc: SocketAddr,
+    /// The admin secret key it made at its first start.
+    pub admin_token: String,
+    /// The cluster token agents join with.
+    pub cluster_token: String,
+    /// Its state directory and log.
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+    child: Child,
+}
+
+impl ShippedControlPlane {
+    /// Starts it with the test settings plus `extra` (`key=value`), and waits until it serves.
+    pub async fn start(extra: &[String]) -> ShippedControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("controlplane.log");
+        let state = dir.path().join("state");
+        let cluster_token = format!("cluster-token-{:016x}", rand::random::<u64>());
+        let mut settings = vec![
+            format!("state_dir={}", state.display()),
+            format!("cluster_token={cluster_token}"),
+            "api_listen=127.0.0.1:0".into(),
+            "gateway_listen=127.0.0.1:0".into(),
+            "grpc_listen=127.0.0.1:0".into(),
+            format!("registry={}", real_parts().registry),
+            "heartbeat_interval_ms=200".into(),
+            "lost_after_ms=2000".into(),
+        ];
+        settings.extend(extra.iter().cloned());
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(release_bin("fnrt-controlplane"))
+            .args(settings.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let line = loop {
+            let text = plain(&std::fs::read_to_string(&log).unwrap_or_default());
+            if let Some(l) = text.lines().find(|l| l.contains("control plane started")) {
+                break l.to_string();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("fnrt-controlplane exited ({status}); its log:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "fnrt-controlplane did not start in 20 s; its log:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let addr = |k: &str| field(&line, k).unwrap_or_else(|| panic!("no {k}= in {line:?}")).to_string();
+        let admin_token = std::fs::read_to_string(state.join("admin-token")).unwrap().trim().to_string();
+        ShippedControlPlane {
+            api: format!("http://{}", addr("api")),
+            gateway: format!("http://{}", addr("gateway")),
+            grpc: addr("grpc").parse().unwrap(),
+            admin_token,
+            cluster_token,
+            dir,
+            log,
+            child,
+        }
+    }
+
+    /// The base of the region's API, `http://<api>/functions/v1beta1/regions/fr-par`.
+    pub fn region_url(&self) -> String {
+        format!("{}/functions/v1beta1/regions/fr-par", self.api)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Stops it with SIGTERM and fails if it had died before, or logged a panic.
+    pub async fn stop(mut self) {
+        assert!(self.running(), "fnrt-controlplane died during the test; its log:\n{}", self.log());
+        terminate(&mut self.child, "fnrt-controlplane", &self.log).await;
+        let log = self.log();
+        assert!(!log.contains("panicked"), "fnrt-controlplane panicked; its log:\n{log}");
+    }
+}
+
+/// `fnrt-agent` as a process, joined to a control plane, in a containerd namespace, netns
+/// prefix and state directory of its own (the test agents' settings).
+pub struct ShippedAgent {
+    /// Its configuration (as passed with --set).
+    pub cfg: Config,
+    /// A client on its socket.
+    pub client: AgentClient<Channel>,
+    /// Its state directory and log.
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+    child: Child,
+}
+
+impl ShippedAgent {
+    /// Starts it, joined to `cp`, and waits until the control plane lists it.
+    pub async fn start(cp: &ShippedControlPlane) -> ShippedAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        cfg.controlplane_url = Some(format!("http://{}", cp.grpc));
+        cfg.controlplane_token = Some(cp.cluster_token.clone());
+        cfg.node_name = cfg.namespace.clone();
+        let log = dir.path().join("agent.log");
+        let mut child = spawn_agent(&release_bin("fnrt-agent"), &cfg, &log);
+        let client = ready(&mut child, &cfg, &log).await;
+        let http = crate::http();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let agents = http
+                .get(format!("{}/fnrt/v1/agents", cp.api))
+                .header("X-Auth-Token", &cp.admin_token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if agents.contains(&cfg.node_name) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not join in 20 s: {agents}\nits log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ShippedAgent { cfg, client, dir, log, child }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        plain(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// `agentctl` (the release binary) on this agent's socket, with `args`; its exit code,
+    /// stdout and stderr.
+    pub async fn agentctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(release_bin("agentctl"))
+            .arg("--socket")
+            .arg(&self.cfg.socket)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    /// Removes what is left on it (run after its control plane stopped), stops it with
+    /// SIGTERM, and fails if it had died or anything of it is left on the node.
+    pub async fn cleanup(mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "fnrt-agent died; its log:\n{}", self.log());
+        let fns = self.client.list_functions(ListFunctionsRequest {}).await.unwrap().into_inner().functions;
+        for f in fns {
+            let name = f.spec.unwrap().name;
+            let _ = self.client.remove_function(RemoveFunctionRequest { name }).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list =
+                self.client.list_instances(ListInstancesRequest::default()).await.unwrap().into_inner();
+            let running: Vec<String> =
+                list.instances.into_iter().filter(|i| i.reason.is_empty()).map(|i| i.id).collect();
+            if running.is_empty() {
+                break;
+            }
+            // Instances started on their own are stopped; a removed function's stop once idle.
+            for id in running {
+                let req = fnrt_proto::agent::v1::StopInstanceRequest { id };
+                let _ = self.client.stop_instance(req).await;
+            }
+            assert!(Instant::now() < deadline, "instances still run");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        terminate(&mut self.child, "fnrt-agent", &self.log).await;
+        let log = self.log();
+        assert!(!log.contains("panicked"), "fnrt-agent panicked; its log:\n{log}");
+        remove_namespace(&self.cfg.containerd_socket, &self.cfg.namespace).await;
+        assert_nothing_left(&self.cfg.namespace).await;
+    }
+}
