@@ -292,7 +292,11 @@ async fn a_restarted_agent_adopts_its_running_instances() {
     let mut agent = TestAgent::start().await;
     let inst = agent
         .client
-        .start_instance(start_req("keep", &image("echo")))
+        .start_instance(StartInstanceRequest {
+            version: "3".into(),
+            timeout_ms: 1500,
+            ..start_req("keep", &image("echo"))
+        })
         .await
         .unwrap()
         .into_inner()
@@ -309,6 +313,9 @@ async fn a_restarted_agent_adopts_its_running_instances() {
     assert_eq!(list.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec![inst.id.as_str()]);
     let (status, body) = agent.call("keep", "/again", "").await;
     assert_eq!(status, 200, "{body}");
+    // Called with what it was started with, read back from its container's labels.
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((header(&v, "x-scf-version"), header(&v, "x-scf-timeout")), (Some("3"), Some("1500")), "{v}");
     agent.cleanup().await;
 }
 

@@ -123,7 +123,7 @@ pub struct Instances {
     /// How each function's instances were last started, for the cold start of the next
     /// one when a call finds none running (after a crash or an OOM kill). Dropped when the
     /// operator stops a function's last instance. In memory only (it holds secrets).
-    templates: Mutex<HashMap<String, (u64, StartRequest)>>,
+    templates: Mutex<HashMap<String, Template>>,
     /// Counts template changes (each start records one): the data plane's view of a
     /// template is made again when its number changes.
     template_changes: AtomicU64,
@@ -134,6 +134,18 @@ pub struct Instances {
     /// Images that starts in flight use (reference → count): not to be evicted.
     starting: Mutex<HashMap<String, usize>>,
     next: AtomicUsize,
+}
+
+/// How a function's instances were last started.
+#[derive(Clone, Debug)]
+pub struct Template {
+    /// Its change number (see `Instances::template_changes`).
+    pub change: u64,
+    /// The request.
+    pub req: StartRequest,
+    /// Whether another instance may be started from it: not when it was rebuilt from an
+    /// adopted instance's labels after a restart (its variables and secrets are not kept).
+    pub restartable: bool,
 }
 
 /// An image of the node cache and the instances that use it.
@@ -377,6 +389,23 @@ impl Instances {
                         tracing::warn!(instance = %rec.id, error = %e, "its output cannot be read");
                     }
                     tracing::info!(instance = %rec.id, "re-adopted running instance");
+                    if self.template(&inst.function).is_none() {
+                        // Calls get the headers and timeout it was started with; its
+                        // variables and secrets were not kept, so none is started from it.
+                        let label = |k: &str| rec.labels.get(k).cloned().unwrap_or_default();
+                        let req = StartRequest {
+                            function: inst.function.clone(),
+                            display_name: label(labels::DISPLAY_NAME),
+                            image: inst.image.clone(),
+                            env: BTreeMap::new(),
+                            secrets: crate::env::Secrets::default(),
+                            version: label(labels::VERSION),
+                            namespace: label(labels::NAMESPACE),
+                            memory_mb: inst.limits.memory_mb,
+                            timeout_ms: label(labels::TIMEOUT_MS).parse().unwrap_or(0),
+                        };
+                        self.set_template(req, false);
+                    }
                     self.lock().insert(rec.id, inst);
                 }
                 _ => {
@@ -451,6 +480,12 @@ impl Instances {
                 return Err(e.into());
             }
         };
+        let more_labels = [
+            (labels::VERSION, version.to_string()),
+            (labels::NAMESPACE, namespace.to_string()),
+            (labels::DISPLAY_NAME, req.display_name.clone()),
+            (labels::TIMEOUT_MS, req.timeout_ms.to_string()),
+        ];
         let new = NewInstance {
             id: &id,
             function: &req.function,
@@ -460,6 +495,7 @@ impl Instances {
             env: &env,
             limits: &limits,
             io: &io,
+            more_labels: &more_labels,
         };
         let secret_values: Vec<&str> = req.secrets.0.values().map(String::as_str).collect();
         let pid = match self.launch(&new, address, &secret_values).await {
@@ -484,8 +520,7 @@ impl Instances {
             reason: String::new(),
         };
         self.lock().insert(id, inst.clone());
-        let n = self.template_changes.fetch_add(1, Ordering::Relaxed);
-        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(inst.function.clone(), (n, template));
+        self.set_template(template, true);
         let advice = memory_advice(image.info.size_bytes, limits.memory_mb);
         if let Some(a) = &advice {
             tracing::warn!(instance = %inst.id, image = %inst.image, "{a}");
@@ -728,7 +763,7 @@ impl Instances {
         if let Some(i) = self.pick(function) {
             return Ok(Some(i));
         }
-        if !self.templates.lock().unwrap_or_else(|p| p.into_inner()).contains_key(function) {
+        if !self.template(function).is_some_and(|t| t.restartable) {
             return Ok(None);
         }
         let gate = self
@@ -743,7 +778,7 @@ impl Instances {
         if let Some(i) = self.pick(function) {
             return Ok(Some(i));
         }
-        let Some(template) = self.template(function).map(|(_, t)| t) else {
+        let Some(template) = self.template(function).filter(|t| t.restartable).map(|t| t.req) else {
             return Ok(None);
         };
         tracing::info!(function, "cold start: a call found no running instance");
@@ -758,10 +793,15 @@ impl Instances {
         Ok(Some(started?.0))
     }
 
-    /// How `function`'s instances were last started, with the template's change number,
-    /// while calls to it may start one (see [`Instances::pick_or_start`]).
-    pub fn template(&self, function: &str) -> Option<(u64, StartRequest)> {
+    /// How `function`'s instances were last started (see [`Instances::pick_or_start`]).
+    pub fn template(&self, function: &str) -> Option<Template> {
         self.templates.lock().unwrap_or_else(|p| p.into_inner()).get(function).cloned()
+    }
+
+    fn set_template(&self, req: StartRequest, restartable: bool) {
+        let change = self.template_changes.fetch_add(1, Ordering::Relaxed);
+        let t = Template { change, restartable, req };
+        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(t.req.function.clone(), t);
     }
 
     /// Stops an instance that overran a call's timeout. Unlike [`Instances::stop`], its

@@ -358,7 +358,9 @@ impl Pools {
     /// knows no way to run it.
     pub fn started(&self, function: &str) -> Option<Arc<Served>> {
         let mut cache = self.started.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((n, template)) = self.instances.template(function) else {
+        let Some(crate::instance::Template { change: n, req: template, .. }) =
+            self.instances.template(function)
+        else {
             cache.remove(function);
             return None;
         };

@@ -39,6 +39,15 @@ pub mod labels {
     pub const CPU_MILLIS: &str = "fnrt.cpu-millis";
     /// Its pids limit.
     pub const PIDS: &str = "fnrt.pids";
+    /// Its function's version, namespace, shown name and call timeout (ms): what calls to
+    /// an instance started on its own are served with after a restart.
+    pub const VERSION: &str = "fnrt.version";
+    /// See [`VERSION`].
+    pub const NAMESPACE: &str = "fnrt.namespace";
+    /// See [`VERSION`].
+    pub const DISPLAY_NAME: &str = "fnrt.display-name";
+    /// See [`VERSION`].
+    pub const TIMEOUT_MS: &str = "fnrt.timeout-ms";
 }
 
 /// A failure to create, run or remove an instance's container.
@@ -82,6 +91,8 @@ pub struct NewInstance<'a> {
     pub limits: &'a Limits,
     /// The FIFOs its stdout and stderr go to.
     pub io: &'a crate::logs::Io,
+    /// More labels to record (see [`labels::VERSION`]).
+    pub more_labels: &'a [(&'static str, String)],
 }
 
 /// One container of the agent as containerd has it.
@@ -168,14 +179,18 @@ impl Runtime {
         })?;
         let spec =
             serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
-        let labels = HashMap::from([
-            (labels::FUNCTION.to_string(), n.function.to_string()),
-            (labels::IMAGE.to_string(), n.image.info.reference.clone()),
-            (labels::ADDRESS.to_string(), n.address.to_string()),
-            (labels::MEMORY_MB.to_string(), n.limits.memory_mb.to_string()),
-            (labels::CPU_MILLIS.to_string(), n.limits.cpu_millis.to_string()),
-            (labels::PIDS.to_string(), n.limits.pids.to_string()),
-        ]);
+        let labels: HashMap<String, String> = [
+            (labels::FUNCTION, n.function.to_string()),
+            (labels::IMAGE, n.image.info.reference.clone()),
+            (labels::ADDRESS, n.address.to_string()),
+            (labels::MEMORY_MB, n.limits.memory_mb.to_string()),
+            (labels::CPU_MILLIS, n.limits.cpu_millis.to_string()),
+            (labels::PIDS, n.limits.pids.to_string()),
+        ]
+        .into_iter()
+        .chain(n.more_labels.iter().cloned())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         let container = Container {
             id: n.id.into(),
             labels,
