@@ -16,6 +16,8 @@ async fn start(agent: &mut TestAgent, function: &str, memory_mb: u32) -> (Instan
         image: image("echo"),
         env: HashMap::new(),
         memory_mb,
+        // The fixture's actions (a 3 s spin, filling /tmp) take longer than the default 3 s.
+        timeout_ms: 60_000,
         ..Default::default()
     };
     let r = agent.client.start_instance(req).await.unwrap().into_inner();
