@@ -9,6 +9,7 @@
 //! agent and installs nginx); `dataplane [seconds per round]`, 3 by default.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -177,7 +178,9 @@ async fn load(url: &str, clients: usize, dur: Duration) -> (Vec<Duration>, Durat
     (all, start.elapsed())
 }
 
-/// nginx as a reverse proxy to the instance, with keep-alive to it.
+/// nginx as a reverse proxy to the instance, with keep-alive to it: its master in the
+/// foreground (`daemon off`) as this process's child, in a process group of its own with
+/// its workers, so that all of them end with it.
 struct Nginx(std::process::Child);
 
 impl Nginx {
@@ -198,23 +201,56 @@ impl Nginx {
             ),
         )
         .unwrap();
-        let mut child = std::process::Command::new("nginx")
+        let child = std::process::Command::new("nginx")
             .args(["-p", &prefix.display().to_string(), "-c", &conf.display().to_string()])
+            .process_group(0)
             .spawn()
             .expect("nginx (scripts/bench installs nginx-light)");
+        let mut nginx = Nginx(child);
         for _ in 0..100 {
             if std::net::TcpStream::connect(listen).is_ok() {
-                return Nginx(child);
+                return nginx;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        nginx.kill_group();
         panic!("nginx did not listen on {listen}");
     }
 
-    fn stop(&mut self) {
-        let _ = self.0.kill();
+    fn group(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.id() as i32)
+    }
+
+    /// Whether any process of its group (master or worker) is alive.
+    fn group_alive(&self) -> bool {
+        nix::sys::signal::killpg(self.group(), None).is_ok()
+    }
+
+    fn kill_group(&mut self) {
+        let _ = nix::sys::signal::killpg(self.group(), nix::sys::signal::SIGKILL);
         let _ = self.0.wait();
+    }
+
+    /// Stops nginx gracefully (SIGQUIT: the workers finish and exit, then the master) and
+    /// fails unless every process of it is gone within 10 s.
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(self.group(), nix::sys::signal::SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().unwrap().is_none() || self.group_alive() {
+            if Instant::now() > deadline {
+                self.kill_group();
+                panic!("nginx (process group {}) did not end within 10 s of SIGQUIT", self.group());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // A bench that fails half-way still leaves no nginx behind.
+        if self.group_alive() {
+            self.kill_group();
+        }
     }
 }
