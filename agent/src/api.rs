@@ -196,8 +196,8 @@ impl AgentApi for Api {
     async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
         let r = req.into_inner();
         let request_id = match r.request_id {
-            id if id.is_empty() => crate::dataplane::new_request_id(),
-            id if crate::dataplane::valid_request_id(&id) => id,
+            id if id.is_empty() => crate::request_id::new(),
+            id if crate::request_id::valid(&id) => id,
             _ => {
                 return Err(Status::invalid_argument(
                     "request_id must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':'",
@@ -372,64 +372,14 @@ fn raw_spec(f: Option<pb::FunctionSpec>) -> Result<crate::pool::RawSpec, Status>
     let f = f.ok_or_else(|| {
         status(Error::InvalidArgument { field: "function", reason: "the function spec is missing".into() })
     })?;
-    let event = match pb::FunctionType::try_from(f.r#type) {
-        Ok(pb::FunctionType::Http) => false,
-        Ok(pb::FunctionType::Event) => true,
-        Err(_) => {
-            return Err(status(Error::InvalidArgument {
-                field: "type",
-                reason: format!(
-                    "{} is not a function type: use FUNCTION_TYPE_HTTP or FUNCTION_TYPE_EVENT",
-                    f.r#type
-                ),
-            }))
-        }
-    };
-    Ok(crate::pool::RawSpec {
-        name: f.name,
-        namespace: f.namespace,
-        version: f.version,
-        image: f.image,
-        event,
-        memory_mb: f.memory_mb,
-        timeout_ms: f.timeout_ms,
-        env: f.env.into_iter().collect(),
-        secrets: f.secrets.into_iter().collect(),
-        provisioned: f.provisioned,
-        max_instances: f.max_instances,
-        concurrency: f.concurrency,
-        keep_alive_s: f.keep_alive_s,
-        queue_max: f.queue_max,
-        queue_timeout_ms: f.queue_timeout_ms,
-        display_name: f.display_name,
-    })
+    crate::pool::RawSpec::try_from(f).map_err(|e| status(e.into()))
 }
 
 /// A pool as the API shows it: no secret values.
 fn function(v: crate::pool::FunctionView) -> pb::Function {
     let s = &v.spec;
     pb::Function {
-        spec: Some(pb::FunctionSpec {
-            name: s.name.clone(),
-            namespace: s.namespace.clone(),
-            version: s.version.clone(),
-            image: s.image.clone(),
-            r#type: match s.kind {
-                crate::pool::Kind::Http => pb::FunctionType::Http as i32,
-                crate::pool::Kind::Event => pb::FunctionType::Event as i32,
-            },
-            memory_mb: s.memory_mb,
-            timeout_ms: s.timeout.as_millis() as u32,
-            env: s.env.clone().into_iter().collect(),
-            secrets: Default::default(),
-            provisioned: s.provisioned,
-            max_instances: s.max_instances,
-            concurrency: s.concurrency,
-            keep_alive_s: s.keep_alive.as_secs() as u32,
-            queue_max: s.queue_max,
-            queue_timeout_ms: s.queue_timeout.as_millis() as u32,
-            display_name: s.display_name.clone(),
-        }),
+        spec: Some(s.to_proto_redacted()),
         secret_names: s.secrets.0.keys().cloned().collect(),
         ready: v.ready,
         starting: v.starting,
@@ -490,7 +440,7 @@ fn image(i: ImageInfo) -> pb::Image {
 /// cause chain.
 pub fn status(e: Error) -> Status {
     let code = match &e {
-        Error::InvalidArgument { .. } => Code::InvalidArgument,
+        Error::InvalidArgument { .. } | Error::Spec(_) => Code::InvalidArgument,
         Error::InstanceNotFound(_) | Error::FunctionNotFound(_) => Code::NotFound,
         Error::FunctionExists(_) => Code::AlreadyExists,
         Error::ImageInUse { .. } => Code::FailedPrecondition,
@@ -510,7 +460,7 @@ pub fn status(e: Error) -> Status {
         Error::Image(i) => image_code(i),
         Error::Logs(_) | Error::Io { .. } => Code::Internal,
     };
-    Status::new(code, chain(&e))
+    Status::new(code, crate::error::chain(&e))
 }
 
 fn image_code(e: &ImageError) -> Code {
@@ -559,20 +509,4 @@ fn containerd_code(e: &ContainerdError) -> Code {
         Code::Unavailable => Code::Unavailable,
         _ => Code::Internal,
     }
-}
-
-/// The error with all its sources, ": "-joined, without repeating a source the message
-/// already contains.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

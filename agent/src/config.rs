@@ -311,8 +311,8 @@ impl Config {
     }
 
     /// How memory settings become instance limits.
-    pub fn limits_policy(&self) -> crate::limits::Policy {
-        crate::limits::Policy {
+    pub fn limits_policy(&self) -> fnrt_function::policy::Policy {
+        fnrt_function::policy::Policy {
             mb_per_vcpu: self.mb_per_vcpu,
             min_cpu_millis: self.min_cpu_millis,
             pids: self.pids_limit,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -28,35 +28,8 @@ use tokio::sync::watch;
 use crate::instance::Instances;
 use crate::metrics::{ErrorKind, Outcome};
 use crate::pool::{AcquireError, Kind, Lease, Pool, Pools, Served};
-use crate::upstream::Upstream;
-
-/// Bodies of answers and of forwarded requests.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// The request id header of SCF.
-pub const REQUEST_ID: &str = "x-scf-request-id";
-
-/// A caller's request id must be 1 to 128 of these.
-pub(crate) fn valid_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// A new request id, UUID v4 shaped (random version 4 variant 1, lower-case hex).
-pub fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bits: u128 = rand::random();
-    bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
-    bits = (bits & !(0x3 << 62)) | (0x2 << 62); // variant 10
-    let mut out = String::with_capacity(36);
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out.push('-');
-        }
-        out.push(char::from(HEX[((bits >> (124 - 4 * i)) & 0xf) as usize]));
-    }
-    out
-}
+use crate::request_id::{self, REQUEST_ID};
+use crate::upstream::{Body, Upstream};
 
 /// The data plane's state: the pools and instances to forward to and this thread's
 /// connections to them.
@@ -118,8 +91,8 @@ impl Dataplane {
         fnrt_hop::strip(req.headers_mut());
         let request_id =
             match req.headers().get(REQUEST_ID).map(|v| v.to_str()) {
-                None => new_request_id(),
-                Some(Ok(id)) if valid_request_id(id) => id.to_string(),
+                None => request_id::new(),
+                Some(Ok(id)) if request_id::valid(id) => id.to_string(),
                 Some(_) => return error(
                     StatusCode::BAD_REQUEST,
                     "X-Scf-Request-Id must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':'"
@@ -224,7 +197,7 @@ impl Dataplane {
                 return Answer {
                     response: error(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("function {function:?} has no running instance and starting one failed: {}", crate::api::chain(&e)),
+                        format!("function {function:?} has no running instance and starting one failed: {}", crate::error::chain(&e)),
                     ),
                     cold: false,
                     instance: None,
@@ -438,22 +411,4 @@ fn error(status: StatusCode, message: String) -> Response<Body> {
     let mut resp = text(status, body);
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_checked_and_made() {
-        for ok in ["a", "req-1", "3f2b_x.y:z", &"a".repeat(128)] {
-            assert!(valid_request_id(ok), "{ok}");
-        }
-        for bad in ["", "a b", "a/b", "é", &"a".repeat(129)] {
-            assert!(!valid_request_id(bad), "{bad}");
-        }
-        let id = new_request_id();
-        assert!(valid_request_id(&id) && id.len() == 36 && id.as_bytes()[14] == b'4', "{id}");
-        assert_ne!(id, new_request_id());
-    }
 }

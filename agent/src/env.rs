@@ -30,15 +30,7 @@ pub struct Identity {
     pub uin: String,
 }
 
-/// Secret variables: their values never appear in Debug output.
-#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Secrets(pub BTreeMap<String, String>);
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.keys().map(|k| format!("{k}=<redacted>"))).finish()
-    }
-}
+pub use fnrt_common::secret::Secrets;
 
 /// A variable that cannot be set.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

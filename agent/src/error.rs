@@ -1,5 +1,7 @@
 //! The agent's error: every module's errors rolled up, for the API edge to map.
 
+pub use fnrt_common::chain;
+
 use crate::containerd::ContainerdError;
 use crate::health::NotListening;
 use crate::image::ImageError;
@@ -72,6 +74,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The request's function spec cannot be deployed.
+    #[error(transparent)]
+    Spec(#[from] fnrt_function::SpecError),
     /// The instance's log could not be set up.
     #[error(transparent)]
     Logs(#[from] LogError),

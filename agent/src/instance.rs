@@ -18,11 +18,11 @@ use crate::error::Error;
 use crate::events::{self, TaskEvent};
 use crate::health::{self, FUNCTION_PORT};
 use crate::image::{CachedImage, ImageError, ImageInfo, ImageRef, ImageStore, Progress};
-use crate::limits::{memory_advice, Limits, Policy};
 use crate::logs::Logs;
 use crate::network::Network;
 use crate::runtime::{labels, NewInstance, Runtime};
 use crate::stats::Usage;
+use fnrt_function::policy::{memory_advice, Limits, Policy};
 
 /// One instance as the agent knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,25 +77,10 @@ pub struct StartRequest {
     pub timeout_ms: u32,
 }
 
-/// Checks a function name: 1 to 63 of a-z, 0-9 and '-', starting with a letter, not
-/// ending with '-' (it becomes part of host names, ids and paths).
+/// Checks a function name (see [`fnrt_function::naming::check`]).
 pub fn validate_function_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument {
-            field: "function",
-            reason: format!(
-                "{name:?} is not a valid function name: use 1 to 63 characters of a-z, 0-9 and '-', \
-                 starting with a letter and not ending with '-'"
-            ),
-        })
-    }
+    fnrt_function::naming::check("function name", name)
+        .map_err(|e| Error::InvalidArgument { field: "function", reason: e.to_string() })
 }
 
 /// Owns the node's instances.

@@ -44,7 +44,7 @@ async fn report(node: &Node) -> pb::Report {
     let status = match node.status().await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %crate::api::chain(&e), "cannot read the node's status for the heartbeat");
+            tracing::warn!(error = %crate::error::chain(&e), "cannot read the node's status for the heartbeat");
             return pb::Report::default();
         }
     };
@@ -73,6 +73,9 @@ async fn report(node: &Node) -> pb::Report {
             .filter(|i| i.image.ready)
             .map(|i| i.image.info.reference.clone())
             .collect(),
+        mb_per_vcpu: node.policy.mb_per_vcpu,
+        min_cpu_millis: node.policy.min_cpu_millis,
+        pids_limit: node.policy.pids,
     }
 }
 

@@ -19,11 +19,11 @@ pub mod health;
 pub mod image;
 pub mod instance;
 pub mod join;
-pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod pool;
+pub mod request_id;
 pub mod runtime;
 pub mod stats;
 pub mod upstream;
@@ -34,7 +34,6 @@ use std::sync::Arc;
 
 use fnrt_proto::agent::v1::agent_server::AgentServer;
 use futures_util::Stream;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -62,6 +61,8 @@ pub struct Node {
     /// The data plane (the gRPC Invoke goes through it).
     pub dataplane: Arc<dataplane::Dataplane>,
     dataplane_address: SocketAddr,
+    /// How instance limits follow from memory.
+    pub policy: fnrt_function::Policy,
 }
 
 /// What `NodeStatus` reports.
@@ -248,7 +249,14 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let dp = Arc::new(dataplane::Dataplane::new(pools.clone()));
     tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
 
-    let node = Arc::new(Node { cd, instances, pools, dataplane: dp, dataplane_address });
+    let node = Arc::new(Node {
+        cd,
+        instances,
+        pools,
+        dataplane: dp,
+        dataplane_address,
+        policy: cfg.limits_policy(),
+    });
     let unix = bind_unix(&cfg.socket)?;
     let router = Server::builder().add_service(AgentServer::new(api::Api::new(node.clone())));
     tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
@@ -376,10 +384,9 @@ where
 fn bearer_check(
     token: &str,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    let expected = Sha256::digest(format!("Bearer {token}"));
+    let expected = fnrt_common::bearer::Expected::bearer(token);
     move |req: tonic::Request<()>| {
-        let given = req.metadata().get("authorization").map(|v| Sha256::digest(v.as_bytes()));
-        if given.as_deref() == Some(expected.as_slice()) {
+        if expected.matches(req.metadata().get("authorization").map(|v| v.as_bytes())) {
             Ok(req)
         } else {
             Err(tonic::Status::unauthenticated(

@@ -41,7 +41,7 @@ async fn main() -> std::process::ExitCode {
     match fnrt_agent::run(cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", fnrt_agent::api::chain(&e));
+            eprintln!("error: {}", fnrt_agent::error::chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

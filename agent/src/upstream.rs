@@ -20,7 +20,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::dataplane::Body;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+
+/// Bodies of answers and of forwarded requests.
+pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Idle connections kept per instance address.
 const MAX_IDLE: usize = 256;

@@ -6,4 +6,22 @@
 //! shipped control plane once panicked on its first registry call because only the test
 //! harness installed one).
 
+pub mod bearer;
+pub mod secret;
 pub mod tls;
+
+/// An error with all its sources, ": "-joined, without repeating a source the message
+/// already contains (thiserror's `#[error("...: {0}")]` often does).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

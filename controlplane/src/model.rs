@@ -226,12 +226,13 @@ impl Deployed {
 impl Function {
     /// The function's name on agents: unique in the cluster, valid as an agent name.
     pub fn agent_name(&self) -> String {
-        format!("fn-{}", self.id)
+        fnrt_function::naming::on_agents(&self.id)
     }
 
-    /// The milli-vCPUs its memory buys (Scaleway: 1 vCPU per 1792 MB, at least 70 mvCPU).
+    /// The milli-vCPUs its memory buys by the agents' default policy (1 vCPU per 1792 MB,
+    /// at least 100 milli-vCPUs; an agent configured otherwise gives what its policy says).
     pub fn cpu_limit(&self) -> u32 {
-        (self.memory_limit * 1000 / 1792).max(70)
+        fnrt_function::Policy::default().limits(self.memory_limit).map_or(0, |l| l.cpu_millis)
     }
 }
 
@@ -335,22 +336,9 @@ pub fn check_hostname(host: &str) -> Result<(), String> {
     }
 }
 
-/// Checks a namespace or function name: 1 to 63 of a-z, 0-9 and '-', starting with a
-/// letter, not ending with '-'.
+/// Checks a namespace or function name (see [`fnrt_function::naming::check`]).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid name: use 1 to 63 of a-z, 0-9 and '-', starting with a letter and \
-             not ending with '-'"
-        ))
-    }
+    fnrt_function::naming::check("name", name).map_err(|e| e.to_string())
 }
 
 /// Checks environment variable names (and that they do not collide with the built-in SCF ones).

@@ -147,20 +147,7 @@ impl TestAgent {
 
 /// A gRPC client on an agent's Unix socket.
 pub async fn connect(socket: &Path) -> AgentClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to the agent's socket");
-    AgentClient::new(channel)
+    AgentClient::new(fnrt_proto::connect::unix(socket).await.expect("connect to the agent's socket"))
 }
 
 /// Deletes a test namespace: its images first (with a synchronous garbage collection, so

@@ -77,17 +77,6 @@ pub async fn ready(agent: &mut tokio::process::Child, cfg: &Config, log: &Path) 
     }
 }
 
-async fn try_connect(socket: &Path) -> Result<AgentClient<Channel>, tonic::transport::Error> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(AgentClient::new(channel))
+async fn try_connect(socket: &Path) -> Result<AgentClient<Channel>, fnrt_proto::connect::ConnectError> {
+    Ok(AgentClient::new(fnrt_proto::connect::unix(socket).await?))
 }

@@ -7,7 +7,7 @@
 //! instances are started with rolls: new instances first, then the old retire once their
 //! calls are done.
 
-pub mod spec;
+mod requests;
 pub mod store;
 
 use std::collections::HashMap;
@@ -23,9 +23,10 @@ use tokio::sync::Notify;
 use crate::error::Error;
 use crate::image::Progress;
 use crate::instance::{Instance, Instances};
-use crate::limits::{memory_advice, Policy};
 use crate::metrics::{InstanceState, Metrics, Outcome};
-pub use spec::{FunctionSpec, Kind, RawSpec};
+use fnrt_function::policy::{memory_advice, Policy};
+pub use fnrt_function::{FunctionSpec, Kind, RawSpec};
+use requests::{spec_of_started, start_request};
 
 /// How often pools are looked after (replacements, idle instances, retired ones).
 const TICK: Duration = Duration::from_millis(200);
@@ -349,7 +350,7 @@ impl Pools {
 
     /// Checks a StartInstance request as the spec its calls will be served with.
     pub fn check_started(&self, req: &crate::instance::StartRequest) -> Result<(), Error> {
-        FunctionSpec::of_started(req, &self.policy).map(drop)
+        spec_of_started(req, &self.policy).map(drop)
     }
 
     /// What calls to `function` share when it is not deployed but has instances started on
@@ -370,7 +371,7 @@ impl Pools {
             }
         }
         // The template was checked when its instance started; a failure here is a bug.
-        let spec = match FunctionSpec::of_started(&template, &self.policy) {
+        let spec = match spec_of_started(&template, &self.policy) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(function, error = %e, "the start template of a function is not a valid spec");
@@ -442,7 +443,7 @@ impl Pools {
 
     /// Starts `n` instances of `spec` at once; if one fails, the others are stopped.
     async fn start_n(&self, spec: &FunctionSpec, n: u32) -> Result<Vec<Slot>, Error> {
-        let starts = (0..n).map(|_| self.instances.start(spec.start_request()));
+        let starts = (0..n).map(|_| self.instances.start(start_request(spec)));
         let results = futures_util::future::join_all(starts).await;
         let key = spec.instance_key();
         let mut slots = Vec::new();
@@ -626,7 +627,7 @@ impl Pools {
     fn spawn_start(self: &Arc<Self>, pool: Arc<Pool>, spec: Arc<FunctionSpec>) {
         let this = self.clone();
         self.rt.spawn(async move {
-            let result = this.instances.start(spec.start_request()).await;
+            let result = this.instances.start(start_request(&spec)).await;
             let mut orphan = None;
             {
                 let mut st = pool.state();
@@ -635,7 +636,7 @@ impl Pools {
                     Ok((inst, _)) if st.removed => orphan = Some(inst.id),
                     Ok((inst, _)) => st.slots.push(slot(inst, spec.instance_key())),
                     Err(e) => {
-                        let reason = crate::api::chain(&e);
+                        let reason = crate::error::chain(&e);
                         tracing::warn!(function = %spec.name, %reason, "starting an instance failed");
                         st.failed(Instant::now(), format!("starting an instance failed: {reason}"));
                         st.last_error = Some((Instant::now(), reason));

@@ -75,8 +75,8 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::limits::Policy;
     use crate::pool::RawSpec;
+    use fnrt_function::policy::Policy;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

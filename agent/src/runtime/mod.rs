@@ -23,7 +23,7 @@ pub use spec::SpecError;
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
 use crate::image::{remove_snapshot, RunnableImage};
-use crate::limits::Limits;
+use fnrt_function::policy::Limits;
 
 /// Label keys of the agent's containers.
 pub mod labels {

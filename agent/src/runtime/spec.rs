@@ -9,7 +9,7 @@ use oci_spec::runtime::{
     LinuxPidsBuilder, MountBuilder, Spec, UserBuilder,
 };
 
-use crate::limits::{Limits, CPU_PERIOD_US};
+use fnrt_function::policy::{Limits, CPU_PERIOD_US};
 
 /// The image config cannot be turned into a runnable process.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use axum::extract::{Request, State as AxState};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
 pub use routes::router;
@@ -32,7 +31,7 @@ async fn admin_only(AxState(ctx): AxState<Arc<Ctx>>, req: Request, next: Next) -
         .into_response();
     }
     // Digests of equal length are compared, so the comparison says nothing of the key.
-    if Sha256::digest(given) != Sha256::digest(ctx.cfg.admin_token.as_bytes()) {
+    if !fnrt_common::bearer::Expected::token(&ctx.cfg.admin_token).matches(Some(given)) {
         return ApiError(crate::error::Error::Unauthenticated(
             "the X-Auth-Token is not the admin secret key".into(),
         ))

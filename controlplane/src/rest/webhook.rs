@@ -7,7 +7,6 @@ use axum::extract::State as AxState;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::ApiError;
 use crate::error::Error;
@@ -28,7 +27,7 @@ pub async fn events(
         )
         .into());
     }
-    if given.is_none_or(|g| Sha256::digest(g.as_bytes()) != Sha256::digest(want.as_bytes())) {
+    if !fnrt_common::bearer::Expected::token(want).matches(given.map(str::as_bytes)) {
         return Err(Error::Unauthenticated(
             "registry notifications need Authorization: Bearer <webhook_token>".into(),
         )

@@ -8,21 +8,12 @@ use std::time::{Duration, Instant};
 use fnrt_proto::agent::v1::agent_client::AgentClient;
 use fnrt_proto::controlplane::v1 as pb;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::Scheduler;
 
-/// Adds the cluster token to every call to an agent.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
+use fnrt_proto::connect::Bearer;
 
 /// A client of an agent's gRPC API.
 pub type Client = AgentClient<InterceptedService<Channel, Bearer>>;
@@ -55,32 +46,23 @@ impl Agent {
         (u64::from(self.report.cpus) * 1000).saturating_sub(self.report.cpu_reserved_millis)
     }
 
+    /// How it turns an instance's memory into CPU and pids (as it reported).
+    pub fn policy(&self) -> fnrt_function::Policy {
+        let r = &self.report;
+        if r.mb_per_vcpu == 0 || r.min_cpu_millis == 0 || r.pids_limit == 0 {
+            return fnrt_function::Policy::default();
+        }
+        fnrt_function::Policy {
+            mb_per_vcpu: r.mb_per_vcpu,
+            min_cpu_millis: r.min_cpu_millis,
+            pids: r.pids_limit,
+        }
+    }
+
     /// Whether its report lists the function `name`.
     pub fn hosts(&self, name: &str) -> bool {
         self.report.functions.iter().any(|f| f.name == name)
     }
-}
-
-fn channel(endpoint: &str) -> Result<Channel, String> {
-    if let Some(path) = endpoint.strip_prefix("unix://") {
-        let path = std::path::PathBuf::from(path);
-        let ep = Endpoint::try_from("http://[::]:50051").map_err(|e| e.to_string())?;
-        return Ok(ep.connect_with_connector_lazy(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        })));
-    }
-    if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
-        return Err(format!(
-            "{endpoint:?} is not an endpoint: use http://host:port or unix:///path/to/agent.sock"
-        ));
-    }
-    let ep = Endpoint::from_shared(endpoint.to_string()).map_err(|e| format!("{endpoint:?}: {e}"))?;
-    Ok(ep.connect_timeout(Duration::from_secs(5)).connect_lazy())
 }
 
 fn check_node(node: &str) -> Result<(), Status> {
@@ -102,10 +84,8 @@ pub struct Join {
 
 impl Join {
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let want = format!("Bearer {}", self.scheduler.cfg.cluster_token);
-        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        use sha2::{Digest, Sha256};
-        if Sha256::digest(given.as_bytes()) == Sha256::digest(want.as_bytes()) {
+        let want = fnrt_common::bearer::Expected::bearer(&self.scheduler.cfg.cluster_token);
+        if want.matches(req.metadata().get("authorization").map(|v| v.as_bytes())) {
             Ok(())
         } else {
             Err(Status::unauthenticated(
@@ -130,9 +110,9 @@ impl pb::control_plane_server::ControlPlane for Join {
                 r.dataplane_address
             )));
         }
-        let channel = channel(&r.grpc_endpoint).map_err(Status::invalid_argument)?;
-        let token = format!("Bearer {}", self.scheduler.cfg.cluster_token)
-            .parse()
+        let channel = fnrt_proto::connect::lazy(&r.grpc_endpoint)
+            .map_err(|e| Status::invalid_argument(fnrt_common::chain(&e)))?;
+        let token = Bearer::new(&self.scheduler.cfg.cluster_token)
             .map_err(|_| Status::internal("the cluster token is not valid in a header"))?;
         let agent = Agent {
             node: r.node.clone(),
@@ -140,7 +120,7 @@ impl pb::control_plane_server::ControlPlane for Join {
             report: r.report.unwrap_or_default(),
             last_seen: Instant::now(),
             lost: false,
-            client: AgentClient::with_interceptor(channel, Bearer(token)),
+            client: AgentClient::with_interceptor(channel, token),
         };
         tracing::info!(node = %r.node, endpoint = %r.grpc_endpoint, "agent registered");
         self.scheduler.agents_mut().insert(r.node, agent);

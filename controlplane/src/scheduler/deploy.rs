@@ -119,8 +119,8 @@ impl Scheduler {
         let shares = super::place(
             f.min_scale,
             f.max_scale,
-            super::need(deployed.memory_mb),
-            &self.candidates(&live, &name, &deployed.image),
+            deployed.memory_mb,
+            &self.candidates(&live, &name, &deployed.image, deployed.memory_mb),
         )?;
         let calls = shares.iter().filter_map(|share| {
             let a = live.iter().find(|a| a.node == share.node)?;

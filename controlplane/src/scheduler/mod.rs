@@ -47,36 +47,29 @@ pub struct Scheduler {
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What one instance of `memory_mb` takes: its memory and the CPU quota the agents give
-/// it by default (1 vCPU per 1792 MB, at least 0.1).
-pub fn need(memory_mb: u32) -> (u32, u32) {
-    (memory_mb, (memory_mb * 1000 / 1792).max(100))
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The agent spec of function `f` for one share.
 pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb::FunctionSpec {
-    apb::FunctionSpec {
+    fnrt_function::RawSpec {
         name: f.agent_name(),
         namespace: ns.name.clone(),
         version: d.version.clone(),
         image: d.image.clone(),
-        r#type: apb::FunctionType::Http as i32,
+        event: false,
         memory_mb: d.memory_mb,
         timeout_ms: d.timeout_s * 1000,
-        env: d.env.clone().into_iter().collect(),
-        secrets: d.secrets.clone().into_iter().collect(),
+        env: d.env.clone(),
+        secrets: d.secrets.clone(),
         provisioned: share.provisioned,
         max_instances: share.max_instances,
         concurrency: 1,
-        keep_alive_s: 0,
-        queue_max: 0,
-        queue_timeout_ms: 0,
         display_name: f.name.clone(),
+        ..Default::default()
     }
+    .into()
 }
 
 /// A call routed by the gateway: the agent's data plane; counts as in flight until dropped.
@@ -144,12 +137,14 @@ impl Scheduler {
         a.hosts(name) || lock(&self.applied).contains_key(&(a.node.clone(), name.to_string()))
     }
 
-    fn candidates(&self, live: &[Agent], name: &str, image: &str) -> Vec<Candidate> {
+    fn candidates(&self, live: &[Agent], name: &str, image: &str, memory_mb: u32) -> Vec<Candidate> {
         live.iter()
             .map(|a| Candidate {
                 node: a.node.clone(),
                 free_memory_mb: a.free_memory_mb(),
                 free_cpu_millis: a.free_cpu_millis(),
+                // An agent refuses memory out of its range: it cannot take the function.
+                cpu_millis_needed: a.policy().limits(memory_mb).map_or(u32::MAX, |l| l.cpu_millis),
                 has_image: a.report.images.iter().any(|i| i == image),
                 hosts: self.hosts(a, name),
             })
@@ -222,8 +217,8 @@ impl Scheduler {
             let shares = match place(
                 f.min_scale,
                 f.max_scale,
-                need(d.memory_mb),
-                &self.candidates(&live, &name, &d.image),
+                d.memory_mb,
+                &self.candidates(&live, &name, &d.image, d.memory_mb),
             ) {
                 Ok(s) => s,
                 Err(e) => {
@@ -247,7 +242,7 @@ impl Scheduler {
             names.extend(lock(&self.applied).keys().filter(|(n, _)| *n == a.node).map(|(_, f)| f.clone()));
             for name in names {
                 // Functions deployed by an operator (not fn-<uuid>) are left alone.
-                let ours = name.starts_with("fn-") && name.len() == 39;
+                let ours = fnrt_function::naming::is_from_control_plane(&name);
                 if ours && !pending.contains(&name) && !wanted.contains(&(a.node.clone(), name.clone())) {
                     self.remove(a, &name).await;
                 }
@@ -296,7 +291,7 @@ impl Scheduler {
     /// Calls function `function_id` through an agent's Invoke with `payload` as the event
     /// and `source` as X-Scf-Trigger-Src; the function's status code.
     pub async fn invoke(&self, function_id: &str, payload: Vec<u8>, source: &str) -> Result<u32, String> {
-        let name = format!("fn-{function_id}");
+        let name = fnrt_function::naming::on_agents(function_id);
         let route = self
             .route(&name)
             .ok_or_else(|| format!("function {function_id} runs on no agent: is it deployed?"))?;

@@ -9,6 +9,8 @@ pub struct Candidate {
     pub free_memory_mb: u64,
     /// Milli-CPUs not taken by instance limits.
     pub free_cpu_millis: u64,
+    /// The milli-CPUs this agent gives one instance of the function (by its own policy).
+    pub cpu_millis_needed: u32,
     /// The function's image is in its cache.
     pub has_image: bool,
     /// It runs the function already.
@@ -30,17 +32,20 @@ pub struct Share {
 /// there are none to keep), and `max_scale` over the same agents, so the totals are the
 /// function's. Agents that run the function already come first (no churn), then agents
 /// that have its image cached, then those with the most free memory. An agent that does
-/// not run it yet must have room for one instance: `need.0` MB and `need.1` milli-CPUs.
+/// not run it yet must have room for one instance: `memory_mb` and the milli-CPUs its
+/// policy gives that memory.
 pub fn place(
     min_scale: u32,
     max_scale: u32,
-    need: (u32, u32),
+    memory_mb: u32,
     candidates: &[Candidate],
 ) -> Result<Vec<Share>, String> {
-    let (memory_mb, cpu_millis) = need;
     let fits = |c: &&Candidate| {
-        c.hosts || (c.free_memory_mb >= u64::from(memory_mb) && c.free_cpu_millis >= u64::from(cpu_millis))
+        c.hosts
+            || (c.free_memory_mb >= u64::from(memory_mb)
+                && c.free_cpu_millis >= u64::from(c.cpu_millis_needed))
     };
+    let cpu_millis = candidates.iter().map(|c| c.cpu_millis_needed).min().unwrap_or(0);
     let mut eligible: Vec<&Candidate> = candidates.iter().filter(fits).collect();
     if eligible.is_empty() {
         return Err(if candidates.is_empty() {
@@ -81,25 +86,32 @@ mod tests {
     use super::*;
 
     fn c(node: &str, free: u64, has_image: bool, hosts: bool) -> Candidate {
-        Candidate { node: node.into(), free_memory_mb: free, free_cpu_millis: 2000, has_image, hosts }
+        Candidate {
+            node: node.into(),
+            free_memory_mb: free,
+            free_cpu_millis: 2000,
+            cpu_millis_needed: 143,
+            has_image,
+            hosts,
+        }
     }
 
     #[test]
     fn cpu_counts_too() {
         let mut busy = c("a", 8192, true, false);
         busy.free_cpu_millis = 50;
-        let s = place(1, 1, (256, 143), &[busy, c("b", 1024, false, false)]).unwrap();
+        let s = place(1, 1, 256, &[busy, c("b", 1024, false, false)]).unwrap();
         assert_eq!(s[0].node, "b");
     }
 
     #[test]
     fn spreads_warm_instances_and_keeps_totals() {
         let agents = [c("a", 4096, false, false), c("b", 4096, false, false), c("c", 4096, false, false)];
-        let s = place(4, 10, (256, 143), &agents).unwrap();
+        let s = place(4, 10, 256, &agents).unwrap();
         assert_eq!(s.len(), 3);
         assert_eq!(s.iter().map(|s| s.provisioned).sum::<u32>(), 4);
         assert_eq!(s.iter().map(|s| s.max_instances).sum::<u32>(), 10);
-        let one = place(0, 5, (256, 143), &agents).unwrap();
+        let one = place(0, 5, 256, &agents).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].max_instances, 5);
     }
@@ -107,26 +119,26 @@ mod tests {
     #[test]
     fn prefers_hosts_then_cached_images_then_free_memory_and_respects_capacity() {
         let agents = [c("a", 8192, false, false), c("b", 1024, true, false), c("c", 100, false, true)];
-        assert_eq!(place(1, 1, (256, 143), &agents).unwrap()[0].node, "c");
+        assert_eq!(place(1, 1, 256, &agents).unwrap()[0].node, "c");
         let agents = [c("a", 8192, false, false), c("b", 1024, true, false)];
-        assert_eq!(place(1, 1, (256, 143), &agents).unwrap()[0].node, "b");
+        assert_eq!(place(1, 1, 256, &agents).unwrap()[0].node, "b");
         let agents = [c("a", 8192, false, false), c("b", 100, true, false)];
         assert_eq!(
-            place(2, 2, (256, 143), &agents).unwrap(),
+            place(2, 2, 256, &agents).unwrap(),
             vec![Share { node: "a".into(), provisioned: 2, max_instances: 2 }]
         );
-        assert!(place(1, 1, (256, 143), &[c("a", 100, false, false)])
+        assert!(place(1, 1, 256, &[c("a", 100, false, false)])
             .unwrap_err()
             .contains("256 MB and 143 milli-CPUs free"));
-        assert!(place(1, 1, (256, 143), &[]).unwrap_err().contains("no agent"));
+        assert!(place(1, 1, 256, &[]).unwrap_err().contains("no agent"));
     }
 
     #[test]
     fn a_lost_agent_share_moves_to_the_rest() {
         let both = [c("a", 4096, true, true), c("b", 4096, true, true)];
-        let s = place(2, 4, (256, 143), &both).unwrap();
+        let s = place(2, 4, 256, &both).unwrap();
         assert_eq!(s.iter().map(|s| s.provisioned).collect::<Vec<_>>(), vec![1, 1]);
-        let s = place(2, 4, (256, 143), &both[1..]).unwrap();
+        let s = place(2, 4, 256, &both[1..]).unwrap();
         assert_eq!(s, vec![Share { node: "b".into(), provisioned: 2, max_instances: 4 }]);
     }
 }

@@ -1,13 +1,23 @@
-//! A deployed function's spec: checked, with its defaults filled in.
+//! A function as deployed on a node: [`RawSpec`] as a request gives it, [`FunctionSpec`]
+//! once checked with its defaults filled in.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use crate::env::Secrets;
-use crate::error::Error;
-use crate::instance::{validate_function_name, StartRequest};
-use crate::limits::Policy;
+use fnrt_common::secret::Secrets;
+
+use crate::policy::Policy;
+
+/// A spec that cannot be deployed: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct SpecError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong and what is allowed.
+    pub reason: String,
+}
 
 /// How a function is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -100,15 +110,15 @@ pub struct RawSpec {
     pub display_name: String,
 }
 
-fn invalid(field: &'static str, reason: String) -> Error {
-    Error::InvalidArgument { field, reason }
+fn invalid(field: &'static str, reason: String) -> SpecError {
+    SpecError { field, reason }
 }
 
 impl RawSpec {
     /// Checks the spec and fills in the defaults; every error names the field and what is
     /// allowed.
-    pub fn check(self, policy: &Policy) -> Result<FunctionSpec, Error> {
-        validate_function_name(&self.name)?;
+    pub fn check(self, policy: &Policy) -> Result<FunctionSpec, SpecError> {
+        crate::naming::check("function name", &self.name).map_err(|e| invalid("function", e.to_string()))?;
         if self.display_name.len() > 128
             || !self.display_name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
         {
@@ -195,40 +205,6 @@ impl FunctionSpec {
         } else {
             &self.display_name
         }
-    }
-
-    /// How an instance of it is started.
-    pub fn start_request(&self) -> StartRequest {
-        StartRequest {
-            function: self.name.clone(),
-            display_name: self.display_name.clone(),
-            image: self.image.clone(),
-            env: self.env.clone(),
-            secrets: self.secrets.clone(),
-            version: self.version.clone(),
-            namespace: self.namespace.clone(),
-            memory_mb: self.memory_mb,
-            timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(MAX_TIMEOUT_MS),
-        }
-    }
-
-    /// The spec calls to the instances of `req`'s function (started on their own with
-    /// StartInstance, not deployed) are served with: one instance's worth of pool, HTTP.
-    pub fn of_started(req: &StartRequest, policy: &Policy) -> Result<FunctionSpec, Error> {
-        RawSpec {
-            name: req.function.clone(),
-            namespace: req.namespace.clone(),
-            version: req.version.clone(),
-            image: req.image.clone(),
-            event: false,
-            memory_mb: req.memory_mb,
-            timeout_ms: req.timeout_ms,
-            env: req.env.clone(),
-            secrets: req.secrets.0.clone(),
-            display_name: req.display_name.clone(),
-            ..RawSpec::default()
-        }
-        .check(policy)
     }
 }
 

@@ -1,6 +1,7 @@
 //! An instance's resource limits: memory from the function's setting, CPU in proportion to
 //! memory (as large FaaS platforms share it out), a pids limit; and the advice on memory
-//! that an image's size calls for.
+//! that an image's size calls for. The agents apply a [`Policy`] from their configuration
+//! and report it; the control plane places with the policy of each agent.
 
 /// The smallest and largest memory a function may ask for, in MB.
 pub const MEMORY_MB_RANGE: std::ops::RangeInclusive<u32> = 64..=32_768;
@@ -9,7 +10,7 @@ pub const MEMORY_MB_RANGE: std::ops::RangeInclusive<u32> = 64..=32_768;
 pub const DEFAULT_MEMORY_MB: u32 = 128;
 
 /// How the node turns a memory setting into the other limits; from the agent's config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// Memory that buys one whole vCPU, in MB (1,792 by default).
     pub mb_per_vcpu: u32,
@@ -54,6 +55,14 @@ impl Limits {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("memory_mb {0} is out of range: use {min} to {max} MB (0 means {DEFAULT_MEMORY_MB})", min = MEMORY_MB_RANGE.start(), max = MEMORY_MB_RANGE.end())]
 pub struct BadMemory(pub u32);
+
+impl Default for Policy {
+    /// 1 vCPU per 1,792 MB (Scaleway's and Lambda's proportion), at least 0.1 vCPU, 1,024
+    /// processes and threads (SCF's).
+    fn default() -> Policy {
+        Policy { mb_per_vcpu: 1792, min_cpu_millis: 100, pids: 1024 }
+    }
+}
 
 impl Policy {
     /// The limits of an instance with `memory_mb` of memory (0: the default).

@@ -1,0 +1,18 @@
+//! One description of a function, shared by the control plane and the agents, so that the
+//! rules they must agree on live once (firecracker's `vmm_config` is the model: the types
+//! with their conversions beside them):
+//!
+//! - [`naming`]: what a function may be called, and the name a control-plane function has
+//!   on the agents (`fn-<id>`);
+//! - [`policy`]: how memory becomes an instance's CPU and pids limits (agents report their
+//!   policy so that placement reserves what they will);
+//! - [`spec`]: a function as deployed on a node, checked, with its defaults;
+//! - [`proto`]: the conversions to and from `fnrt.agent.v1.FunctionSpec`.
+
+pub mod naming;
+pub mod policy;
+pub mod proto;
+pub mod spec;
+
+pub use policy::{Limits, Policy};
+pub use spec::{FunctionSpec, Kind, RawSpec, SpecError};
