@@ -118,15 +118,8 @@ impl AgentApi for Api {
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.
-        if self.node.pools.get(&start.function).is_some() {
-            return Err(Status::failed_precondition(format!(
-                "function {:?} is deployed: its pool starts its instances (UpdateFunction changes provisioned)",
-                start.function
-            )));
-        }
-        self.node.pools.check_started(&start).map_err(status)?;
-        let node = self.node.clone();
-        let (inst, advice) = tokio::spawn(async move { node.instances.start(start).await })
+        let pools = self.node.pools.clone();
+        let (inst, advice) = tokio::spawn(async move { pools.start_instance(start).await })
             .await
             .map_err(|e| Status::internal(format!("start task failed: {e}")))?
             .map_err(status)?;
@@ -140,8 +133,8 @@ impl AgentApi for Api {
         req: Request<pb::StopInstanceRequest>,
     ) -> Result<Response<pb::StopInstanceResponse>, Status> {
         // On a task of its own, like a start: a teardown is never cut half-way.
-        let (node, id) = (self.node.clone(), req.into_inner().id);
-        tokio::spawn(async move { node.instances.stop(&id).await })
+        let (pools, id) = (self.node.pools.clone(), req.into_inner().id);
+        tokio::spawn(async move { pools.stop_instance(&id).await })
             .await
             .map_err(|e| Status::internal(format!("stop task failed: {e}")))?
             .map_err(status)?;
@@ -443,7 +436,7 @@ pub fn status(e: Error) -> Status {
         Error::InvalidArgument { .. } | Error::Spec(_) => Code::InvalidArgument,
         Error::InstanceNotFound(_) | Error::FunctionNotFound(_) => Code::NotFound,
         Error::FunctionExists(_) => Code::AlreadyExists,
-        Error::ImageInUse { .. } => Code::FailedPrecondition,
+        Error::ImageInUse { .. } | Error::FunctionDeployed(_) => Code::FailedPrecondition,
         Error::NotListening(_) => Code::DeadlineExceeded,
         Error::ExitedAtStart { .. } => Code::FailedPrecondition,
         Error::Containerd(c) => containerd_code(c),

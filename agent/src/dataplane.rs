@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::instance::Instances;
+use crate::logs::Logs;
 use crate::metrics::{ErrorKind, Outcome};
 use crate::pool::{AcquireError, Kind, Lease, Pool, Pools, Served};
 use crate::request_id::{self, REQUEST_ID};
@@ -35,7 +35,7 @@ use crate::upstream::{Body, Upstream};
 /// connections to them.
 pub struct Dataplane {
     pools: Arc<Pools>,
-    instances: Arc<Instances>,
+    logs: Arc<Logs>,
     upstream: Arc<Upstream>,
 }
 
@@ -50,10 +50,9 @@ pub struct Answer {
 }
 
 impl Dataplane {
-    /// A data plane over `pools` (and their node's instances).
-    pub fn new(pools: Arc<Pools>) -> Dataplane {
-        let instances = pools.instances().clone();
-        Dataplane { pools, instances, upstream: Arc::default() }
+    /// A data plane over `pools`; the lines instances print during calls go to `logs`.
+    pub fn new(pools: Arc<Pools>, logs: Arc<Logs>) -> Dataplane {
+        Dataplane { pools, logs, upstream: Arc::default() }
     }
 
     /// Serves on `listener` until `shutdown` turns true.
@@ -127,16 +126,9 @@ impl Dataplane {
             Ok(t) => t,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}")),
         };
-        let req = req.map(|b| b.boxed());
-        if let Some(pool) = self.pools.get(&function) {
-            return self.call(&pool, req, target, request_id).await.response;
-        }
-        match self.pools.started(&function) {
-            Some(served) => self.call_started(&served, req, target, request_id).await.response,
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("function {function:?} is not deployed and has no running instance on this node; deploy it with agentctl function deploy {function} <image>"),
-            ),
+        match self.pools.get(&function) {
+            Some(pool) => self.call(&pool, req.map(|b| b.boxed()), target, request_id).await.response,
+            None => error(StatusCode::NOT_FOUND, AcquireError::NoInstance(function).to_string()),
         }
     }
 
@@ -161,6 +153,7 @@ impl Dataplane {
                     AcquireError::QueueTimeout { .. } => ("queue_timeout", StatusCode::TOO_MANY_REQUESTS),
                     AcquireError::StartFailed { .. } => ("start_failed", StatusCode::SERVICE_UNAVAILABLE),
                     AcquireError::Removed(_) => ("removed", StatusCode::NOT_FOUND),
+                    AcquireError::NoInstance(_) => ("no_instance", StatusCode::NOT_FOUND),
                 };
                 return self.fail(&served, reason, code, e.to_string());
             }
@@ -168,48 +161,6 @@ impl Dataplane {
         let (id, host) = (lease.id.clone(), lease.host.clone());
         let to = To { id: &id, address: lease.address, host: &host, cold: lease.cold, arrived };
         self.forward(&served, lease, to, req, target, request_id).await
-    }
-
-    /// A call to a function that is not deployed: one of the instances started for it,
-    /// sent as a deployed function's calls are.
-    async fn call_started(
-        &self,
-        served: &Served,
-        req: Request<Body>,
-        target: Uri,
-        request_id: &str,
-    ) -> Answer {
-        let arrived = Instant::now();
-        let function = &served.spec.name;
-        let instance = match self.instances.pick_or_start(function).await {
-            Ok(Some(i)) => i,
-            Ok(None) => {
-                return Answer {
-                    response: error(
-                        StatusCode::NOT_FOUND,
-                        format!("function {function:?} is not deployed and has no running instance on this node; deploy it with agentctl function deploy {function} <image>"),
-                    ),
-                    cold: false,
-                    instance: None,
-                }
-            }
-            Err(e) => {
-                return Answer {
-                    response: error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("function {function:?} has no running instance and starting one failed: {}", crate::error::chain(&e)),
-                    ),
-                    cold: false,
-                    instance: None,
-                }
-            }
-        };
-        let id: Arc<str> = instance.id.as_str().into();
-        let host = HeaderValue::try_from(instance.address.to_string())
-            .unwrap_or(HeaderValue::from_static("localhost"));
-        let hold = Started { instances: self.instances.clone(), id: id.clone() };
-        let to = To { id: &id, address: instance.address, host: &host, cold: false, arrived };
-        self.forward(served, hold, to, req, target, request_id).await
     }
 
     /// Sends a call to one instance as every call is sent: an event function's as `POST
@@ -220,7 +171,7 @@ impl Dataplane {
     async fn forward(
         &self,
         served: &Served,
-        mut hold: impl Hold,
+        mut hold: Lease,
         to: To<'_>,
         req: Request<Body>,
         target: Uri,
@@ -239,7 +190,7 @@ impl Dataplane {
             parts.headers.insert(HeaderName::from_static("x-scf-trigger-src"), src.clone());
         }
         // In flight until the answer's body is sent.
-        let in_flight = self.instances.logs().call(to.id, request_id);
+        let in_flight = self.logs.call(to.id, request_id);
         let sent = tokio::time::timeout(
             spec.timeout,
             self.upstream.send(to.id, to.address, Request::from_parts(parts, body)),
@@ -253,7 +204,7 @@ impl Dataplane {
         };
         match sent {
             Err(_) => {
-                hold.overran();
+                hold.recycle();
                 let ms = spec.timeout.as_millis();
                 failed(
                     "timeout",
@@ -308,20 +259,14 @@ impl Dataplane {
         request_id: &str,
         trigger: Option<HeaderValue>,
     ) -> Option<Answer> {
-        let pool = self.pools.get(function);
-        let started = if pool.is_none() { Some(self.pools.started(function)?) } else { None };
+        let pool = self.pools.get(function)?;
         let mut req = Request::new(Full::new(payload).map_err(|never| match never {}).boxed());
         if let Some(t) = trigger {
             req.extensions_mut().insert(TriggerSource(t));
         }
         *req.method_mut() = Method::POST;
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let target = Uri::from_static("/");
-        Some(match (pool, started) {
-            (Some(pool), _) => self.call(&pool, req, target, request_id).await,
-            (None, Some(served)) => self.call_started(&served, req, target, request_id).await,
-            (None, None) => return None,
-        })
+        Some(self.call(&pool, req, Uri::from_static("/"), request_id).await)
     }
 }
 
@@ -335,30 +280,6 @@ struct To<'a> {
     cold: bool,
     /// When the call arrived (its duration counts from there, queue wait included).
     arrived: Instant,
-}
-
-/// A call's hold on its instance, kept until the answer's body is sent.
-trait Hold: Send + Sync + 'static {
-    /// The call overran the function's timeout: the instance takes no more calls.
-    fn overran(&mut self);
-}
-
-impl Hold for Lease {
-    fn overran(&mut self) {
-        self.recycle();
-    }
-}
-
-/// The hold of a call to an instance started on its own (no pool keeps count of it).
-struct Started {
-    instances: Arc<Instances>,
-    id: Arc<str>,
-}
-
-impl Hold for Started {
-    fn overran(&mut self) {
-        self.instances.recycle(&self.id);
-    }
 }
 
 /// What triggered an Invoke call (X-Scf-Trigger-Src), carried to `call` with the request.

@@ -20,7 +20,7 @@ pub const BUILT_IN: &[&str] = &[
 ];
 
 /// Who the node runs functions for, from the agent's config.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// Region name (`TENCENTCLOUD_REGION`).
     pub region: String,

@@ -47,7 +47,7 @@ pub use error::Error;
 
 use containerd::Containerd;
 use image::ImageStore;
-use instance::{Instance, Instances, NodeImage};
+use instance::{ImageCache, Instance, Instances, NodeImage};
 use network::Network;
 use runtime::Runtime;
 
@@ -202,18 +202,16 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir);
     let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));
     let metrics = Arc::new(metrics::Metrics::default());
-    let instances = Arc::new(Instances::new(
-        images,
+    let instances = Arc::new(Instances::new(instance::Parts {
+        images: Arc::new(ImageCache::new(images, cfg.image_cache_bytes, metrics.clone())),
         network,
         runtime,
-        cfg.health_timeout(),
-        cfg.image_cache_bytes,
-        cfg.limits_policy(),
-        cfg.identity(),
-        logs.clone(),
-        cfg.state_dir.join("instances"),
-        metrics.clone(),
-    ));
+        health_timeout: cfg.health_timeout(),
+        policy: cfg.limits_policy(),
+        identity: cfg.identity(),
+        logs: logs.clone(),
+        marks: cfg.state_dir.join("instances"),
+    }));
     let pools = Arc::new(pool::Pools::new(
         instances.clone(),
         metrics,
@@ -226,7 +224,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     tasks.push(tokio::spawn(instances.clone().watch(cd.clone(), rx.clone())));
     instances.adopt().await?;
     pools.restore();
-    tasks.push(tokio::spawn(logs.sweep_loop(rx.clone())));
+    tasks.push(tokio::spawn(logs.clone().sweep_loop(rx.clone())));
 
     let bind_err = |what| {
         let path = cfg.dataplane_listen.to_string();
@@ -243,10 +241,10 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     // Each thread its own client too: a pooled connection to an instance then lives on the
     // thread that uses it. (The gRPC Invoke has one of its own on the main runtime.)
     for (i, l) in listeners.into_iter().enumerate() {
-        let dp = Arc::new(dataplane::Dataplane::new(pools.clone()));
+        let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone()));
         tasks.push(serve_dataplane(dp, l, rx.clone(), i)?);
     }
-    let dp = Arc::new(dataplane::Dataplane::new(pools.clone()));
+    let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone()));
     tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
 
     let node = Arc::new(Node {

@@ -1,0 +1,268 @@
+//! The node's instances: one file per operation — [`start`](self::start) (image, network,
+//! container, readiness), [`stop`](self::stop), [`adopt`](self::adopt) (rebuilding the
+//! table after a restart and removing what a crash left half made), [`exits`](self::exits)
+//! (containerd's exit and OOM events) — and the node's [`image_cache`].
+//!
+//! The table in memory is rebuilt from containerd's labels when the agent starts; a lock
+//! is held only to read or change the table, never across a containerd or CNI call. The
+//! pools drive instances through [`InstanceOps`], so that their logic can be tested with a
+//! fake.
+
+mod adopt;
+mod exits;
+pub mod image_cache;
+mod marks;
+mod start;
+mod stop;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+
+use crate::env::Identity;
+use crate::error::Error;
+use crate::image::{ImageInfo, Progress};
+use crate::logs::Logs;
+use crate::network::Network;
+use crate::runtime::Runtime;
+use crate::stats::Usage;
+use fnrt_function::policy::{Limits, Policy};
+
+pub use image_cache::{ImageCache, NodeImage};
+pub use start::{validate_function_name, StartRequest};
+
+/// One instance as the agent knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Unique id, `<function>-<8 hex>`.
+    pub id: String,
+    /// The function it serves.
+    pub function: String,
+    /// Its image reference.
+    pub image: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its task state ("running", ...).
+    pub state: String,
+    /// Its init process on the node.
+    pub pid: u32,
+    /// When it was started.
+    pub created_at: SystemTime,
+    /// Its memory, CPU and pids limits.
+    pub limits: Limits,
+    /// What it uses, as of the last listing.
+    pub usage: Usage,
+    /// Why it ended ("" while it runs).
+    pub reason: String,
+    /// What its calls are served with (recorded in its labels, read back on adoption).
+    pub call: CallSettings,
+}
+
+/// What calls to an instance are served with, besides its function's name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallSettings {
+    /// Its function's version.
+    pub version: String,
+    /// Its function's namespace.
+    pub namespace: String,
+    /// The name it shows (SCF_FUNCTIONNAME); empty: the function's.
+    pub display_name: String,
+    /// Longest a call may take, in ms (0: the default).
+    pub timeout_ms: u32,
+}
+
+/// How many ended instances ListInstances shows, and for how long.
+const ENDED_MAX: usize = 100;
+const ENDED_KEPT: Duration = Duration::from_secs(3600);
+
+/// What the pools need of the node's instances (a fake stands in for it in their tests).
+pub trait InstanceOps: Send + Sync + 'static {
+    /// Starts an instance; see [`Instances::start`].
+    fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<(Instance, Option<String>), Error>>;
+    /// Stops an instance; with `why`, it is listed as ended for that reason.
+    fn stop<'a>(&'a self, id: &'a str, why: Option<&'a str>) -> BoxFuture<'a, Result<(), Error>>;
+    /// Pulls an image into the node cache.
+    fn pull_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ImageInfo, Error>>;
+    /// Whether the instance runs.
+    fn is_live(&self, id: &str) -> bool;
+    /// Why an instance ended, while it is listed.
+    fn ended_reason(&self, id: &str) -> Option<String>;
+    /// The running instances.
+    fn running(&self) -> Vec<Instance>;
+    /// Who the node runs functions for.
+    fn identity(&self) -> &Identity;
+}
+
+/// The parts an [`Instances`] drives.
+pub struct Parts {
+    /// The node's image cache.
+    pub images: Arc<ImageCache>,
+    /// Network namespaces and addresses.
+    pub network: Network,
+    /// Containers and tasks.
+    pub runtime: Runtime,
+    /// The :9000 deadline.
+    pub health_timeout: Duration,
+    /// Memory → CPU and pids.
+    pub policy: Policy,
+    /// Who the node runs functions for.
+    pub identity: Identity,
+    /// Instance output.
+    pub logs: Arc<Logs>,
+    /// The directory of instance marks.
+    pub marks: std::path::PathBuf,
+}
+
+/// Owns the node's instances.
+pub struct Instances {
+    parts: Parts,
+    /// The agent's main runtime: teardowns of ended instances run there.
+    rt: tokio::runtime::Handle,
+    table: Mutex<HashMap<String, Instance>>,
+    /// Instances that ended, newest last, for ListInstances.
+    ended: Mutex<VecDeque<(SystemTime, Instance)>>,
+    /// Instances whose cgroup reported an OOM kill, until their exit arrives.
+    oom_seen: Mutex<HashSet<String>>,
+    /// Instances being started: their exit, if it comes before they listen, ends the start.
+    exits_at_start: Mutex<HashMap<String, tokio::sync::oneshot::Sender<(u32, bool)>>>,
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instances").field("instances", &self.lock().len()).finish_non_exhaustive()
+    }
+}
+
+impl Instances {
+    /// The instance owner over `parts`; call it on the agent's main runtime.
+    pub fn new(parts: Parts) -> Instances {
+        Instances {
+            parts,
+            rt: tokio::runtime::Handle::current(),
+            table: Mutex::new(HashMap::new()),
+            ended: Mutex::new(VecDeque::new()),
+            oom_seen: Mutex::new(HashSet::new()),
+            exits_at_start: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
+        // A panic while holding this lock cannot leave the map half-changed.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The images running instances use.
+    fn images_in_use(&self) -> HashSet<String> {
+        self.lock().values().map(|i| i.image.clone()).collect()
+    }
+
+    /// Pulls an image into the node cache (evicting what no longer fits).
+    pub async fn pull_image(&self, reference: &str, progress: &Progress) -> Result<ImageInfo, Error> {
+        self.parts.images.pull(reference, progress, self.images_in_use()).await
+    }
+
+    /// Fills the node cache with an image ahead of use; a pinned one is never evicted.
+    pub async fn prefetch(&self, reference: &str, pin: bool, progress: &Progress) -> Result<ImageInfo, Error> {
+        self.parts.images.prefetch(reference, pin, progress, self.images_in_use()).await
+    }
+
+    /// The node cache: its images with their users, the bytes they take and the budget.
+    pub async fn cached_images(&self) -> Result<(Vec<NodeImage>, u64, u64), Error> {
+        self.parts.images.list(&self.users()).await
+    }
+
+    /// Removes an image from the node; refused while instances use it.
+    pub async fn remove_image(&self, reference: &str) -> Result<(), Error> {
+        let name = crate::image::ImageRef::parse(reference).map_err(crate::image::ImageError::from)?.name();
+        let users = self.users().remove(&name).unwrap_or_default();
+        self.parts.images.remove(&name, users).await
+    }
+
+    /// Instance ids by the image they run.
+    fn users(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for i in self.lock().values() {
+            out.entry(i.image.clone()).or_default().push(i.id.clone());
+        }
+        out
+    }
+
+    /// The instances' logs.
+    pub fn logs(&self) -> &Arc<Logs> {
+        &self.parts.logs
+    }
+
+    /// The instances, with their task states read from containerd.
+    pub async fn list(&self, function: Option<&str>) -> Result<Vec<Instance>, Error> {
+        let records = self.parts.runtime.list().await?;
+        let table = self.lock().clone();
+        let mut out: Vec<Instance> = records
+            .into_iter()
+            .filter_map(|r| {
+                let mut inst = table.get(&r.id)?.clone();
+                inst.state = r.state.unwrap_or("created").to_string();
+                inst.pid = r.pid;
+                Some(inst)
+            })
+            .filter(|i| function.is_none_or(|f| i.function == f))
+            .collect();
+        // Usage of the live ones only: an ended instance's cgroup is gone.
+        let cgroups: Vec<String> = out.iter().map(|i| self.parts.runtime.cgroup_path(&i.id)).collect();
+        let usage =
+            tokio::task::spawn_blocking(move || cgroups.iter().map(|c| crate::stats::read(c)).collect())
+                .await
+                .unwrap_or_else(|_| Vec::new());
+        for (inst, u) in out.iter_mut().zip(usage) {
+            inst.usage = u;
+        }
+        let ended: Vec<Instance> =
+            self.ended.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, i)| i.clone()).collect();
+        out.extend(ended.into_iter().filter(|i| function.is_none_or(|f| i.function == f)));
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Lists an ended instance (with its state and reason set) for ListInstances.
+    fn push_ended(&self, at: SystemTime, inst: Instance) {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.push_back((at, inst));
+        let horizon = SystemTime::now() - ENDED_KEPT;
+        while ended.len() > ENDED_MAX || ended.front().is_some_and(|(t, _)| *t < horizon) {
+            ended.pop_front();
+        }
+    }
+}
+
+impl InstanceOps for Instances {
+    fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<(Instance, Option<String>), Error>> {
+        Box::pin(Instances::start(self, req))
+    }
+
+    fn stop<'a>(&'a self, id: &'a str, why: Option<&'a str>) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Instances::stop(self, id, why))
+    }
+
+    fn pull_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ImageInfo, Error>> {
+        Box::pin(async move { Instances::pull_image(self, reference, &Progress::none()).await })
+    }
+
+    fn is_live(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    fn ended_reason(&self, id: &str) -> Option<String> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.iter().rev().find(|(_, i)| i.id == id).map(|(_, i)| i.reason.clone())
+    }
+
+    fn running(&self) -> Vec<Instance> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn identity(&self) -> &Identity {
+        &self.parts.identity
+    }
+}
