@@ -30,7 +30,9 @@ pub enum Error {
     #[error("function {0:?} is already deployed on this node; use UpdateFunction (agentctl function update) to change it")]
     FunctionExists(String),
     /// StartInstance of a deployed function.
-    #[error("function {0:?} is deployed: its pool starts its instances (UpdateFunction changes provisioned)")]
+    #[error(
+        "function {0:?} is deployed: its pool starts its instances (UpdateFunction changes provisioned)"
+    )]
     FunctionDeployed(String),
     /// The image cannot be removed: instances use it.
     #[error("image {reference} is used by instances {}; stop them first", .instances.join(", "))]

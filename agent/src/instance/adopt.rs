@@ -64,6 +64,7 @@ impl Instances {
                         usage: Usage::default(),
                         reason: String::new(),
                         id: rec.id.clone(),
+                        alive: super::Alive::new(),
                         call: CallSettings {
                             version: label(labels::VERSION),
                             namespace: label(labels::NAMESPACE),

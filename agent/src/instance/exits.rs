@@ -81,6 +81,7 @@ impl Instances {
     async fn end(self: &Arc<Self>, container: String, status: Option<u32>, at: SystemTime) {
         let mut oom = self.oom_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&container);
         let Some(inst) = self.lock().remove(&container) else { return };
+        inst.alive.clear();
         if !oom {
             // The OOM event may have been missed; the cgroup still counts the kills.
             let cgroup = self.parts.runtime.cgroup_path(&container);

@@ -59,7 +59,46 @@ pub struct Instance {
     pub reason: String,
     /// What its calls are served with (recorded in its labels, read back on adoption).
     pub call: CallSettings,
+    /// Cleared the moment it ends or is stopped: a pool then gives it no more calls, before
+    /// its care drops it.
+    pub alive: Alive,
 }
+
+/// Whether an instance still runs, shared by the instance table and the pools.
+#[derive(Clone, Debug)]
+pub struct Alive(Arc<std::sync::atomic::AtomicBool>);
+
+impl Alive {
+    /// A running instance's.
+    pub fn new() -> Alive {
+        Alive(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    /// Whether it runs.
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// It ended.
+    pub fn clear(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Default for Alive {
+    fn default() -> Alive {
+        Alive::new()
+    }
+}
+
+/// Two instances are equal by what they are; the flag is not part of it.
+impl PartialEq for Alive {
+    fn eq(&self, _: &Alive) -> bool {
+        true
+    }
+}
+
+impl Eq for Alive {}
 
 /// What calls to an instance are served with, besides its function's name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -165,7 +204,12 @@ impl Instances {
     }
 
     /// Fills the node cache with an image ahead of use; a pinned one is never evicted.
-    pub async fn prefetch(&self, reference: &str, pin: bool, progress: &Progress) -> Result<ImageInfo, Error> {
+    pub async fn prefetch(
+        &self,
+        reference: &str,
+        pin: bool,
+        progress: &Progress,
+    ) -> Result<ImageInfo, Error> {
         self.parts.images.prefetch(reference, pin, progress, self.images_in_use()).await
     }
 

@@ -112,6 +112,7 @@ impl Instances {
             usage: Usage::default(),
             reason: String::new(),
             call: checked.call,
+            alive: super::Alive::new(),
         };
         self.lock().insert(id, inst.clone());
         let advice = memory_advice(image.info.size_bytes, inst.limits.memory_mb);

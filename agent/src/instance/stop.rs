@@ -11,6 +11,9 @@ impl Instances {
     /// it overran a call's timeout) it is listed as ended, state `stopped`, for that reason.
     pub async fn stop(&self, id: &str, why: Option<&str>) -> Result<(), Error> {
         let removed = self.lock().remove(id);
+        if let Some(inst) = &removed {
+            inst.alive.clear();
+        }
         match (removed, why) {
             (Some(mut inst), Some(why)) => {
                 tracing::warn!(instance = id, function = %inst.function, reason = why, "stopping an instance");

@@ -58,13 +58,15 @@ pub(super) struct Slot {
     pub retired: bool,
     /// Retired because a call overran the function's timeout.
     pub overran: bool,
+    /// Cleared when the instance ends.
+    pub alive: crate::instance::Alive,
 }
 
 impl Slot {
     pub fn of(inst: Instance, key: u64) -> Slot {
         let now = Instant::now();
         Slot {
-            id: inst.id.into(),
+            id: inst.id.clone().into(),
             host: HeaderValue::try_from(inst.address.to_string())
                 .unwrap_or(HeaderValue::from_static("localhost")),
             address: inst.address,
@@ -74,6 +76,7 @@ impl Slot {
             last_used: now,
             retired: false,
             overran: false,
+            alive: inst.alive,
         }
     }
 }
@@ -114,7 +117,7 @@ impl State {
 
     /// Instances that take calls.
     pub fn live(&self) -> u32 {
-        self.slots.iter().filter(|s| !s.retired).count() as u32
+        self.slots.iter().filter(|s| !s.retired && s.alive.get()).count() as u32
     }
 }
 
@@ -180,11 +183,9 @@ impl Pool {
         let mut st = self.state();
         let spread = matches!(self.owner, Owner::Started { .. });
         let pick = |current: bool| {
-            let room = st
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.retired && s.in_flight < concurrency && (s.key == key) == current);
+            let room = st.slots.iter().enumerate().filter(|(_, s)| {
+                !s.retired && s.alive.get() && s.in_flight < concurrency && (s.key == key) == current
+            });
             if spread {
                 room.min_by_key(|(_, s)| (s.in_flight, s.last_used)).map(|(i, _)| i)
             } else {

@@ -53,10 +53,16 @@ impl Pools {
         let plan = {
             let mut st = pool.state();
             let now = Instant::now();
+            let before = st.slots.len();
             self.drop_ended(&mut st, &spec, now);
+            if st.slots.len() < before {
+                // Calls waiting for a started function's instance may start one now.
+                pool.changed.notify_waiters();
+            }
             retire_idle(&mut st, &spec, now);
             let stop = take_done(&mut st);
-            let start = if pool.owner == Owner::Deployed { provisioned_missing(&mut st, &spec, now) } else { 0 };
+            let start =
+                if pool.owner == Owner::Deployed { provisioned_missing(&mut st, &spec, now) } else { 0 };
             Plan { stop, start }
         };
         for _ in 0..plan.start {

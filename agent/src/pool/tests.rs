@@ -3,7 +3,7 @@
 //! starts, scale to zero, crash back-off, rolling updates, instances started on their own.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,14 +15,14 @@ use super::{AcquireError, Pools, RawSpec};
 use crate::env::Identity;
 use crate::error::Error;
 use crate::image::ImageInfo;
-use crate::instance::{CallSettings, Instance, InstanceOps, StartRequest};
+use crate::instance::{Alive, CallSettings, Instance, InstanceOps, StartRequest};
 use crate::metrics::Metrics;
 use fnrt_function::Policy;
 
 /// A node whose instances start in `start_delay` and run until told to end.
 #[derive(Default)]
 struct Fake {
-    live: Mutex<HashSet<String>>,
+    live: Mutex<HashMap<String, Alive>>,
     /// Starts of each function so far.
     starts: Mutex<Vec<StartRequest>>,
     /// Starts that fail from now on.
@@ -42,7 +42,9 @@ impl Fake {
 
     /// Ends every instance, as a crash would.
     fn crash_all(&self) {
-        self.live.lock().unwrap().clear();
+        for (_, alive) in self.live.lock().unwrap().drain() {
+            alive.clear();
+        }
     }
 }
 
@@ -58,7 +60,8 @@ impl InstanceOps for Fake {
             }
             let n = self.next.fetch_add(1, Ordering::SeqCst);
             let id = format!("{}-{n:08x}", req.function);
-            self.live.lock().unwrap().insert(id.clone());
+            let alive = Alive::new();
+            self.live.lock().unwrap().insert(id.clone(), alive.clone());
             let inst = Instance {
                 id,
                 function: req.function,
@@ -71,6 +74,7 @@ impl InstanceOps for Fake {
                 usage: Default::default(),
                 reason: String::new(),
                 call: CallSettings::default(),
+                alive,
             };
             Ok((inst, None))
         })
@@ -79,8 +83,11 @@ impl InstanceOps for Fake {
     fn stop<'a>(&'a self, id: &'a str, _why: Option<&'a str>) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             match self.live.lock().unwrap().remove(id) {
-                true => Ok(()),
-                false => Err(Error::InstanceNotFound(id.to_string())),
+                Some(alive) => {
+                    alive.clear();
+                    Ok(())
+                }
+                None => Err(Error::InstanceNotFound(id.to_string())),
             }
         })
     }
@@ -92,7 +99,7 @@ impl InstanceOps for Fake {
     }
 
     fn is_live(&self, id: &str) -> bool {
-        self.live.lock().unwrap().contains(id)
+        self.live.lock().unwrap().contains_key(id)
     }
 
     fn ended_reason(&self, _id: &str) -> Option<String> {
@@ -148,10 +155,14 @@ async fn calls_past_the_queue_bound_get_queue_full_and_waiters_time_out() {
     // The first call cold-starts the one instance it may have and keeps it busy.
     let first = pools.acquire(&pool).await.unwrap();
     assert!(first.cold);
-    let waiters: Vec<_> = (0..2).map(|_| tokio::spawn({
-        let (pools, pool) = (pools.clone(), pool.clone());
-        async move { pools.acquire(&pool).await.map(drop) }
-    })).collect();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn({
+                let (pools, pool) = (pools.clone(), pool.clone());
+                async move { pools.acquire(&pool).await.map(drop) }
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(10)).await;
     match pools.acquire(&pool).await {
         Err(AcquireError::QueueFull { max: 2, .. }) => {}
@@ -258,15 +269,14 @@ async fn instances_started_on_their_own_share_calls_and_are_replaced_only_when_a
     assert_ne!(x.id, y.id, "least busy first");
     drop((x, y));
     assert!(pools.list().is_empty(), "not a deployed function");
-    // Both crash: the next call starts one like the last; no more.
+    // Both crash: the next call (before the pools' care saw it) starts one like the last.
     fake.crash_all();
-    pools.tend_all().await;
     let lease = pools.acquire(&pool).await.unwrap();
     assert!(lease.cold && *lease.id != *a.id && *lease.id != *b.id);
     assert_eq!(fake.starts_of("solo"), 3);
     drop(lease);
     // The operator stops the last one: calls get no instance.
-    let id = fake.live.lock().unwrap().iter().next().cloned().unwrap();
+    let id = fake.live.lock().unwrap().keys().next().cloned().unwrap();
     pools.stop_instance(&id).await.unwrap();
     assert!(pools.get("solo").is_none());
     // A deployed function's instances are not started this way.

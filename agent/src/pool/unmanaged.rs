@@ -21,7 +21,10 @@ impl Pools {
 
     /// Starts an instance of a function that is not deployed; it takes the function's
     /// calls, with the others started for it. Refused for a deployed function.
-    pub async fn start_instance(self: &Arc<Self>, req: StartRequest) -> Result<(Instance, Option<String>), Error> {
+    pub async fn start_instance(
+        self: &Arc<Self>,
+        req: StartRequest,
+    ) -> Result<(Instance, Option<String>), Error> {
         if self.deployed(&req.function).is_some() {
             return Err(Error::FunctionDeployed(req.function));
         }
@@ -37,8 +40,15 @@ impl Pools {
                 None => {
                     // New, or rebuilt after a restart: now that a start says how, calls may
                     // start instances of it again; adopted instances keep serving.
-                    let state = State { slots: map.remove(&spec.name).map(|p| take_slots(&p)).unwrap_or_default(), ..State::default() };
-                    let pool = Arc::new(Pool::new(Owner::Started { restartable: true }, self.served(spec.clone()), state));
+                    let state = State {
+                        slots: map.remove(&spec.name).map(|p| take_slots(&p)).unwrap_or_default(),
+                        ..State::default()
+                    };
+                    let pool = Arc::new(Pool::new(
+                        Owner::Started { restartable: true },
+                        self.served(spec.clone()),
+                        state,
+                    ));
                     map.insert(spec.name.clone(), pool.clone());
                     pool
                 }
@@ -57,24 +67,25 @@ impl Pools {
     /// Stops an instance. Once the operator has stopped the last instance of a function
     /// started on its own, its calls get 404 again.
     pub async fn stop_instance(&self, id: &str) -> Result<(), Error> {
-        self.ops.stop(id, None).await?;
-        let mut map = locked(&self.started);
-        let mut emptied = None;
-        for (name, pool) in map.iter() {
-            let mut st = pool.state();
-            let before = st.slots.len();
-            st.slots.retain(|s| &*s.id != id);
-            if st.slots.len() < before && st.slots.is_empty() && st.starting == 0 {
-                st.removed = true;
-                emptied = Some(name.clone());
+        // Out of its pool first: the pools' care must not see it end and count it as a
+        // crash, nor a call start another in its place.
+        {
+            let mut map = locked(&self.started);
+            let mut emptied = None;
+            for (name, pool) in map.iter() {
+                let mut st = pool.state();
+                let before = st.slots.len();
+                st.slots.retain(|s| &*s.id != id);
+                if st.slots.len() < before && st.live() == 0 && st.starting == 0 {
+                    st.removed = true;
+                    emptied = Some(name.clone());
+                }
             }
-        }
-        if let Some(name) = emptied {
-            if let Some(pool) = map.remove(&name) {
+            if let Some(pool) = emptied.and_then(|name| map.remove(&name)) {
                 pool.changed.notify_waiters();
             }
         }
-        Ok(())
+        self.ops.stop(id, None).await
     }
 
     /// After a restart: the running instances of no saved function become the pools of
@@ -115,7 +126,8 @@ impl Pools {
     pub(super) fn forget_started(&self) {
         locked(&self.started).retain(|_, p| {
             let st = p.state();
-            let gone = p.owner == (Owner::Started { restartable: false }) && st.slots.is_empty() && st.starting == 0;
+            let gone =
+                p.owner == (Owner::Started { restartable: false }) && st.slots.is_empty() && st.starting == 0;
             drop(st);
             if gone {
                 p.changed.notify_waiters();
