@@ -283,7 +283,7 @@ async fn an_agent_without_containerd_says_so() {
     let mut cfg = fnrt_tests::test_config(dir.path());
     cfg.containerd_socket = dir.path().join("no-containerd.sock");
     let err = fnrt_agent::start(cfg).await.err().expect("no containerd, no agent");
-    let msg = fnrt_agent::error::chain(&err);
+    let msg = fnrt_agent::chain(&err);
     assert!(msg.contains("cannot connect to containerd at") && msg.contains("no-containerd.sock"), "{msg}");
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use containerd_client::services::v1::snapshots::{RemoveSnapshotRequest, ViewSnapshotRequest};
-use fnrt_agent::containerd::Containerd;
+use fnrt_agent::Containerd;
 use fnrt_tests::{real_parts, remove_namespace, TestAgent};
 use nix::mount::{mount, umount, MsFlags};
 use sha2::{Digest, Sha256};
@@ -204,7 +204,7 @@ async fn layers_unpack_as_containerds_applier_unpacks_them() {
         .unwrap();
     assert!(out.status.success(), "ctr images pull: {}", String::from_utf8_lossy(&out.stderr));
 
-    let top = fnrt_agent::image::chain_ids(&diff_ids).pop().unwrap();
+    let top = fnrt_agent::chain_ids(&diff_ids).pop().unwrap();
     let socket = &agent.cfg.containerd_socket;
     let ours = describe(socket, &agent.cfg.namespace, &top).await;
     let theirs = describe(socket, &ctr_ns, &top).await;

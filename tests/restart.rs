@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use containerd_client::services::v1::container::Runtime as CdRuntime;
 use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, PrepareSnapshotRequest};
 use containerd_client::services::v1::{Container, CreateContainerRequest, ListContainersRequest};
-use fnrt_agent::containerd::Containerd;
-use fnrt_agent::network::Network;
 use fnrt_agent::Config;
+use fnrt_agent::Containerd;
+use fnrt_agent::Network;
 use fnrt_proto::agent::v1::{
     DeployFunctionRequest, FunctionSpec, ListFunctionsRequest, ListInstancesRequest, RemoveFunctionRequest,
     StartInstanceRequest, StopInstanceRequest, StreamLogsRequest,

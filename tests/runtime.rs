@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fnrt_agent::containerd::Containerd;
+use fnrt_agent::Containerd;
 use fnrt_proto::agent::v1::{Instance, ListInstancesRequest, StartInstanceRequest};
 use fnrt_tests::{image, namespace_contents, node_leftovers, TestAgent};
 

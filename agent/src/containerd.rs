@@ -45,11 +45,6 @@ impl ContainerdError {
         }
     }
 
-    /// True when containerd said the object does not exist.
-    pub fn is_not_found(&self) -> bool {
-        self.code() == Code::NotFound
-    }
-
     /// True when containerd said the object exists already.
     pub fn is_already_exists(&self) -> bool {
         self.code() == Code::AlreadyExists

@@ -8,25 +8,25 @@
 //! [`start`] brings a node up and returns a handle that knows its addresses and shuts the
 //! servers down when dropped; [`run`] is what the binary calls.
 
-pub mod api;
-pub mod config;
-pub mod containerd;
-pub mod dataplane;
-pub mod env;
-pub mod error;
-pub mod events;
-pub mod health;
-pub mod image;
-pub mod instance;
-pub mod join;
-pub mod logs;
-pub mod metrics;
-pub mod network;
-pub mod pool;
-pub mod request_id;
-pub mod runtime;
-pub mod stats;
-pub mod upstream;
+pub(crate) mod api;
+pub(crate) mod config;
+pub(crate) mod containerd;
+pub(crate) mod dataplane;
+pub(crate) mod env;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod health;
+pub(crate) mod image;
+pub(crate) mod instance;
+pub(crate) mod join;
+pub(crate) mod logs;
+pub(crate) mod metrics;
+pub(crate) mod network;
+pub(crate) mod pool;
+pub(crate) mod request_id;
+pub(crate) mod runtime;
+pub(crate) mod stats;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,13 +42,14 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::server::{Connected, Router};
 use tonic::transport::Server;
 
-pub use config::Config;
-pub use error::Error;
+pub use config::{Config, ConfigError};
+pub use containerd::Containerd;
+pub use error::{chain, Error};
+pub use image::chain_ids;
+pub use network::Network;
 
-use containerd::Containerd;
 use image::ImageStore;
 use instance::{ImageCache, Instance, Instances, NodeImage};
-use network::Network;
 use runtime::Runtime;
 
 /// A node: the agent's core, shared by the gRPC API and the data plane.

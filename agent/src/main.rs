@@ -41,13 +41,13 @@ async fn main() -> std::process::ExitCode {
     match fnrt_agent::run(cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", fnrt_agent::error::chain(&e));
+            eprintln!("error: {}", fnrt_agent::chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn load(args: &Args) -> Result<fnrt_agent::Config, fnrt_agent::config::ConfigError> {
+fn load(args: &Args) -> Result<fnrt_agent::Config, fnrt_agent::ConfigError> {
     let mut cfg = fnrt_agent::Config::load(args.config.as_deref(), std::env::vars())?;
     let mut errors = Vec::new();
     for kv in &args.set {
@@ -61,7 +61,7 @@ fn load(args: &Args) -> Result<fnrt_agent::Config, fnrt_agent::config::ConfigErr
         }
     }
     if !errors.is_empty() {
-        return Err(fnrt_agent::config::ConfigError(errors));
+        return Err(fnrt_agent::ConfigError(errors));
     }
     cfg.validate()?;
     Ok(cfg)

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fnrt_agent::containerd::Containerd;
+use fnrt_agent::Containerd;
 use fnrt_proto::agent::v1::{StartInstanceRequest, StopInstanceRequest};
 use fnrt_tests::process::{ready, spawn_agent};
 use fnrt_tests::{

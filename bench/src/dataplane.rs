@@ -121,8 +121,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Removal finishes in the background: wait until containerd and the node hold nothing of it.
-    let cd =
-        fnrt_agent::containerd::Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.unwrap();
+    let cd = fnrt_agent::Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.unwrap();
     let prefix = format!("{}-", cfg.namespace);
     while fnrt_tests::namespace_contents(&cd).await.iter().any(|c| c.starts_with("container "))
         || !fnrt_tests::node_leftovers(&prefix).is_empty()

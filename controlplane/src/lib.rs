@@ -3,22 +3,22 @@
 //! places functions on the agents that joined (`scheduler`). State lives in an embedded
 //! store (`store`, redb) behind an interface an etcd backend can implement later.
 
-pub mod build;
+pub(crate) mod build;
 pub mod config;
-pub mod crons;
-pub mod domains;
-pub mod error;
-pub mod functions;
-pub mod gateway;
+pub(crate) mod crons;
+pub(crate) mod domains;
+pub(crate) mod error;
+pub(crate) mod functions;
+pub(crate) mod gateway;
 pub mod model;
-pub mod namespaces;
-pub mod rest;
+pub(crate) mod namespaces;
+pub(crate) mod rest;
 pub mod scheduler;
 pub mod state;
-pub mod store;
+pub(crate) mod store;
 pub mod tokens;
-pub mod triggers;
-pub mod webhook;
+pub(crate) mod triggers;
+pub(crate) mod webhook;
 
 use std::net::SocketAddr;
 use std::path::Path;

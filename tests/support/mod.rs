@@ -17,7 +17,7 @@ use containerd_client::services::v1::{
     DeleteImageRequest, DeleteNamespaceRequest, ListContainersRequest, ListImagesRequest,
     ListNamespacesRequest, ListRequest as ListLeasesRequest, ListTasksRequest,
 };
-use fnrt_agent::containerd::Containerd;
+use fnrt_agent::Containerd;
 use fnrt_agent::{AgentHandle, Config};
 use fnrt_proto::agent::v1::agent_client::AgentClient;
 use fnrt_proto::agent::v1::ListInstancesRequest;

@@ -29,8 +29,8 @@ use containerd_client::types::Descriptor;
 use futures_util::TryStreamExt;
 use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
 
-pub use auth::{load as load_credentials, AuthFileError, Credentials};
-pub use cache::{cache_bytes, CachedImage, LABEL_LAST_USED, LABEL_PINNED};
+pub use auth::{load as load_credentials, AuthFileError};
+pub use cache::{cache_bytes, CachedImage};
 pub use content::ContentError;
 pub use extract::ExtractError;
 pub use progress::{Progress, PullEvent};

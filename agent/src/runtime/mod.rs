@@ -18,7 +18,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::v1::Status as TaskStatus;
 
-pub use scratch::{ScratchError, SCRATCH_BYTES};
+pub use scratch::ScratchError;
 pub use spec::SpecError;
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
