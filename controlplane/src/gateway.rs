@@ -15,7 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::json;
 
-use crate::model::{Function, FunctionStatus};
+use crate::model::FunctionStatus;
+use crate::route_index::Routed;
 use crate::{tokens, Ctx};
 
 struct Gateway {
@@ -36,38 +37,11 @@ fn answer(status: StatusCode, message: String) -> Response {
 }
 
 /// The function a request is for, and the path to forward (`/rest?query`).
-fn target(ctx: &Ctx, req: &Request) -> Option<(Function, String)> {
+fn target(ctx: &Ctx, req: &Request) -> Option<(Arc<Routed>, String)> {
     let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
     let host = host.split(':').next().unwrap_or_default();
-    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-    ctx.state.read(|d| {
-        let find = |ns: &str, f: &str| {
-            let ns = d.namespaces.values().find(|n| n.name == ns)?;
-            d.functions.values().find(|x| x.namespace_id == ns.id && x.name == f).cloned()
-        };
-        // A custom domain routes its whole host name to one function.
-        if let Some(x) = d.domains.values().find(|x| x.hostname.eq_ignore_ascii_case(host)) {
-            return d.functions.get(&x.function_id).cloned().map(|f| (f, pq.clone()));
-        }
-        if let Some(label) = host.strip_suffix(&format!(".{}", ctx.cfg.domain)) {
-            // <namespace>-<function>: both may hold '-', so try every split.
-            for (i, _) in label.match_indices('-') {
-                if let Some(f) = find(&label[..i], &label[i + 1..]) {
-                    return Some((f, pq.clone()));
-                }
-            }
-            return None;
-        }
-        let (path, query) = pq.split_once('?').map_or((pq.as_str(), None), |(p, q)| (p, Some(q)));
-        let mut segments = path.trim_start_matches('/').splitn(3, '/');
-        let (ns, f) = (segments.next()?, segments.next()?);
-        let tail = format!(
-            "/{}{}",
-            segments.next().unwrap_or(""),
-            query.map(|q| format!("?{q}")).unwrap_or_default()
-        );
-        find(ns, f).map(|f| (f, tail))
-    })
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    ctx.state.routes().target(host, pq, &ctx.cfg.domain)
 }
 
 async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response {
@@ -82,7 +56,7 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
             ),
         );
     };
-    if f.deployed.is_none() {
+    if !f.deployed {
         let why = match f.status {
             FunctionStatus::Error => {
                 format!("its deploy failed: {}", f.error_message.clone().unwrap_or_default())
@@ -97,7 +71,7 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
     }
     // The token is a secret: checked here, never forwarded to the function.
     let token = req.headers_mut().remove("x-auth-token");
-    if f.privacy == "private" {
+    if f.private {
         let ok = token
             .as_ref()
             .and_then(|t| t.to_str().ok())
@@ -109,7 +83,7 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
             );
         }
     }
-    let Some(route) = ctx.scheduler.route(&f.agent_name()) else {
+    let Some(route) = ctx.scheduler.route(&f.agent_name) else {
         return answer(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("function {} runs on no connected agent", f.name),

@@ -13,6 +13,7 @@ pub(crate) mod gateway;
 pub mod model;
 pub(crate) mod namespaces;
 pub(crate) mod rest;
+pub(crate) mod route_index;
 pub mod scheduler;
 pub mod state;
 pub(crate) mod store;

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::model::{Cron, Domain, Function, Namespace, Token, Trigger};
+use crate::route_index::RouteIndex;
 use crate::store::{Op, Store};
 
 /// Everything the control plane keeps, by id.
@@ -110,11 +111,15 @@ impl Change {
     }
 }
 
-/// The state: the maps and the store under them.
+/// The state: the maps and the store under them, the gateway's index of them, and the
+/// number of writes so far, published to whoever acts on changes (the scheduler's
+/// reconcile, the trigger subscriptions).
 pub struct State {
     store: Arc<dyn Store>,
     data: RwLock<Data>,
     writer: tokio::sync::Mutex<()>,
+    routes: RwLock<Arc<RouteIndex>>,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn load<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<BTreeMap<String, T>, Error> {
@@ -138,7 +143,9 @@ impl State {
             domains: load(store.as_ref(), DOMAINS)?,
             triggers: load(store.as_ref(), TRIGGERS)?,
         };
-        Ok(State { store, data: RwLock::new(data), writer: tokio::sync::Mutex::new(()) })
+        let routes = RwLock::new(Arc::new(RouteIndex::of(&data)));
+        let (changes, _) = tokio::sync::watch::channel(0);
+        Ok(State { store, data: RwLock::new(data), writer: tokio::sync::Mutex::new(()), routes, changes })
     }
 
     /// Reads the maps.
@@ -162,10 +169,25 @@ impl State {
         tokio::task::spawn_blocking(move || store.apply(&ops))
             .await
             .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
-        let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
-        for c in changes {
-            c.apply(&mut d);
-        }
+        let index = {
+            let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
+            for c in changes {
+                c.apply(&mut d);
+            }
+            RouteIndex::of(&d)
+        };
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        self.changes.send_modify(|n| *n += 1);
         Ok(out)
+    }
+
+    /// The gateway's index, as of the last write.
+    pub fn routes(&self) -> Arc<RouteIndex> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A receiver that sees every write (as a new write count).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }

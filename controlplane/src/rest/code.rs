@@ -58,7 +58,8 @@ pub fn entry_of(ctx: &Ctx, f: &crate::model::Function) -> Result<Entry, Error> {
 /// `GET .../functions/{id}/upload-url?content_length=N`.
 pub async fn upload_url(
     AxState(ctx): AxState<Arc<Ctx>>,
-    Path((_, id)): Path<(String, String)>,
+    _r: super::Region,
+    super::Id(id): super::Id,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let f = functions::get(&ctx.state, &id)?;
@@ -82,7 +83,8 @@ pub async fn upload_url(
 /// `GET .../functions/{id}/download-url`.
 pub async fn download_url(
     AxState(ctx): AxState<Arc<Ctx>>,
-    Path((_, id)): Path<(String, String)>,
+    _r: super::Region,
+    super::Id(id): super::Id,
 ) -> Result<Json<Value>, ApiError> {
     functions::get(&ctx.state, &id)?;
     if !zip_path(&ctx, &id).exists() {

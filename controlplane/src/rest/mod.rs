@@ -39,3 +39,54 @@ async fn admin_only(AxState(ctx): AxState<Arc<Ctx>>, req: Request, next: Next) -
     }
     next.run(req).await
 }
+
+/// The `{region}` of a path, checked against the region this control plane serves.
+pub struct Region;
+
+impl axum::extract::FromRequestParts<Arc<Ctx>> for Region {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Arc<Ctx>,
+    ) -> Result<Region, ApiError> {
+        let region = path_param(parts, ctx, "region").await?;
+        if region == ctx.cfg.region {
+            Ok(Region)
+        } else {
+            Err(ApiError(crate::error::Error::invalid(
+                "region",
+                format!("{region:?} is not served here: this control plane serves {:?}", ctx.cfg.region),
+            )))
+        }
+    }
+}
+
+/// The `{id}` of a path.
+pub struct Id(pub String);
+
+impl axum::extract::FromRequestParts<Arc<Ctx>> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Arc<Ctx>,
+    ) -> Result<Id, ApiError> {
+        path_param(parts, ctx, "id").await.map(Id)
+    }
+}
+
+async fn path_param(
+    parts: &mut axum::http::request::Parts,
+    ctx: &Arc<Ctx>,
+    name: &str,
+) -> Result<String, ApiError> {
+    use axum::extract::{FromRequestParts, Path};
+    let Path(params) = Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, ctx)
+        .await
+        .map_err(|e| ApiError(crate::error::Error::invalid(name, e.body_text())))?;
+    params
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError(crate::error::Error::Internal(format!("route without {{{name}}}"))))
+}

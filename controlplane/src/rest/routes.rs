@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State as AxState};
+use axum::extract::{RawQuery, State as AxState};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::list::ListQuery;
 use super::views::{self, Site};
-use super::ApiError;
+use super::{ApiError, Id, Region};
 use crate::error::Error;
 use crate::model::Function;
 use crate::{crons, domains, functions, namespaces, tokens, triggers, Ctx};
@@ -62,17 +62,6 @@ fn site(ctx: &Ctx) -> Site<'_> {
     Site { region: &ctx.cfg.region, domain: &ctx.cfg.domain, registry: &ctx.cfg.registry }
 }
 
-fn region(ctx: &Ctx, region: &str) -> Result<(), Error> {
-    if region == ctx.cfg.region {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "region",
-            format!("{region:?} is not served here: this control plane serves {:?}", ctx.cfg.region),
-        ))
-    }
-}
-
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
     let bytes = if bytes.is_empty() { &b"{}"[..] } else { bytes };
     serde_json::from_slice(bytes)
@@ -103,8 +92,7 @@ fn order<T>(items: &mut [T], order_by: &str, created: impl Fn(&T) -> String, nam
 const NAMED_ORDERS: &[&str] = &["created_at_asc", "created_at_desc", "name_asc", "name_desc"];
 const TIME_ORDERS: &[&str] = &["created_at_asc", "created_at_desc"];
 
-async fn list_namespaces(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
-    region(&ctx, &r)?;
+async fn list_namespaces(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> Answer {
     let q = ListQuery::parse(q.as_deref(), NAMED_ORDERS)?;
     let mut items = ctx.state.read(|d| {
         d.namespaces
@@ -124,19 +112,16 @@ async fn list_namespaces(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): R
     Ok(Json(q.page("namespaces", items.iter().map(|n| views::namespace(n, &site, "ready")).collect())))
 }
 
-async fn create_namespace(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn create_namespace(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let ns = namespaces::create(&ctx.state, body(&b)?).await?;
     Ok(Json(views::namespace(&ns, &site(&ctx), "ready")))
 }
 
-async fn get_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn get_namespace(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(views::namespace(&namespaces::get(&ctx.state, &id)?, &site(&ctx), "ready")))
 }
 
-async fn update_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn update_namespace(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
     let (ns, changed) = namespaces::update(&ctx.state, &id, body(&b)?).await?;
     if changed {
         // Its deployed functions get the new variables and secrets now, as on Scaleway.
@@ -159,15 +144,12 @@ async fn update_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)
     Ok(Json(views::namespace(&ns, &site(&ctx), "ready")))
 }
 
-async fn delete_namespace(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn delete_namespace(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     let ns = namespaces::delete(&ctx.state, &id).await?;
-    ctx.scheduler.kick();
     Ok(Json(views::namespace(&ns, &site(&ctx), "deleting")))
 }
 
-async fn list_functions(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
-    region(&ctx, &r)?;
+async fn list_functions(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> Answer {
     let q = ListQuery::parse(q.as_deref(), NAMED_ORDERS)?;
     let mut items = ctx.state.read(|d| {
         d.functions
@@ -183,12 +165,7 @@ async fn list_functions(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): Ra
 
 /// `GET .../namespaces/{id}/functions`: the functions of one namespace (the path the
 /// Serverless Framework's Scaleway plugin lists them by).
-async fn list_namespace_functions(
-    AxState(ctx): Ax,
-    Path((r, id)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-) -> Answer {
-    region(&ctx, &r)?;
+async fn list_namespace_functions(AxState(ctx): Ax, _r: Region, Id(id): Id, RawQuery(q): RawQuery) -> Answer {
     namespaces::get(&ctx.state, &id)?;
     let q = ListQuery::parse(q.as_deref(), NAMED_ORDERS)?;
     let mut items = ctx.state.read(|d| {
@@ -203,46 +180,37 @@ async fn list_namespace_functions(
     Ok(Json(q.page("functions", items.iter().map(|f| function_view(&ctx, f, None)).collect())))
 }
 
-async fn create_function(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn create_function(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let f = functions::create(&ctx.state, body(&b)?).await?;
     Ok(Json(function_view(&ctx, &f, None)))
 }
 
-async fn get_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn get_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(function_view(&ctx, &functions::get(&ctx.state, &id)?, None)))
 }
 
-async fn update_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn update_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
     let (mut f, redeploy) = functions::update(&ctx.state, &id, body(&b)?).await?;
     if redeploy {
         f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
         ctx.scheduler.deploy(&id);
-    } else {
-        ctx.scheduler.kick();
     }
     Ok(Json(function_view(&ctx, &f, None)))
 }
 
-async fn delete_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn delete_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     let f = functions::delete(&ctx.state, &id).await?;
-    ctx.scheduler.kick();
     Ok(Json(function_view(&ctx, &f, Some("deleting"))))
 }
 
-async fn deploy_function(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn deploy_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     let f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
     ctx.scheduler.deploy(&id);
     Ok(Json(function_view(&ctx, &f, None)))
 }
 
 /// The code runtimes whose base image is in the registry.
-async fn list_runtimes(AxState(ctx): Ax, Path(r): Path<String>) -> Answer {
-    region(&ctx, &r)?;
+async fn list_runtimes(AxState(ctx): Ax, _r: Region) -> Answer {
     let mut runtimes = Vec::new();
     for (name, language, version, handler) in
         [("python311", "Python", "3.11", "handler.handle"), ("custom", "Custom", "", "scf_bootstrap")]
@@ -260,8 +228,7 @@ async fn list_runtimes(AxState(ctx): Ax, Path(r): Path<String>) -> Answer {
     Ok(Json(json!({ "runtimes": runtimes, "total_count": n })))
 }
 
-async fn list_tokens(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
-    region(&ctx, &r)?;
+async fn list_tokens(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> Answer {
     let q = ListQuery::parse(q.as_deref(), TIME_ORDERS)?;
     let mut items = ctx.state.read(|d| {
         d.tokens
@@ -275,24 +242,20 @@ async fn list_tokens(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQu
     Ok(Json(q.page("tokens", items.iter().map(|t| views::token(t, None, "ready")).collect())))
 }
 
-async fn create_token(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn create_token(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let (t, secret) = tokens::create(&ctx.state, body(&b)?).await?;
     Ok(Json(views::token(&t, Some(&secret), "ready")))
 }
 
-async fn get_token(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn get_token(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(views::token(&tokens::get(&ctx.state, &id)?, None, "ready")))
 }
 
-async fn delete_token(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn delete_token(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(views::token(&tokens::delete(&ctx.state, &id).await?, None, "deleting")))
 }
 
-async fn list_crons(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
-    region(&ctx, &r)?;
+async fn list_crons(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> Answer {
     let q = ListQuery::parse(q.as_deref(), TIME_ORDERS)?;
     let mut items = ctx.state.read(|d| {
         d.crons
@@ -305,34 +268,27 @@ async fn list_crons(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQue
     Ok(Json(q.page("crons", items.iter().map(|c| views::cron(c, "ready")).collect())))
 }
 
-async fn create_cron(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn create_cron(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let c = crons::create(&ctx.state, body(&b)?).await?;
-    ctx.scheduler.kick();
     Ok(Json(views::cron(&c, "ready")))
 }
 
-async fn get_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn get_cron(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(views::cron(&crons::get(&ctx.state, &id)?, "ready")))
 }
 
-async fn update_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn update_cron(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
     let c = crons::update(&ctx.state, &id, body(&b)?).await?;
-    ctx.scheduler.kick();
     Ok(Json(views::cron(&c, "ready")))
 }
 
-async fn delete_cron(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn delete_cron(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(views::cron(&crons::delete(&ctx.state, &id).await?, "deleting")))
 }
 
 const DOMAIN_ORDERS: &[&str] = &["created_at_asc", "created_at_desc", "hostname_asc", "hostname_desc"];
 
-async fn list_domains(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
-    region(&ctx, &r)?;
+async fn list_domains(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> Answer {
     let q = ListQuery::parse(q.as_deref(), DOMAIN_ORDERS)?;
     let mut items = ctx.state.read(|d| {
         d.domains
@@ -345,18 +301,15 @@ async fn list_domains(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQ
     Ok(Json(q.page("domains", items.iter().map(|x| views::domain(x, "ready")).collect())))
 }
 
-async fn create_domain(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn create_domain(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     Ok(Json(views::domain(&domains::create(&ctx.state, body(&b)?).await?, "ready")))
 }
 
-async fn get_domain(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn get_domain(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(views::domain(&domains::get(&ctx.state, &id)?, "ready")))
 }
 
-async fn delete_domain(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn delete_domain(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(views::domain(&domains::delete(&ctx.state, &id).await?, "deleting")))
 }
 
@@ -364,8 +317,7 @@ fn trigger_view(ctx: &Ctx, t: &crate::model::Trigger, deleting: bool) -> Value {
     views::trigger(t, ctx.scheduler.trigger_error(&t.id), deleting)
 }
 
-async fn list_triggers(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): RawQuery) -> Answer {
-    region(&ctx, &r)?;
+async fn list_triggers(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> Answer {
     let q = ListQuery::parse(q.as_deref(), TIME_ORDERS)?;
     let mut items = ctx.state.read(|d| {
         d.triggers
@@ -382,23 +334,19 @@ async fn list_triggers(AxState(ctx): Ax, Path(r): Path<String>, RawQuery(q): Raw
     Ok(Json(q.page("triggers", items.iter().map(|t| trigger_view(&ctx, t, false)).collect())))
 }
 
-async fn create_trigger(AxState(ctx): Ax, Path(r): Path<String>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn create_trigger(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let t = triggers::create(&ctx.state, body(&b)?, !ctx.cfg.nats_url.is_empty()).await?;
     Ok(Json(trigger_view(&ctx, &t, false)))
 }
 
-async fn get_trigger(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn get_trigger(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(trigger_view(&ctx, &triggers::get(&ctx.state, &id)?, false)))
 }
 
-async fn update_trigger(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>, b: Bytes) -> Answer {
-    region(&ctx, &r)?;
+async fn update_trigger(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
     Ok(Json(trigger_view(&ctx, &triggers::update(&ctx.state, &id, body(&b)?).await?, false)))
 }
 
-async fn delete_trigger(AxState(ctx): Ax, Path((r, id)): Path<(String, String)>) -> Answer {
-    region(&ctx, &r)?;
+async fn delete_trigger(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(trigger_view(&ctx, &triggers::delete(&ctx.state, &id).await?, true)))
 }

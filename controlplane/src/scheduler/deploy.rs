@@ -58,7 +58,6 @@ impl Scheduler {
                 Err(e) => tracing::warn!(function = id, error = %e, "cannot deploy the pushed image"),
             }
         }
-        self.kick();
     }
 
     async fn prefetch(&self, image: &str) {

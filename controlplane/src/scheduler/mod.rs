@@ -121,8 +121,9 @@ impl Scheduler {
         self.agents().into_iter().filter(|a| !a.lost).collect()
     }
 
-    /// Asks for a reconcile pass now.
-    pub fn kick(&self) {
+    /// Asks for a reconcile pass now (the agents changed; the state's own changes are
+    /// published by the state).
+    pub(crate) fn kick(&self) {
         self.kick.notify_one();
     }
 
@@ -250,12 +251,15 @@ impl Scheduler {
         }
     }
 
-    /// Runs reconcile passes until the process ends.
+    /// Runs reconcile passes until the process ends: after every change of the state,
+    /// every change of the agents (a join, a lost agent) and every heartbeat interval.
     pub async fn run(self: Arc<Self>) {
         let every = Duration::from_millis(u64::from(self.cfg.heartbeat_interval_ms));
+        let mut changes = self.state.subscribe();
         loop {
             self.reconcile().await;
             tokio::select! {
+                _ = changes.changed() => {}
                 () = self.kick.notified() => {}
                 () = tokio::time::sleep(every) => {}
             }

@@ -75,6 +75,7 @@ impl Scheduler {
         }
         let mut client: Option<async_nats::Client> = None;
         let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut changes = self.state.subscribe();
         loop {
             let triggers: Vec<Trigger> = self.state.read(|d| d.triggers.values().cloned().collect());
             if client.is_none() {
@@ -108,7 +109,12 @@ impl Scheduler {
                 }
             }
             lock(&self.trigger_errors).retain(|id, _| triggers.iter().any(|t| &t.id == id));
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // A trigger's change takes effect at once; an unreachable server or an ended
+            // subscription is tried again after a while.
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
         }
     }
 }
