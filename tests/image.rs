@@ -1,7 +1,7 @@
 //! The agent's pull against the real registry and containerd: refusals (architecture,
 //! size, wrong bytes, a registry that goes away) end with a clear error and an unchanged
 //! cache; concurrent pulls of one image fetch each blob once.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
 use fnrt_proto::agent::v1::NodeStatusRequest;
 use fnrt_tests::proxy::{Fault, RegistryProxy};

@@ -4,7 +4,7 @@
 //! symbolic links, a FIFO, owners, modes and mtimes is pushed to the real registry, pulled
 //! by the agent and by `ctr images pull`, and the two root filesystems, mounted read-only,
 //! must be the same file for file.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

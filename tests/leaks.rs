@@ -2,7 +2,7 @@
 //! node or in containerd (containers, tasks, snapshots, leases, network namespaces, CNI
 //! addresses, mounts, cgroups). Ignored in a plain `cargo test`, where other tests may
 //! still be running.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
 use fnrt_tests::{namespaces_with_prefix, node_leftovers, real_parts, TEST_PREFIX};
 

@@ -3,7 +3,7 @@
 //! `fnrt-agent` and `agentctl`), with the clients users have: Scaleway's official Python
 //! SDK, the Serverless Framework with Scaleway's plugin, plain curl, and agentctl.
 //! In-process servers elsewhere are for fast tests; these are the proof.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

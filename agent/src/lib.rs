@@ -129,9 +129,9 @@ pub enum StartError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// The registry credentials file cannot be used.
+    /// The registry credentials or CA file cannot be used.
     #[error(transparent)]
-    Auth(#[from] image::AuthFileError),
+    Registry(#[from] fnrt_registry::SettingsError),
     /// The registry CA file cannot be used.
     #[error(transparent)]
     Tls(#[from] image::TlsSetupError),
@@ -227,6 +227,48 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     pools.restore();
     tasks.push(tokio::spawn(logs.clone().sweep_loop(rx.clone())));
 
+    let (dataplane_address, dp) = serve_dataplanes(&cfg, &pools, &logs, &rx, &mut tasks)?;
+    tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
+
+    let node = Arc::new(Node {
+        cd,
+        instances,
+        pools,
+        dataplane: dp,
+        dataplane_address,
+        policy: cfg.limits_policy(),
+    });
+    let unix = bind_unix(&cfg.socket)?;
+    let router = Server::builder().add_service(AgentServer::new(api::Api::new(node.clone())));
+    tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
+
+    let tcp_address = serve_tcp(&cfg, &node, &rx, &mut tasks).await?;
+    if let Some(url) = cfg.controlplane_url.clone() {
+        let join = join::Join {
+            url,
+            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
+            node: cfg.node_name.clone(),
+            grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
+                Some(a) => format!("http://{a}"),
+                None => format!("unix://{}", cfg.socket.display()),
+            }),
+            dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
+        };
+        tasks.push(tokio::spawn(join::run(node.clone(), join, rx.clone())));
+    }
+    tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
+    Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })
+}
+
+/// Binds the data plane (one listener per core on one port) and serves it, each listener
+/// on a thread of its own; returns its address and the data plane the gRPC Invoke uses.
+fn serve_dataplanes(
+    cfg: &Config,
+    pools: &Arc<pool::Pools>,
+    logs: &Arc<logs::Logs>,
+    rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(SocketAddr, Arc<dataplane::Dataplane>), StartError> {
     let bind_err = |what| {
         let path = cfg.dataplane_listen.to_string();
         move |source| StartError::Io { what, path, source }
@@ -246,47 +288,29 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         tasks.push(serve_dataplane(dp, l, rx.clone(), i)?);
     }
     let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone()));
-    tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
+    Ok((dataplane_address, dp))
+}
 
-    let node = Arc::new(Node {
-        cd,
-        instances,
-        pools,
-        dataplane: dp,
-        dataplane_address,
-        policy: cfg.limits_policy(),
-    });
-    let unix = bind_unix(&cfg.socket)?;
-    let router = Server::builder().add_service(AgentServer::new(api::Api::new(node.clone())));
-    tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
-
-    let mut tcp_address = None;
-    if let (Some(addr), Some(token)) = (cfg.tcp_listen, cfg.tcp_token.clone()) {
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Io {
-            what: "bind gRPC TCP",
-            path: addr.to_string(),
-            source,
-        })?;
-        tcp_address = listener.local_addr().ok();
-        let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), bearer_check(&token));
-        let router = Server::builder().add_service(svc);
-        tasks.push(spawn_server(router, TcpListenerStream::new(listener), rx.clone(), "TCP"));
-    }
-    if let Some(url) = cfg.controlplane_url.clone() {
-        let join = join::Join {
-            url,
-            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
-            node: cfg.node_name.clone(),
-            grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
-                Some(a) => format!("http://{a}"),
-                None => format!("unix://{}", cfg.socket.display()),
-            }),
-            dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
-        };
-        tasks.push(tokio::spawn(join::run(node.clone(), join, rx.clone())));
-    }
-    tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
-    Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })
+/// Serves the gRPC API on TCP when both an address and a token are configured.
+async fn serve_tcp(
+    cfg: &Config,
+    node: &Arc<Node>,
+    rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<SocketAddr>, StartError> {
+    let (Some(addr), Some(token)) = (cfg.tcp_listen, cfg.tcp_token.clone()) else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Io {
+        what: "bind gRPC TCP",
+        path: addr.to_string(),
+        source,
+    })?;
+    let tcp_address = listener.local_addr().ok();
+    let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), bearer_check(&token));
+    let router = Server::builder().add_service(svc);
+    tasks.push(spawn_server(router, TcpListenerStream::new(listener), rx.clone(), "TCP"));
+    Ok(tcp_address)
 }
 
 /// A listening socket on `addr` that other sockets may share (SO_REUSEPORT).
@@ -334,24 +358,12 @@ fn serve_dataplane(
 
 /// The registry client the configuration asks for.
 fn registry(cfg: &Config) -> Result<image::Registry, StartError> {
-    let credentials = match &cfg.registry_auth_file {
-        Some(path) => image::load_credentials(path)?,
-        None => Default::default(),
-    };
-    let extra_roots_pem = match &cfg.registry_ca_file {
-        Some(path) => std::fs::read(path).map_err(|source| StartError::Io {
-            what: "read registry_ca_file",
-            path: path.display().to_string(),
-            source,
-        })?,
-        None => Vec::new(),
-    };
-    let settings = image::RegistrySettings {
-        credentials,
-        extra_roots_pem,
-        plain_http_hosts: cfg.plain_http_registries.clone(),
-    };
-    Ok(image::Registry::new(settings)?)
+    let settings = fnrt_registry::RegistrySettings::load(
+        cfg.registry_auth_file.as_deref(),
+        cfg.registry_ca_file.as_deref(),
+        cfg.plain_http_registries.clone(),
+    )?;
+    Ok(image::Registry::new(settings, concat!("fnrt-agent/", env!("CARGO_PKG_VERSION")))?)
 }
 
 /// Serves `router` on `incoming` until `stop` turns true.

@@ -1,6 +1,6 @@
 //! agentctl against an in-process agent on the real containerd: start, invoke, ls,
 //! status, stop, and the documented exit codes (0 ok, 1 failure, 2 bad usage, 3 not found).
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
 use fnrt_tests::{image, TestAgent};
 

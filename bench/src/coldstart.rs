@@ -5,7 +5,7 @@
 //!
 //! Run it with scripts/bench (which starts containerd and the registry and sets the
 //! environment); `coldstart [runs]`, 20 runs by default.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

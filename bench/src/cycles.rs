@@ -6,7 +6,7 @@
 //!
 //! Run it with scripts/bench (which starts containerd and the registry, builds the release
 //! agent and sets the environment); `cycles [n]`, 200 cycles by default.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //!
 //! Run it with scripts/bench (which starts containerd and the registry, builds the release
 //! agent and installs nginx); `dataplane [seconds per round]`, 3 by default.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;

@@ -44,8 +44,15 @@ pub struct Config {
     /// The NATS server `scw_nats_config` triggers subscribe on (`nats://host:port`);
     /// empty: no NATS triggers.
     pub nats_url: String,
-    /// The registry shown as the namespaces' `registry_endpoint`.
+    /// The registry shown as the namespaces' `registry_endpoint`, where code images go.
     pub registry: String,
+    /// Registry credentials (Docker's `config.json` format) for pushing code images and
+    /// pinning tags to digests; the agents' own file serves their pulls.
+    pub registry_auth_file: Option<PathBuf>,
+    /// PEM CAs trusted for registries besides the system's.
+    pub registry_ca_file: Option<PathBuf>,
+    /// Registry hosts (no port) spoken to over plain HTTP (default: the loopback names).
+    pub plain_http_registries: Vec<String>,
     /// How often agents report, in ms.
     pub heartbeat_interval_ms: u32,
     /// After this long without a report an agent is lost, in ms.
@@ -70,6 +77,9 @@ impl Default for Config {
             public_url: String::new(),
             url_key: Vec::new(),
             registry: "127.0.0.1:5000".into(),
+            registry_auth_file: None,
+            registry_ca_file: None,
+            plain_http_registries: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
             heartbeat_interval_ms: 2000,
             lost_after_ms: 10_000,
         }
@@ -94,6 +104,9 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("domain", &self.domain)
             .field("registry", &self.registry)
+            .field("registry_auth_file", &self.registry_auth_file)
+            .field("registry_ca_file", &self.registry_ca_file)
+            .field("plain_http_registries", &self.plain_http_registries)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .field("lost_after_ms", &self.lost_after_ms)
             .finish()
@@ -157,6 +170,12 @@ impl Config {
             "custom_image" => self.custom_image = value.into(),
             "public_url" => self.public_url = value.into(),
             "registry" => self.registry = value.into(),
+            "registry_auth_file" => self.registry_auth_file = Some(value.into()),
+            "registry_ca_file" => self.registry_ca_file = Some(value.into()),
+            "plain_http_registries" => {
+                self.plain_http_registries =
+                    value.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect()
+            }
             "heartbeat_interval_ms" => self.heartbeat_interval_ms = parse(value)?,
             "lost_after_ms" => self.lost_after_ms = parse(value)?,
             other => return Err(format!("unknown setting {other:?}")),

@@ -61,7 +61,10 @@ pub enum StartError {
     State(#[from] error::Error),
     /// The HTTPS client set-up.
     #[error(transparent)]
-    Tls(#[from] fnrt_common::tls::TlsError),
+    Tls(#[from] fnrt_registry::TlsSetupError),
+    /// The registry credentials or CA file cannot be used.
+    #[error(transparent)]
+    Registry(#[from] fnrt_registry::SettingsError),
     /// A listener.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -196,7 +199,13 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     }
     cfg.url_key = url_key(&cfg)?;
     let cfg = Arc::new(cfg);
-    let registry = build::image::Registry::new()?;
+    let settings = fnrt_registry::RegistrySettings::load(
+        cfg.registry_auth_file.as_deref(),
+        cfg.registry_ca_file.as_deref(),
+        cfg.plain_http_registries.clone(),
+    )?;
+    let registry =
+        fnrt_registry::Registry::new(settings, concat!("fnrt-controlplane/", env!("CARGO_PKG_VERSION")))?;
     let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone(), registry));
     // Deploys a stop cut short start again (their agents' calls are idempotent).
     let pending: Vec<String> = state.read(|d| {

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::registry::RegistryError;
 use crate::containerd::{call_err, Containerd, ContainerdError};
+use fnrt_registry::RegistryError;
 
 /// A failure while moving a blob into the content store.
 #[derive(Debug, thiserror::Error)]

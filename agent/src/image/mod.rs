@@ -7,13 +7,11 @@
 //! unpacked by the agent while they download (see `unpack`) onto snapshots named by chain
 //! ID.
 
-mod auth;
 mod cache;
 mod content;
 mod extract;
+mod platform;
 mod progress;
-mod reference;
-mod registry;
 mod unpack;
 
 use std::collections::HashMap;
@@ -27,15 +25,16 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Descriptor;
 use futures_util::TryStreamExt;
-use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
+use oci_spec::image::{ImageConfiguration, ImageManifest};
 
-pub use auth::{load as load_credentials, AuthFileError};
 pub use cache::{cache_bytes, CachedImage};
 pub use content::ContentError;
 pub use extract::ExtractError;
+use fnrt_registry::RawManifest;
+pub use fnrt_registry::{BadReference, ImageRef};
+pub use fnrt_registry::{Registry, RegistryError, TlsSetupError};
+use platform::{check_platform, parse_top, pick_amd64, Top};
 pub use progress::{Progress, PullEvent};
-pub use reference::{BadReference, ImageRef};
-pub use registry::{Registry, RegistryError, RegistrySettings, TlsSetupError};
 pub use unpack::{chain_ids, remove_snapshot, UnpackError};
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
@@ -278,10 +277,7 @@ impl ImageStore {
 
     /// Fetches the image's manifest; through its index (picking linux/amd64) when the
     /// reference names one. Returns the manifest and the index, if there was one.
-    async fn resolve(
-        &self,
-        image: &ImageRef,
-    ) -> Result<(registry::RawManifest, Option<registry::RawManifest>), ImageError> {
+    async fn resolve(&self, image: &ImageRef) -> Result<(RawManifest, Option<RawManifest>), ImageError> {
         let top = self.registry.manifest(image, image.manifest_reference()).await?;
         if let Some(pinned) = image.digest() {
             if pinned != top.digest {
@@ -514,7 +510,7 @@ impl ImageStore {
             record.and_then(|r| r.target).ok_or_else(|| ImageError::NotPulled { reference: name.clone() })?;
         let mut digest = target.digest.clone();
         let mut bytes = content::read(&self.cd, &digest).await?;
-        let raw = registry::RawManifest { bytes: Bytes::from(bytes.clone()), digest: digest.clone() };
+        let raw = RawManifest { bytes: Bytes::from(bytes.clone()), digest: digest.clone(), media_type: None };
         if let Top::Index(index) = parse_top(&image, &raw)? {
             digest = pick_amd64(&image, &index)?;
             bytes = content::read(&self.cd, &digest).await?;
@@ -548,50 +544,6 @@ impl ImageStore {
         let images = self.cd.images().list(req).await.map_err(call_err("list images"))?;
         Ok(images.into_inner().images)
     }
-}
-
-enum Top {
-    Manifest,
-    Index(Box<ImageIndex>),
-}
-
-fn parse_top(image: &ImageRef, raw: &registry::RawManifest) -> Result<Top, ImageError> {
-    let value: serde_json::Value = serde_json::from_slice(&raw.bytes)
-        .map_err(|e| malformed(image, "manifest", &raw.digest, e.to_string()))?;
-    if value.get("manifests").is_some() {
-        let index = serde_json::from_value(value)
-            .map_err(|e| malformed(image, "index", &raw.digest, e.to_string()))?;
-        Ok(Top::Index(Box::new(index)))
-    } else {
-        serde_json::from_value::<ImageManifest>(value)
-            .map_err(|e| malformed(image, "manifest", &raw.digest, e.to_string()))?;
-        Ok(Top::Manifest)
-    }
-}
-
-/// The digest of the linux/amd64 manifest of an index.
-fn pick_amd64(image: &ImageRef, index: &ImageIndex) -> Result<String, ImageError> {
-    let mut found = Vec::new();
-    for m in index.manifests() {
-        match m.platform() {
-            Some(p) if *p.architecture() == Arch::Amd64 && *p.os() == Os::Linux => {
-                return Ok(m.digest().to_string())
-            }
-            Some(p) => found.push(format!("{}/{}", p.os(), p.architecture())),
-            None => found.push("unknown platform".into()),
-        }
-    }
-    Err(ImageError::Architecture { reference: image.name(), found: found.join(", ") })
-}
-
-fn check_platform(image: &ImageRef, config: &ImageConfiguration) -> Result<(), ImageError> {
-    if *config.architecture() == Arch::Amd64 && *config.os() == Os::Linux {
-        return Ok(());
-    }
-    Err(ImageError::Architecture {
-        reference: image.name(),
-        found: format!("{}/{}", config.os(), config.architecture()),
-    })
 }
 
 fn manifest_media_type(m: &ImageManifest) -> String {

@@ -11,6 +11,18 @@ pub const MAX_ZIP_BYTES: u64 = 100 << 20;
 /// Largest total of the files it holds, in bytes.
 pub const MAX_UNPACKED_BYTES: u64 = 500 << 20;
 
+/// Why a zip (or the handler naming its entry) cannot be built; the words say what is
+/// allowed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct BadCode(pub String);
+
+impl From<String> for BadCode {
+    fn from(s: String) -> BadCode {
+        BadCode(s)
+    }
+}
+
 /// What the runtime needs in the zip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -22,24 +34,26 @@ pub enum Entry {
 
 impl Entry {
     /// The entry file of `runtime` with `handler`; an error names what is allowed.
-    pub fn of(runtime: &str, handler: &str) -> Result<Entry, String> {
+    pub fn of(runtime: &str, handler: &str) -> Result<Entry, BadCode> {
         match runtime {
             "python311" => {
                 let handler = if handler.is_empty() { "handler.handle" } else { handler };
-                let (module, function) =
-                    handler.rsplit_once('.').filter(|(m, f)| !m.is_empty() && !f.is_empty()).ok_or_else(
-                        || format!("handler {handler:?} must be module.function, e.g. handler.handle"),
-                    )?;
+                let (module, function) = handler
+                    .rsplit_once('.')
+                    .filter(|(m, f)| !m.is_empty() && !f.is_empty())
+                    .ok_or_else(|| {
+                        BadCode(format!("handler {handler:?} must be module.function, e.g. handler.handle"))
+                    })?;
                 let ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
                 if !ok(module) || !ok(function) || module.contains("..") {
-                    return Err(format!(
+                    return Err(BadCode(format!(
                         "handler {handler:?} must be module.function of letters, digits and '_'"
-                    ));
+                    )));
                 }
                 Ok(Entry::Python(format!("{}.py", module.replace('.', "/"))))
             }
             "custom" => Ok(Entry::Bootstrap),
-            other => Err(format!("runtime {other:?} cannot run code here: use python311 or custom")),
+            other => Err(BadCode(format!("runtime {other:?} cannot run code here: use python311 or custom"))),
         }
     }
 
@@ -51,13 +65,11 @@ impl Entry {
     }
 }
 
-/// A built layer: gzip'd tar bytes, their digest and the tar's (the diff ID).
+/// A built layer: gzip'd tar bytes and the tar's digest (the diff ID).
 #[derive(Debug)]
 pub struct Layer {
     /// The blob.
     pub gz: Vec<u8>,
-    /// `sha256:` of `gz`.
-    pub digest: String,
     /// `sha256:` of the uncompressed tar.
     pub diff_id: String,
 }
@@ -67,7 +79,11 @@ fn sha(b: &[u8]) -> String {
 }
 
 /// Checks `zip` for `entry`; the files it holds, by their relative path.
-pub fn check(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
+pub fn check(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, BadCode> {
+    check_zip(zip, entry).map_err(BadCode)
+}
+
+fn check_zip(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
     if zip.len() as u64 > MAX_ZIP_BYTES {
         return Err(format!("the zip is {} bytes: at most {MAX_ZIP_BYTES} are accepted", zip.len()));
     }
@@ -104,7 +120,11 @@ pub fn check(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, S
 }
 
 /// The layer with `files` under `var/user/`.
-pub fn layer(files: &[(String, Vec<u8>, u32)]) -> Result<Layer, String> {
+pub fn layer(files: &[(String, Vec<u8>, u32)]) -> Result<Layer, BadCode> {
+    make_layer(files).map_err(BadCode)
+}
+
+fn make_layer(files: &[(String, Vec<u8>, u32)]) -> Result<Layer, String> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
     dirs.insert("var/".to_string());
@@ -142,7 +162,7 @@ pub fn layer(files: &[(String, Vec<u8>, u32)]) -> Result<Layer, String> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).map_err(io)?;
     let gz = gz.finish().map_err(io)?;
-    Ok(Layer { digest: sha(&gz), diff_id: sha(&tar), gz })
+    Ok(Layer { diff_id: sha(&tar), gz })
 }
 
 #[cfg(test)]
@@ -170,14 +190,15 @@ mod tests {
             check(&zip_of(&[("handler.py", "def handle(e, c): return 1"), ("lib/u.py", "")]), &py).unwrap();
         assert_eq!(files.len(), 2);
         let l = layer(&files).unwrap();
-        assert!(l.digest.starts_with("sha256:") && l.diff_id != l.digest);
-        assert!(check(b"not a zip", &py).unwrap_err().contains("not a zip"));
-        assert!(check(&zip_of(&[("other.py", "")]), &py).unwrap_err().contains("handler.py"));
+        assert!(l.diff_id.starts_with("sha256:") && l.diff_id != fnrt_registry::sha256(&l.gz));
+        assert!(check(b"not a zip", &py).unwrap_err().0.contains("not a zip"));
+        assert!(check(&zip_of(&[("other.py", "")]), &py).unwrap_err().0.contains("handler.py"));
         assert!(check(&zip_of(&[("../evil.py", ""), ("handler.py", "")]), &py)
             .unwrap_err()
+            .0
             .contains("leaves"));
         let too_large = vec![0u8; MAX_ZIP_BYTES as usize + 1];
-        assert!(check(&too_large, &py).unwrap_err().contains("at most"));
+        assert!(check(&too_large, &py).unwrap_err().0.contains("at most"));
         let boot = check(&zip_of(&[("scf_bootstrap", "#!/bin/sh")]), &Entry::Bootstrap).unwrap();
         assert_eq!(boot[0].2, 0o755, "scf_bootstrap is made executable");
     }

@@ -9,33 +9,50 @@ pub fn zip_path(state_dir: &std::path::Path, id: &str) -> std::path::PathBuf {
     state_dir.join("code").join(format!("{id}.zip"))
 }
 
+/// Why a code function's image was not built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The runtime has no base image.
+    #[error("runtime {0:?} has no base image")]
+    NoBaseImage(String),
+    /// No zip was uploaded.
+    #[error("no code was uploaded: PUT a zip to the upload-url first")]
+    NoCode,
+    /// The zip or handler is not buildable.
+    #[error(transparent)]
+    Code(#[from] code::BadCode),
+    /// The push failed.
+    #[error(transparent)]
+    Push(#[from] image::PushError),
+    /// The build task panicked.
+    #[error("build task failed: {0}")]
+    Task(String),
+}
+
 /// Builds and pushes the image of code function `f` (namespace `ns`) from its zip, to
 /// `<registry>/<namespace>/<function>:<deploy count>`; the pushed `reference@digest` and
 /// what the build did, in words.
 pub async fn build(
     cfg: &crate::Config,
-    registry: &image::Registry,
+    registry: &fnrt_registry::Registry,
     f: &crate::model::Function,
     ns: &crate::model::Namespace,
-) -> Result<(String, String), String> {
+) -> Result<(String, String), BuildError> {
     let started = std::time::Instant::now();
-    let base =
-        cfg.runtime_image(&f.runtime).ok_or_else(|| format!("runtime {:?} has no base image", f.runtime))?;
+    let base = cfg.runtime_image(&f.runtime).ok_or_else(|| BuildError::NoBaseImage(f.runtime.clone()))?;
     let entry = code::Entry::of(&f.runtime, &f.handler)?;
     let path = zip_path(&cfg.state_dir, &f.id);
-    let zip = tokio::fs::read(&path)
-        .await
-        .map_err(|_| "no code was uploaded: PUT a zip to the upload-url first".to_string())?;
+    let zip = tokio::fs::read(&path).await.map_err(|_| BuildError::NoCode)?;
     let (layer, n) = tokio::task::spawn_blocking(move || {
         let files = code::check(&zip, &entry)?;
-        Ok::<_, String>((code::layer(&files)?, files.len()))
+        Ok::<_, code::BadCode>((code::layer(&files)?, files.len()))
     })
     .await
-    .map_err(|e| format!("build task failed: {e}"))??;
+    .map_err(|e| BuildError::Task(e.to_string()))??;
     let target = format!("{}/{}/{}:{}", cfg.registry, ns.name, f.name, f.deploys);
     let handler = if f.handler.is_empty() { "handler.handle".to_string() } else { f.handler.clone() };
     let bytes = layer.gz.len();
-    let image = registry.push(&base, &target, layer, &[("SCF_HANDLER".to_string(), handler)]).await?;
+    let image = image::push(registry, &base, &target, layer, &[("SCF_HANDLER".to_string(), handler)]).await?;
     let message = format!(
         "built {image} from {n} files ({bytes} bytes compressed) on {base} in {} ms",
         started.elapsed().as_millis()

@@ -52,7 +52,7 @@ pub fn entry_of(ctx: &Ctx, f: &crate::model::Function) -> Result<Entry, Error> {
             f.id
         )));
     }
-    Entry::of(&f.runtime, &f.handler).map_err(|m| Error::invalid("handler", m))
+    Entry::of(&f.runtime, &f.handler).map_err(|m| Error::invalid("handler", m.0))
 }
 
 /// `GET .../functions/{id}/upload-url?content_length=N`.
@@ -128,7 +128,7 @@ pub async fn put_code(
     let size = zip.len();
     let path = zip_path(&ctx, &id);
     tokio::task::spawn_blocking(move || -> Result<(), Error> {
-        code::check(&zip, &entry).map_err(|m| Error::invalid("code", m))?;
+        code::check(&zip, &entry).map_err(|m| Error::invalid("code", m.0))?;
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
         // Written aside, then renamed: a failed write leaves the last good zip.

@@ -216,7 +216,7 @@ async fn list_runtimes(AxState(ctx): Ax, _r: Region) -> Answer {
         [("python311", "Python", "3.11", "handler.handle"), ("custom", "Custom", "", "scf_bootstrap")]
     {
         let Some(image) = ctx.cfg.runtime_image(name) else { continue };
-        if ctx.scheduler.registry.exists(&image).await {
+        if crate::build::image::exists(&ctx.scheduler.registry, &image).await {
             runtimes.push(json!({
                 "name": name, "language": language, "version": version, "default_handler": handler,
                 "code_sample": "", "status": "available", "status_message": "", "extension": "zip",

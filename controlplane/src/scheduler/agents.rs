@@ -32,7 +32,7 @@ pub struct Agent {
     /// Marked lost after missing heartbeats.
     pub lost: bool,
     /// Its API.
-    pub client: Client,
+    pub link: Arc<dyn super::link::AgentLink>,
 }
 
 impl Agent {
@@ -120,7 +120,7 @@ impl pb::control_plane_server::ControlPlane for Join {
             report: r.report.unwrap_or_default(),
             last_seen: Instant::now(),
             lost: false,
-            client: AgentClient::with_interceptor(channel, token),
+            link: Arc::new(super::link::Grpc(AgentClient::with_interceptor(channel, token))),
         };
         tracing::info!(node = %r.node, endpoint = %r.grpc_endpoint, "agent registered");
         self.scheduler.agents_mut().insert(r.node, agent);

@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use fnrt_proto::agent::v1 as apb;
 use futures_util::future::join_all;
 
-use super::{lock, spec_of, Scheduler, CALL_TIMEOUT, DEPLOY_TIMEOUT};
+use super::{lock, spec_of, ScheduleError, Scheduler};
 use crate::model::{Deployed, FunctionStatus};
 use crate::state::Change;
 
@@ -21,9 +20,7 @@ impl Scheduler {
         let owned = id.to_string();
         let outcome = match tokio::spawn(async move { me.deploy_function(&owned).await }).await {
             Ok(outcome) => outcome,
-            Err(e) => {
-                Err(format!("internal error: the deploy task failed ({e}); the control plane's log has more"))
-            }
+            Err(e) => Err(ScheduleError::Task(e.to_string())),
         };
         if let Err(e) = &outcome {
             tracing::warn!(function = id, error = %e, "deploy failed");
@@ -41,7 +38,7 @@ impl Scheduler {
                     }
                     Err(e) => {
                         f.status = FunctionStatus::Error;
-                        f.error_message = Some(e);
+                        f.error_message = Some(e.to_string());
                     }
                 }
                 f.updated_at = Utc::now();
@@ -62,23 +59,32 @@ impl Scheduler {
 
     async fn prefetch(&self, image: &str) {
         let calls = self.live().into_iter().map(|a| async move {
-            let mut req =
-                tonic::Request::new(apb::PrefetchImageRequest { reference: image.to_string(), pin: false });
-            req.set_timeout(DEPLOY_TIMEOUT);
-            let result = async {
-                let mut stream = a.client.clone().prefetch_image(req).await?.into_inner();
-                while stream.message().await?.is_some() {}
-                Ok::<_, tonic::Status>(())
-            }
-            .await;
-            if let Err(s) = result {
+            if let Err(s) = a.link.prefetch(image).await {
                 tracing::warn!(node = %a.node, image, error = %s.message(), "prefetch failed");
             }
         });
         join_all(calls).await;
     }
 
-    async fn deploy_function(&self, id: &str) -> Result<Deployed, String> {
+    /// The image pinned to its digest, resolved once here so that every agent runs the
+    /// same one. A registry the control plane cannot reach or is not let into leaves the
+    /// tag to the agents (they may hold credentials the control plane does not).
+    async fn pin(&self, image: &str) -> Result<String, ScheduleError> {
+        use crate::build::image::PushError;
+        use fnrt_registry::RegistryError;
+        match crate::build::image::pin(&self.registry, image).await {
+            Ok(pinned) => Ok(pinned),
+            Err(PushError::Registry(
+                e @ (RegistryError::Unreachable { .. } | RegistryError::Unauthorized { .. }),
+            )) => {
+                tracing::warn!(image, error = %e, "cannot pin the image to a digest: the agents resolve its tag");
+                Ok(image.to_string())
+            }
+            Err(source) => Err(ScheduleError::Image { image: image.to_string(), source }),
+        }
+    }
+
+    async fn deploy_function(&self, id: &str) -> Result<Deployed, ScheduleError> {
         let (f, ns) = self
             .state
             .read(|d| {
@@ -86,7 +92,7 @@ impl Scheduler {
                 let ns = d.namespaces.get(&f.namespace_id)?.clone();
                 Some((f, ns))
             })
-            .ok_or_else(|| format!("function {id} was deleted during its deploy"))?;
+            .ok_or_else(|| ScheduleError::Deleted(id.to_string()))?;
         let mut deployed = Deployed::of(&f, &ns);
         if f.registry_image.is_empty() {
             let built = crate::build::build(&self.cfg, &self.registry, &f, &ns).await;
@@ -102,7 +108,9 @@ impl Scheduler {
                     Ok((vec![Change::Function(g)], ()))
                 })
                 .await;
-            deployed.image = built.map_err(|e| format!("build failed: {e}"))?.0;
+            deployed.image = built?.0;
+        } else {
+            deployed.image = self.pin(&deployed.image).await?;
         }
         let name = f.agent_name();
         // Right after a restart agents are still joining: give them one lost_after_ms.
@@ -131,9 +139,9 @@ impl Scheduler {
             Some(async move { (a, was_there, self.apply(a, spec).await) })
         });
         let results = join_all(calls).await;
-        let failures: Vec<String> = results
+        let failures: Vec<(String, String)> = results
             .iter()
-            .filter_map(|(a, _, r)| r.as_ref().err().map(|s| format!("agent {}: {}", a.node, s.message())))
+            .filter_map(|(a, _, r)| r.as_ref().err().map(|s| (a.node.clone(), s.message().to_string())))
             .collect();
         if failures.is_empty() {
             return Ok(deployed);
@@ -141,12 +149,10 @@ impl Scheduler {
         // Nothing half made: where this deploy put the function first, it goes again.
         for (a, was_there, r) in &results {
             if r.is_ok() && !was_there {
-                let mut req = tonic::Request::new(apb::RemoveFunctionRequest { name: name.clone() });
-                req.set_timeout(CALL_TIMEOUT);
-                let _ = a.client.clone().remove_function(req).await;
+                let _ = a.link.remove(&name).await;
                 lock(&self.applied).remove(&(a.node.clone(), name.clone()));
             }
         }
-        Err(failures.join("; "))
+        Err(ScheduleError::Agents(failures))
     }
 }

@@ -9,6 +9,8 @@
 
 pub mod agents;
 mod deploy;
+mod error;
+pub mod link;
 mod nats;
 pub mod placement;
 pub mod timer;
@@ -23,7 +25,8 @@ use tokio::sync::Notify;
 use crate::model::{Deployed, Function, Namespace};
 use crate::state::State;
 use crate::Config;
-use agents::{Agent, Client};
+use agents::Agent;
+pub use error::ScheduleError;
 use placement::{place, Candidate, Share};
 
 /// The scheduler.
@@ -31,7 +34,7 @@ pub struct Scheduler {
     /// The configuration.
     pub cfg: Arc<Config>,
     /// The registry client code builds and the runtimes check use.
-    pub registry: crate::build::image::Registry,
+    pub registry: fnrt_registry::Registry,
     state: Arc<State>,
     agents: Mutex<HashMap<String, Agent>>,
     /// What the scheduler last put on (node, agent function name).
@@ -42,10 +45,6 @@ pub struct Scheduler {
     trigger_errors: Mutex<HashMap<String, String>>,
     kick: Notify,
 }
-
-/// How long an agent gets for a deploy (pull and health checks included).
-const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -93,7 +92,7 @@ impl Drop for Route {
 
 impl Scheduler {
     /// A scheduler with no agents yet.
-    pub fn new(cfg: Arc<Config>, state: Arc<State>, registry: crate::build::image::Registry) -> Scheduler {
+    pub fn new(cfg: Arc<Config>, state: Arc<State>, registry: fnrt_registry::Registry) -> Scheduler {
         Scheduler {
             cfg,
             registry,
@@ -159,15 +158,11 @@ impl Scheduler {
         if known && lock(&self.applied).get(&key) == Some(&spec) {
             return Ok(());
         }
-        let mut client = a.client.clone();
-        let result = if known {
-            update(&mut client, spec.clone()).await
-        } else {
-            deploy(&mut client, spec.clone()).await
-        };
+        let link = &a.link;
+        let result = if known { link.update(spec.clone()).await } else { link.deploy(spec.clone()).await };
         let result = match result {
-            Err(s) if s.code() == tonic::Code::NotFound && known => deploy(&mut client, spec.clone()).await,
-            Err(s) if s.code() == tonic::Code::AlreadyExists => update(&mut client, spec.clone()).await,
+            Err(s) if s.code() == tonic::Code::NotFound && known => link.deploy(spec.clone()).await,
+            Err(s) if s.code() == tonic::Code::AlreadyExists => link.update(spec.clone()).await,
             other => other,
         };
         if result.is_ok() {
@@ -178,9 +173,7 @@ impl Scheduler {
 
     /// Takes function `name` off agent `a`.
     async fn remove(&self, a: &Agent, name: &str) {
-        let mut req = tonic::Request::new(apb::RemoveFunctionRequest { name: name.to_string() });
-        req.set_timeout(CALL_TIMEOUT);
-        match a.client.clone().remove_function(req).await {
+        match a.link.remove(name).await {
             Ok(_) => tracing::info!(node = %a.node, function = name, "function removed from agent"),
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => {
@@ -294,39 +287,32 @@ impl Scheduler {
 
     /// Calls function `function_id` through an agent's Invoke with `payload` as the event
     /// and `source` as X-Scf-Trigger-Src; the function's status code.
-    pub async fn invoke(&self, function_id: &str, payload: Vec<u8>, source: &str) -> Result<u32, String> {
+    pub async fn invoke(
+        &self,
+        function_id: &str,
+        payload: Vec<u8>,
+        source: &str,
+    ) -> Result<u32, ScheduleError> {
         let name = fnrt_function::naming::on_agents(function_id);
-        let route = self
-            .route(&name)
-            .ok_or_else(|| format!("function {function_id} runs on no agent: is it deployed?"))?;
-        let mut client =
-            self.client_for(&route).ok_or_else(|| format!("agent of function {function_id} is gone"))?;
-        let mut req = tonic::Request::new(apb::InvokeRequest {
+        let route = self.route(&name).ok_or_else(|| ScheduleError::NotRunning(function_id.to_string()))?;
+        let link = self.link_for(&route).ok_or_else(|| ScheduleError::AgentGone(function_id.to_string()))?;
+        let req = apb::InvokeRequest {
             function: name,
             payload,
             request_id: String::new(),
             trigger_source: source.to_string(),
-        });
-        req.set_timeout(Duration::from_secs(900));
-        let answer =
-            client.invoke(req).await.map_err(|s| format!("agent {}: {}", route.dataplane, s.message()))?;
-        Ok(answer.into_inner().status)
+        };
+        link.invoke(req).await.map_err(|s| ScheduleError::Call {
+            agent: route.dataplane.clone(),
+            message: s.message().to_string(),
+        })
     }
 
-    /// The client of the agent a route goes to.
-    pub fn client_for(&self, route: &Route) -> Option<Client> {
-        lock(&self.agents).get(&route.key.0).map(|a| a.client.clone())
+    /// The link to the agent a route goes to.
+    fn link_for(&self, route: &Route) -> Option<Arc<dyn link::AgentLink>> {
+        lock(&self.agents).get(&route.key.0).map(|a| a.link.clone())
     }
 }
 
-async fn deploy(c: &mut Client, spec: apb::FunctionSpec) -> Result<(), tonic::Status> {
-    let mut req = tonic::Request::new(apb::DeployFunctionRequest { function: Some(spec) });
-    req.set_timeout(DEPLOY_TIMEOUT);
-    c.deploy_function(req).await.map(drop)
-}
-
-async fn update(c: &mut Client, spec: apb::FunctionSpec) -> Result<(), tonic::Status> {
-    let mut req = tonic::Request::new(apb::UpdateFunctionRequest { function: Some(spec) });
-    req.set_timeout(DEPLOY_TIMEOUT);
-    c.update_function(req).await.map(drop)
-}
+#[cfg(test)]
+mod tests;

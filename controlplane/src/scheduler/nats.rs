@@ -39,7 +39,7 @@ impl Scheduler {
                     return;
                 }
                 Ok(status) => last = format!("the function answered {status}"),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
             if attempt < ATTEMPTS {
                 tokio::time::sleep(wait).await;

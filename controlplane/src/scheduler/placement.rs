@@ -39,7 +39,7 @@ pub fn place(
     max_scale: u32,
     memory_mb: u32,
     candidates: &[Candidate],
-) -> Result<Vec<Share>, String> {
+) -> Result<Vec<Share>, super::ScheduleError> {
     let fits = |c: &&Candidate| {
         c.hosts
             || (c.free_memory_mb >= u64::from(memory_mb)
@@ -49,12 +49,9 @@ pub fn place(
     let mut eligible: Vec<&Candidate> = candidates.iter().filter(fits).collect();
     if eligible.is_empty() {
         return Err(if candidates.is_empty() {
-            "no agent is connected: start an agent with controlplane_url set".to_string()
+            super::ScheduleError::NoAgent
         } else {
-            format!(
-                "no agent has {memory_mb} MB and {cpu_millis} milli-CPUs free for an instance ({} agents connected)",
-                candidates.len()
-            )
+            super::ScheduleError::NoRoom { memory_mb, cpu_millis, agents: candidates.len() }
         });
     }
     eligible.sort_by(|a, b| {
@@ -129,8 +126,9 @@ mod tests {
         );
         assert!(place(1, 1, 256, &[c("a", 100, false, false)])
             .unwrap_err()
+            .to_string()
             .contains("256 MB and 143 milli-CPUs free"));
-        assert!(place(1, 1, 256, &[]).unwrap_err().contains("no agent"));
+        assert!(place(1, 1, 256, &[]).unwrap_err().to_string().contains("no agent"));
     }
 
     #[test]

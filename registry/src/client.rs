@@ -2,7 +2,7 @@
 //!
 //! HTTPS (rustls, the system's roots plus any CA the operator adds) for every registry
 //! but those listed as plain HTTP (by default the loopback hosts). Registries that ask
-//! for authentication get it (see [`super::auth`]).
+//! for authentication get it (see [`crate::auth`]).
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::auth::{self, Challenge, Credentials};
-use super::reference::ImageRef;
+use crate::auth::{self, Challenge, Credentials};
+use crate::reference::ImageRef;
 
 /// Media types the agent asks for and understands.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -82,9 +82,11 @@ pub struct RawManifest {
     pub bytes: Bytes,
     /// `sha256:<hex>` of the bytes.
     pub digest: String,
+    /// The media type the registry named (`Content-Type`), when it named one.
+    pub media_type: Option<String>,
 }
 
-/// How the agent reaches registries.
+/// How registries are reached.
 #[derive(Clone, Debug, Default)]
 pub struct RegistrySettings {
     /// Credentials per registry host (host:port).
@@ -93,6 +95,45 @@ pub struct RegistrySettings {
     pub extra_roots_pem: Vec<u8>,
     /// Hosts (without port) spoken to over plain HTTP.
     pub plain_http_hosts: Vec<String>,
+}
+
+/// Registry settings that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The credentials file is unusable.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthFileError),
+    /// The CA file cannot be read.
+    #[error("registry_ca_file {path}: {source}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RegistrySettings {
+    /// Settings from an operator's configuration: a credentials file in Docker's
+    /// `config.json` format, a PEM file of CAs trusted besides the system's, and the
+    /// hosts (without port) spoken to over plain HTTP.
+    pub fn load(
+        auth_file: Option<&std::path::Path>,
+        ca_file: Option<&std::path::Path>,
+        plain_http_hosts: Vec<String>,
+    ) -> Result<RegistrySettings, SettingsError> {
+        let credentials = match auth_file {
+            Some(path) => crate::auth::load(path)?,
+            None => HashMap::new(),
+        };
+        let extra_roots_pem = match ca_file {
+            Some(path) => std::fs::read(path)
+                .map_err(|source| SettingsError::Ca { path: path.display().to_string(), source })?,
+            None => Vec::new(),
+        };
+        Ok(RegistrySettings { credentials, extra_roots_pem, plain_http_hosts })
+    }
 }
 
 /// The registry client cannot be set up.
@@ -111,12 +152,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A client with the agent's user agent and `settings`.
-    pub fn new(settings: RegistrySettings) -> Result<Registry, TlsSetupError> {
+    /// A client with `settings`, naming itself `user_agent`.
+    pub fn new(settings: RegistrySettings, user_agent: &str) -> Result<Registry, TlsSetupError> {
         // The crypto provider is named in the TLS configuration: no process-wide one needed.
         let http = fnrt_common::tls::http_client(&settings.extra_roots_pem)
             .map_err(|e| TlsSetupError(e.to_string()))?
-            .user_agent(concat!("fnrt-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| TlsSetupError(e.to_string()))?;
@@ -128,49 +169,71 @@ impl Registry {
         })
     }
 
-    fn base(&self, image: &ImageRef) -> Result<String, RegistryError> {
+    pub(crate) fn base_url(&self, image: &ImageRef) -> String {
         let scheme = if self.plain_http_hosts.iter().any(|h| h == image.host()) { "http" } else { "https" };
-        Ok(format!("{scheme}://{}/v2/{}", image.registry(), image.repository()))
+        format!("{scheme}://{}/v2/{}", image.registry(), image.repository())
+    }
+
+    /// The scheme and host of `image`'s registry (for a relative upload location).
+    pub(crate) fn origin(&self, image: &ImageRef) -> String {
+        let scheme = if self.plain_http_hosts.iter().any(|h| h == image.host()) { "http" } else { "https" };
+        format!("{scheme}://{}", image.registry())
     }
 
     async fn send(
         &self,
         image: &ImageRef,
-        url: &str,
-        accept: &str,
+        req: &Req<'_>,
         authorization: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
-        let mut req = self.http.get(url).header(reqwest::header::ACCEPT, accept);
-        if let Some(a) = authorization {
-            req = req.header(reqwest::header::AUTHORIZATION, a);
+        let mut r = self.http.request(req.method.clone(), req.url);
+        for (k, v) in &req.headers {
+            r = r.header(*k, v.as_str());
         }
-        req.send()
+        if let Some(a) = authorization {
+            r = r.header(reqwest::header::AUTHORIZATION, a);
+        }
+        if let Some(b) = &req.body {
+            r = r.body(b.clone());
+        }
+        r.send()
             .await
             .map_err(|source| RegistryError::Unreachable { registry: image.registry().to_string(), source })
     }
 
-    async fn get(
+    /// Sends `req`, answering an authentication challenge once, and returns any answer
+    /// (the caller judges its status).
+    pub(crate) async fn exchange(
         &self,
         image: &ImageRef,
-        url: &str,
-        accept: &str,
+        req: &Req<'_>,
     ) -> Result<reqwest::Response, RegistryError> {
-        let key = format!("{}/{}", image.registry(), image.repository());
+        let key = format!("{}/{}/{}", image.registry(), image.repository(), req.action.as_str());
         let known = self.authorized.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
-        let mut resp = self.send(image, url, accept, known.as_deref()).await?;
+        let mut resp = self.send(image, req, known.as_deref()).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = resp
                 .headers()
                 .get(reqwest::header::WWW_AUTHENTICATE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(auth::parse_challenge);
-            let authorization = self.authorize(image, challenge).await?;
-            resp = self.send(image, url, accept, Some(&authorization)).await?;
+            let authorization = self.authorize(image, challenge, req.action).await?;
+            resp = self.send(image, req, Some(&authorization)).await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 return Err(self.unauthorized(image, "the credentials for it were refused"));
             }
             self.authorized.lock().unwrap_or_else(|p| p.into_inner()).insert(key, authorization);
         }
+        Ok(resp)
+    }
+
+    /// Sends `req` and turns any answer but a success into an error.
+    pub(crate) async fn request(
+        &self,
+        image: &ImageRef,
+        req: &Req<'_>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let resp = self.exchange(image, req).await?;
         let registry = image.registry().to_string();
         match resp.status() {
             s if s.is_success() => Ok(resp),
@@ -179,9 +242,18 @@ impl Registry {
             status => {
                 let body = resp.text().await.unwrap_or_default();
                 let body: String = body.chars().take(200).collect();
-                Err(RegistryError::Status { registry, url: url.to_string(), status, body })
+                Err(RegistryError::Status { registry, url: req.url.to_string(), status, body })
             }
         }
+    }
+
+    async fn get(
+        &self,
+        image: &ImageRef,
+        url: &str,
+        accept: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        self.request(image, &Req::get(url, accept)).await
     }
 
     fn unauthorized(&self, image: &ImageRef, reason: &str) -> RegistryError {
@@ -197,17 +269,18 @@ impl Registry {
         &self,
         image: &ImageRef,
         challenge: Option<Challenge>,
+        action: Action,
     ) -> Result<String, RegistryError> {
         let creds = self.credentials.get(image.registry());
-        let no_creds =
-            "it asks for credentials and the agent's registry_auth_file has none for this registry";
+        let no_creds = "it asks for credentials and registry_auth_file has none for this registry";
         match challenge {
             None => Err(self.unauthorized(image, "it answered 401 without a Basic or Bearer challenge")),
             Some(Challenge::Basic) => {
                 creds.map(Credentials::basic_header).ok_or_else(|| self.unauthorized(image, no_creds))
             }
             Some(Challenge::Bearer { realm, service, scope }) => {
-                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", image.repository()));
+                let scope =
+                    scope.unwrap_or_else(|| format!("repository:{}:{}", image.repository(), action.as_str()));
                 let mut query = vec![("scope", scope)];
                 if let Some(service) = service {
                     query.push(("service", service));
@@ -246,15 +319,20 @@ impl Registry {
 
     /// Fetches a manifest or index by tag or digest.
     pub async fn manifest(&self, image: &ImageRef, reference: &str) -> Result<RawManifest, RegistryError> {
-        let url = format!("{}/manifests/{reference}", self.base(image)?);
+        let url = format!("{}/manifests/{reference}", self.base_url(image));
         let resp = self.get(image, &url, ACCEPT).await?;
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.split(';').next().unwrap_or(t).trim().to_string());
         let bytes = resp.bytes().await.map_err(|source| RegistryError::Read {
             registry: image.registry().into(),
             url,
             source,
         })?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        Ok(RawManifest { bytes, digest })
+        let digest = sha256(&bytes);
+        Ok(RawManifest { bytes, digest, media_type })
     }
 
     /// Opens a blob for streaming.
@@ -263,7 +341,7 @@ impl Registry {
         image: &ImageRef,
         digest: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, RegistryError>> + use<>, RegistryError> {
-        let url = format!("{}/blobs/{digest}", self.base(image)?);
+        let url = format!("{}/blobs/{digest}", self.base_url(image));
         let resp = self.get(image, &url, "*/*").await?;
         let registry = image.registry().to_string();
         Ok(resp.bytes_stream().map_err(move |source| RegistryError::Read {
@@ -272,4 +350,82 @@ impl Registry {
             source,
         }))
     }
+}
+
+/// What a request needs of the registry's token server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Action {
+    Pull,
+    Push,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "pull,push",
+        }
+    }
+}
+
+/// One request, kept whole so that it can be sent again after a challenge.
+pub(crate) struct Req<'a> {
+    pub(crate) method: reqwest::Method,
+    pub(crate) url: &'a str,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) body: Option<Bytes>,
+    pub(crate) action: Action,
+}
+
+impl<'a> Req<'a> {
+    pub(crate) fn get(url: &'a str, accept: &str) -> Req<'a> {
+        Req {
+            method: reqwest::Method::GET,
+            url,
+            headers: vec![("accept", accept.to_string())],
+            body: None,
+            action: Action::Pull,
+        }
+    }
+}
+
+impl Registry {
+    /// Whether `image`'s repository holds blob `digest`.
+    pub async fn has_blob(&self, image: &ImageRef, digest: &str) -> Result<bool, RegistryError> {
+        let url = format!("{}/blobs/{digest}", self.base_url(image));
+        let req = Req {
+            method: reqwest::Method::HEAD,
+            url: &url,
+            headers: vec![],
+            body: None,
+            action: Action::Pull,
+        };
+        let resp = self.exchange(image, &req).await?;
+        Ok(resp.status().is_success())
+    }
+
+    /// Reads a small blob whole (an image config), checking its digest.
+    pub async fn blob_bytes(&self, image: &ImageRef, digest: &str) -> Result<Bytes, RegistryError> {
+        let url = format!("{}/blobs/{digest}", self.base_url(image));
+        let resp = self.get(image, &url, "*/*").await?;
+        let bytes = resp.bytes().await.map_err(|source| RegistryError::Read {
+            registry: image.registry().into(),
+            url: url.clone(),
+            source,
+        })?;
+        if sha256(&bytes) != digest {
+            return Err(RegistryError::Status {
+                registry: image.registry().into(),
+                url,
+                status: StatusCode::OK,
+                body: format!("the blob's bytes do not hash to {digest}"),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

@@ -1,0 +1,76 @@
+//! The scheduler's seam to agents: what it asks of one agent, as a trait, so placement
+//! and reconcile run against fakes in unit tests and against agents' gRPC API for real.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use fnrt_proto::agent::v1 as apb;
+use tonic::Status;
+
+use super::agents::Client;
+
+/// A call to an agent.
+pub type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'a>>;
+
+/// How long an agent gets for a deploy (pull and health checks included).
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an agent gets for a removal.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a trigger's call may take.
+const INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// What the scheduler asks of one agent.
+pub trait AgentLink: Send + Sync {
+    /// Deploys a function new to the agent (`AlreadyExists` when it has it).
+    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, ()>;
+    /// Updates a function the agent has (`NotFound` when it has not).
+    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, ()>;
+    /// Removes a function (`NotFound` when it has not).
+    fn remove(&self, name: &str) -> Call<'_, ()>;
+    /// Pulls an image into the agent's cache, to the end.
+    fn prefetch(&self, image: &str) -> Call<'_, ()>;
+    /// Calls a function with an event; its status code.
+    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, u32>;
+}
+
+/// An agent's gRPC API.
+pub struct Grpc(pub Client);
+
+fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.set_timeout(timeout);
+    req
+}
+
+impl AgentLink for Grpc {
+    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+        let req = timed(apb::DeployFunctionRequest { function: Some(spec) }, DEPLOY_TIMEOUT);
+        Box::pin(async move { self.0.clone().deploy_function(req).await.map(drop) })
+    }
+
+    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+        let req = timed(apb::UpdateFunctionRequest { function: Some(spec) }, DEPLOY_TIMEOUT);
+        Box::pin(async move { self.0.clone().update_function(req).await.map(drop) })
+    }
+
+    fn remove(&self, name: &str) -> Call<'_, ()> {
+        let req = timed(apb::RemoveFunctionRequest { name: name.to_string() }, CALL_TIMEOUT);
+        Box::pin(async move { self.0.clone().remove_function(req).await.map(drop) })
+    }
+
+    fn prefetch(&self, image: &str) -> Call<'_, ()> {
+        let req =
+            timed(apb::PrefetchImageRequest { reference: image.to_string(), pin: false }, DEPLOY_TIMEOUT);
+        Box::pin(async move {
+            let mut stream = self.0.clone().prefetch_image(req).await?.into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        })
+    }
+
+    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, u32> {
+        let req = timed(req, INVOKE_TIMEOUT);
+        Box::pin(async move { Ok(self.0.clone().invoke(req).await?.into_inner().status) })
+    }
+}

@@ -1,0 +1,252 @@
+//! Reconcile and deploy against fake agents (the [`AgentLink`] seam): placement on the
+//! agents with room, spreading warm instances, removal of what is no longer wanted,
+//! operators' own functions left alone, a failed deploy leaving nothing behind.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::Utc;
+use fnrt_proto::agent::v1 as apb;
+use fnrt_proto::controlplane::v1 as pb;
+use tonic::Status;
+
+use super::agents::Agent;
+use super::link::{AgentLink, Call};
+use super::Scheduler;
+use crate::model::{Deployed, Function, FunctionStatus, Namespace};
+use crate::state::{Change, State};
+use crate::store::RedbStore;
+
+/// A fake agent: records every call; refuses deploys when told to.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<String>>,
+    refuse_deploys: bool,
+}
+
+impl Fake {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("calls").clone()
+    }
+    fn record(&self, call: String) {
+        self.calls.lock().expect("calls").push(call);
+    }
+}
+
+impl AgentLink for Fake {
+    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+        self.record(format!("deploy {} p{} m{}", spec.name, spec.provisioned, spec.max_instances));
+        let refuse = self.refuse_deploys;
+        Box::pin(async move {
+            if refuse {
+                Err(Status::resource_exhausted("full"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+        self.record(format!("update {} p{} m{}", spec.name, spec.provisioned, spec.max_instances));
+        Box::pin(async { Ok(()) })
+    }
+    fn remove(&self, name: &str) -> Call<'_, ()> {
+        self.record(format!("remove {name}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn prefetch(&self, image: &str) -> Call<'_, ()> {
+        self.record(format!("prefetch {image}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, u32> {
+        self.record(format!("invoke {} {}", req.function, req.trigger_source));
+        Box::pin(async { Ok(200) })
+    }
+}
+
+struct World {
+    scheduler: Arc<Scheduler>,
+    state: Arc<State>,
+    _dir: tempfile::TempDir,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RedbStore::open(&dir.path().join("state.redb")).expect("store");
+    let state = Arc::new(State::open(Arc::new(store)).expect("state"));
+    let registry = fnrt_registry::Registry::new(Default::default(), "test").expect("registry client");
+    let scheduler = Arc::new(Scheduler::new(Arc::default(), state.clone(), registry));
+    World { scheduler, state, _dir: dir }
+}
+
+impl World {
+    /// An agent of `memory_mb` and 2 CPUs that runs `functions`.
+    fn agent(&self, node: &str, memory_mb: u64, functions: &[&str], link: Arc<Fake>) {
+        let report = pb::Report {
+            cpus: 2,
+            memory_bytes: memory_mb << 20,
+            functions: functions
+                .iter()
+                .map(|n| pb::FunctionLoad { name: n.to_string(), ready: 1, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        let agent = Agent {
+            node: node.into(),
+            dataplane: format!("{node}:8080"),
+            report,
+            last_seen: Instant::now(),
+            lost: false,
+            link,
+        };
+        self.scheduler.agents_mut().insert(node.into(), agent);
+    }
+
+    /// A deployed function of `memory_mb` with `min`..`max` instances; its agent name.
+    async fn function(&self, id: &str, memory_mb: u32, min: u32, max: u32) -> String {
+        let now = Utc::now();
+        let ns = Namespace {
+            id: "ns".into(),
+            name: "ns".into(),
+            description: String::new(),
+            project_id: String::new(),
+            environment_variables: BTreeMap::new(),
+            secrets: vec![],
+            tags: vec![],
+            created_at: now,
+            updated_at: now,
+        };
+        let mut f = Function {
+            id: id.into(),
+            name: format!("f{}", &id[..4]),
+            namespace_id: "ns".into(),
+            description: String::new(),
+            registry_image: "127.0.0.1:5000/fnrt/echo:latest".into(),
+            image_acceleration: false,
+            environment_variables: BTreeMap::new(),
+            secrets: vec![],
+            min_scale: min,
+            max_scale: max,
+            memory_limit: memory_mb,
+            timeout_s: 30,
+            privacy: "public".into(),
+            http_option: "enabled".into(),
+            runtime: String::new(),
+            sandbox: "v2".into(),
+            handler: String::new(),
+            tags: vec![],
+            status: FunctionStatus::Ready,
+            error_message: None,
+            deploys: 1,
+            created_at: now,
+            updated_at: now,
+            ready_at: Some(now),
+            deployed: None,
+            pushed_digest: None,
+            build_message: None,
+        };
+        f.deployed = Some(Deployed::of(&f, &ns));
+        let name = f.agent_name();
+        self.state
+            .write(|_| Ok((vec![Change::Namespace(ns), Change::Function(f)], ())))
+            .await
+            .expect("write");
+        name
+    }
+}
+
+const F1: &str = "11111111-1111-4111-8111-111111111111";
+const F2: &str = "22222222-2222-4222-8222-222222222222";
+
+#[tokio::test]
+async fn reconcile_puts_a_function_on_the_agent_with_room_once() {
+    let w = world();
+    let (small, big) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
+    w.agent("small", 128, &[], small.clone());
+    w.agent("big", 4096, &[], big.clone());
+    let name = w.function(F1, 512, 1, 3).await;
+    w.scheduler.reconcile().await;
+    assert_eq!(big.calls(), vec![format!("deploy {name} p1 m3")]);
+    assert!(small.calls().is_empty(), "{:?}", small.calls());
+    // Nothing changed: the next pass asks nothing of anyone.
+    w.scheduler.reconcile().await;
+    assert_eq!(big.calls().len(), 1, "{:?}", big.calls());
+}
+
+#[tokio::test]
+async fn warm_instances_are_spread_and_a_scale_change_is_an_update() {
+    let w = world();
+    let (a, b) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
+    w.agent("a", 4096, &[], a.clone());
+    w.agent("b", 4096, &[], b.clone());
+    let name = w.function(F1, 256, 2, 4).await;
+    w.scheduler.reconcile().await;
+    assert_eq!(a.calls(), vec![format!("deploy {name} p1 m2")]);
+    assert_eq!(b.calls(), vec![format!("deploy {name} p1 m2")]);
+    w.state
+        .write(|d| {
+            let mut f = d.functions.get(F1).cloned().expect("function");
+            f.max_scale = 6;
+            Ok((vec![Change::Function(f)], ()))
+        })
+        .await
+        .expect("write");
+    w.scheduler.reconcile().await;
+    assert_eq!(a.calls().last(), Some(&format!("update {name} p1 m3")));
+    assert_eq!(b.calls().last(), Some(&format!("update {name} p1 m3")));
+}
+
+#[tokio::test]
+async fn what_is_no_longer_wanted_goes_and_operators_functions_stay() {
+    let w = world();
+    let a = Arc::new(Fake::default());
+    let stale = fnrt_function::naming::on_agents(F2);
+    w.agent("a", 4096, &[stale.as_str(), "operators-own"], a.clone());
+    let name = w.function(F1, 256, 1, 1).await;
+    w.scheduler.reconcile().await;
+    let calls = a.calls();
+    assert!(calls.contains(&format!("deploy {name} p1 m1")), "{calls:?}");
+    assert!(calls.contains(&format!("remove {stale}")), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.contains("operators-own")), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_deploy_refused_by_one_agent_is_taken_off_the_others() {
+    let w = world();
+    let ok = Arc::new(Fake::default());
+    let full = Arc::new(Fake { refuse_deploys: true, ..Fake::default() });
+    w.agent("ok", 4096, &[], ok.clone());
+    w.agent("full", 4096, &[], full.clone());
+    // A digest-pinned image: the deploy asks no registry.
+    w.function(F1, 256, 2, 2).await;
+    w.state
+        .write(|d| {
+            let mut f = d.functions.get(F1).cloned().expect("function");
+            f.pushed_digest = Some(format!("sha256:{}", "a".repeat(64)));
+            f.status = FunctionStatus::Pending;
+            Ok((vec![Change::Function(f)], ()))
+        })
+        .await
+        .expect("write");
+    w.scheduler.run_deploy(F1).await;
+    let f = w.state.read(|d| d.functions.get(F1).cloned()).expect("function");
+    assert_eq!(f.status, FunctionStatus::Error);
+    let message = f.error_message.unwrap_or_default();
+    assert!(message.contains("agent full: full"), "{message}");
+    let name = fnrt_function::naming::on_agents(F1);
+    assert_eq!(ok.calls(), vec![format!("deploy {name} p1 m1"), format!("remove {name}")]);
+}
+
+#[tokio::test]
+async fn a_trigger_call_goes_to_the_agent_that_runs_the_function() {
+    let w = world();
+    let (a, b) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
+    let name = fnrt_function::naming::on_agents(F1);
+    w.agent("a", 4096, &[], a.clone());
+    w.agent("b", 4096, &[name.as_str()], b.clone());
+    assert_eq!(w.scheduler.invoke(F1, b"{}".to_vec(), "timer").await.expect("invoke"), 200);
+    assert_eq!(b.calls(), vec![format!("invoke {name} timer")]);
+    assert!(a.calls().is_empty());
+    let err = w.scheduler.invoke(F2, vec![], "timer").await.expect_err("not running");
+    assert!(err.to_string().contains("runs on no agent"), "{err}");
+}

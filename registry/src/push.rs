@@ -1,0 +1,81 @@
+//! Pushing: blobs (uploaded whole, or mounted from another repository of the same
+//! registry) and manifests, authenticated with a `pull,push` scope.
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+
+use crate::client::{sha256, Action, Registry, RegistryError, Req};
+use crate::reference::ImageRef;
+
+impl Registry {
+    /// Makes `bytes` a blob of `image`'s repository (nothing sent when it is there);
+    /// its digest.
+    pub async fn upload(&self, image: &ImageRef, bytes: Bytes) -> Result<String, RegistryError> {
+        let digest = sha256(&bytes);
+        if self.has_blob(image, &digest).await? {
+            return Ok(digest);
+        }
+        let start = format!("{}/blobs/uploads/", self.base_url(image));
+        let resp = self.request(image, &push(Method::POST, &start, None, vec![])).await?;
+        let location = self.location(image, &resp)?;
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest={digest}");
+        let headers = vec![("content-type", "application/octet-stream".to_string())];
+        self.request(image, &push(Method::PUT, &url, Some(bytes), headers)).await?;
+        Ok(digest)
+    }
+
+    /// Makes blob `digest` of repository `from` (same registry) a blob of `image`'s
+    /// repository: a cross-repository mount where the registry allows it, else a copy.
+    pub async fn mount(&self, image: &ImageRef, from: &ImageRef, digest: &str) -> Result<(), RegistryError> {
+        if self.has_blob(image, digest).await? {
+            return Ok(());
+        }
+        let url =
+            format!("{}/blobs/uploads/?mount={digest}&from={}", self.base_url(image), from.repository());
+        let resp = self.request(image, &push(Method::POST, &url, None, vec![])).await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(());
+        }
+        let bytes = self.blob_bytes(from, digest).await?;
+        self.upload(image, bytes).await.map(drop)
+    }
+
+    /// Puts a manifest of `media_type` as `image`'s tag; its digest.
+    pub async fn put_manifest(
+        &self,
+        image: &ImageRef,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<String, RegistryError> {
+        let digest = sha256(&bytes);
+        let url = format!("{}/manifests/{}", self.base_url(image), image.manifest_reference());
+        let headers = vec![("content-type", media_type.to_string())];
+        self.request(image, &push(Method::PUT, &url, Some(bytes), headers)).await?;
+        Ok(digest)
+    }
+
+    /// The upload URL a registry gave in `Location` (absolute, or relative to it).
+    fn location(&self, image: &ImageRef, resp: &reqwest::Response) -> Result<String, RegistryError> {
+        let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
+        match location {
+            Some(l) if l.starts_with("http://") || l.starts_with("https://") => Ok(l.to_string()),
+            Some(l) if l.starts_with('/') => Ok(format!("{}{l}", self.origin(image))),
+            _ => Err(RegistryError::Status {
+                registry: image.registry().into(),
+                url: format!("{}/blobs/uploads/", self.base_url(image)),
+                status: resp.status(),
+                body: "the answer named no upload location".into(),
+            }),
+        }
+    }
+}
+
+fn push<'a>(
+    method: Method,
+    url: &'a str,
+    body: Option<Bytes>,
+    headers: Vec<(&'static str, String)>,
+) -> Req<'a> {
+    Req { method, url, headers, body, action: Action::Push }
+}
