@@ -66,7 +66,7 @@ impl Api {
     fn new(cp: &fnrt_controlplane::Handle) -> Api {
         Api {
             base: format!("http://{}/functions/v1beta1/regions/fr-par", cp.api_address),
-            token: cp.ctx.cfg.admin_token.clone(),
+            token: cp.ctx.cfg.admin_token.expose().to_string(),
             http: fnrt_tests::http(),
         }
     }

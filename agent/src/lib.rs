@@ -246,7 +246,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     if let Some(url) = cfg.controlplane_url.clone() {
         let join = join::Join {
             url,
-            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
+            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default().0,
             node: cfg.node_name.clone(),
             grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
                 Some(a) => format!("http://{a}"),
@@ -307,7 +307,7 @@ async fn serve_tcp(
         source,
     })?;
     let tcp_address = listener.local_addr().ok();
-    let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), bearer_check(&token));
+    let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), bearer_check(token.expose()));
     let router = Server::builder().add_service(svc);
     tasks.push(spawn_server(router, TcpListenerStream::new(listener), rx.clone(), "TCP"));
     Ok(tcp_address)

@@ -139,7 +139,7 @@ async fn agentctl_shows_the_control_plane_view_of_the_cluster() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let api = format!("http://{}", cp.api_address);
-    let token = cp.ctx.cfg.admin_token.clone();
+    let token = cp.ctx.cfg.admin_token.expose().to_string();
     let http = fnrt_tests::http();
     let base = format!("{api}/functions/v1beta1/regions/fr-par");
     let ns: serde_json::Value = serde_json::from_slice(

@@ -7,6 +7,7 @@
 //! harness installed one).
 
 pub mod bearer;
+pub mod config;
 pub mod secret;
 pub mod tls;
 

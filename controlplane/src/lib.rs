@@ -115,7 +115,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
 /// The admin token: configured, or kept in `<state_dir>/admin-token` (made at first start).
 fn admin_token(cfg: &Config) -> Result<String, StartError> {
     if !cfg.admin_token.is_empty() {
-        return Ok(cfg.admin_token.clone());
+        return Ok(cfg.admin_token.expose().to_string());
     }
     let path = cfg.state_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
@@ -184,7 +184,7 @@ fn serve(
 pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
-    cfg.admin_token = admin_token(&cfg)?;
+    cfg.admin_token = admin_token(&cfg)?.into();
     let db = cfg.state_dir.join("state.redb");
     let store = tokio::task::spawn_blocking(move || store::RedbStore::open(&db))
         .await

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::FunctionStatus;
-use crate::state::Data;
+use std::collections::BTreeMap;
+
+use crate::model::{Domain, Function, FunctionStatus, Namespace};
 
 /// A function as the gateway sees it.
 #[derive(Debug, Clone)]
@@ -41,10 +42,14 @@ pub struct RouteIndex {
 
 impl RouteIndex {
     /// The index of `d`.
-    pub fn of(d: &Data) -> RouteIndex {
+    pub fn of(
+        namespaces: &BTreeMap<String, Namespace>,
+        functions: &BTreeMap<String, Function>,
+        domains: &BTreeMap<String, Domain>,
+    ) -> RouteIndex {
         let mut idx = RouteIndex::default();
-        for f in d.functions.values() {
-            let Some(ns) = d.namespaces.get(&f.namespace_id) else { continue };
+        for f in functions.values() {
+            let Some(ns) = namespaces.get(&f.namespace_id) else { continue };
             idx.by_name.insert((ns.name.clone(), f.name.clone()), f.id.clone());
             let routed = Routed {
                 id: f.id.clone(),
@@ -58,7 +63,7 @@ impl RouteIndex {
             };
             idx.functions.insert(f.id.clone(), Arc::new(routed));
         }
-        for x in d.domains.values() {
+        for x in domains.values() {
             idx.by_domain.insert(x.hostname.to_ascii_lowercase(), x.function_id.clone());
         }
         idx

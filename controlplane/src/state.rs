@@ -143,7 +143,7 @@ impl State {
             domains: load(store.as_ref(), DOMAINS)?,
             triggers: load(store.as_ref(), TRIGGERS)?,
         };
-        let routes = RwLock::new(Arc::new(RouteIndex::of(&data)));
+        let routes = RwLock::new(Arc::new(RouteIndex::of(&data.namespaces, &data.functions, &data.domains)));
         let (changes, _) = tokio::sync::watch::channel(0);
         Ok(State { store, data: RwLock::new(data), writer: tokio::sync::Mutex::new(()), routes, changes })
     }
@@ -174,7 +174,7 @@ impl State {
             for c in changes {
                 c.apply(&mut d);
             }
-            RouteIndex::of(&d)
+            RouteIndex::of(&d.namespaces, &d.functions, &d.domains)
         };
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
         self.changes.send_modify(|n| *n += 1);

@@ -37,7 +37,7 @@ pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Chil
         args.extend(set("node_name", cfg.node_name.clone()));
     }
     if let Some(token) = &cfg.controlplane_token {
-        args.extend(set("controlplane_token", token.clone()));
+        args.extend(set("controlplane_token", token.expose().to_string()));
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     tokio::process::Command::new(bin)

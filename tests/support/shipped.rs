@@ -187,7 +187,7 @@ impl ShippedAgent {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(dir.path());
         cfg.controlplane_url = Some(format!("http://{}", cp.grpc));
-        cfg.controlplane_token = Some(cp.cluster_token.clone());
+        cfg.controlplane_token = Some(cp.cluster_token.clone().into());
         cfg.node_name = cfg.namespace.clone();
         let log = dir.path().join("agent.log");
         let mut child = spawn_agent(&release_bin("fnrt-agent"), &cfg, &log);

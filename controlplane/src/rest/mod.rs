@@ -31,7 +31,7 @@ async fn admin_only(AxState(ctx): AxState<Arc<Ctx>>, req: Request, next: Next) -
         .into_response();
     }
     // Digests of equal length are compared, so the comparison says nothing of the key.
-    if !fnrt_common::bearer::Expected::token(&ctx.cfg.admin_token).matches(Some(given)) {
+    if !fnrt_common::bearer::Expected::token(ctx.cfg.admin_token.expose()).matches(Some(given)) {
         return ApiError(crate::error::Error::Unauthenticated(
             "the X-Auth-Token is not the admin secret key".into(),
         ))

@@ -27,7 +27,7 @@ pub async fn events(
         )
         .into());
     }
-    if !fnrt_common::bearer::Expected::token(want).matches(given.map(str::as_bytes)) {
+    if !fnrt_common::bearer::Expected::token(want.expose()).matches(given.map(str::as_bytes)) {
         return Err(Error::Unauthenticated(
             "registry notifications need Authorization: Bearer <webhook_token>".into(),
         )

@@ -7,16 +7,11 @@ use std::time::{Duration, Instant};
 
 use fnrt_proto::agent::v1::agent_client::AgentClient;
 use fnrt_proto::controlplane::v1 as pb;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::Scheduler;
 
 use fnrt_proto::connect::Bearer;
-
-/// A client of an agent's gRPC API.
-pub type Client = AgentClient<InterceptedService<Channel, Bearer>>;
 
 /// One agent as the control plane knows it.
 #[derive(Clone)]
@@ -84,7 +79,7 @@ pub struct Join {
 
 impl Join {
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let want = fnrt_common::bearer::Expected::bearer(&self.scheduler.cfg.cluster_token);
+        let want = fnrt_common::bearer::Expected::bearer(self.scheduler.cfg.cluster_token.expose());
         if want.matches(req.metadata().get("authorization").map(|v| v.as_bytes())) {
             Ok(())
         } else {
@@ -112,7 +107,7 @@ impl pb::control_plane_server::ControlPlane for Join {
         }
         let channel = fnrt_proto::connect::lazy(&r.grpc_endpoint)
             .map_err(|e| Status::invalid_argument(fnrt_common::chain(&e)))?;
-        let token = Bearer::new(&self.scheduler.cfg.cluster_token)
+        let token = Bearer::new(self.scheduler.cfg.cluster_token.expose())
             .map_err(|_| Status::internal("the cluster token is not valid in a header"))?;
         let agent = Agent {
             node: r.node.clone(),

@@ -8,7 +8,13 @@ use std::time::Duration;
 use fnrt_proto::agent::v1 as apb;
 use tonic::Status;
 
-use super::agents::Client;
+use fnrt_proto::agent::v1::agent_client::AgentClient;
+use fnrt_proto::connect::Bearer;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A client of an agent's gRPC API.
+pub type Client = AgentClient<InterceptedService<Channel, Bearer>>;
 
 /// A call to an agent.
 pub type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'a>>;
