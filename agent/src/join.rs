@@ -13,30 +13,19 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::Node;
 
-/// Where and how to join.
-#[derive(Clone)]
+/// Where and how to join (`Debug` shows no token).
+#[derive(Clone, Debug)]
 pub struct Join {
     /// The control plane's gRPC URL, `http://host:port`.
     pub url: String,
     /// The cluster token.
-    pub token: String,
+    pub token: fnrt_common::secret::Secret,
     /// This node's name in the cluster.
     pub node: String,
     /// Where the control plane reaches this agent's API.
     pub grpc_endpoint: String,
     /// Where the gateway reaches this agent's data plane.
     pub dataplane: String,
-}
-
-impl std::fmt::Debug for Join {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Join")
-            .field("url", &self.url)
-            .field("node", &self.node)
-            .field("grpc_endpoint", &self.grpc_endpoint)
-            .field("dataplane", &self.dataplane)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What the node has and runs now.
@@ -101,7 +90,7 @@ async fn register(
                 dataplane_address: join.dataplane.clone(),
                 report: Some(report(node).await),
             },
-            &join.token,
+            join.token.expose(),
         ))
         .await?
         .into_inner();
@@ -137,7 +126,7 @@ pub async fn run(node: Arc<Node>, join: Join, mut stop: watch::Receiver<bool>) {
                 () = tokio::time::sleep(interval) => {}
             }
             let beat = pb::HeartbeatRequest { node: join.node.clone(), report: Some(report(&node).await) };
-            match client.heartbeat(request(beat, &join.token)).await {
+            match client.heartbeat(request(beat, join.token.expose())).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => break,
                 Err(s) => tracing::warn!(controlplane = %join.url, error = %s.message(), "heartbeat failed"),

@@ -246,7 +246,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     if let Some(url) = cfg.controlplane_url.clone() {
         let join = join::Join {
             url,
-            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default().0,
+            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
             node: cfg.node_name.clone(),
             grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
                 Some(a) => format!("http://{a}"),

@@ -11,25 +11,19 @@ use std::path::Path;
 
 use base64::Engine;
 
-/// A user name and password for one registry.
-#[derive(Clone, PartialEq, Eq)]
+/// A user name and password for one registry (`Debug` shows no password).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     /// The user name.
     pub username: String,
     /// The password or token; secret.
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: <redacted> }}", self.username)
-    }
+    pub password: fnrt_common::secret::Secret,
 }
 
 impl Credentials {
     /// The value of an `Authorization: Basic` header.
     pub fn basic_header(&self) -> String {
-        let raw = format!("{}:{}", self.username, self.password);
+        let raw = format!("{}:{}", self.username, self.password.expose());
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
     }
 }
@@ -66,7 +60,7 @@ pub fn load(path: &Path) -> Result<HashMap<String, Credentials>, AuthFileError> 
         } else {
             let field = |k: &str| entry.get(k).and_then(|x| x.as_str()).map(str::to_string);
             match (field("username"), field("password")) {
-                (Some(username), Some(password)) => Credentials { username, password },
+                (Some(username), Some(password)) => Credentials { username, password: password.into() },
                 _ => {
                     return Err(err(format!("{host} has neither \"auth\" nor \"username\" and \"password\"")))
                 }
@@ -154,7 +148,7 @@ mod tests {
         std::fs::write(&path, text).expect("write");
         let creds = load(&path).expect("load");
         assert_eq!(creds["r1.example"].username, "alice");
-        assert_eq!(creds["r2:5000"].password, "pw2");
+        assert_eq!(creds["r2:5000"].password.expose(), "pw2");
         assert!(!format!("{:?}", creds["r1.example"]).contains("s3cret-pw"));
 
         std::fs::write(&path, r#"{"auths": {"r": {"auth": "!!"}}}"#).expect("write");
