@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FNRT_STATE=${FNRT_STATE:-/var/lib/fnrt-dev}
 FNRT_REGISTRY=${FNRT_REGISTRY:-127.0.0.1:5000}
 CONTAINERD_SOCK="$FNRT_STATE/containerd/containerd.sock"
-PACKAGES=(containerd runc containernetworking-plugins docker-registry buildah protobuf-compiler iproute2 e2fsprogs curl nats-server)
+PACKAGES=(containerd runc containernetworking-plugins docker-registry buildah protobuf-compiler iproute2 e2fsprogs curl nats-server nftables)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -275,6 +275,9 @@ scrub_state() {
     rmdir "$root/fnrt" 2>/dev/null || true
   done
   ip link del "$bridge" 2>/dev/null || true
+  # The agents' network policy for the bridge (agent/src/firewall.rs names it).
+  local table="fnrt_${bridge//[-.]/_}"
+  nft delete table inet "$table" 2>/dev/null || true
 }
 
 # A virtual environment with Scaleway's official Python SDK (the reference client of the

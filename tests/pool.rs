@@ -33,7 +33,7 @@ async fn metric(agent: &TestAgent, name: &str, function: &str) -> f64 {
 /// A metric's value by its whole label set (0 when it has none yet).
 async fn metric_with(agent: &TestAgent, name: &str, labels: &str) -> f64 {
     let text = fnrt_tests::http()
-        .get(format!("http://{}/metrics", agent.handle.dataplane_address))
+        .get(format!("http://{}/metrics", agent.handle.metrics_address))
         .send()
         .await
         .unwrap()

@@ -469,9 +469,10 @@ fn image_code(e: &ImageError) -> Code {
             UnpackError::Containerd(c) => containerd_code(c),
             UnpackError::DiffIdMismatch { .. } => Code::DataLoss,
             // The bytes matched their digest, so the image itself is bad.
-            UnpackError::Extract { source: ExtractError::Read(_) | ExtractError::Outside(_), .. } => {
-                Code::FailedPrecondition
-            }
+            UnpackError::Extract {
+                source: ExtractError::Read(_) | ExtractError::Outside(_) | ExtractError::Owner { .. },
+                ..
+            } => Code::FailedPrecondition,
             UnpackError::Extract { source: ExtractError::MediaType(_), .. } => Code::FailedPrecondition,
             UnpackError::Extract { source: ExtractError::Entry { .. }, .. } => Code::Internal,
             UnpackError::NotOverlay { .. } => Code::FailedPrecondition,

@@ -113,6 +113,32 @@ pub struct Config {
     pub advertise_grpc: Option<String>,
     /// Where the gateway reaches the data plane, `host:port` (default: `dataplane_listen`).
     pub advertise_dataplane: Option<String>,
+    /// First host uid and gid of the instances' user namespace: uid 0..userns_size inside
+    /// an instance is userns_base.. on the host, so an instance's root is not the host's.
+    /// 0 turns user namespaces off (instances then share the host's ids; not for shared
+    /// nodes). Changing it needs an empty image cache (layers are unpacked for it).
+    #[default(100_000)]
+    pub userns_base: u32,
+    /// Ids in the instances' range (65536 holds every id an ordinary image uses).
+    #[default(65_536)]
+    pub userns_size: u32,
+    /// Where instances may connect beyond the node: "none" (default) or "internet"
+    /// (public addresses only, masqueraded). Never other instances, the node, private or
+    /// link-local (metadata) ranges.
+    #[default(crate::firewall::Egress::None)]
+    pub egress: crate::firewall::Egress,
+    /// Install the instances' network policy (nftables) on the bridge. false leaves
+    /// instances able to reach each other, the node and its networks: only for nodes that
+    /// run one tenant's functions.
+    #[default(true)]
+    pub firewall: bool,
+    /// The cluster's data plane key (at least 32 characters; the control plane's
+    /// `dataplane_key`): calls must then be signed by the gateway. Required when
+    /// dataplane_listen is not a loopback address.
+    pub dataplane_key: Option<Secret>,
+    /// Where `/metrics` (Prometheus text) is served.
+    #[default(SocketAddr::from(([127, 0, 0, 1], 9464)))]
+    pub metrics_listen: SocketAddr,
 }
 
 pub use fnrt_common::config::ConfigError;
@@ -145,8 +171,12 @@ impl Config {
         if self.namespace.is_empty() {
             errors.push("namespace must not be empty".into());
         }
-        if self.bridge.is_empty() || self.bridge.len() > 15 {
-            errors.push(format!("bridge {:?} must be 1 to 15 characters", self.bridge));
+        let bridge_chars = self.bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if self.bridge.is_empty() || self.bridge.len() > 15 || !bridge_chars {
+            errors.push(format!(
+                "bridge {:?} must be 1 to 15 characters among letters, digits, '-', '_' and '.'",
+                self.bridge
+            ));
         }
         if self.subnet.split_once('/').is_none() {
             errors.push(format!("subnet {:?} must be in CIDR form, e.g. 10.201.0.0/16", self.subnet));
@@ -179,6 +209,26 @@ impl Config {
                     .into(),
             );
         }
+        if self.userns_base != 0
+            && (self.userns_size < 1024 || self.userns_base.checked_add(self.userns_size).is_none())
+        {
+            errors.push(format!(
+                "userns_size ({}) must be at least 1024 and userns_base + userns_size ({} + {}) below 2^32",
+                self.userns_size, self.userns_base, self.userns_size
+            ));
+        }
+        match &self.dataplane_key {
+            Some(k) if k.expose().len() < fnrt_common::signature::MIN_KEY_LEN => errors.push(format!(
+                "dataplane_key must be at least {} characters (a random one: openssl rand -hex 32)",
+                fnrt_common::signature::MIN_KEY_LEN
+            )),
+            None if !self.dataplane_listen.ip().is_loopback() => errors.push(format!(
+                "dataplane_listen {} is beyond loopback, so dataplane_key must be set: without it \
+                 anyone who reaches the port could call any function, private ones included",
+                self.dataplane_listen
+            )),
+            _ => {}
+        }
         if self.health_timeout_ms == 0 {
             errors.push("health_timeout_ms must be above 0".into());
         }
@@ -186,6 +236,14 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(errors))
+        }
+    }
+
+    /// The instances' user-namespace range.
+    pub fn ids(&self) -> crate::idmap::IdMap {
+        match self.userns_base {
+            0 => crate::idmap::IdMap::HOST,
+            base => crate::idmap::IdMap { base, size: self.userns_size },
         }
     }
 

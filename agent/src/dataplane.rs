@@ -10,7 +10,12 @@
 //!
 //! Every call has a request id: the caller's `X-Scf-Request-Id` or a new one. It goes to
 //! the instance and back to the caller in that header, and stamps the lines the instance
-//! prints while the call is in flight. `/metrics` serves the metrics (Prometheus text).
+//! prints while the call is in flight.
+//!
+//! With the cluster's data plane key set (required when it listens beyond loopback), a
+//! call is taken only when the gateway signed it (fnrt_common::signature); others get 401.
+//! The metrics (Prometheus text, `/metrics`) are served by a listener of their own
+//! ([`Role::Metrics`], loopback by default), never on the calls' port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +30,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use fnrt_common::signature::{self, Key, Refused};
+
 use crate::logs::Logs;
 use crate::metrics::{ErrorKind, Outcome};
 use crate::pool::{AcquireError, Kind, Lease, Pool, Pools, Served};
@@ -37,6 +44,17 @@ pub struct Dataplane {
     pools: Arc<Pools>,
     logs: Arc<Logs>,
     upstream: Arc<Upstream>,
+    role: Role,
+    key: Option<Key>,
+}
+
+/// What a data plane listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Calls to functions (and `/healthz`).
+    Calls,
+    /// `/metrics` (and `/healthz`).
+    Metrics,
 }
 
 /// A call's answer as the data plane got it, for the gRPC Invoke.
@@ -51,8 +69,9 @@ pub struct Answer {
 
 impl Dataplane {
     /// A data plane over `pools`; the lines instances print during calls go to `logs`.
-    pub fn new(pools: Arc<Pools>, logs: Arc<Logs>) -> Dataplane {
-        Dataplane { pools, logs, upstream: Arc::default() }
+    /// With `key`, calls must be signed by the gateway.
+    pub fn new(pools: Arc<Pools>, logs: Arc<Logs>, role: Role, key: Option<Key>) -> Dataplane {
+        Dataplane { pools, logs, upstream: Arc::default(), role, key }
     }
 
     /// Serves on `listener` until `shutdown` turns true.
@@ -98,6 +117,9 @@ impl Dataplane {
                         .into(),
                 ),
             };
+        if let Err(refused) = self.check_signature(&mut req, &request_id) {
+            return error(StatusCode::UNAUTHORIZED, refused.to_string());
+        }
         let mut resp = self.route(req, &request_id).await;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
@@ -105,12 +127,34 @@ impl Dataplane {
         resp
     }
 
+    /// Checks (and removes) the gateway's signature of a call, when this data plane has a key.
+    fn check_signature(&self, req: &mut Request<Incoming>, request_id: &str) -> Result<(), Refused> {
+        let Some(key) = &self.key else { return Ok(()) };
+        if self.role == Role::Metrics || req.uri().path() == "/healthz" {
+            return Ok(());
+        }
+        let headers = req.headers_mut();
+        let time = headers.remove(signature::TIME);
+        let sig = headers.remove(signature::SIGNATURE);
+        let text = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+        // The id signed is the caller's: a call without one cannot carry a valid signature.
+        let id = if req.headers().contains_key(REQUEST_ID) { request_id } else { "" };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        key.verify(req.method().as_str(), path, id, text(&time).as_deref(), text(&sig).as_deref())
+    }
+
     async fn route(&self, req: Request<Incoming>, request_id: &str) -> Response<Body> {
         let path = req.uri().path();
         if path == "/healthz" {
             return text(StatusCode::OK, "ok\n".into());
         }
-        if path == "/metrics" {
+        if self.role == Role::Metrics {
+            if path != "/metrics" {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {path}; this listener serves /metrics"),
+                );
+            }
             self.pools.observe();
             let mut resp = text(StatusCode::OK, self.pools.metrics().encode());
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -15,7 +15,9 @@ pub(crate) mod dataplane;
 pub(crate) mod env;
 pub(crate) mod error;
 pub(crate) mod events;
+pub(crate) mod firewall;
 pub(crate) mod health;
+pub(crate) mod idmap;
 pub(crate) mod image;
 pub(crate) mod instance;
 pub(crate) mod join;
@@ -135,6 +137,12 @@ pub enum StartError {
     /// The registry CA file cannot be used.
     #[error(transparent)]
     Tls(#[from] image::TlsSetupError),
+    /// The network policy could not be installed.
+    #[error(transparent)]
+    Firewall(#[from] firewall::FirewallError),
+    /// The user namespace range does not fit the image cache.
+    #[error(transparent)]
+    IdRange(#[from] idmap::RangeError),
     /// The core could not start (containerd unreachable, cleanup failed...).
     #[error(transparent)]
     Core(#[from] Error),
@@ -160,6 +168,8 @@ pub struct AgentHandle {
     pub socket: PathBuf,
     /// The data plane's address.
     pub dataplane_address: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_address: SocketAddr,
     /// The gRPC TCP address, when enabled.
     pub tcp_address: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -183,6 +193,22 @@ impl Drop for AgentHandle {
     }
 }
 
+/// Checks the user namespace range against the image cache, installs the instances'
+/// network policy and isolates the bridge's ports (those of adopted instances included).
+async fn prepare_node(cfg: &Config) -> Result<idmap::IdMap, StartError> {
+    let ids = cfg.ids();
+    ids.check_recorded(&cfg.state_dir)?;
+    if cfg.firewall {
+        firewall::Firewall::new(&cfg.bridge, &cfg.subnet, cfg.egress).install().await?;
+    } else {
+        tracing::warn!(bridge = %cfg.bridge, "firewall = false: instances can reach each other and the node");
+    }
+    let network =
+        Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
+    network.isolate_ports().map_err(Error::from)?;
+    Ok(ids)
+}
+
 /// Starts an agent: connects to containerd, adopts the instances it already has, and
 /// serves the gRPC API and the data plane.
 pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
@@ -196,11 +222,12 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
             source,
         })?;
     }
-    let images = ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?);
+    let ids = prepare_node(&cfg).await?;
+    let images = ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?, ids);
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let scratch_dir = cfg.state_dir.join("scratch");
-    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir);
+    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir, ids);
     let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));
     let metrics = Arc::new(metrics::Metrics::default());
     let instances = Arc::new(Instances::new(instance::Parts {
@@ -228,6 +255,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     tasks.push(tokio::spawn(logs.clone().sweep_loop(rx.clone())));
 
     let (dataplane_address, dp) = serve_dataplanes(&cfg, &pools, &logs, &rx, &mut tasks)?;
+    let metrics_address = serve_metrics(&cfg, &pools, &logs, &rx, &mut tasks)?;
     tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
 
     let node = Arc::new(Node {
@@ -257,7 +285,15 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         tasks.push(tokio::spawn(join::run(node.clone(), join, rx.clone())));
     }
     tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
-    Ok(AgentHandle { node, socket: cfg.socket.clone(), dataplane_address, tcp_address, shutdown, tasks })
+    Ok(AgentHandle {
+        node,
+        socket: cfg.socket.clone(),
+        dataplane_address,
+        metrics_address,
+        tcp_address,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Binds the data plane (one listener per core on one port) and serves it, each listener
@@ -283,12 +319,39 @@ fn serve_dataplanes(
     }
     // Each thread its own client too: a pooled connection to an instance then lives on the
     // thread that uses it. (The gRPC Invoke has one of its own on the main runtime.)
+    let key = cfg.dataplane_key.as_ref().map(|k| fnrt_common::signature::Key::new(k.expose()));
     for (i, l) in listeners.into_iter().enumerate() {
-        let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone()));
+        let dp = Arc::new(dataplane::Dataplane::new(
+            pools.clone(),
+            logs.clone(),
+            dataplane::Role::Calls,
+            key.clone(),
+        ));
         tasks.push(serve_dataplane(dp, l, rx.clone(), i)?);
     }
-    let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone()));
+    let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone(), dataplane::Role::Calls, key));
     Ok((dataplane_address, dp))
+}
+
+/// Serves `/metrics` on `metrics_listen`, apart from the calls.
+fn serve_metrics(
+    cfg: &Config,
+    pools: &Arc<pool::Pools>,
+    logs: &Arc<logs::Logs>,
+    rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr, StartError> {
+    let bind_err = |what| {
+        let path = cfg.metrics_listen.to_string();
+        move |source| StartError::Io { what, path, source }
+    };
+    let listener = std::net::TcpListener::bind(cfg.metrics_listen).map_err(bind_err("bind metrics"))?;
+    listener.set_nonblocking(true).map_err(bind_err("metrics listener"))?;
+    let address = listener.local_addr().map_err(bind_err("metrics address"))?;
+    let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone(), dataplane::Role::Metrics, None));
+    let listener = TcpListener::from_std(listener).map_err(bind_err("metrics listener"))?;
+    tasks.push(tokio::spawn(dp.serve(listener, rx.clone())));
+    Ok(address)
 }
 
 /// Serves the gRPC API on TCP when both an address and a token are configured.

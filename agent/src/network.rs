@@ -122,6 +122,7 @@ impl Network {
     async fn add(&self, id: &str, netns: &Path) -> Result<IpAddr, NetworkError> {
         self.exec("ADD", "loopback", id, netns, "lo", &self.loopback_conf()).await?;
         let out = self.exec("ADD", "bridge", id, netns, "eth0", &self.bridge_conf()).await?;
+        self.isolate_ports()?;
         parse_ip(&out).ok_or_else(|| NetworkError::Plugin {
             command: "ADD",
             plugin: "bridge".into(),
@@ -145,6 +146,27 @@ impl Network {
             })??;
         }
         del.map(|_| ())
+    }
+
+    /// Isolates every port of the bridge (the kernel then forwards nothing between two
+    /// isolated ports), so instances do not reach each other even at layer 2. Run after
+    /// each attach and at the agent's start (ports of adopted instances included); a
+    /// bridge that does not exist yet has no ports.
+    pub fn isolate_ports(&self) -> Result<(), NetworkError> {
+        let dir = Path::new("/sys/class/net").join(&self.bridge).join("brif");
+        let Ok(ports) = std::fs::read_dir(&dir) else { return Ok(()) };
+        for port in ports.flatten() {
+            let flag = port.path().join("isolated");
+            let isolated = std::fs::read_to_string(&flag).map(|v| v.trim() == "1").unwrap_or(false);
+            if !isolated {
+                std::fs::write(&flag, "1").map_err(|source| NetworkError::Netns {
+                    path: flag.clone(),
+                    what: "isolate the bridge port",
+                    source,
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Ids of the instances that hold a host-local address in this agent's CNI data

@@ -9,6 +9,7 @@
 pub mod bearer;
 pub mod config;
 pub mod secret;
+pub mod signature;
 pub mod tls;
 
 /// An error with all its sources, ": "-joined, without repeating a source the message

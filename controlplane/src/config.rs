@@ -35,6 +35,10 @@ pub struct Config {
     /// Shared by agents and the control plane: agents present it to join, and the
     /// control plane presents it to their API (their `tcp_token`).
     pub cluster_token: Secret,
+    /// The cluster's data plane key (the agents' `dataplane_key`, at least 32
+    /// characters): the gateway signs every call it forwards to a data plane with it.
+    /// Empty: calls go unsigned, which only agents whose data plane listens on loopback take.
+    pub dataplane_key: Secret,
     /// Function endpoints are `<namespace>-<function>.<domain>`.
     #[default("functions.localhost".into())]
     pub domain: String,
@@ -94,6 +98,13 @@ impl Config {
         let mut errors = Vec::new();
         if self.cluster_token.expose().len() < 16 {
             errors.push("cluster_token must be set, at least 16 characters: agents join with it".to_string());
+        }
+        let key = self.dataplane_key.expose().len();
+        if key != 0 && key < fnrt_common::signature::MIN_KEY_LEN {
+            errors.push(format!(
+                "dataplane_key must be at least {} characters (a random one: openssl rand -hex 32)",
+                fnrt_common::signature::MIN_KEY_LEN
+            ));
         }
         if self.heartbeat_interval_ms < 100 || self.lost_after_ms < 2 * self.heartbeat_interval_ms {
             errors.push(format!(

@@ -11,6 +11,7 @@ use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use fnrt_common::signature::{self, Key};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::json;
@@ -22,6 +23,7 @@ use crate::{tokens, Ctx};
 struct Gateway {
     ctx: Arc<Ctx>,
     client: Client<HttpConnector, Body>,
+    key: Option<Key>,
 }
 
 /// The gateway's router.
@@ -29,7 +31,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    Router::new().fallback(call).with_state(Arc::new(Gateway { ctx, client }))
+    let key = Some(ctx.cfg.dataplane_key.expose()).filter(|k| !k.is_empty()).map(Key::new);
+    Router::new().fallback(call).with_state(Arc::new(Gateway { ctx, client, key }))
 }
 
 fn answer(status: StatusCode, message: String) -> Response {
@@ -95,6 +98,9 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
     };
     *req.uri_mut() = uri;
     fnrt_hop::strip(req.headers_mut());
+    if let Some(key) = &gw.key {
+        sign(key, &mut req);
+    }
     if let Ok(v) = HeaderValue::from_str(&route.dataplane) {
         req.headers_mut().insert("host", v);
     }
@@ -109,6 +115,31 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
         Err(e) => answer(StatusCode::BAD_GATEWAY, format!("agent {} did not answer: {e}", route.dataplane)),
     }
 }
+
+/// Signs a call for the data plane; a call without a request id gets one, since the
+/// signature covers it.
+fn sign(key: &Key, req: &mut Request) {
+    let headers = req.headers_mut();
+    headers.remove(signature::TIME);
+    headers.remove(signature::SIGNATURE);
+    if !headers.contains_key(REQUEST_ID) {
+        let id = format!("{:032x}", rand::random::<u128>());
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert(REQUEST_ID, v);
+        }
+    }
+    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let (time, sig) = key.sign(req.method().as_str(), &path, &id);
+    for (name, value) in [(signature::TIME, time), (signature::SIGNATURE, sig)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            req.headers_mut().insert(name, v);
+        }
+    }
+}
+
+/// The header of a call's request id.
+const REQUEST_ID: &str = "x-scf-request-id";
 
 /// A response body that holds its route until it ends.
 struct GuardedBody {

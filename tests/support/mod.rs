@@ -82,6 +82,7 @@ pub fn test_config(dir: &Path) -> Config {
         namespace: format!("{TEST_PREFIX}{:08x}", rand::random::<u32>()),
         socket: dir.join("agent.sock"),
         dataplane_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.join("state"),
         cni_data_dir: Some(cni_data_dir()),
         bridge: TEST_BRIDGE.into(),

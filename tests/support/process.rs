@@ -27,6 +27,7 @@ pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Chil
     args.extend(set("namespace", cfg.namespace.clone()));
     args.extend(set("socket", cfg.socket.display().to_string()));
     args.extend(set("dataplane_listen", cfg.dataplane_listen.to_string()));
+    args.extend(set("metrics_listen", cfg.metrics_listen.to_string()));
     args.extend(set("state_dir", cfg.state_dir.display().to_string()));
     args.extend(set("cni_data_dir", cfg.cni_data_dir().display().to_string()));
     args.extend(set("bridge", cfg.bridge.clone()));

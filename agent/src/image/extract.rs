@@ -13,6 +13,8 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
+use crate::idmap::IdMap;
+
 /// How a layer blob is compressed, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -59,6 +61,14 @@ pub enum ExtractError {
         /// What failed.
         source: io::Error,
     },
+    /// An entry's owner is outside the node's user namespace range.
+    #[error("layer entry {path}: {source}")]
+    Owner {
+        /// The entry's path in the tar.
+        path: String,
+        /// Why.
+        source: crate::idmap::OutOfRange,
+    },
     /// An entry names a path outside the layer (`..`, or through a symlink).
     #[error("layer entry {0} points outside the layer; refused")]
     Outside(String),
@@ -74,9 +84,15 @@ pub struct Extracted {
 }
 
 /// Unpacks the (compressed) tar read from `reader` into `dir`, an empty overlayfs upper
-/// directory, and returns the stream's diff ID. Everything is read to the end, so the diff
-/// ID covers the whole stream even past the tar's end marker.
-pub fn extract(reader: impl Read, compression: Compression, dir: &Path) -> Result<Extracted, ExtractError> {
+/// directory, with every owner shifted by `ids`, and returns the stream's diff ID.
+/// Everything is read to the end, so the diff ID covers the whole stream even past the
+/// tar's end marker.
+pub fn extract(
+    reader: impl Read,
+    compression: Compression,
+    dir: &Path,
+    ids: IdMap,
+) -> Result<Extracted, ExtractError> {
     let plain: Box<dyn Read> = match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
@@ -84,7 +100,8 @@ pub fn extract(reader: impl Read, compression: Compression, dir: &Path) -> Resul
     };
     let mut archive = tar::Archive::new(Hashing { inner: plain, hasher: Sha256::new(), bytes: 0 });
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
+    // With a shift, owners are set below (the tar crate would set the header's ids).
+    archive.set_preserve_ownerships(!ids.remapped());
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
@@ -112,11 +129,15 @@ pub fn extract(reader: impl Read, compression: Compression, dir: &Path) -> Resul
         if matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo) {
             let parent = inside(dir, path.parent().unwrap_or(Path::new("")), &shown)?;
             let target = parent.join(path.file_name().ok_or_else(|| ExtractError::Outside(shown.clone()))?);
-            special(&entry, kind, &target).map_err(fail)?;
+            special(&entry, kind, &target, ids, &shown)?;
             continue;
         }
         if !entry.unpack_in(dir).map_err(fail)? {
             return Err(ExtractError::Outside(shown));
+        }
+        if ids.remapped() && kind != EntryType::Link {
+            let normal = path.components().filter(|c| matches!(c, Component::Normal(_)));
+            shift_owner(&dir.join(normal.collect::<PathBuf>()), entry.header(), ids, &shown)?;
         }
         if kind == EntryType::Directory {
             if let Ok(mtime) = entry.header().mtime() {
@@ -169,8 +190,45 @@ fn whiteout(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates a device node or FIFO with the entry's mode, owner and numbers.
-fn special<R: Read>(entry: &tar::Entry<'_, R>, kind: EntryType, path: &Path) -> io::Result<()> {
+/// Gives the unpacked `path` the entry's owner shifted by `ids`, and its mode again
+/// (a chown clears the set-id bits).
+fn shift_owner(path: &Path, header: &tar::Header, ids: IdMap, shown: &str) -> Result<(), ExtractError> {
+    let fail = |source| ExtractError::Entry { path: shown.to_string(), source };
+    let owner = |id: io::Result<u64>| -> Result<u32, ExtractError> {
+        ids.host(id.map_err(fail)?).map_err(|source| ExtractError::Owner { path: shown.to_string(), source })
+    };
+    let (uid, gid) = (owner(header.uid())?, owner(header.gid())?);
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(fail)?;
+    if header.entry_type() != EntryType::Symlink {
+        let mode = header.mode().map_err(fail)? & 0o7777;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Creates a device node or FIFO with the entry's mode, owner (shifted by `ids`) and
+/// numbers.
+fn special<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    kind: EntryType,
+    path: &Path,
+    ids: IdMap,
+    shown: &str,
+) -> Result<(), ExtractError> {
+    let fail = |source| ExtractError::Entry { path: shown.to_string(), source };
+    make_special(entry, kind, path).map_err(fail)?;
+    let header = entry.header();
+    let owner = |id: io::Result<u64>| -> Result<u32, ExtractError> {
+        ids.host(id.map_err(fail)?).map_err(|source| ExtractError::Owner { path: shown.to_string(), source })
+    };
+    let (uid, gid) = (owner(header.uid())?, owner(header.gid())?);
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(fail)?;
+    let mtime = filetime::FileTime::from_unix_time(header.mtime().map_err(fail)? as i64, 0);
+    filetime::set_symlink_file_times(path, mtime, mtime).map_err(fail)?;
+    Ok(())
+}
+
+fn make_special<R: Read>(entry: &tar::Entry<'_, R>, kind: EntryType, path: &Path) -> io::Result<()> {
     let header = entry.header();
     let flag = match kind {
         EntryType::Char => SFlag::S_IFCHR,
@@ -183,10 +241,6 @@ fn special<R: Read>(entry: &tar::Entry<'_, R>, kind: EntryType, path: &Path) -> 
     remove_any(path)?;
     let mode = Mode::from_bits_truncate(header.mode()? & 0o7777);
     mknod(path, flag, mode, makedev(major, minor))?;
-    let (uid, gid) = (header.uid()? as u32, header.gid()? as u32);
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    let mtime = filetime::FileTime::from_unix_time(header.mtime()? as i64, 0);
-    filetime::set_symlink_file_times(path, mtime, mtime)?;
     Ok(())
 }
 
@@ -259,7 +313,7 @@ mod tests {
             ("etc/soft", EntryType::Symlink, b"", Some("/nowhere")),
         ]);
         let dir = tempfile::tempdir().expect("tempdir");
-        let out = extract(&tar[..], Compression::None, dir.path()).expect("extract");
+        let out = extract(&tar[..], Compression::None, dir.path(), IdMap::HOST).expect("extract");
         assert_eq!(out, Extracted { diff_id: sha(&tar), bytes: tar.len() as u64 });
         let etc = std::fs::metadata(dir.path().join("etc")).expect("etc");
         assert_eq!(etc.mtime(), 1_700_000_000, "a directory keeps its mtime from the tar");
@@ -271,6 +325,40 @@ mod tests {
     }
 
     #[test]
+    fn owners_are_shifted_into_the_nodes_range_and_set_id_bits_kept() {
+        let mut tar = tar_of(&[
+            ("bin/", EntryType::Directory, b"", None),
+            ("bin/tool", EntryType::Regular, b"x", None),
+            ("bin/again", EntryType::Link, b"", Some("bin/tool")),
+            ("bin/soft", EntryType::Symlink, b"", Some("tool")),
+            ("bin/null", EntryType::Char, b"", None),
+        ]);
+        // bin/tool is set-uid: a chown clears that bit, so it must be set again after.
+        let mut archive = tar::Archive::new(&tar[..]);
+        let second = archive.entries().expect("entries").nth(1).expect("two entries").expect("entry");
+        let offset = second.raw_header_position() as usize;
+        let mut h = tar::Header::from_byte_slice(&tar[offset..offset + 512]).clone();
+        h.set_mode(0o4755);
+        h.set_cksum();
+        tar[offset..offset + 512].copy_from_slice(h.as_bytes());
+        let ids = IdMap { base: 100_000, size: 65_536 };
+        let dir = tempfile::tempdir().expect("tempdir");
+        extract(&tar[..], Compression::None, dir.path(), ids).expect("extract");
+        for (path, mode) in [("bin", 0o755), ("bin/tool", 0o4755), ("bin/null", 0o640)] {
+            let m = std::fs::symlink_metadata(dir.path().join(path)).expect(path);
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (101_000, 101_001, mode), "{path}");
+        }
+        let soft = std::fs::symlink_metadata(dir.path().join("bin/soft")).expect("soft");
+        assert_eq!((soft.uid(), soft.gid()), (101_000, 101_001));
+
+        let small = IdMap { base: 100_000, size: 1000 };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err =
+            extract(&tar[..], Compression::None, dir.path(), small).expect_err("uid 1000 is out of 0..1000");
+        assert!(err.to_string().contains("outside the node's user namespace range"), "{err}");
+    }
+
+    #[test]
     fn whiteouts_become_what_overlayfs_reads() {
         let tar = tar_of(&[
             ("gone/", EntryType::Directory, b"", None),
@@ -279,7 +367,7 @@ mod tests {
             ("dev/null", EntryType::Char, b"", None),
         ]);
         let dir = tempfile::tempdir().expect("tempdir");
-        extract(&tar[..], Compression::None, dir.path()).expect("extract");
+        extract(&tar[..], Compression::None, dir.path(), IdMap::HOST).expect("extract");
         let wh = std::fs::symlink_metadata(dir.path().join("usr/old")).expect("whiteout");
         assert!(wh.file_type().is_char_device());
         assert_eq!(wh.rdev(), 0);
@@ -300,7 +388,7 @@ mod tests {
         let zs = zstd::encode_all(&tar[..], 1).expect("zstd");
         for (bytes, c) in [(gz, Compression::Gzip), (zs, Compression::Zstd)] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let out = extract(&bytes[..], c, dir.path()).expect("extract");
+            let out = extract(&bytes[..], c, dir.path(), IdMap::HOST).expect("extract");
             assert_eq!(out.diff_id, sha(&tar));
             assert_eq!(std::fs::read(dir.path().join("a")).expect("read"), b"payload");
         }
@@ -337,7 +425,7 @@ mod tests {
             }
             raw.extend_from_slice(&[0; 1024]);
             let dir = tempfile::tempdir().expect("tempdir");
-            let err = extract(&raw[..], Compression::None, dir.path()).expect_err("must refuse");
+            let err = extract(&raw[..], Compression::None, dir.path(), IdMap::HOST).expect_err("must refuse");
             assert!(matches!(err, ExtractError::Outside(_)), "{err:?}");
         }
     }

@@ -38,6 +38,7 @@ pub use progress::{Progress, PullEvent};
 pub use unpack::{chain_ids, remove_snapshot, UnpackError};
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
+use crate::idmap::IdMap;
 
 /// How many layers are downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
@@ -139,6 +140,7 @@ pub struct ImageStore {
     cd: Containerd,
     registry: Registry,
     snapshotter: String,
+    ids: IdMap,
     /// One lock per image name: a pull waits for another pull of the same image, then
     /// finds its blobs and snapshots in place instead of fetching them again.
     pulling: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -146,8 +148,8 @@ pub struct ImageStore {
 
 impl ImageStore {
     /// A store over `cd` that unpacks with `snapshotter` and pulls through `registry`.
-    pub fn new(cd: Containerd, snapshotter: &str, registry: Registry) -> ImageStore {
-        ImageStore { cd, registry, snapshotter: snapshotter.to_string(), pulling: Default::default() }
+    pub fn new(cd: Containerd, snapshotter: &str, registry: Registry, ids: IdMap) -> ImageStore {
+        ImageStore { cd, registry, snapshotter: snapshotter.to_string(), ids, pulling: Default::default() }
     }
 
     /// Pulls `reference` and makes it runnable: every blob in the content store, every layer
@@ -408,7 +410,7 @@ impl ImageStore {
         }
         let unpacker = match have_snapshot {
             true => None,
-            false => Some(unpack::Unpacker::start(cd, lease, &self.snapshotter, layer).await?),
+            false => Some(unpack::Unpacker::start(cd, lease, &self.snapshotter, layer, self.ids).await?),
         };
         let feed = unpacker.as_ref().map(|u| u.feed.clone());
         let (mut bytes, mut reported) = (0u64, 0u64);

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use super::extract::{extract, Compression, ExtractError, Extracted};
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
+use crate::idmap::IdMap;
 
 /// The chain IDs of a stack of layers, bottom first.
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
@@ -126,6 +127,7 @@ impl Unpacker {
         lease: &str,
         snapshotter: &str,
         layer: &Layer,
+        ids: IdMap,
     ) -> Result<Unpacker, UnpackError> {
         let compression = Compression::of(&layer.blob.media_type)
             .map_err(|source| UnpackError::Extract { blob: layer.blob.digest.clone(), source })?;
@@ -137,7 +139,7 @@ impl Unpacker {
         let runtime = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
             let mut reader = FeedReader { rx, chunk: Bytes::new() };
-            match extract(&mut reader, compression, &stage.dir) {
+            match extract(&mut reader, compression, &stage.dir, ids) {
                 Ok(done) => Ok((stage, done)),
                 Err(source) => {
                     reader.drain();

@@ -3,6 +3,7 @@
 //! each instance, so a restarted agent can find them again.
 
 mod scratch;
+mod seccomp;
 mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,7 @@ pub use scratch::ScratchError;
 pub use spec::SpecError;
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
+use crate::idmap::IdMap;
 use crate::image::{remove_snapshot, RunnableImage};
 use fnrt_function::policy::Limits;
 
@@ -115,6 +117,7 @@ pub struct ContainerRecord {
 #[derive(Clone, Debug)]
 pub struct Runtime {
     cd: Containerd,
+    ids: IdMap,
     snapshotter: String,
     runtime: String,
     scratch: scratch::Scratch,
@@ -123,9 +126,15 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime over `cd`, with `runtime` as the shim and the instances' /tmp
     /// filesystems under `scratch_dir`.
-    pub fn new(cd: Containerd, snapshotter: &str, runtime: &str, scratch_dir: PathBuf) -> Runtime {
+    pub fn new(
+        cd: Containerd,
+        snapshotter: &str,
+        runtime: &str,
+        scratch_dir: PathBuf,
+        ids: IdMap,
+    ) -> Runtime {
         let scratch = scratch::Scratch::new(scratch_dir);
-        Runtime { cd, snapshotter: snapshotter.into(), runtime: runtime.into(), scratch }
+        Runtime { cd, ids, snapshotter: snapshotter.into(), runtime: runtime.into(), scratch }
     }
 
     /// The node-unique name of an instance's cgroup and /tmp: `<namespace>-<id>`.
@@ -164,9 +173,8 @@ impl Runtime {
         result
     }
 
-    async fn create_and_start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
-        let cd = &self.cd;
-        let tmp = self.scratch.create(&self.node_name(n.id)).await?;
+    /// The OCI runtime spec of `n`, as containerd takes it.
+    fn spec_json(&self, n: &NewInstance<'_>, tmp: &std::path::Path) -> Result<Vec<u8>, RuntimeError> {
         let spec = spec::build(&spec::InstanceSpec {
             id: n.id,
             image: &n.image.info.reference,
@@ -175,10 +183,16 @@ impl Runtime {
             cgroup: &self.cgroup_path(n.id),
             env: n.env,
             limits: n.limits,
-            tmp: &tmp,
+            tmp,
+            ids: self.ids,
         })?;
-        let spec =
-            serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })?;
+        serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })
+    }
+
+    async fn create_and_start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
+        let cd = &self.cd;
+        let tmp = self.scratch.create(&self.node_name(n.id)).await?;
+        let spec = self.spec_json(n, &tmp)?;
         let labels: HashMap<String, String> = [
             (labels::FUNCTION, n.function.to_string()),
             (labels::IMAGE, n.image.info.reference.clone()),

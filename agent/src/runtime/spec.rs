@@ -5,11 +5,14 @@ use std::path::Path;
 
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxDeviceCgroup, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType,
-    LinuxPidsBuilder, MountBuilder, Spec, UserBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroup, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceType, LinuxPidsBuilder, MountBuilder, Spec, UserBuilder,
 };
 
 use fnrt_function::policy::{Limits, CPU_PERIOD_US};
+
+use super::seccomp;
+use crate::idmap::IdMap;
 
 /// The image config cannot be turned into a runnable process.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +24,7 @@ pub enum SpecError {
         image: String,
     },
     /// A user that is not numeric.
-    #[error("image {image} runs as user {user:?}; only numeric uid[:gid] users are supported for now")]
+    #[error("image {image} runs as user {user:?}; only numeric uid[:gid] users within the node's user namespace range are supported for now")]
     User {
         /// The image.
         image: String,
@@ -51,10 +54,14 @@ pub struct InstanceSpec<'a> {
     pub limits: &'a Limits,
     /// The instance's own /tmp filesystem, mounted on the node.
     pub tmp: &'a Path,
+    /// The node's user-namespace range (the image was unpacked with it).
+    pub ids: IdMap,
 }
 
-/// Builds the runtime spec of an instance: the image's process in its own namespaces, the
-/// prepared network namespace, a read-only root, and its own cgroup.
+/// Builds the runtime spec of an instance: the image's process in its own namespaces (a
+/// user namespace over the node's range among them), the prepared network namespace, a
+/// read-only root, its own cgroup, the seccomp filter, no new privileges and the default
+/// three capabilities (AUDIT_WRITE, KILL, NET_BIND_SERVICE, in its user namespace).
 pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
     let ic = s.config.config().clone().unwrap_or_default();
     let mut args: Vec<String> = ic.entrypoint().clone().unwrap_or_default();
@@ -74,6 +81,11 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
         image: s.image.into(),
         user: ic.user().clone().unwrap_or_default(),
     })?;
+    for id in [uid, gid] {
+        s.ids
+            .host(u64::from(id))
+            .map_err(|e| SpecError::User { image: s.image.into(), user: e.to_string() })?;
+    }
 
     let mut spec = Spec::default();
     spec.set_hostname(Some(s.id.to_string()));
@@ -95,6 +107,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
             .build()?,
     );
     spec.set_mounts(Some(mounts));
+    sandbox(&mut spec, s.ids)?;
     if let Some(linux) = spec.linux_mut() {
         let namespaces = linux.namespaces().clone().unwrap_or_default().into_iter().map(|ns| {
             if ns.typ() == LinuxNamespaceType::Network {
@@ -128,6 +141,35 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
         }
     }
     Ok(spec)
+}
+
+/// The sandbox of every instance: the seccomp filter, no new privileges, and (with a
+/// range) its own user namespace over the node's range, without /sys.
+fn sandbox(spec: &mut Spec, ids: IdMap) -> Result<(), SpecError> {
+    if ids.remapped() {
+        // sysfs cannot be mounted from a user namespace over a network namespace it does
+        // not own, and a bind of the host's /sys would show the host; functions get none.
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.retain(|m| !m.destination().starts_with("/sys"));
+        spec.set_mounts(Some(mounts));
+    }
+    if let Some(p) = spec.process_mut() {
+        p.set_no_new_privileges(Some(true));
+    }
+    let Some(linux) = spec.linux_mut() else { return Ok(()) };
+    linux.set_seccomp(Some(seccomp::profile()?));
+    if ids.remapped() {
+        let mut user = LinuxNamespace::default();
+        user.set_typ(LinuxNamespaceType::User);
+        let mut ns = linux.namespaces().clone().unwrap_or_default();
+        ns.push(user);
+        linux.set_namespaces(Some(ns));
+        let map =
+            LinuxIdMappingBuilder::default().container_id(0u32).host_id(ids.base).size(ids.size).build()?;
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
+    }
+    Ok(())
 }
 
 fn parse_user(user: &str) -> Option<(u32, u32)> {
@@ -174,6 +216,7 @@ mod tests {
             env: &env,
             limits: &LIMITS,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
+            ids: IdMap { base: 100_000, size: 65_536 },
         };
         let spec = build(&s).expect("spec");
         let p = spec.process().as_ref().expect("process");
@@ -196,6 +239,15 @@ mod tests {
         let cpu = res.cpu().as_ref().expect("cpu");
         assert_eq!((cpu.quota(), cpu.period(), cpu.shares()), (Some(25_000), Some(100_000), Some(256)));
         assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(1024));
+        let user =
+            linux.namespaces().as_ref().expect("ns").iter().any(|n| n.typ() == LinuxNamespaceType::User);
+        assert!(user, "an instance has its own user namespace");
+        let map = linux.uid_mappings().as_ref().expect("uid map")[0];
+        assert_eq!((map.container_id(), map.host_id(), map.size()), (0, 100_000, 65_536));
+        assert!(linux.seccomp().is_some(), "an instance runs under the seccomp filter");
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let mounts = spec.mounts().as_ref().expect("mounts");
+        assert!(!mounts.iter().any(|m| m.destination().starts_with("/sys")), "no /sys in a user namespace");
         let tmp =
             spec.mounts().as_ref().expect("mounts").iter().find(|m| m.destination() == Path::new("/tmp"));
         assert_eq!(tmp.and_then(|m| m.source().clone()), Some("/var/lib/fnrt/scratch/x".into()));
@@ -214,6 +266,7 @@ mod tests {
             env: &env,
             limits: &LIMITS,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
+            ids: IdMap { base: 100_000, size: 65_536 },
         };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
@@ -226,6 +279,7 @@ mod tests {
             env: &env,
             limits: &LIMITS,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
+            ids: IdMap { base: 100_000, size: 65_536 },
         };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }

@@ -1,0 +1,177 @@
+//! Strangers kept apart, tried from inside an instance against the real containerd, runc,
+//! CNI and nftables: the instance is not host root, the calls kernel exploit chains need
+//! are refused, and it reaches neither another instance, nor the node, nor the metadata
+//! address (carried by a network namespace this test makes, routed as the outside would
+//! be). No packet leaves the machine: every address here is the test's own.
+#![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Duration;
+
+use fnrt_proto::agent::v1::{Instance, StartInstanceRequest};
+use fnrt_tests::{image, TestAgent, TEST_PREFIX};
+
+async fn start(agent: &mut TestAgent, function: &str) -> Instance {
+    let req = StartInstanceRequest {
+        function: function.into(),
+        image: image("echo"),
+        env: HashMap::new(),
+        memory_mb: 128,
+        timeout_ms: 10_000,
+        ..Default::default()
+    };
+    agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap()
+}
+
+async fn act(agent: &TestAgent, function: &str, action: &str) -> serde_json::Value {
+    let (status, body) = agent.call(function, &format!("/_fixture/{action}"), "").await;
+    assert_eq!(status, 200, "{action}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{action}: {e}: {body}"))
+}
+
+/// Whether the instance behind `function` can open a TCP connection to `to`.
+async fn connects(agent: &TestAgent, function: &str, to: SocketAddr) -> serde_json::Value {
+    act(agent, function, &format!("connect?to={to}&ms=700")).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() {
+    let mut agent = TestAgent::start().await;
+    let inst = start(&mut agent, "sandbox").await;
+
+    let map = act(&agent, "sandbox", "read?path=/proc/self/uid_map").await;
+    let fields: Vec<u64> =
+        map["text"].as_str().unwrap().split_whitespace().map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields, vec![0, 100_000, 65_536], "uid 0 inside is 100000 on the host: {map}");
+
+    // A control first: an ordinary call goes through the filter.
+    assert!(act(&agent, "sandbox", "syscall?name=getpid").await["ok"].as_i64().is_some());
+    for call in [
+        "unshare_user",
+        "clone_user",
+        "io_uring_setup",
+        "keyctl",
+        "add_key",
+        "mount",
+        "userfaultfd",
+        "bpf",
+        "perf_event_open",
+    ] {
+        let r = act(&agent, "sandbox", &format!("syscall?name={call}")).await;
+        assert_eq!(r["errno"], "EPERM", "{call}: {r}");
+    }
+
+    let w = act(&agent, "sandbox", "write?path=/tmp/mine&mb=1").await;
+    assert_eq!(w["error"], "", "{w}");
+    let on_host = std::fs::metadata(format!("/proc/{}/root/tmp/mine", inst.pid)).unwrap();
+    assert_eq!(
+        (on_host.uid(), on_host.gid()),
+        (100_000, 100_000),
+        "the file belongs to the instance's range"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", inst.pid)).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.split_whitespace().skip(1).all(|u| u == "100000"), "{uid_line}");
+    let no_new_privs = status.lines().find(|l| l.starts_with("NoNewPrivs:")).unwrap();
+    assert!(no_new_privs.ends_with('1'), "{no_new_privs}");
+    let seccomp = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
+    assert!(seccomp.ends_with('2'), "filter mode: {seccomp}");
+    agent.cleanup().await;
+}
+
+/// A host of the test's own: a network namespace carrying `address`, reached from the
+/// node through a veth pair and a /32 route, as an outside address would be; it listens
+/// on `address:80`.
+struct TestHost {
+    netns: String,
+    address: Ipv4Addr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestHost {
+    fn start(address: Ipv4Addr) -> TestHost {
+        let tag = format!("{:04x}", rand::random::<u16>());
+        let netns = format!("{TEST_PREFIX}host-{tag}");
+        let (outer, inner) = (format!("fnrtth{tag}"), format!("fnrtti{tag}"));
+        let addr = address.to_string();
+        sh(&["ip", "netns", "add", &netns]);
+        sh(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+        sh(&["ip", "link", "set", &inner, "netns", &netns]);
+        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &netns, "link", "set", &inner, "up"]);
+        sh(&["ip", "-n", &netns, "addr", "add", &format!("{addr}/32"), "dev", &inner]);
+        sh(&["ip", "-n", &netns, "route", "add", "default", "dev", &inner]);
+        sh(&["ip", "link", "set", &outer, "up"]);
+        sh(&["sysctl", "-q", &format!("net.ipv4.conf.{outer}.proxy_arp=1")]);
+        sh(&["ip", "route", "add", &format!("{addr}/32"), "dev", &outer]);
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path = format!("/run/netns/{netns}");
+        let thread = std::thread::spawn(move || {
+            // This thread alone enters the namespace; it ends with the listener.
+            let ns = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let listener = TcpListener::bind((address, 80)).unwrap();
+            ready_tx.send(()).unwrap();
+            let _ = stopped.recv();
+            drop(listener);
+        });
+        ready.recv_timeout(Duration::from_secs(5)).unwrap();
+        TestHost { netns, address, stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn target(&self) -> SocketAddr {
+        SocketAddr::from((self.address, 80))
+    }
+
+    fn remove(mut self) {
+        drop(self.stop.take());
+        self.thread.take().unwrap().join().unwrap();
+        let _ = Command::new("ip").args(["route", "del", &format!("{}/32", self.address)]).status();
+        sh(&["ip", "netns", "del", &self.netns]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_reach_neither_each_other_nor_the_node_nor_the_metadata_address() {
+    let mut agent = TestAgent::start().await;
+    let a = start(&mut agent, "tenant-a").await;
+    let b = start(&mut agent, "tenant-b").await;
+    let b_addr: SocketAddr = format!("{}:9000", b.address).parse().unwrap();
+    // The node reaches b (the data plane does), so what stops a is the policy.
+    TcpStream::connect_timeout(&b_addr, Duration::from_secs(2)).expect("the node reaches an instance");
+    let r = connects(&agent, "tenant-a", b_addr).await;
+    assert_eq!(r["connected"], false, "instance a reached instance b: {r}");
+
+    // A listener on every host address, the bridge's included.
+    let host = TcpListener::bind("0.0.0.0:0").unwrap();
+    let gateway: Ipv4Addr = "10.202.0.1".parse().unwrap();
+    let on_bridge = SocketAddr::from((gateway, host.local_addr().unwrap().port()));
+    TcpStream::connect_timeout(&on_bridge, Duration::from_secs(2)).expect("the listener is up");
+    let r = connects(&agent, "tenant-a", on_bridge).await;
+    assert_eq!(r["connected"], false, "an instance reached the node on its bridge address: {r}");
+    let dataplane = SocketAddr::from((gateway, agent.handle.dataplane_address.port()));
+    let r = connects(&agent, "tenant-a", dataplane).await;
+    assert_eq!(r["connected"], false, "an instance reached the node's data plane port: {r}");
+
+    // The node routes (as it must for egress) and the test host answers the node, so only
+    // the policy keeps the instance from the metadata address.
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(), "1");
+    let metadata = TestHost::start("169.254.169.254".parse().unwrap());
+    let reached = TcpStream::connect_timeout(&metadata.target(), Duration::from_secs(2));
+    let r = connects(&agent, "tenant-a", metadata.target()).await;
+    metadata.remove();
+    reached.expect("the node reaches the test host");
+    assert_eq!(r["connected"], false, "an instance reached 169.254.169.254: {r}");
+    let _ = a;
+    agent.cleanup().await;
+}
