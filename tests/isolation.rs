@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fnrt_proto::agent::v1::{Instance, StartInstanceRequest};
-use fnrt_tests::{image, TestAgent, TEST_PREFIX};
+use fnrt_tests::{image, TestAgent};
 
 async fn start(agent: &mut TestAgent, function: &str) -> Instance {
     let req = StartInstanceRequest {
@@ -64,6 +64,11 @@ async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() 
         assert_eq!(r["errno"], "EPERM", "{call}: {r}");
     }
 
+    // No sysfs of the host: /sys is empty but for the instance's cgroups, and read-only.
+    let net = act(&agent, "sandbox", "read?path=/sys/class/net/eth0/address").await;
+    assert!(net["error"].is_string(), "the host's sysfs is visible: {net}");
+    let w = act(&agent, "sandbox", "write?path=/sys/x&mb=0").await;
+    assert_eq!(w["error"], "EROFS", "{w}");
     let w = act(&agent, "sandbox", "write?path=/tmp/mine&mb=1").await;
     assert_eq!(w["error"], "", "{w}");
     let on_host = std::fs::metadata(format!("/proc/{}/root/tmp/mine", inst.pid)).unwrap();
@@ -82,11 +87,11 @@ async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() 
     agent.cleanup().await;
 }
 
-/// A host of the test's own: a network namespace carrying `address`, reached from the
-/// node through a veth pair and a /32 route, as an outside address would be; it listens
-/// on `address:80`.
+/// A host of the test's own: a network namespace (held by a thread of this test, not
+/// under /run/netns) carrying `address`, reached from the node through a veth pair and a
+/// /32 route, as an outside address would be; it listens on `address:80`. It is gone,
+/// veth pair and route with it, when the thread ends.
 struct TestHost {
-    netns: String,
     address: Ipv4Addr,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -99,34 +104,40 @@ fn sh(args: &[&str]) {
 
 impl TestHost {
     fn start(address: Ipv4Addr) -> TestHost {
-        let tag = format!("{:04x}", rand::random::<u16>());
-        let netns = format!("{TEST_PREFIX}host-{tag}");
-        let (outer, inner) = (format!("fnrtth{tag}"), format!("fnrtti{tag}"));
-        let addr = address.to_string();
-        sh(&["ip", "netns", "add", &netns]);
-        sh(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner]);
-        sh(&["ip", "link", "set", &inner, "netns", &netns]);
-        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &netns, "link", "set", &inner, "up"]);
-        sh(&["ip", "-n", &netns, "addr", "add", &format!("{addr}/32"), "dev", &inner]);
-        sh(&["ip", "-n", &netns, "route", "add", "default", "dev", &inner]);
-        sh(&["ip", "link", "set", &outer, "up"]);
-        sh(&["sysctl", "-q", &format!("net.ipv4.conf.{outer}.proxy_arp=1")]);
-        sh(&["ip", "route", "add", &format!("{addr}/32"), "dev", &outer]);
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let path = format!("/run/netns/{netns}");
         let thread = std::thread::spawn(move || {
-            // This thread alone enters the namespace; it ends with the listener.
-            let ns = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            go_rx.recv().unwrap();
             let listener = TcpListener::bind((address, 80)).unwrap();
             ready_tx.send(()).unwrap();
             let _ = stopped.recv();
             drop(listener);
         });
+        let tid = tid_rx.recv_timeout(Duration::from_secs(5)).unwrap().to_string();
+        let netns = format!("--net=/proc/{tid}/ns/net");
+        let tag = format!("{:04x}", rand::random::<u16>());
+        let (outer, inner) = (format!("fnrtth{tag}"), format!("fnrtti{tag}"));
+        let addr = address.to_string();
+        sh(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+        sh(&["ip", "link", "set", &inner, "netns", &tid]);
+        for args in [
+            vec!["ip", "link", "set", "lo", "up"],
+            vec!["ip", "link", "set", &inner, "up"],
+            vec!["ip", "addr", "add", &format!("{addr}/32"), "dev", &inner],
+            vec!["ip", "route", "add", "default", "dev", &inner],
+        ] {
+            sh(&[&["nsenter", &netns][..], &args].concat());
+        }
+        sh(&["ip", "link", "set", &outer, "up"]);
+        sh(&["sysctl", "-q", &format!("net.ipv4.conf.{outer}.proxy_arp=1")]);
+        sh(&["ip", "route", "add", &format!("{addr}/32"), "dev", &outer]);
+        go_tx.send(()).unwrap();
         ready.recv_timeout(Duration::from_secs(5)).unwrap();
-        TestHost { netns, address, stop: Some(stop), thread: Some(thread) }
+        TestHost { address, stop: Some(stop), thread: Some(thread) }
     }
 
     fn target(&self) -> SocketAddr {
@@ -136,8 +147,6 @@ impl TestHost {
     fn remove(mut self) {
         drop(self.stop.take());
         self.thread.take().unwrap().join().unwrap();
-        let _ = Command::new("ip").args(["route", "del", &format!("{}/32", self.address)]).status();
-        sh(&["ip", "netns", "del", &self.netns]);
     }
 }
 
@@ -146,7 +155,9 @@ async fn instances_reach_neither_each_other_nor_the_node_nor_the_metadata_addres
     let mut agent = TestAgent::start().await;
     let a = start(&mut agent, "tenant-a").await;
     let b = start(&mut agent, "tenant-b").await;
-    let b_addr: SocketAddr = format!("{}:9000", b.address).parse().unwrap();
+    let b_addr: SocketAddr =
+        b.address.parse().unwrap_or_else(|_| format!("{}:9000", b.address).parse().unwrap());
+    assert_eq!(b_addr.port(), 9000, "{}", b.address);
     // The node reaches b (the data plane does), so what stops a is the policy.
     TcpStream::connect_timeout(&b_addr, Duration::from_secs(2)).expect("the node reaches an instance");
     let r = connects(&agent, "tenant-a", b_addr).await;
@@ -173,5 +184,60 @@ async fn instances_reach_neither_each_other_nor_the_node_nor_the_metadata_addres
     reached.expect("the node reaches the test host");
     assert_eq!(r["connected"], false, "an instance reached 169.254.169.254: {r}");
     let _ = a;
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_plane_beyond_loopback_takes_only_calls_the_gateway_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fnrt_tests::test_config(dir.path());
+    cfg.dataplane_listen = "0.0.0.0:0".parse().unwrap();
+    let err = fnrt_agent::start(cfg).await.err().expect("no key beyond loopback is refused").to_string();
+    assert!(err.contains("dataplane_key must be set"), "{err}");
+
+    let secret = "k".repeat(40);
+    let mut agent = TestAgent::start_with(|c| {
+        c.dataplane_listen = "0.0.0.0:0".parse().unwrap();
+        c.dataplane_key = Some(secret.as_str().into());
+    })
+    .await;
+    start(&mut agent, "signed").await;
+    let port = agent.handle.dataplane_address.port();
+    let path = "/function/signed/_fixture/sleep?ms=0";
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let key = fnrt_common::signature::Key::new(&secret);
+    let send = |time: Option<String>, sig: Option<String>, id: &str| {
+        let mut req = fnrt_tests::http().get(&url).header("x-scf-request-id", id);
+        if let Some(t) = time {
+            req = req.header("x-fnrt-time", t);
+        }
+        if let Some(s) = sig {
+            req = req.header("x-fnrt-signature", s);
+        }
+        req.send()
+    };
+    let unsigned = send(None, None, "r-1").await.unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    assert!(unsigned.text().await.unwrap().contains("signed by the cluster's gateway"));
+    let (time, sig) = key.sign("GET", path, "r-2");
+    let signed = send(Some(time.clone()), Some(sig.clone()), "r-2").await.unwrap();
+    assert_eq!(signed.status().as_u16(), 200, "{}", signed.text().await.unwrap());
+    // The same signature for another request id, or from another key, is refused.
+    let replayed = send(Some(time), Some(sig), "r-3").await.unwrap();
+    assert_eq!(replayed.status().as_u16(), 401);
+    let (time, sig) = fnrt_common::signature::Key::new(&"o".repeat(40)).sign("GET", path, "r-4");
+    assert_eq!(send(Some(time), Some(sig), "r-4").await.unwrap().status().as_u16(), 401);
+    let stale = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 120)
+        .to_string();
+    assert_eq!(send(Some(stale), Some("00".into()), "r-5").await.unwrap().status().as_u16(), 401);
+    // Metrics are not on the calls' port.
+    let m = fnrt_tests::http().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+    assert_eq!(m.status().as_u16(), 401);
+    let m = fnrt_tests::http()
+        .get(format!("http://{}/metrics", agent.handle.metrics_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status().as_u16(), 200);
     agent.cleanup().await;
 }

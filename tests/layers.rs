@@ -193,7 +193,10 @@ async fn layers_unpack_as_containerds_applier_unpacks_them() {
     assert_eq!(put.status().as_u16(), 201, "push manifest");
     let reference = format!("{}/{repo}:{tag}", parts.registry);
 
-    let mut agent = TestAgent::start().await;
+    // Owners as the tar says (no user namespace range), to compare with containerd's
+    // applier byte for byte; the shift into the range has unit tests (image/extract.rs)
+    // and tests/isolation.rs.
+    let mut agent = TestAgent::start_with(|c| c.userns_base = 0).await;
     fnrt_tests::pull_image(&mut agent.client, &reference).await.unwrap();
     let ctr_ns = format!("{}-ctr", agent.cfg.namespace);
     let out = Command::new("ctr")

@@ -447,7 +447,7 @@ pub fn status(e: Error) -> Status {
         Error::Runtime(r) => match r {
             RuntimeError::Spec(_) => Code::FailedPrecondition,
             RuntimeError::Containerd(c) => containerd_code(c),
-            RuntimeError::Encode { .. } => Code::Internal,
+            RuntimeError::Encode { .. } | RuntimeError::Chown { .. } => Code::Internal,
             RuntimeError::Scratch(_) => Code::Internal,
         },
         Error::Image(i) => image_code(i),

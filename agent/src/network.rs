@@ -207,6 +207,9 @@ impl Network {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": self.subnet }]],
+                // A default route through the bridge: where an instance may go beyond it
+                // is the node's policy (crate::firewall), not a missing route.
+                "routes": [{ "dst": "0.0.0.0/0" }],
                 "dataDir": self.data_dir,
             }
         })

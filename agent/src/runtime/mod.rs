@@ -73,6 +73,17 @@ pub enum RuntimeError {
         #[source]
         source: serde_json::Error,
     },
+    /// The root filesystem could not be given to the instance's user namespace.
+    #[error("root filesystem of {id}: chown {path} to the instance's root: {source}")]
+    Chown {
+        /// The instance.
+        id: String,
+        /// The directory.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What is needed to create an instance's container.
@@ -189,6 +200,27 @@ impl Runtime {
         serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })
     }
 
+    /// Gives the top of a new root filesystem (the overlay's upper directory, or the
+    /// bound directory) to the instance's root, so that runc, inside the user namespace,
+    /// can make the mount points an image lacks (/proc, /dev, /tmp).
+    fn own_root(&self, id: &str, mounts: &[containerd_client::types::Mount]) -> Result<(), RuntimeError> {
+        if !self.ids.remapped() {
+            return Ok(());
+        }
+        let top = mounts.iter().find_map(|m| match m.r#type.as_str() {
+            "overlay" => m.options.iter().find_map(|o| o.strip_prefix("upperdir=")).map(str::to_string),
+            "bind" => Some(m.source.clone()),
+            _ => None,
+        });
+        let Some(top) = top else { return Ok(()) };
+        let root = Some(self.ids.base);
+        std::os::unix::fs::chown(&top, root, root).map_err(|source| RuntimeError::Chown {
+            id: id.into(),
+            path: top.clone(),
+            source,
+        })
+    }
+
     async fn create_and_start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
         let cd = &self.cd;
         let tmp = self.scratch.create(&self.node_name(n.id)).await?;
@@ -240,6 +272,7 @@ impl Runtime {
             .map_err(call_err(format!("prepare root filesystem of {}", n.id)))?
             .into_inner()
             .mounts;
+        self.own_root(n.id, &mounts)?;
         // The shim opens the FIFOs for writing; the agent reads them (crate::logs).
         let task = CreateTaskRequest {
             container_id: n.id.into(),

@@ -148,10 +148,23 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
 fn sandbox(spec: &mut Spec, ids: IdMap) -> Result<(), SpecError> {
     if ids.remapped() {
         // sysfs cannot be mounted from a user namespace over a network namespace it does
-        // not own, and a bind of the host's /sys would show the host; functions get none.
+        // not own, and a bind of the host's /sys would show the host: /sys is an empty
+        // tmpfs (made read-only once runc has mounted the instance's cgroups under it, so
+        // runtimes still read their limits in /sys/fs/cgroup).
         let mut mounts = spec.mounts().clone().unwrap_or_default();
-        mounts.retain(|m| !m.destination().starts_with("/sys"));
+        for m in mounts.iter_mut().filter(|m| m.destination() == Path::new("/sys")) {
+            m.set_typ(Some("tmpfs".into()));
+            m.set_source(Some("tmpfs".into()));
+            m.set_options(Some(
+                ["nosuid", "noexec", "nodev", "size=64k", "mode=755"].map(String::from).to_vec(),
+            ));
+        }
         spec.set_mounts(Some(mounts));
+        if let Some(linux) = spec.linux_mut() {
+            let mut ro = linux.readonly_paths().clone().unwrap_or_default();
+            ro.push("/sys".into());
+            linux.set_readonly_paths(Some(ro));
+        }
     }
     if let Some(p) = spec.process_mut() {
         p.set_no_new_privileges(Some(true));
@@ -247,7 +260,8 @@ mod tests {
         assert!(linux.seccomp().is_some(), "an instance runs under the seccomp filter");
         assert_eq!(p.no_new_privileges(), Some(true));
         let mounts = spec.mounts().as_ref().expect("mounts");
-        assert!(!mounts.iter().any(|m| m.destination().starts_with("/sys")), "no /sys in a user namespace");
+        let sys = mounts.iter().find(|m| m.destination() == Path::new("/sys")).expect("/sys");
+        assert_eq!(sys.typ().as_deref(), Some("tmpfs"), "no sysfs in a user namespace");
         let tmp =
             spec.mounts().as_ref().expect("mounts").iter().find(|m| m.destination() == Path::new("/tmp"));
         assert_eq!(tmp.and_then(|m| m.source().clone()), Some("/var/lib/fnrt/scratch/x".into()));
