@@ -241,3 +241,46 @@ async fn a_data_plane_beyond_loopback_takes_only_calls_the_gateway_signed() {
     assert_eq!(m.status().as_u16(), 200);
     agent.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_past_a_node_budget_fail_with_resource_exhausted_naming_it() {
+    let mut agent = TestAgent::start_with(|c| {
+        c.max_instances = 2;
+        c.memory_budget_mb = 300;
+        c.scratch_budget_bytes = 1200 << 20;
+        c.log_budget_bytes = 1 << 30;
+    })
+    .await;
+    let try_start = |agent: &mut TestAgent, function: &str, memory_mb: u32| {
+        let req = StartInstanceRequest {
+            function: function.into(),
+            image: image("echo"),
+            memory_mb,
+            timeout_ms: 10_000,
+            ..Default::default()
+        };
+        let mut client = agent.client.clone();
+        async move { client.start_instance(req).await }
+    };
+    let first = try_start(&mut agent, "budget-a", 128).await.unwrap().into_inner().instance.unwrap();
+    let refused = try_start(&mut agent, "budget-b", 256).await.expect_err("past the memory budget");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.message().contains("node budget memory exhausted"), "{}", refused.message());
+    assert!(refused.message().contains("memory_budget_mb"), "{}", refused.message());
+    try_start(&mut agent, "budget-b", 128).await.unwrap();
+    let refused = try_start(&mut agent, "budget-c", 64).await.expect_err("past the instance budget");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.message().contains("node budget instances exhausted"), "{}", refused.message());
+    // A stop gives its share back.
+    agent.client.stop_instance(fnrt_proto::agent::v1::StopInstanceRequest { id: first.id }).await.unwrap();
+    try_start(&mut agent, "budget-c", 64).await.unwrap();
+    agent.cleanup().await;
+
+    // The /tmp disk: two 528 MiB files do not fit in 1000 MiB.
+    let mut agent = TestAgent::start_with(|c| c.scratch_budget_bytes = 1000 << 20).await;
+    try_start(&mut agent, "disk-a", 64).await.unwrap();
+    let refused = try_start(&mut agent, "disk-b", 64).await.expect_err("past the scratch budget");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.message().contains("node budget scratch disk exhausted"), "{}", refused.message());
+    agent.cleanup().await;
+}

@@ -438,6 +438,7 @@ pub fn status(e: Error) -> Status {
         Error::FunctionExists(_) => Code::AlreadyExists,
         Error::ImageInUse { .. } | Error::FunctionDeployed(_) => Code::FailedPrecondition,
         Error::NotListening(_) => Code::DeadlineExceeded,
+        Error::Exhausted(_) => Code::ResourceExhausted,
         Error::ExitedAtStart { .. } => Code::FailedPrecondition,
         Error::Containerd(c) => containerd_code(c),
         Error::Network(n) => match n {

@@ -132,6 +132,21 @@ pub struct Config {
     /// run one tenant's functions.
     #[default(true)]
     pub firewall: bool,
+    /// Run instances under the seccomp filter. false only to measure what it costs or to
+    /// find which call a function needs: it opens the calls kernel exploits use.
+    #[default(true)]
+    pub seccomp: bool,
+    /// Budget: instances at once.
+    #[default(500)]
+    pub max_instances: u32,
+    /// Budget: the sum of the instances' memory limits, MB (0: the node's memory less 1 GiB).
+    pub memory_budget_mb: u64,
+    /// Budget: the instances' /tmp files (528 MiB each), bytes (0: four fifths of 90% of
+    /// the free space of state_dir's filesystem at start).
+    pub scratch_budget_bytes: u64,
+    /// Budget: the instances' logs (log_max_bytes × log_files each), bytes (0: one fifth
+    /// of 90% of that free space).
+    pub log_budget_bytes: u64,
     /// The cluster's data plane key (at least 32 characters; the control plane's
     /// `dataplane_key`): calls must then be signed by the gateway. Required when
     /// dataplane_listen is not a loopback address.
@@ -236,6 +251,18 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(errors))
+        }
+    }
+
+    /// The node's admission budgets, from the settings or (0) from the node.
+    pub fn budgets(&self) -> crate::admission::Budgets {
+        let (memory, scratch, logs) = crate::admission::node_defaults(&self.state_dir);
+        let or = |set: u64, node: u64| if set == 0 { node } else { set };
+        crate::admission::Budgets {
+            instances: self.max_instances,
+            memory_mb: or(self.memory_budget_mb, memory),
+            scratch_bytes: or(self.scratch_budget_bytes, scratch),
+            log_bytes: or(self.log_budget_bytes, logs),
         }
     }
 

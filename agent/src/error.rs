@@ -85,4 +85,7 @@ pub enum Error {
     /// The instance's log could not be set up.
     #[error(transparent)]
     Logs(#[from] LogError),
+    /// A start past one of the node's budgets.
+    #[error(transparent)]
+    Exhausted(#[from] crate::admission::Exhausted),
 }

@@ -38,7 +38,10 @@ async fn report(node: &Node) -> pb::Report {
         }
     };
     let live: Vec<_> = status.instances.iter().filter(|i| i.reason.is_empty()).collect();
+    let (memory_budget_mb, room_instances) = node.instances.room();
     pb::Report {
+        memory_budget_mb,
+        room_instances: Some(room_instances),
         architecture: status.architecture,
         cpus: status.cpus,
         memory_bytes: status.memory_bytes,

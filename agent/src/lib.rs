@@ -8,6 +8,7 @@
 //! [`start`] brings a node up and returns a handle that knows its addresses and shuts the
 //! servers down when dropped; [`run`] is what the binary calls.
 
+pub(crate) mod admission;
 pub(crate) mod api;
 pub(crate) mod config;
 pub(crate) mod containerd;
@@ -193,9 +194,16 @@ impl Drop for AgentHandle {
     }
 }
 
-/// Checks the user namespace range against the image cache, installs the instances'
+/// Makes the agent's directories, checks the user namespace range against the image cache, installs the instances'
 /// network policy and isolates the bridge's ports (those of adopted instances included).
 async fn prepare_node(cfg: &Config) -> Result<idmap::IdMap, StartError> {
+    for dir in [&cfg.state_dir.join("logs"), &cfg.cni_data_dir()] {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Io {
+            what: "create directory",
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
     let ids = cfg.ids();
     ids.check_recorded(&cfg.state_dir)?;
     if cfg.firewall {
@@ -215,19 +223,12 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     cfg.validate()?;
     let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.map_err(Error::from)?;
     let log_dir = cfg.state_dir.join("logs");
-    for dir in [&log_dir, &cfg.cni_data_dir()] {
-        std::fs::create_dir_all(dir).map_err(|source| StartError::Io {
-            what: "create directory",
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
     let ids = prepare_node(&cfg).await?;
     let images = ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?, ids);
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let scratch_dir = cfg.state_dir.join("scratch");
-    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir, ids);
+    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir, ids, cfg.seccomp);
     let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));
     let metrics = Arc::new(metrics::Metrics::default());
     let instances = Arc::new(Instances::new(instance::Parts {
@@ -239,6 +240,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         identity: cfg.identity(),
         logs: logs.clone(),
         marks: cfg.state_dir.join("instances"),
+        ledger: Arc::new(admission::Ledger::new(cfg.budgets())),
+        log_bytes: cfg.log_max_bytes * u64::from(cfg.log_files),
     }));
     let pools = Arc::new(pool::Pools::new(
         instances.clone(),

@@ -75,6 +75,7 @@ impl Instances {
                     if let Err(e) = self.parts.logs.attach(&inst.id, &inst.function).await {
                         tracing::warn!(instance = %rec.id, error = %e, "its output cannot be read");
                     }
+                    self.parts.ledger.force(&inst.id, self.claim_of(&inst.limits));
                     tracing::info!(instance = %rec.id, "re-adopted running instance");
                     self.lock().insert(rec.id, inst);
                 }

@@ -153,6 +153,10 @@ pub struct Parts {
     pub logs: Arc<Logs>,
     /// The directory of instance marks.
     pub marks: std::path::PathBuf,
+    /// The node's budgets and what instances claim of them.
+    pub ledger: Arc<crate::admission::Ledger>,
+    /// The log disk one instance may take (`log_max_bytes` × `log_files`).
+    pub log_bytes: u64,
 }
 
 /// Owns the node's instances.
@@ -176,6 +180,30 @@ impl std::fmt::Debug for Instances {
 }
 
 impl Instances {
+    /// What an instance with `limits` claims of the node's budgets.
+    pub(crate) fn claim_of(&self, limits: &Limits) -> crate::admission::Claim {
+        crate::admission::Claim {
+            memory_mb: u64::from(limits.memory_mb),
+            scratch_bytes: crate::runtime::SCRATCH_BYTES,
+            log_bytes: self.parts.log_bytes,
+        }
+    }
+
+    /// The node's memory budget (MB) and how many more instances its other budgets take
+    /// (count, /tmp disk, log disk), for the control plane's placement.
+    pub fn room(&self) -> (u64, u32) {
+        let ledger = &self.parts.ledger;
+        let (b, (count, _, scratch, logs)) = (ledger.budgets(), ledger.used());
+        let per = self.claim_of(&Limits { memory_mb: 0, cpu_millis: 0, pids: 0 });
+        let left = |budget: u64, used: u64, each: u64| budget.saturating_sub(used) / each.max(1);
+        let room = [
+            u64::from(b.instances.saturating_sub(count)),
+            left(b.scratch_bytes, scratch, per.scratch_bytes),
+            left(b.log_bytes, logs, per.log_bytes),
+        ];
+        (b.memory_mb, room.into_iter().min().unwrap_or(0).min(u64::from(u32::MAX)) as u32)
+    }
+
     /// The instance owner over `parts`; call it on the agent's main runtime.
     pub fn new(parts: Parts) -> Instances {
         Instances {

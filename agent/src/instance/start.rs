@@ -87,9 +87,20 @@ impl Instances {
     /// it is left.
     pub async fn start(&self, req: StartRequest) -> Result<(Instance, Option<String>), Error> {
         let checked = self.check(&req)?;
-        let (image, _starting) = self.parts.images.for_start(&req.image, || self.images_in_use()).await?;
         let id = format!("{}-{:08x}", req.function, rand::random::<u32>());
-        self.mark(&id).await?;
+        self.parts.ledger.claim(&id, self.claim_of(&checked.limits))?;
+        let image = match self.parts.images.for_start(&req.image, || self.images_in_use()).await {
+            Ok(image) => image,
+            Err(e) => {
+                self.parts.ledger.release(&id);
+                return Err(e);
+            }
+        };
+        let (image, _starting) = image;
+        if let Err(e) = self.mark(&id).await {
+            self.parts.ledger.release(&id);
+            return Err(e);
+        }
         let started = self.make(&id, &req, &checked, &image).await;
         let (address, pid) = match started {
             Ok(done) => done,

@@ -40,6 +40,8 @@ impl Instances {
         let detached = self.parts.network.detach(id).await;
         removed?;
         detached?;
-        self.unmark(id).await
+        self.unmark(id).await?;
+        self.parts.ledger.release(id);
+        Ok(())
     }
 }

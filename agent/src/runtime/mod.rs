@@ -19,7 +19,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::v1::Status as TaskStatus;
 
-pub use scratch::ScratchError;
+pub use scratch::{ScratchError, SCRATCH_BYTES};
 pub use spec::SpecError;
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
@@ -129,6 +129,7 @@ pub struct ContainerRecord {
 pub struct Runtime {
     cd: Containerd,
     ids: IdMap,
+    seccomp: bool,
     snapshotter: String,
     runtime: String,
     scratch: scratch::Scratch,
@@ -143,9 +144,10 @@ impl Runtime {
         runtime: &str,
         scratch_dir: PathBuf,
         ids: IdMap,
+        seccomp: bool,
     ) -> Runtime {
         let scratch = scratch::Scratch::new(scratch_dir);
-        Runtime { cd, ids, snapshotter: snapshotter.into(), runtime: runtime.into(), scratch }
+        Runtime { cd, ids, seccomp, snapshotter: snapshotter.into(), runtime: runtime.into(), scratch }
     }
 
     /// The node-unique name of an instance's cgroup and /tmp: `<namespace>-<id>`.
@@ -196,6 +198,7 @@ impl Runtime {
             limits: n.limits,
             tmp,
             ids: self.ids,
+            seccomp: self.seccomp,
         })?;
         serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })
     }

@@ -56,6 +56,8 @@ pub struct InstanceSpec<'a> {
     pub tmp: &'a Path,
     /// The node's user-namespace range (the image was unpacked with it).
     pub ids: IdMap,
+    /// Whether the seccomp filter applies (always, but for measuring what it costs).
+    pub seccomp: bool,
 }
 
 /// Builds the runtime spec of an instance: the image's process in its own namespaces (a
@@ -107,7 +109,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
             .build()?,
     );
     spec.set_mounts(Some(mounts));
-    sandbox(&mut spec, s.ids)?;
+    sandbox(&mut spec, s.ids, s.seccomp)?;
     if let Some(linux) = spec.linux_mut() {
         let namespaces = linux.namespaces().clone().unwrap_or_default().into_iter().map(|ns| {
             if ns.typ() == LinuxNamespaceType::Network {
@@ -145,7 +147,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
 
 /// The sandbox of every instance: the seccomp filter, no new privileges, and (with a
 /// range) its own user namespace over the node's range, without /sys.
-fn sandbox(spec: &mut Spec, ids: IdMap) -> Result<(), SpecError> {
+fn sandbox(spec: &mut Spec, ids: IdMap, seccomp: bool) -> Result<(), SpecError> {
     if ids.remapped() {
         // sysfs cannot be mounted from a user namespace over a network namespace it does
         // not own, and a bind of the host's /sys would show the host: /sys is an empty
@@ -170,7 +172,9 @@ fn sandbox(spec: &mut Spec, ids: IdMap) -> Result<(), SpecError> {
         p.set_no_new_privileges(Some(true));
     }
     let Some(linux) = spec.linux_mut() else { return Ok(()) };
-    linux.set_seccomp(Some(seccomp::profile()?));
+    if seccomp {
+        linux.set_seccomp(Some(seccomp::profile()?));
+    }
     if ids.remapped() {
         let mut user = LinuxNamespace::default();
         user.set_typ(LinuxNamespaceType::User);
@@ -230,6 +234,7 @@ mod tests {
             limits: &LIMITS,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
+            seccomp: true,
         };
         let spec = build(&s).expect("spec");
         let p = spec.process().as_ref().expect("process");
@@ -281,6 +286,7 @@ mod tests {
             limits: &LIMITS,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
+            seccomp: true,
         };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
@@ -294,6 +300,7 @@ mod tests {
             limits: &LIMITS,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
+            seccomp: true,
         };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }

@@ -31,9 +31,18 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Free memory in MB by its limits.
+    /// Free memory in MB by its limits, within its memory budget.
     pub fn free_memory_mb(&self) -> u64 {
-        (self.report.memory_bytes >> 20).saturating_sub(self.report.memory_reserved_mb)
+        let budget = match self.report.memory_budget_mb {
+            0 => self.report.memory_bytes >> 20,
+            b => b,
+        };
+        budget.saturating_sub(self.report.memory_reserved_mb)
+    }
+
+    /// How many more instances its budgets take (unbounded when it does not say).
+    pub fn room_instances(&self) -> u32 {
+        self.report.room_instances.unwrap_or(u32::MAX)
     }
 
     /// Free milli-CPUs by its limits.

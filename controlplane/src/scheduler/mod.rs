@@ -143,6 +143,7 @@ impl Scheduler {
                 node: a.node.clone(),
                 free_memory_mb: a.free_memory_mb(),
                 free_cpu_millis: a.free_cpu_millis(),
+                room_instances: a.room_instances(),
                 // An agent refuses memory out of its range: it cannot take the function.
                 cpu_millis_needed: a.policy().limits(memory_mb).map_or(u32::MAX, |l| l.cpu_millis),
                 has_image: a.report.images.iter().any(|i| i == image),

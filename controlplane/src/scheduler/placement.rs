@@ -9,6 +9,8 @@ pub struct Candidate {
     pub free_memory_mb: u64,
     /// Milli-CPUs not taken by instance limits.
     pub free_cpu_millis: u64,
+    /// More instances its budgets take (count, /tmp disk, log disk).
+    pub room_instances: u32,
     /// The milli-CPUs this agent gives one instance of the function (by its own policy).
     pub cpu_millis_needed: u32,
     /// The function's image is in its cache.
@@ -32,8 +34,8 @@ pub struct Share {
 /// there are none to keep), and `max_scale` over the same agents, so the totals are the
 /// function's. Agents that run the function already come first (no churn), then agents
 /// that have its image cached, then those with the most free memory. An agent that does
-/// not run it yet must have room for one instance: `memory_mb` and the milli-CPUs its
-/// policy gives that memory.
+/// not run it yet must have room for one instance: `memory_mb`, the milli-CPUs its
+/// policy gives that memory, and one more instance in its budgets.
 pub fn place(
     min_scale: u32,
     max_scale: u32,
@@ -43,7 +45,8 @@ pub fn place(
     let fits = |c: &&Candidate| {
         c.hosts
             || (c.free_memory_mb >= u64::from(memory_mb)
-                && c.free_cpu_millis >= u64::from(c.cpu_millis_needed))
+                && c.free_cpu_millis >= u64::from(c.cpu_millis_needed)
+                && c.room_instances >= 1)
     };
     let cpu_millis = candidates.iter().map(|c| c.cpu_millis_needed).min().unwrap_or(0);
     let mut eligible: Vec<&Candidate> = candidates.iter().filter(fits).collect();
@@ -87,6 +90,7 @@ mod tests {
             node: node.into(),
             free_memory_mb: free,
             free_cpu_millis: 2000,
+            room_instances: 10,
             cpu_millis_needed: 143,
             has_image,
             hosts,
@@ -99,6 +103,15 @@ mod tests {
         busy.free_cpu_millis = 50;
         let s = place(1, 1, 256, &[busy, c("b", 1024, false, false)]).unwrap();
         assert_eq!(s[0].node, "b");
+    }
+
+    #[test]
+    fn an_agent_whose_budgets_are_full_gets_no_new_function() {
+        let mut full = c("a", 8192, true, false);
+        full.room_instances = 0;
+        let s = place(1, 1, 256, &[full.clone(), c("b", 1024, false, false)]).unwrap();
+        assert_eq!(s[0].node, "b");
+        assert!(place(1, 1, 256, &[full]).is_err());
     }
 
     #[test]
