@@ -323,7 +323,7 @@ async fn a_restarted_agent_adopts_its_running_instances() {
 async fn the_tcp_api_needs_the_token() {
     let agent = TestAgent::start_with(|c| {
         c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
-        c.tcp_token = Some("test-token-value".into());
+        c.tcp_token = Some("test-token-value-of-32-characters".into());
     })
     .await;
     let addr = agent.handle.tcp_address.unwrap();
@@ -334,7 +334,7 @@ async fn the_tcp_api_needs_the_token() {
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(!err.message().contains("test-token-value"));
     let mut req = tonic::Request::new(NodeStatusRequest {});
-    req.metadata_mut().insert("authorization", "Bearer test-token-value".parse().unwrap());
+    req.metadata_mut().insert("authorization", "Bearer test-token-value-of-32-characters".parse().unwrap());
     client.node_status(req).await.unwrap();
     agent.cleanup().await;
 }

@@ -176,6 +176,14 @@ impl Config {
     /// Checks the values that can be checked without touching the node.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
+        let short = |t: &Option<Secret>| t.as_ref().is_some_and(|t| !t.is_empty() && t.expose().len() < 32);
+        if short(&self.tcp_token) || short(&self.controlplane_token) {
+            errors.push(
+                "tcp_token and controlplane_token must be at least 32 characters (a random one: \
+                 openssl rand -hex 32)"
+                    .to_string(),
+            );
+        }
         if self.tcp_listen.is_some() && self.tcp_token.as_ref().is_none_or(Secret::is_empty) {
             errors.push(
                 "tcp_listen is set but tcp_token is empty: the API runs arbitrary images, so \

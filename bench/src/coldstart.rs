@@ -27,7 +27,18 @@ async fn main() {
         std::env::args().nth(1).map(|a| a.parse().expect("runs must be a number")).unwrap_or(20);
     let parts = real_parts();
     let echo = image("echo");
-    let mut agent = TestAgent::start().await;
+    // FNRT_BENCH_SANDBOX=off: no user namespace, seccomp filter or firewall, to measure
+    // what they cost (the bridge's nftables table must be removed beforehand).
+    let sandbox = std::env::var("FNRT_BENCH_SANDBOX").map_or(true, |v| v != "off");
+    let mut agent = TestAgent::start_with(|c| {
+        if !sandbox {
+            c.userns_base = 0;
+            c.seccomp = false;
+            c.firewall = false;
+        }
+    })
+    .await;
+    println!("sandbox: {}", if sandbox { "on" } else { "off" });
     fnrt_tests::pull_image(&mut agent.client, &echo).await.unwrap();
     let ns = agent.cfg.namespace.clone();
     let ctr_dir = parts.state_dir.join("ctr-cni");

@@ -96,8 +96,12 @@ impl Config {
     /// Checks what can be checked before starting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        if self.cluster_token.expose().len() < 16 {
-            errors.push("cluster_token must be set, at least 16 characters: agents join with it".to_string());
+        if self.cluster_token.expose().len() < 32 {
+            errors.push(
+                "cluster_token must be set, at least 32 characters (a random one: openssl rand -hex 32): \
+                 agents join with it"
+                    .to_string(),
+            );
         }
         let key = self.dataplane_key.expose().len();
         if key != 0 && key < fnrt_common::signature::MIN_KEY_LEN {

@@ -98,7 +98,7 @@ impl ShippedControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("controlplane.log");
         let state = dir.path().join("state");
-        let cluster_token = format!("cluster-token-{:016x}", rand::random::<u64>());
+        let cluster_token = format!("cluster-token-{:032x}", rand::random::<u128>());
         let mut settings = vec![
             format!("state_dir={}", state.display()),
             format!("cluster_token={cluster_token}"),
