@@ -253,7 +253,8 @@ scrub_state() {
       [ -e "$n" ] || continue
       # Stacked mounts when /run/netns became a shared mount of itself (ip netns does that).
       for _ in 1 2 3 4; do umount -l "$n" 2>/dev/null || break; done
-      rm -f "$n"
+      # One that stays mounted (under a stacked /run/netns) must not stop the scrub.
+      rm -f "$n" 2>/dev/null || log "cannot remove $n (still mounted?)"
     done
   fi
   # Processes of an instance whose shim was killed keep its cgroups alive: kill them in
