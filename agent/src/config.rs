@@ -173,9 +173,9 @@ impl Config {
         fnrt_common::config::set(self, field, value)
     }
 
-    /// Checks the values that can be checked without touching the node.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut errors = Vec::new();
+    /// Checks the tokens and keys: lengths, and a key wherever the data plane is reachable
+    /// beyond loopback.
+    fn check_secrets(&self, errors: &mut Vec<String>) {
         let short = |t: &Option<Secret>| t.as_ref().is_some_and(|t| !t.is_empty() && t.expose().len() < 32);
         if short(&self.tcp_token) || short(&self.controlplane_token) {
             errors.push(
@@ -191,6 +191,24 @@ impl Config {
                     .to_string(),
             );
         }
+        match &self.dataplane_key {
+            Some(k) if k.expose().len() < fnrt_common::signature::MIN_KEY_LEN => errors.push(format!(
+                "dataplane_key must be at least {} characters (a random one: openssl rand -hex 32)",
+                fnrt_common::signature::MIN_KEY_LEN
+            )),
+            None if !self.dataplane_listen.ip().is_loopback() => errors.push(format!(
+                "dataplane_listen {} is beyond loopback, so dataplane_key must be set: without it \
+                 anyone who reaches the port could call any function, private ones included",
+                self.dataplane_listen
+            )),
+            _ => {}
+        }
+    }
+
+    /// Checks the values that can be checked without touching the node.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        self.check_secrets(&mut errors);
         if self.namespace.is_empty() {
             errors.push("namespace must not be empty".into());
         }
@@ -239,18 +257,6 @@ impl Config {
                 "userns_size ({}) must be at least 1024 and userns_base + userns_size ({} + {}) below 2^32",
                 self.userns_size, self.userns_base, self.userns_size
             ));
-        }
-        match &self.dataplane_key {
-            Some(k) if k.expose().len() < fnrt_common::signature::MIN_KEY_LEN => errors.push(format!(
-                "dataplane_key must be at least {} characters (a random one: openssl rand -hex 32)",
-                fnrt_common::signature::MIN_KEY_LEN
-            )),
-            None if !self.dataplane_listen.ip().is_loopback() => errors.push(format!(
-                "dataplane_listen {} is beyond loopback, so dataplane_key must be set: without it \
-                 anyone who reaches the port could call any function, private ones included",
-                self.dataplane_listen
-            )),
-            _ => {}
         }
         if self.health_timeout_ms == 0 {
             errors.push("health_timeout_ms must be above 0".into());
