@@ -371,6 +371,9 @@ mod tests {
         cfg.set("tcp_listen", "127.0.0.1:7000").expect("set");
         assert!(cfg.validate().is_err());
         cfg.set("tcp_token", "s3cret-value").expect("set");
+        let short = cfg.validate().expect_err("shorter than 32 characters").to_string();
+        assert!(short.contains("at least 32 characters") && !short.contains("s3cret-value"), "{short}");
+        cfg.set("tcp_token", "s3cret-value-of-thirty-two-chars").expect("set");
         cfg.validate().expect("valid");
         assert!(!format!("{cfg:?}").contains("s3cret-value"));
     }
