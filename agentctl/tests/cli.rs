@@ -124,14 +124,16 @@ async fn agentctl_drives_the_agent_with_documented_exit_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn agentctl_shows_the_control_plane_view_of_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let cp =
-        fnrt_controlplane::start(fnrt_tests::controlplane_config(dir.path(), "cluster-token-for-cli-test"))
-            .await
-            .unwrap();
+    let cp = fnrt_controlplane::start(fnrt_tests::controlplane_config(
+        dir.path(),
+        "cluster-token-for-the-cli-test-0123456789",
+    ))
+    .await
+    .unwrap();
     let url = format!("http://{}", cp.grpc_address);
     let agent = TestAgent::start_with(move |c| {
         c.controlplane_url = Some(url);
-        c.controlplane_token = Some("cluster-token-for-cli-test".into());
+        c.controlplane_token = Some("cluster-token-for-the-cli-test-0123456789".into());
         c.node_name = "cli-node".into();
     })
     .await;
