@@ -38,10 +38,11 @@ impl Instances {
         // After the task is gone: what it printed last is still read.
         self.parts.logs.detach(id).await;
         let detached = self.parts.network.detach(id).await;
+        // Its share of the node's budgets goes back whatever else failed: what is left is
+        // the cleanup's to remove, not a start's to wait for.
+        self.parts.ledger.release(id);
         removed?;
         detached?;
-        self.unmark(id).await?;
-        self.parts.ledger.release(id);
-        Ok(())
+        self.unmark(id).await
     }
 }
