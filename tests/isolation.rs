@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -282,5 +283,199 @@ async fn starts_past_a_node_budget_fail_with_resource_exhausted_naming_it() {
     let refused = try_start(&mut agent, "disk-b", 64).await.expect_err("past the scratch budget");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert!(refused.message().contains("node budget scratch disk exhausted"), "{}", refused.message());
+    agent.cleanup().await;
+}
+
+const CLUSTER_TOKEN: &str = "cluster-token-for-isolation-tests-0123456789";
+
+/// A cluster CA and the certificates this test needs, made with `fnrt-controlplane ca`'s code.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        fnrt_controlplane::ca::init(dir.path(), name).unwrap();
+        Pki { dir }
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues `name` in `role`; its certificate and key files.
+    fn issue(&self, role: fnrt_common::pki::Role, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let files = fnrt_controlplane::ca::issue(&fnrt_controlplane::ca::IssueArgs {
+            dir: self.dir.path().to_path_buf(),
+            role,
+            name: name.into(),
+            sans: vec!["127.0.0.1".into()],
+            days: 1,
+            out: None,
+        })
+        .unwrap();
+        (files[0].clone(), files[1].clone())
+    }
+}
+
+/// A TLS client trusting `ca` for `server_name`, presenting `who` (certificate, key) if any.
+fn client_tls(
+    ca: &Path,
+    who: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    server_name: &str,
+) -> tonic::transport::ClientTlsConfig {
+    use tonic::transport::{Certificate, Identity};
+    let mut c = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name(server_name);
+    if let Some((cert, key)) = who {
+        c = c.identity(Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
+    }
+    c
+}
+
+/// A channel to `url` (TLS when given), or why none could be made.
+async fn channel(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Channel, String> {
+    let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls).unwrap();
+    }
+    ep.connect().await.map_err(|e| fnrt_common::chain(&e))
+}
+
+/// Registers `node` (identity `node_id`) over `url`; the refusal's code, or Ok.
+async fn register(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    node: &str,
+    node_id: &str,
+) -> Result<(), (tonic::Code, String)> {
+    use fnrt_proto::controlplane::v1 as pb;
+    let channel = channel(url, tls).await.map_err(|e| (tonic::Code::Unavailable, e))?;
+    let mut client = pb::control_plane_client::ControlPlaneClient::new(channel);
+    let mut req = tonic::Request::new(pb::RegisterRequest {
+        node: node.into(),
+        grpc_endpoint: "unix:///nonexistent/agent.sock".into(),
+        dataplane_address: "127.0.0.1:1".into(),
+        report: None,
+        node_id: node_id.into(),
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {CLUSTER_TOKEN}").parse().unwrap());
+    client.register(req).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))
+}
+
+/// Lists the functions of the agent API at `url`, with `token`; the refusal's code, or Ok.
+async fn list_functions(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    token: Option<&str>,
+) -> Result<(), (tonic::Code, String)> {
+    let channel = channel(url, tls).await.map_err(|e| (tonic::Code::Unavailable, e))?;
+    let mut client = fnrt_proto::agent::v1::agent_client::AgentClient::new(channel);
+    let mut req = tonic::Request::new(fnrt_proto::agent::v1::ListFunctionsRequest {});
+    if let Some(t) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    client.list_functions(req).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_links_are_mutual_tls_and_a_node_name_belongs_to_its_certificate() {
+    use fnrt_common::pki::Role;
+    let pki = Pki::new("test cluster CA");
+    let cp_files = pki.issue(Role::ControlPlane, "controlplane");
+    let node_a = pki.issue(Role::Node, "tls-node-a");
+    let node_b = pki.issue(Role::Node, "tls-node-b");
+    let client = pki.issue(Role::Client, "scheduler");
+    let rogue = Pki::new("another CA");
+    let rogue_a = rogue.issue(Role::Node, "tls-node-a");
+
+    let cp_dir = tempfile::tempdir().unwrap();
+    let mut cfg = fnrt_tests::controlplane_config(cp_dir.path(), CLUSTER_TOKEN);
+    cfg.tls_ca_file = Some(pki.ca());
+    cfg.tls_cert_file = Some(cp_files.0.clone());
+    cfg.tls_key_file = Some(cp_files.1.clone());
+    let cp = fnrt_controlplane::start(cfg).await.unwrap();
+    let join = format!("https://{}", cp.grpc_address);
+
+    let (ca, cert, key) = (pki.ca(), node_a.0.clone(), node_a.1.clone());
+    let agent = TestAgent::start_with(move |c| {
+        c.controlplane_url = Some(format!("https://{}", cp.grpc_address));
+        c.controlplane_token = Some(CLUSTER_TOKEN.into());
+        c.node_name = "tls-node-a".into();
+        c.tcp_listen = Some(([127, 0, 0, 1], 0).into());
+        c.tcp_token = Some(CLUSTER_TOKEN.into());
+        c.tls_ca_file = Some(ca);
+        c.tls_cert_file = Some(cert);
+        c.tls_key_file = Some(key);
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let joined = loop {
+        if let Some(a) = cp.ctx.scheduler.agents().into_iter().find(|a| a.node == "tls-node-a") {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent did not join over TLS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The control plane calls the agent back over TLS (it registered https://) and the
+    // call goes through: the agent's certificate names the node.
+    joined.link.prefetch(&image("echo")).await.expect("the control plane reaches the agent over TLS");
+
+    // Joining: no TLS, no client certificate, another CA's certificate: refused before a call.
+    let id = "0123456789abcdef0123456789abcdef";
+    let plain = register(&format!("http://{}", cp.grpc_address), None, "tls-node-x", id).await;
+    assert!(plain.is_err(), "a plain connection joined: {plain:?}");
+    let anonymous = register(&join, Some(client_tls(&pki.ca(), None, "127.0.0.1")), "tls-node-x", id).await;
+    assert!(anonymous.is_err(), "a client without a certificate joined: {anonymous:?}");
+    let foreign =
+        register(&join, Some(client_tls(&pki.ca(), Some(&rogue_a), "127.0.0.1")), "tls-node-a", id).await;
+    assert!(foreign.is_err(), "an agent without the CA's certificate joined: {foreign:?}");
+    // Another node's certificate, or a client's, cannot register as tls-node-a.
+    let other =
+        register(&join, Some(client_tls(&pki.ca(), Some(&node_b), "127.0.0.1")), "tls-node-a", id).await;
+    assert_eq!(other.as_ref().map_err(|e| e.0), Err(tonic::Code::PermissionDenied), "{other:?}");
+    let role =
+        register(&join, Some(client_tls(&pki.ca(), Some(&client), "127.0.0.1")), "scheduler", id).await;
+    assert_eq!(role.as_ref().map_err(|e| e.0), Err(tonic::Code::PermissionDenied), "{role:?}");
+    // tls-node-a's own certificate from another identity (a copy on a second machine)
+    // while the node is live: refused, and the live node stays.
+    let twin =
+        register(&join, Some(client_tls(&pki.ca(), Some(&node_a), "127.0.0.1")), "tls-node-a", id).await;
+    assert_eq!(twin.as_ref().map_err(|e| e.0), Err(tonic::Code::AlreadyExists), "{twin:?}");
+    assert!(twin.unwrap_err().1.contains("live"));
+    let still = cp.ctx.scheduler.agents().into_iter().find(|a| a.node == "tls-node-a").unwrap();
+    assert_eq!(still.node_id, joined.node_id, "the live node was replaced");
+
+    // The agent's TCP API: mutual TLS, and only control planes' and clients' certificates.
+    let api = format!("https://{}", agent.handle.tcp_address.unwrap());
+    let tls = |who| Some(client_tls(&pki.ca(), who, "tls-node-a"));
+    assert!(list_functions(&api.replace("https", "http"), None, Some(CLUSTER_TOKEN)).await.is_err());
+    assert!(list_functions(&api, tls(None), Some(CLUSTER_TOKEN)).await.is_err(), "no client certificate");
+    assert!(list_functions(
+        &api,
+        Some(client_tls(&rogue.ca(), Some(&rogue_a), "tls-node-a")),
+        Some(CLUSTER_TOKEN)
+    )
+    .await
+    .is_err());
+    let neighbour = list_functions(&api, tls(Some(&node_b)), Some(CLUSTER_TOKEN)).await;
+    assert_eq!(neighbour.map_err(|e| e.0), Err(tonic::Code::PermissionDenied), "a node drove its neighbour");
+    let tokenless = list_functions(&api, tls(Some(&client)), None).await;
+    assert_eq!(tokenless.map_err(|e| e.0), Err(tonic::Code::Unauthenticated));
+    list_functions(&api, tls(Some(&client)), Some(CLUSTER_TOKEN))
+        .await
+        .expect("a client certificate and the token");
+    list_functions(&api, tls(Some(&cp_files)), Some(CLUSTER_TOKEN))
+        .await
+        .expect("the control plane's certificate");
+
+    cp.shutdown().await;
     agent.cleanup().await;
 }

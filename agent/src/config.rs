@@ -154,6 +154,18 @@ pub struct Config {
     /// Where `/metrics` (Prometheus text) is served.
     #[default(SocketAddr::from(([127, 0, 0, 1], 9464)))]
     pub metrics_listen: SocketAddr,
+    /// The cluster CA's certificate (PEM, `fnrt-controlplane ca init`): with the two
+    /// below, the TCP API serves TLS and takes only callers holding a certificate of
+    /// this CA, and the agent joins an `https://` controlplane_url with its certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// This node's certificate (`fnrt-controlplane ca issue --role node --name <node_name>`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key_file: Option<PathBuf>,
+    /// Allow cluster links beyond loopback without TLS (tcp_listen, an `http://`
+    /// controlplane_url). Anyone on the path then reads every function's secrets and can
+    /// change calls; logged as a warning at start.
+    pub insecure: bool,
 }
 
 pub use fnrt_common::config::ConfigError;
@@ -205,10 +217,63 @@ impl Config {
         }
     }
 
+    /// The cluster TLS files (CA, certificate, key) when all three are set.
+    pub fn tls_files(&self) -> Option<(&Path, &Path, &Path)> {
+        match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
+            (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
+            _ => None,
+        }
+    }
+
+    /// The links beyond loopback that run without TLS (empty when none does).
+    pub fn plain_links(&self) -> Vec<String> {
+        let mut plain = Vec::new();
+        if let Some(a) = self.tcp_listen.filter(|a| !a.ip().is_loopback() && self.tls_files().is_none()) {
+            plain.push(format!("tcp_listen {a}"));
+        }
+        if let Some(url) = self.controlplane_url.as_deref().filter(|u| u.starts_with("http://")) {
+            if !fnrt_proto::tls::is_local(url) {
+                plain.push(format!("controlplane_url {url}"));
+            }
+        }
+        plain
+    }
+
+    /// Checks the cluster links: TLS files all or none, and TLS (or `insecure`) beyond
+    /// loopback.
+    fn check_links(&self, errors: &mut Vec<String>) {
+        let set = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if set != 0 && set != 3 {
+            errors.push(
+                "tls_ca_file, tls_cert_file and tls_key_file go together: set all three or none".into(),
+            );
+        }
+        let https = self.controlplane_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+        if https && self.tls_files().is_none() {
+            errors.push(
+                "controlplane_url is https:// but tls_ca_file, tls_cert_file and tls_key_file are not set"
+                    .into(),
+            );
+        }
+        if !self.insecure {
+            for link in self.plain_links() {
+                errors.push(format!(
+                    "{link} is beyond loopback without TLS: set tls_ca_file, tls_cert_file and tls_key_file \
+                     (certificates from `fnrt-controlplane ca`, README \"Cluster TLS\") and use https://, or \
+                     set insecure = true to accept plain TCP"
+                ));
+            }
+        }
+    }
+
     /// Checks the values that can be checked without touching the node.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         self.check_secrets(&mut errors);
+        self.check_links(&mut errors);
         if self.namespace.is_empty() {
             errors.push("namespace must not be empty".into());
         }
@@ -376,5 +441,30 @@ mod tests {
         cfg.set("tcp_token", "s3cret-value-of-thirty-two-chars").expect("set");
         cfg.validate().expect("valid");
         assert!(!format!("{cfg:?}").contains("s3cret-value"));
+    }
+
+    #[test]
+    fn plain_cluster_links_beyond_loopback_need_tls_or_insecure() {
+        let mut cfg = Config::default();
+        cfg.set("tcp_listen", "0.0.0.0:7000").expect("set");
+        cfg.set("tcp_token", "s3cret-value-of-thirty-two-chars").expect("set");
+        cfg.set("controlplane_url", "http://10.0.0.1:8092").expect("set");
+        let e = cfg.validate().expect_err("plain beyond loopback").to_string();
+        assert!(e.contains("tcp_listen 0.0.0.0:7000 is beyond loopback without TLS"), "{e}");
+        assert!(e.contains("controlplane_url http://10.0.0.1:8092 is beyond loopback"), "{e}");
+        cfg.set("insecure", "true").expect("set");
+        cfg.validate().expect("insecure = true takes plain TCP");
+        assert_eq!(cfg.plain_links().len(), 2, "and start warns of both");
+
+        let mut cfg = Config::default();
+        cfg.set("controlplane_url", "https://cp.example:8092").expect("set");
+        cfg.set("controlplane_token", "s3cret-value-of-thirty-two-chars").expect("set");
+        cfg.set("tls_ca_file", "/etc/fnrt/ca.pem").expect("set");
+        let e = cfg.validate().expect_err("half the TLS files").to_string();
+        assert!(e.contains("go together") && e.contains("controlplane_url is https://"), "{e}");
+        cfg.set("tls_cert_file", "/etc/fnrt/node.pem").expect("set");
+        cfg.set("tls_key_file", "/etc/fnrt/node.key").expect("set");
+        cfg.validate().expect("TLS beyond loopback");
+        assert!(cfg.plain_links().is_empty());
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fnrt_proto::controlplane::v1 as pb;
 use fnrt_proto::controlplane::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::Node;
 
@@ -22,6 +22,10 @@ pub struct Join {
     pub token: fnrt_common::secret::Secret,
     /// This node's name in the cluster.
     pub node: String,
+    /// This node's identity ([`node_id`]).
+    pub node_id: String,
+    /// The cluster TLS material, for an `https://` url.
+    pub tls: Option<fnrt_common::pki::ClusterTls>,
     /// Where the control plane reaches this agent's API.
     pub grpc_endpoint: String,
     /// Where the gateway reaches this agent's data plane.
@@ -92,6 +96,7 @@ async fn register(
                 grpc_endpoint: join.grpc_endpoint.clone(),
                 dataplane_address: join.dataplane.clone(),
                 report: Some(report(node).await),
+                node_id: join.node_id.clone(),
             },
             join.token.expose(),
         ))
@@ -103,11 +108,14 @@ async fn register(
 
 /// Registers and heartbeats until `stop`.
 pub async fn run(node: Arc<Node>, join: Join, mut stop: watch::Receiver<bool>) {
-    let endpoint = match Endpoint::from_shared(join.url.clone()) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(5)),
-        Err(e) => return tracing::error!(url = %join.url, error = %e, "controlplane_url is not a URL"),
+    let tls = join.tls.as_ref().map(|t| fnrt_proto::tls::client(t, None));
+    let channel = match fnrt_proto::connect::lazy(&join.url, tls) {
+        Ok(c) => c,
+        Err(e) => {
+            return tracing::error!(url = %join.url, error = %fnrt_common::chain(&e), "controlplane_url cannot be used")
+        }
     };
-    let mut client = ControlPlaneClient::new(endpoint.connect_lazy());
+    let mut client = ControlPlaneClient::new(channel);
     let mut retry = Duration::from_millis(200);
     loop {
         let interval = match register(&mut client, &node, &join).await {
@@ -128,7 +136,11 @@ pub async fn run(node: Arc<Node>, join: Join, mut stop: watch::Receiver<bool>) {
                 _ = stop.wait_for(|s| *s) => return,
                 () = tokio::time::sleep(interval) => {}
             }
-            let beat = pb::HeartbeatRequest { node: join.node.clone(), report: Some(report(&node).await) };
+            let beat = pb::HeartbeatRequest {
+                node: join.node.clone(),
+                report: Some(report(&node).await),
+                node_id: join.node_id.clone(),
+            };
             match client.heartbeat(request(beat, join.token.expose())).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => break,
@@ -136,4 +148,24 @@ pub async fn run(node: Arc<Node>, join: Join, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// This node's identity in the cluster: random, made at the first join and kept in
+/// `<state_dir>/node-id`, so a restarted agent is the same node and another machine
+/// claiming its name while it is live is not.
+pub fn node_id(state_dir: &std::path::Path) -> Result<String, crate::StartError> {
+    let path = state_dir.join("node-id");
+    let io = |source| crate::StartError::Io { what: "node id", path: path.display().to_string(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if id.trim().len() == 32 => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    let tmp = state_dir.join("node-id.tmp");
+    std::fs::write(&tmp, &id).map_err(io)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(id)
 }

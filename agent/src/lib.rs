@@ -29,6 +29,7 @@ pub(crate) mod pool;
 pub(crate) mod request_id;
 pub(crate) mod runtime;
 pub(crate) mod stats;
+pub(crate) mod tcp_api;
 pub(crate) mod upstream;
 
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::{Connected, Router};
 use tonic::transport::Server;
 
@@ -144,6 +145,9 @@ pub enum StartError {
     /// The user namespace range does not fit the image cache.
     #[error(transparent)]
     IdRange(#[from] idmap::RangeError),
+    /// The cluster TLS files cannot be used.
+    #[error("cluster TLS: {0}")]
+    ClusterTls(String),
     /// The core could not start (containerd unreachable, cleanup failed...).
     #[error(transparent)]
     Core(#[from] Error),
@@ -221,6 +225,7 @@ async fn prepare_node(cfg: &Config) -> Result<idmap::IdMap, StartError> {
 /// serves the gRPC API and the data plane.
 pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     cfg.validate()?;
+    let tls = tcp_api::load_tls(&cfg)?;
     let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.map_err(Error::from)?;
     let log_dir = cfg.state_dir.join("logs");
     let ids = prepare_node(&cfg).await?;
@@ -273,14 +278,17 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let router = Server::builder().add_service(AgentServer::new(api::Api::new(node.clone())));
     tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
 
-    let tcp_address = serve_tcp(&cfg, &node, &rx, &mut tasks).await?;
+    let tcp_address = tcp_api::serve(&cfg, tls.as_ref(), &node, &rx, &mut tasks).await?;
     if let Some(url) = cfg.controlplane_url.clone() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let join = join::Join {
             url,
             token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
             node: cfg.node_name.clone(),
+            node_id: join::node_id(&cfg.state_dir)?,
+            tls: tls.clone(),
             grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
-                Some(a) => format!("http://{a}"),
+                Some(a) => format!("{scheme}://{a}"),
                 None => format!("unix://{}", cfg.socket.display()),
             }),
             dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
@@ -357,28 +365,6 @@ fn serve_metrics(
     Ok(address)
 }
 
-/// Serves the gRPC API on TCP when both an address and a token are configured.
-async fn serve_tcp(
-    cfg: &Config,
-    node: &Arc<Node>,
-    rx: &watch::Receiver<bool>,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<Option<SocketAddr>, StartError> {
-    let (Some(addr), Some(token)) = (cfg.tcp_listen, cfg.tcp_token.clone()) else {
-        return Ok(None);
-    };
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Io {
-        what: "bind gRPC TCP",
-        path: addr.to_string(),
-        source,
-    })?;
-    let tcp_address = listener.local_addr().ok();
-    let svc = AgentServer::with_interceptor(api::Api::new(node.clone()), bearer_check(token.expose()));
-    let router = Server::builder().add_service(svc);
-    tasks.push(spawn_server(router, TcpListenerStream::new(listener), rx.clone(), "TCP"));
-    Ok(tcp_address)
-}
-
 /// A listening socket on `addr` that other sockets may share (SO_REUSEPORT).
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket =
@@ -433,7 +419,7 @@ fn registry(cfg: &Config) -> Result<image::Registry, StartError> {
 }
 
 /// Serves `router` on `incoming` until `stop` turns true.
-fn spawn_server<I, IO, IE>(
+pub(crate) fn spawn_server<I, IO, IE>(
     router: Router,
     incoming: I,
     mut stop: watch::Receiver<bool>,
@@ -454,23 +440,6 @@ where
             tracing::error!(error = %e, "gRPC server on {what}");
         }
     })
-}
-
-/// The TCP API's check: `authorization: Bearer <token>`, compared as sha256 digests so
-/// the comparison does not depend on where the first differing byte is.
-fn bearer_check(
-    token: &str,
-) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    let expected = fnrt_common::bearer::Expected::bearer(token);
-    move |req: tonic::Request<()>| {
-        if expected.matches(req.metadata().get("authorization").map(|v| v.as_bytes())) {
-            Ok(req)
-        } else {
-            Err(tonic::Status::unauthenticated(
-                "this agent's TCP API needs `authorization: Bearer <token>` with the configured tcp_token",
-            ))
-        }
-    }
 }
 
 fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {

@@ -8,6 +8,7 @@
 
 pub mod bearer;
 pub mod config;
+pub mod pki;
 pub mod secret;
 pub mod signature;
 pub mod tls;

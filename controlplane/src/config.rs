@@ -75,6 +75,18 @@ pub struct Config {
     /// After this long without a report an agent is lost, in ms.
     #[default(10_000)]
     pub lost_after_ms: u32,
+    /// The cluster CA's certificate (PEM, `fnrt-controlplane ca init`): with the two
+    /// below, the join service serves TLS and takes only agents holding a node
+    /// certificate of this CA that names the node they register as, and agents are called
+    /// back over TLS, checked to hold that node's certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// This control plane's certificate (`fnrt-controlplane ca issue --role controlplane`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key_file: Option<PathBuf>,
+    /// Allow cluster links beyond loopback without TLS (grpc_listen, agents registering
+    /// `http://` endpoints). Anyone on the path then reads every function's secrets.
+    pub insecure: bool,
 }
 
 pub use fnrt_common::config::ConfigError;
@@ -116,6 +128,7 @@ impl Config {
                 self.heartbeat_interval_ms, self.lost_after_ms
             ));
         }
+        self.check_links(&mut errors);
         if self.region.is_empty() || self.domain.is_empty() {
             errors.push("region and domain must not be empty".into());
         }
@@ -128,6 +141,39 @@ impl Config {
 }
 
 impl Config {
+    /// The cluster TLS files (CA, certificate, key) when all three are set.
+    pub fn tls_files(&self) -> Option<(&Path, &Path, &Path)> {
+        match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
+            (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
+            _ => None,
+        }
+    }
+
+    /// Whether the join service runs in plain TCP beyond loopback.
+    pub fn plain_grpc(&self) -> bool {
+        self.tls_files().is_none() && !self.grpc_listen.ip().is_loopback()
+    }
+
+    fn check_links(&self, errors: &mut Vec<String>) {
+        let set = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if set != 0 && set != 3 {
+            errors.push(
+                "tls_ca_file, tls_cert_file and tls_key_file go together: set all three or none".into(),
+            );
+        }
+        if self.plain_grpc() && !self.insecure {
+            errors.push(format!(
+                "grpc_listen {} is beyond loopback without TLS: set tls_ca_file, tls_cert_file and \
+                 tls_key_file (fnrt-controlplane ca, README \"Cluster TLS\"), or insecure = true to \
+                 accept plain TCP",
+                self.grpc_listen
+            ));
+        }
+    }
+
     /// The base image of a code runtime, if it is one.
     pub fn runtime_image(&self, runtime: &str) -> Option<String> {
         let (set, name) = match runtime {
@@ -140,5 +186,24 @@ impl Config {
         } else {
             set.clone()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_join_service_beyond_loopback_needs_tls_or_insecure() {
+        let mut cfg = Config { cluster_token: "t".repeat(32).into(), ..Config::default() };
+        cfg.validate().expect("loopback without TLS");
+        cfg.grpc_listen = SocketAddr::from(([0, 0, 0, 0], 8092));
+        let e = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("grpc_listen 0.0.0.0:8092 is beyond loopback without TLS"), "{e}");
+        cfg.insecure = true;
+        assert!(cfg.validate().is_ok());
+        cfg.tls_ca_file = Some("/etc/fnrt/ca.pem".into());
+        let e = cfg.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("go together"), "{e}");
     }
 }

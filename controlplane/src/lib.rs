@@ -4,6 +4,7 @@
 //! store (`store`, redb) behind an interface an etcd backend can implement later.
 
 pub(crate) mod build;
+pub mod ca;
 pub mod config;
 pub(crate) mod crons;
 pub(crate) mod domains;
@@ -65,7 +66,10 @@ pub enum StartError {
     /// The registry credentials or CA file cannot be used.
     #[error(transparent)]
     Registry(#[from] fnrt_registry::SettingsError),
-    /// A listener.
+    /// The cluster TLS files cannot be used.
+    #[error("cluster TLS: {0}")]
+    ClusterTls(String),
+    /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// The address.
@@ -231,8 +235,15 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         tokio::spawn(scheduler.clone().run_timer()),
         tokio::spawn(scheduler.clone().run_triggers()),
     ];
+    let tls = cluster_tls(&cfg)?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        server = server
+            .tls_config(fnrt_proto::tls::server(tls))
+            .map_err(|e| StartError::ClusterTls(e.to_string()))?;
+    }
     let join = fnrt_proto::controlplane::v1::control_plane_server::ControlPlaneServer::new(
-        scheduler::agents::Join { scheduler: scheduler.clone() },
+        scheduler::agents::Join { scheduler: scheduler.clone(), tls },
     );
     let mut stop_grpc = stop.clone();
     tasks.push(tokio::spawn(async move {
@@ -240,11 +251,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         let shutdown = async move {
             let _ = stop_grpc.wait_for(|s| *s).await;
         };
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(join)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-        {
+        if let Err(e) = server.add_service(join).serve_with_incoming_shutdown(incoming, shutdown).await {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }));
@@ -253,6 +260,20 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     }
     tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, "control plane started");
     Ok(Handle { api_address, gateway_address, grpc_address, ctx, shutdown, tasks })
+}
+
+/// The cluster TLS material the configuration names (a warning when the join service
+/// runs in plain beyond loopback, which `insecure = true` allowed).
+fn cluster_tls(cfg: &Config) -> Result<Option<fnrt_common::pki::ClusterTls>, StartError> {
+    if cfg.plain_grpc() {
+        tracing::warn!(grpc = %cfg.grpc_listen, "insecure = true: agents join without TLS; anyone on the path can read and change the cluster's traffic");
+    }
+    let Some((ca, cert, key)) = cfg.tls_files() else {
+        return Ok(None);
+    };
+    fnrt_common::pki::ClusterTls::load(ca, cert, key, fnrt_common::pki::Role::ControlPlane)
+        .map(Some)
+        .map_err(|e| StartError::ClusterTls(e.to_string()))
 }
 
 /// Runs the control plane until SIGINT or SIGTERM.

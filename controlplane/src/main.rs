@@ -17,11 +17,87 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// The cluster's certificates (README "Cluster TLS").
+    #[command(subcommand)]
+    Ca(Ca),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Ca {
+    /// Makes the cluster CA: <dir>/ca.pem and <dir>/ca.key (0600); never replaces one.
+    Init {
+        /// The CA's directory (made 0700 if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's name.
+        #[arg(long, default_value = "fnrt cluster CA")]
+        name: String,
+    },
+    /// Issues a certificate and key signed by the CA in <dir>: <out>.pem and <out>.key.
+    Issue {
+        /// The CA's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// node (an agent), controlplane, or client (of agents' TCP API).
+        #[arg(long)]
+        role: String,
+        /// The holder's name: a node's node_name, the control plane's host name.
+        #[arg(long)]
+        name: String,
+        /// A further IP address or DNS name it is reached at; repeatable.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Days it is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Files to write, <out>.pem and <out>.key (default <dir>/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn ca(cmd: Ca) -> std::process::ExitCode {
+    let made = match cmd {
+        Ca::Init { dir, name } => fnrt_controlplane::ca::init(&dir, &name),
+        Ca::Issue { dir, role, name, sans, days, out } => {
+            fnrt_common::pki::Role::parse(&role).and_then(|role| {
+                fnrt_controlplane::ca::issue(&fnrt_controlplane::ca::IssueArgs {
+                    dir,
+                    role,
+                    name,
+                    sans,
+                    days,
+                    out,
+                })
+            })
+        }
+    };
+    match made {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", fnrt_common::chain(&e));
+            std::process::ExitCode::from(2)
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(Command::Ca(cmd)) = args.command {
+        return ca(cmd);
+    }
     // Clients name their crypto provider; this covers any TLS set-up that does not.
     fnrt_common::tls::install_default_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_env("FNRT_LOG").unwrap_or_else(|_| "info".into());

@@ -24,6 +24,9 @@ pub enum ConnectError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// An `https://` endpoint and no TLS set up to reach it.
+    #[error("{0} is https:// but no cluster TLS is configured (tls_ca_file, tls_cert_file, tls_key_file)")]
+    NoTls(String),
     /// A token that cannot be a header value.
     #[error("the token cannot be sent as an authorization header (it holds characters headers cannot)")]
     BadToken,
@@ -60,16 +63,21 @@ pub async fn unix(socket: &Path) -> Result<Channel, ConnectError> {
 }
 
 /// A channel to `endpoint` (`unix:///path` or `http(s)://host:port`) that connects on first
-/// use (5 s at most for TCP).
-pub fn lazy(endpoint: &str) -> Result<Channel, ConnectError> {
+/// use (5 s at most for TCP); `https://` endpoints need `tls` (see [`crate::tls::client`]).
+pub fn lazy(endpoint: &str, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<Channel, ConnectError> {
     if let Some(path) = endpoint.strip_prefix("unix://") {
         return Ok(unix_endpoint()?.connect_with_connector_lazy(unix_connector(PathBuf::from(path))));
     }
     if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
         return Err(ConnectError::BadEndpoint(endpoint.to_string()));
     }
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|source| ConnectError::Transport { endpoint: endpoint.to_string(), source })?;
+    let err = |source| ConnectError::Transport { endpoint: endpoint.to_string(), source };
+    let mut ep = Endpoint::from_shared(endpoint.to_string()).map_err(err)?;
+    match tls {
+        Some(tls) if endpoint.starts_with("https://") => ep = ep.tls_config(tls).map_err(err)?,
+        None if endpoint.starts_with("https://") => return Err(ConnectError::NoTls(endpoint.to_string())),
+        _ => {}
+    }
     Ok(ep.connect_timeout(Duration::from_secs(5)).connect_lazy())
 }
 

@@ -3,9 +3,10 @@
 //! The APIs are versioned by package: `fnrt.agent.v1` lives in [`agent::v1`] (the agent's
 //! API, for cluster schedulers and agentctl) and `fnrt.controlplane.v1` in
 //! [`controlplane::v1`] (how agents join a control plane). Every message and field is
-//! documented in the .proto files. [`connect`] makes channels to an agent.
+//! documented in the .proto files. [`connect`] makes channels to an agent; [`tls`] secures cluster links.
 
 pub mod connect;
+pub mod tls;
 
 /// The agent's API.
 pub mod agent {

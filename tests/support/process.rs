@@ -40,6 +40,15 @@ pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Chil
     if let Some(token) = &cfg.controlplane_token {
         args.extend(set("controlplane_token", token.expose().to_string()));
     }
+    if let (Some(addr), Some(token)) = (cfg.tcp_listen, &cfg.tcp_token) {
+        args.extend(set("tcp_listen", addr.to_string()));
+        args.extend(set("tcp_token", token.expose().to_string()));
+    }
+    if let Some((ca, cert, key)) = cfg.tls_files() {
+        args.extend(set("tls_ca_file", ca.display().to_string()));
+        args.extend(set("tls_cert_file", cert.display().to_string()));
+        args.extend(set("tls_key_file", key.display().to_string()));
+    }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     tokio::process::Command::new(bin)
         .args(args)

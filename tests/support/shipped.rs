@@ -88,8 +88,17 @@ pub struct ShippedControlPlane {
     pub cluster_token: String,
     /// Its state directory and log.
     pub dir: tempfile::TempDir,
+    /// The cluster CA it was given (`fnrt-controlplane ca init`), in `dir`.
+    pub ca: PathBuf,
     log: PathBuf,
     child: Child,
+}
+
+/// `fnrt-controlplane ca <args>` (the release binary); fails the test if it fails.
+pub fn ca(args: &[&str]) {
+    let out =
+        std::process::Command::new(release_bin("fnrt-controlplane")).arg("ca").args(args).output().unwrap();
+    assert!(out.status.success(), "fnrt-controlplane ca {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 impl ShippedControlPlane {
@@ -99,7 +108,25 @@ impl ShippedControlPlane {
         let log = dir.path().join("controlplane.log");
         let state = dir.path().join("state");
         let cluster_token = format!("cluster-token-{:032x}", rand::random::<u128>());
+        // Cluster links over TLS, as README "Cluster TLS" sets them up.
+        let ca_dir = dir.path().join("ca");
+        let ca_path = ca_dir.display().to_string();
+        ca(&["init", "--dir", &ca_path]);
+        ca(&[
+            "issue",
+            "--dir",
+            &ca_path,
+            "--role",
+            "controlplane",
+            "--name",
+            "controlplane",
+            "--san",
+            "127.0.0.1",
+        ]);
         let mut settings = vec![
+            format!("tls_ca_file={}", ca_dir.join("ca.pem").display()),
+            format!("tls_cert_file={}", ca_dir.join("controlplane.pem").display()),
+            format!("tls_key_file={}", ca_dir.join("controlplane.key").display()),
             format!("state_dir={}", state.display()),
             format!("cluster_token={cluster_token}"),
             "api_listen=127.0.0.1:0".into(),
@@ -139,6 +166,7 @@ impl ShippedControlPlane {
             admin_token,
             cluster_token,
             dir,
+            ca: ca_dir,
             log,
             child,
         }
@@ -186,9 +214,19 @@ impl ShippedAgent {
     pub async fn start(cp: &ShippedControlPlane) -> ShippedAgent {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(dir.path());
-        cfg.controlplane_url = Some(format!("http://{}", cp.grpc));
+        cfg.controlplane_url = Some(format!("https://{}", cp.grpc));
         cfg.controlplane_token = Some(cp.cluster_token.clone().into());
         cfg.node_name = cfg.namespace.clone();
+        // Its API on TCP with TLS, so the control plane calls it as it would another host.
+        cfg.tcp_listen = Some(([127, 0, 0, 1], 0).into());
+        cfg.tcp_token = Some(cp.cluster_token.clone().into());
+        let out = dir.path().join("node");
+        let ca_path = cp.ca.display().to_string();
+        let out_path = out.display().to_string();
+        ca(&["issue", "--dir", &ca_path, "--role", "node", "--name", &cfg.node_name, "--out", &out_path]);
+        cfg.tls_ca_file = Some(cp.ca.join("ca.pem"));
+        cfg.tls_cert_file = Some(out.with_extension("pem"));
+        cfg.tls_key_file = Some(out.with_extension("key"));
         let log = dir.path().join("agent.log");
         let mut child = spawn_agent(&release_bin("fnrt-agent"), &cfg, &log);
         let client = ready(&mut child, &cfg, &log).await;

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::Scheduler;
 
+use fnrt_common::pki::{ClusterTls, Role};
 use fnrt_proto::connect::Bearer;
 
 /// One agent as the control plane knows it.
@@ -18,6 +19,8 @@ use fnrt_proto::connect::Bearer;
 pub struct Agent {
     /// Its node name.
     pub node: String,
+    /// Its identity (the agent's `node-id`): a live node's name is not taken by another.
+    pub node_id: String,
     /// Its data plane, `host:port`.
     pub dataplane: String,
     /// Its last report.
@@ -84,9 +87,48 @@ fn check_node(node: &str) -> Result<(), Status> {
 pub struct Join {
     /// The scheduler agents join.
     pub scheduler: Arc<Scheduler>,
+    /// The cluster TLS material, when the join service serves TLS.
+    pub tls: Option<ClusterTls>,
 }
 
 impl Join {
+    /// Over TLS, the caller must hold a node certificate naming `node`.
+    fn check_peer<T>(&self, req: &Request<T>, node: &str) -> Result<(), Status> {
+        if self.tls.is_none() {
+            return Ok(());
+        }
+        match fnrt_proto::tls::peer(req) {
+            Some(p) if p.role == Role::Node && p.name == node => Ok(()),
+            Some(p) => Err(Status::permission_denied(format!(
+                "this connection holds the {} certificate of {:?}, not a node certificate for {node:?}: \
+                 a node joins with a certificate naming it (fnrt-controlplane ca issue --role node --name {node})",
+                p.role.as_str(),
+                p.name
+            ))),
+            None => Err(Status::unauthenticated("agents join with a node certificate of the cluster CA")),
+        }
+    }
+
+    /// The link to the agent at `endpoint`: over TLS when it is https://, checked to hold
+    /// `node`'s certificate; plain only on this host or with `insecure`.
+    fn link(&self, node: &str, endpoint: &str) -> Result<Arc<dyn super::link::AgentLink>, Status> {
+        let cfg = &self.scheduler.cfg;
+        let plain = endpoint.starts_with("http://");
+        if plain && !cfg.insecure && !fnrt_proto::tls::is_local(endpoint) {
+            return Err(Status::invalid_argument(format!(
+                "grpc_endpoint {endpoint:?} is plain TCP beyond loopback: serve the agent's API with TLS \
+                 (tls_ca_file, tls_cert_file, tls_key_file) and register https://, or set insecure = true \
+                 on the control plane"
+            )));
+        }
+        let tls = self.tls.as_ref().map(|t| fnrt_proto::tls::client(t, Some(node)));
+        let channel = fnrt_proto::connect::lazy(endpoint, tls)
+            .map_err(|e| Status::invalid_argument(fnrt_common::chain(&e)))?;
+        let token = Bearer::new(cfg.cluster_token.expose())
+            .map_err(|_| Status::internal("the cluster token is not valid in a header"))?;
+        Ok(Arc::new(super::link::Grpc(AgentClient::with_interceptor(channel, token))))
+    }
+
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let want = fnrt_common::bearer::Expected::bearer(self.scheduler.cfg.cluster_token.expose());
         if want.matches(req.metadata().get("authorization").map(|v| v.as_bytes())) {
@@ -106,6 +148,7 @@ impl pb::control_plane_server::ControlPlane for Join {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         self.authorize(&req)?;
+        self.check_peer(&req, &req.get_ref().node)?;
         let r = req.into_inner();
         check_node(&r.node)?;
         if r.dataplane_address.parse::<std::net::SocketAddr>().is_err() {
@@ -114,20 +157,29 @@ impl pb::control_plane_server::ControlPlane for Join {
                 r.dataplane_address
             )));
         }
-        let channel = fnrt_proto::connect::lazy(&r.grpc_endpoint)
-            .map_err(|e| Status::invalid_argument(fnrt_common::chain(&e)))?;
-        let token = Bearer::new(self.scheduler.cfg.cluster_token.expose())
-            .map_err(|_| Status::internal("the cluster token is not valid in a header"))?;
+        let link = self.link(&r.node, &r.grpc_endpoint)?;
         let agent = Agent {
             node: r.node.clone(),
+            node_id: r.node_id,
             dataplane: r.dataplane_address,
             report: r.report.unwrap_or_default(),
             last_seen: Instant::now(),
             lost: false,
-            link: Arc::new(super::link::Grpc(AgentClient::with_interceptor(channel, token))),
+            link,
         };
+        {
+            let mut agents = self.scheduler.agents_mut();
+            if let Some(live) = agents.get(&r.node).filter(|a| !a.lost && a.node_id != agent.node_id) {
+                tracing::warn!(node = %live.node, endpoint = %r.grpc_endpoint, "refused a registration under a live node's name from another identity");
+                return Err(Status::already_exists(format!(
+                    "node {:?} is live and registered by another agent (another node-id): a second agent \
+                     cannot take its name; it is free once that node misses heartbeats for lost_after_ms",
+                    r.node
+                )));
+            }
+            agents.insert(r.node.clone(), agent);
+        }
         tracing::info!(node = %r.node, endpoint = %r.grpc_endpoint, "agent registered");
-        self.scheduler.agents_mut().insert(r.node, agent);
         self.scheduler.kick();
         let cfg = &self.scheduler.cfg;
         Ok(Response::new(pb::RegisterResponse {
@@ -141,9 +193,10 @@ impl pb::control_plane_server::ControlPlane for Join {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.authorize(&req)?;
+        self.check_peer(&req, &req.get_ref().node)?;
         let r = req.into_inner();
         let mut agents = self.scheduler.agents_mut();
-        let Some(a) = agents.get_mut(&r.node).filter(|a| !a.lost) else {
+        let Some(a) = agents.get_mut(&r.node).filter(|a| !a.lost && a.node_id == r.node_id) else {
             return Err(Status::not_found(format!("node {:?} is not registered: register again", r.node)));
         };
         a.report = r.report.unwrap_or_default();

@@ -92,6 +92,7 @@ impl World {
             ..Default::default()
         };
         let agent = Agent {
+            node_id: String::new(),
             node: node.into(),
             dataplane: format!("{node}:8080"),
             report,
