@@ -197,9 +197,11 @@ async fn a_data_plane_beyond_loopback_takes_only_calls_the_gateway_signed() {
     assert!(err.contains("dataplane_key must be set"), "{err}");
 
     let secret = "k".repeat(40);
+    // Plain HTTP beyond loopback (the signature alone), as insecure = true allows.
     let mut agent = TestAgent::start_with(|c| {
         c.dataplane_listen = "0.0.0.0:0".parse().unwrap();
         c.dataplane_key = Some(secret.as_str().into());
+        c.insecure = true;
     })
     .await;
     start(&mut agent, "signed").await;
@@ -287,6 +289,7 @@ async fn starts_past_a_node_budget_fail_with_resource_exhausted_naming_it() {
 }
 
 const CLUSTER_TOKEN: &str = "cluster-token-for-isolation-tests-0123456789";
+const DATAPLANE_KEY: &str = "dataplane-key-for-isolation-tests-0123456789";
 
 /// A cluster CA and the certificates this test needs, made with `fnrt-controlplane ca`'s code.
 struct Pki {
@@ -365,6 +368,7 @@ async fn register(
         dataplane_address: "127.0.0.1:1".into(),
         report: None,
         node_id: node_id.into(),
+        dataplane_tls: false,
     });
     req.metadata_mut().insert("authorization", format!("Bearer {CLUSTER_TOKEN}").parse().unwrap());
     client.register(req).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))
@@ -398,6 +402,7 @@ async fn cluster_links_are_mutual_tls_and_a_node_name_belongs_to_its_certificate
 
     let cp_dir = tempfile::tempdir().unwrap();
     let mut cfg = fnrt_tests::controlplane_config(cp_dir.path(), CLUSTER_TOKEN);
+    cfg.dataplane_key = DATAPLANE_KEY.into();
     cfg.tls_ca_file = Some(pki.ca());
     cfg.tls_cert_file = Some(cp_files.0.clone());
     cfg.tls_key_file = Some(cp_files.1.clone());
@@ -411,6 +416,9 @@ async fn cluster_links_are_mutual_tls_and_a_node_name_belongs_to_its_certificate
         c.node_name = "tls-node-a".into();
         c.tcp_listen = Some(([127, 0, 0, 1], 0).into());
         c.tcp_token = Some(CLUSTER_TOKEN.into());
+        // A data plane beyond loopback: TLS, and calls signed by the gateway.
+        c.dataplane_listen = ([0, 0, 0, 0], 0).into();
+        c.dataplane_key = Some(DATAPLANE_KEY.into());
         c.tls_ca_file = Some(ca);
         c.tls_cert_file = Some(cert);
         c.tls_key_file = Some(key);
@@ -475,6 +483,70 @@ async fn cluster_links_are_mutual_tls_and_a_node_name_belongs_to_its_certificate
     list_functions(&api, tls(Some(&cp_files)), Some(CLUSTER_TOKEN))
         .await
         .expect("the control plane's certificate");
+
+    // The gateway calls the data plane over TLS; a private function is reached only
+    // through it, with a token.
+    let base = format!("http://{}/functions/v1beta1/regions/fr-par", cp.api_address);
+    let admin = cp.ctx.cfg.admin_token.expose().to_string();
+    let rest = |path: &str, body: serde_json::Value| {
+        let (url, admin) = (format!("{base}{path}"), admin.clone());
+        async move {
+            let r = fnrt_tests::http()
+                .post(url)
+                .header("X-Auth-Token", admin)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert!(status.is_success(), "{status}: {v}");
+            v
+        }
+    };
+    let ns = rest("/namespaces", serde_json::json!({ "name": "tls" })).await;
+    let f = rest(
+        "/functions",
+        serde_json::json!({ "namespace_id": ns["id"], "name": "echo", "min_scale": 1, "memory_limit": 128,
+                            "privacy": "private", "registry_image": image("echo") }),
+    )
+    .await;
+    let id = f["id"].as_str().unwrap().to_string();
+    rest(&format!("/functions/{id}/deploy"), serde_json::json!({})).await;
+    let token = rest("/tokens", serde_json::json!({ "function_id": id })).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gateway = format!("http://{}/tls/echo/hello", cp.gateway_address);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = fnrt_tests::http().get(&gateway).header("X-Auth-Token", &token).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer through the gateway: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let anonymous = fnrt_tests::http().get(&gateway).send().await.unwrap().status();
+    assert_eq!(anonymous, 403, "the gateway keeps private functions private");
+    // Straight to the data plane: plain HTTP gets no answer, a node's certificate gets 403,
+    // the control plane's certificate without the gateway's signature 401.
+    let port = agent.handle.dataplane_address.port();
+    let direct = format!("/function/{}/hello", fnrt_function::naming::on_agents(&id));
+    let plain = fnrt_tests::http().get(format!("http://127.0.0.1:{port}{direct}")).send().await;
+    assert!(plain.map(|r| r.status().as_u16()).unwrap_or(0) != 200, "a plain call reached the function");
+    let as_holder = |who: &(std::path::PathBuf, std::path::PathBuf), role| {
+        let tls = fnrt_common::pki::ClusterTls::load(&pki.ca(), &who.0, &who.1, role).unwrap();
+        #[allow(clippy::disallowed_methods)]
+        let builder = reqwest::Client::builder();
+        builder.tls_backend_preconfigured(tls.client_config().unwrap()).build().unwrap()
+    };
+    let url = format!("https://127.0.0.1:{port}{direct}");
+    let neighbour = as_holder(&node_b, Role::Node).get(&url).send().await.unwrap().status();
+    assert_eq!(neighbour, 403, "another node called a function straight on the data plane");
+    let unsigned = as_holder(&cp_files, Role::ControlPlane).get(&url).send().await.unwrap().status();
+    assert_eq!(unsigned, 401, "an unsigned call reached a private function");
 
     cp.shutdown().await;
     agent.cleanup().await;

@@ -225,11 +225,20 @@ impl Config {
         }
     }
 
+    /// Whether the data plane serves TLS: with the cluster TLS files, when it listens
+    /// beyond loopback (on loopback no packet leaves the node).
+    pub fn dataplane_tls(&self) -> bool {
+        self.tls_files().is_some() && !self.dataplane_listen.ip().is_loopback()
+    }
+
     /// The links beyond loopback that run without TLS (empty when none does).
     pub fn plain_links(&self) -> Vec<String> {
         let mut plain = Vec::new();
         if let Some(a) = self.tcp_listen.filter(|a| !a.ip().is_loopback() && self.tls_files().is_none()) {
             plain.push(format!("tcp_listen {a}"));
+        }
+        if !self.dataplane_listen.ip().is_loopback() && !self.dataplane_tls() {
+            plain.push(format!("dataplane_listen {}", self.dataplane_listen));
         }
         if let Some(url) = self.controlplane_url.as_deref().filter(|u| u.starts_with("http://")) {
             if !fnrt_proto::tls::is_local(url) {
@@ -455,6 +464,9 @@ mod tests {
         cfg.set("insecure", "true").expect("set");
         cfg.validate().expect("insecure = true takes plain TCP");
         assert_eq!(cfg.plain_links().len(), 2, "and start warns of both");
+        cfg.set("dataplane_listen", "0.0.0.0:8088").expect("set");
+        cfg.set("dataplane_key", "k".repeat(32).as_str()).expect("set");
+        assert_eq!(cfg.plain_links().len(), 3, "a plain data plane beyond loopback is one too");
 
         let mut cfg = Config::default();
         cfg.set("controlplane_url", "https://cp.example:8092").expect("set");

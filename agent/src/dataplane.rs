@@ -46,7 +46,11 @@ pub struct Dataplane {
     upstream: Arc<Upstream>,
     role: Role,
     key: Option<Key>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
+
+/// How long a caller has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a data plane listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +75,14 @@ impl Dataplane {
     /// A data plane over `pools`; the lines instances print during calls go to `logs`.
     /// With `key`, calls must be signed by the gateway.
     pub fn new(pools: Arc<Pools>, logs: Arc<Logs>, role: Role, key: Option<Key>) -> Dataplane {
-        Dataplane { pools, logs, upstream: Arc::default(), role, key }
+        Dataplane { pools, logs, upstream: Arc::default(), role, key, tls: None }
+    }
+
+    /// Serves TLS with `config`: only callers holding a control plane's certificate of the
+    /// cluster CA (the gateway) are served; others get 403.
+    pub fn with_tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Dataplane {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// Serves on `listener` until `shutdown` turns true.
@@ -90,17 +101,42 @@ impl Dataplane {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "data plane connection");
-                }
+                let Some(acceptor) = this.tls.clone() else {
+                    return this.serve_connection(TokioIo::new(stream), true).await;
+                };
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "data plane TLS handshake"),
+                    Err(_) => return tracing::debug!("data plane TLS handshake timed out"),
+                };
+                let caller = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let gateway = caller
+                    .and_then(|c| fnrt_common::pki::peer(c).ok())
+                    .is_some_and(|p| p.role == fnrt_common::pki::Role::ControlPlane);
+                this.serve_connection(TokioIo::new(tls), gateway).await;
             });
+        }
+    }
+
+    /// Serves one connection; one whose caller may not call (`allowed` false) gets 403.
+    async fn serve_connection<I>(self: Arc<Self>, io: I, allowed: bool)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            async move {
+                if !allowed {
+                    return Ok::<_, Infallible>(error(
+                        StatusCode::FORBIDDEN,
+                        "this data plane takes calls from control planes' certificates of the cluster CA only".into(),
+                    ));
+                }
+                Ok::<_, Infallible>(this.handle(req).await)
+            }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            tracing::debug!(error = %e, "data plane connection");
         }
     }
 

@@ -30,6 +30,37 @@ pub struct Join {
     pub grpc_endpoint: String,
     /// Where the gateway reaches this agent's data plane.
     pub dataplane: String,
+    /// Whether the data plane serves TLS.
+    pub dataplane_tls: bool,
+}
+
+impl Join {
+    /// How to join, when `controlplane_url` is set: the endpoints to advertise (https when
+    /// the API serves TLS) and this node's identity.
+    pub fn configured(
+        cfg: &crate::Config,
+        tls: Option<&fnrt_common::pki::ClusterTls>,
+        tcp_address: Option<std::net::SocketAddr>,
+        dataplane_address: std::net::SocketAddr,
+    ) -> Result<Option<Join>, crate::StartError> {
+        let Some(url) = cfg.controlplane_url.clone() else {
+            return Ok(None);
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Ok(Some(Join {
+            url,
+            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
+            node: cfg.node_name.clone(),
+            node_id: node_id(&cfg.state_dir)?,
+            tls: tls.cloned(),
+            grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
+                Some(a) => format!("{scheme}://{a}"),
+                None => format!("unix://{}", cfg.socket.display()),
+            }),
+            dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
+            dataplane_tls: cfg.dataplane_tls(),
+        }))
+    }
 }
 
 /// What the node has and runs now.
@@ -97,6 +128,7 @@ async fn register(
                 dataplane_address: join.dataplane.clone(),
                 report: Some(report(node).await),
                 node_id: join.node_id.clone(),
+                dataplane_tls: join.dataplane_tls,
             },
             join.token.expose(),
         ))

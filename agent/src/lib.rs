@@ -262,7 +262,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     pools.restore();
     tasks.push(tokio::spawn(logs.clone().sweep_loop(rx.clone())));
 
-    let (dataplane_address, dp) = serve_dataplanes(&cfg, &pools, &logs, &rx, &mut tasks)?;
+    let dataplane_tls = tls.as_ref().filter(|_| cfg.dataplane_tls());
+    let (dataplane_address, dp) = serve_dataplanes(&cfg, dataplane_tls, &pools, &logs, &rx, &mut tasks)?;
     let metrics_address = serve_metrics(&cfg, &pools, &logs, &rx, &mut tasks)?;
     tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
 
@@ -279,20 +280,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
 
     let tcp_address = tcp_api::serve(&cfg, tls.as_ref(), &node, &rx, &mut tasks).await?;
-    if let Some(url) = cfg.controlplane_url.clone() {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let join = join::Join {
-            url,
-            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
-            node: cfg.node_name.clone(),
-            node_id: join::node_id(&cfg.state_dir)?,
-            tls: tls.clone(),
-            grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
-                Some(a) => format!("{scheme}://{a}"),
-                None => format!("unix://{}", cfg.socket.display()),
-            }),
-            dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
-        };
+    if let Some(join) = join::Join::configured(&cfg, tls.as_ref(), tcp_address, dataplane_address)? {
         tasks.push(tokio::spawn(join::run(node.clone(), join, rx.clone())));
     }
     tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");
@@ -311,6 +299,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
 /// on a thread of its own; returns its address and the data plane the gRPC Invoke uses.
 fn serve_dataplanes(
     cfg: &Config,
+    tls: Option<&fnrt_common::pki::ClusterTls>,
     pools: &Arc<pool::Pools>,
     logs: &Arc<logs::Logs>,
     rx: &watch::Receiver<bool>,
@@ -331,13 +320,15 @@ fn serve_dataplanes(
     // Each thread its own client too: a pooled connection to an instance then lives on the
     // thread that uses it. (The gRPC Invoke has one of its own on the main runtime.)
     let key = cfg.dataplane_key.as_ref().map(|k| fnrt_common::signature::Key::new(k.expose()));
+    let tls =
+        tls.map(|t| t.server_config().map_err(|e| StartError::ClusterTls(e.to_string()))).transpose()?;
     for (i, l) in listeners.into_iter().enumerate() {
-        let dp = Arc::new(dataplane::Dataplane::new(
-            pools.clone(),
-            logs.clone(),
-            dataplane::Role::Calls,
-            key.clone(),
-        ));
+        let mut dp =
+            dataplane::Dataplane::new(pools.clone(), logs.clone(), dataplane::Role::Calls, key.clone());
+        if let Some(tls) = &tls {
+            dp = dp.with_tls(tls.clone());
+        }
+        let dp = Arc::new(dp);
         tasks.push(serve_dataplane(dp, l, rx.clone(), i)?);
     }
     let dp = Arc::new(dataplane::Dataplane::new(pools.clone(), logs.clone(), dataplane::Role::Calls, key));

@@ -9,6 +9,10 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -192,8 +196,7 @@ pub fn peer(der: &[u8]) -> Result<Peer, PkiError> {
 
 /// The first certificate of the PEM text `pem`, DER.
 pub fn first_der(pem: &[u8]) -> Result<Vec<u8>, PkiError> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+    CertificateDer::pem_slice_iter(pem)
         .next()
         .and_then(Result::ok)
         .map(|c| c.to_vec())
@@ -246,6 +249,55 @@ impl ClusterTls {
     }
 }
 
+impl ClusterTls {
+    fn parts(
+        &self,
+    ) -> Result<(rustls::RootCertStore, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        let bad = |what: &str, e: String| PkiError::Bad(format!("{what}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            roots
+                .add(c.map_err(|e| bad("cluster CA", e.to_string()))?)
+                .map_err(|e| bad("cluster CA", e.to_string()))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", e.to_string()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| bad("private key", e.to_string()))?;
+        Ok((roots, chain, key))
+    }
+
+    /// A rustls server that presents this certificate and takes only callers holding a
+    /// certificate of the cluster CA (the caller's role is checked by the server).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let (roots, chain, key) = self.parts()?;
+        let provider = crate::tls::provider();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| PkiError::Bad(format!("client verifier: {e}")))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Bad(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| PkiError::Bad(format!("certificate and key: {e}")))?;
+        Ok(Arc::new(config))
+    }
+
+    /// A rustls client that trusts only the cluster CA and presents this certificate.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
+        let (roots, chain, key) = self.parts()?;
+        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| PkiError::Bad(format!("certificate and key: {e}")))
+    }
+}
+
 /// Whether `cert` (DER) was signed by `ca` (DER), so a wrong CA file is named at start and
 /// not as a handshake failure later.
 fn signed_by(cert: &[u8], ca: &[u8]) -> Result<(), PkiError> {
@@ -292,6 +344,7 @@ mod tests {
         assert!(write_new(&f("n.key"), "x", true).is_err(), "an existing file is never overwritten");
         let tls = ClusterTls::load(&f("ca.pem"), &f("n.pem"), &f("n.key"), Role::Node).unwrap();
         assert_eq!(tls.own.name, "node-a");
+        assert!(tls.server_config().is_ok() && tls.client_config().is_ok());
         let e = ClusterTls::load(&f("ca.pem"), &f("n.pem"), &f("n.key"), Role::ControlPlane).unwrap_err();
         assert!(e.to_string().contains("is a node certificate"), "{e}");
 

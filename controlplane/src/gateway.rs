@@ -12,8 +12,10 @@ use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use fnrt_common::signature::{self, Key};
+use hyper_rustls::{HttpsConnector, ResolveServerName};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use rustls::pki_types::ServerName;
 use serde_json::json;
 
 use crate::model::FunctionStatus;
@@ -22,14 +24,36 @@ use crate::{tokens, Ctx};
 
 struct Gateway {
     ctx: Arc<Ctx>,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     key: Option<Key>,
 }
 
-/// The gateway's router.
-pub fn router(ctx: Arc<Ctx>) -> Router {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+/// The name a data plane's certificate must carry: its node's.
+struct NodeNames(Arc<crate::scheduler::Scheduler>);
+
+impl ResolveServerName for NodeNames {
+    fn resolve(&self, uri: &Uri) -> Result<ServerName<'static>, Box<dyn std::error::Error + Sync + Send>> {
+        let address = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let node =
+            self.0.node_at(address).ok_or_else(|| format!("no agent has its data plane at {address}"))?;
+        Ok(ServerName::try_from(node)?)
+    }
+}
+
+/// The gateway's router. Data planes that serve TLS are called over https with `tls` (the
+/// cluster's: the control plane's certificate presented, theirs checked to name the node
+/// that registered them; agents register such data planes only with a control plane
+/// that has the cluster TLS).
+pub fn router(ctx: Arc<Ctx>, tls: rustls::ClientConfig) -> Router {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .with_server_name_resolver(NodeNames(ctx.scheduler.clone()))
+        .enable_http1()
+        .wrap_connector(http);
     let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let key = Some(ctx.cfg.dataplane_key.expose()).filter(|k| !k.is_empty()).map(Key::new);
     Router::new().fallback(call).with_state(Arc::new(Gateway { ctx, client, key }))
@@ -92,7 +116,8 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
             format!("function {} runs on no connected agent", f.name),
         );
     };
-    let uri: Uri = match format!("http://{}/function/{}{}", route.dataplane, route.name, tail).parse() {
+    let scheme = if route.tls { "https" } else { "http" };
+    let uri: Uri = match format!("{scheme}://{}/function/{}{}", route.dataplane, route.name, tail).parse() {
         Ok(u) => u,
         Err(e) => return answer(StatusCode::BAD_REQUEST, format!("the path cannot be forwarded: {e}")),
     };

@@ -221,6 +221,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     });
     let ctx = Arc::new(Ctx { cfg: cfg.clone(), state, scheduler: scheduler.clone() });
     let (shutdown, stop) = watch::channel(false);
+    let tls = cluster_tls(&cfg)?;
     let gw = bind(cfg.gateway_listen).await?;
     let grpc = bind(cfg.grpc_listen).await?;
     let (api_address, gateway_address, grpc_address) = (
@@ -230,12 +231,11 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     );
     let mut tasks = vec![
         serve(api, rest::router(ctx.clone()), stop.clone()),
-        serve(gw, gateway::router(ctx.clone()), stop.clone()),
+        serve(gw, gateway::router(ctx.clone(), gateway_tls(tls.as_ref())?), stop.clone()),
         tokio::spawn(scheduler.clone().run()),
         tokio::spawn(scheduler.clone().run_timer()),
         tokio::spawn(scheduler.clone().run_triggers()),
     ];
-    let tls = cluster_tls(&cfg)?;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         server = server
@@ -274,6 +274,15 @@ fn cluster_tls(cfg: &Config) -> Result<Option<fnrt_common::pki::ClusterTls>, Sta
     fnrt_common::pki::ClusterTls::load(ca, cert, key, fnrt_common::pki::Role::ControlPlane)
         .map(Some)
         .map_err(|e| StartError::ClusterTls(e.to_string()))
+}
+
+/// How the gateway calls data planes that serve TLS: as this control plane, trusting only
+/// the cluster CA (without cluster TLS, agents cannot register such data planes).
+fn gateway_tls(tls: Option<&fnrt_common::pki::ClusterTls>) -> Result<rustls::ClientConfig, StartError> {
+    match tls {
+        Some(t) => t.client_config().map_err(|e| StartError::ClusterTls(e.to_string())),
+        None => fnrt_common::tls::client_config(&[]).map_err(|e| StartError::ClusterTls(e.to_string())),
+    }
 }
 
 /// Runs the control plane until SIGINT or SIGTERM.

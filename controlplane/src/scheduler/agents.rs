@@ -23,6 +23,8 @@ pub struct Agent {
     pub node_id: String,
     /// Its data plane, `host:port`.
     pub dataplane: String,
+    /// Whether its data plane serves TLS (the gateway then calls it over https).
+    pub dataplane_tls: bool,
     /// Its last report.
     pub report: pb::Report,
     /// When it last reported.
@@ -109,6 +111,24 @@ impl Join {
         }
     }
 
+    /// A data plane in plain beyond loopback only with `insecure`; one serving TLS only
+    /// when this control plane has the cluster's TLS to call it.
+    fn check_dataplane(&self, dataplane: std::net::SocketAddr, tls: bool) -> Result<(), Status> {
+        if tls && self.tls.is_none() {
+            return Err(Status::failed_precondition(
+                "the agent's data plane serves TLS but this control plane has no cluster TLS to call it \
+                 (tls_ca_file, tls_cert_file, tls_key_file)",
+            ));
+        }
+        if !tls && !dataplane.ip().is_loopback() && !self.scheduler.cfg.insecure {
+            return Err(Status::invalid_argument(format!(
+                "data plane {dataplane} is plain HTTP beyond loopback: give the agent the cluster TLS \
+                 files, or set insecure = true on the control plane"
+            )));
+        }
+        Ok(())
+    }
+
     /// The link to the agent at `endpoint`: over TLS when it is https://, checked to hold
     /// `node`'s certificate; plain only on this host or with `insecure`.
     fn link(&self, node: &str, endpoint: &str) -> Result<Arc<dyn super::link::AgentLink>, Status> {
@@ -151,17 +171,19 @@ impl pb::control_plane_server::ControlPlane for Join {
         self.check_peer(&req, &req.get_ref().node)?;
         let r = req.into_inner();
         check_node(&r.node)?;
-        if r.dataplane_address.parse::<std::net::SocketAddr>().is_err() {
+        let Ok(dataplane) = r.dataplane_address.parse::<std::net::SocketAddr>() else {
             return Err(Status::invalid_argument(format!(
                 "dataplane_address {:?} must be host:port with an IP address",
                 r.dataplane_address
             )));
-        }
+        };
+        self.check_dataplane(dataplane, r.dataplane_tls)?;
         let link = self.link(&r.node, &r.grpc_endpoint)?;
         let agent = Agent {
             node: r.node.clone(),
             node_id: r.node_id,
             dataplane: r.dataplane_address,
+            dataplane_tls: r.dataplane_tls,
             report: r.report.unwrap_or_default(),
             last_seen: Instant::now(),
             lost: false,

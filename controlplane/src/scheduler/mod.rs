@@ -75,6 +75,8 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
 pub struct Route {
     /// The agent's data plane, `host:port`.
     pub dataplane: String,
+    /// Whether it serves TLS.
+    pub tls: bool,
     /// The function's name on the agent.
     pub name: String,
     key: (String, String),
@@ -280,6 +282,7 @@ impl Scheduler {
         *in_flight.entry(key.clone()).or_insert(0) += 1;
         Some(Route {
             dataplane: best.dataplane.clone(),
+            tls: best.dataplane_tls,
             name: name.to_string(),
             key,
             in_flight: self.in_flight.clone(),
@@ -307,6 +310,12 @@ impl Scheduler {
             agent: route.dataplane.clone(),
             message: s.message().to_string(),
         })
+    }
+
+    /// The node whose data plane is at `address` (`host:port`), for checking its
+    /// certificate.
+    pub fn node_at(&self, address: &str) -> Option<String> {
+        lock(&self.agents).values().find(|a| a.dataplane == address && !a.lost).map(|a| a.node.clone())
     }
 
     /// The link to the agent a route goes to.

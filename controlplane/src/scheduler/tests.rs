@@ -95,6 +95,7 @@ impl World {
             node_id: String::new(),
             node: node.into(),
             dataplane: format!("{node}:8080"),
+            dataplane_tls: false,
             report,
             last_seen: Instant::now(),
             lost: false,
