@@ -165,8 +165,8 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
         .invoke(InvokeRequest {
             function: "ev".into(),
             payload: b"{\"n\":1}".to_vec(),
-            request_id: String::new(),
             trigger_source: "timer".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -182,6 +182,42 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
         "the trigger source reaches the function: {body}"
     );
     assert_eq!(r.request_id.len(), 36);
+    // An HTTP function gets the request's method, path and headers; bad ones are refused.
+    let r = agent
+        .client
+        .invoke(InvokeRequest {
+            function: "web".into(),
+            method: "PUT".into(),
+            path: "/a/b?c=d".into(),
+            headers: [("x-from".to_string(), "invoke".to_string())].into(),
+            payload: b"body".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((body["method"].as_str(), body["path"].as_str()), (Some("PUT"), Some("/a/b?c=d")), "{body}");
+    assert!(
+        body["headers"].as_array().unwrap().iter().any(|h| h[0]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case("x-from")
+            && h[1] == "invoke"),
+        "{body}"
+    );
+    for bad in [
+        InvokeRequest { function: "web".into(), path: "http://elsewhere/".into(), ..Default::default() },
+        InvokeRequest { function: "web".into(), method: "G T".into(), ..Default::default() },
+        InvokeRequest {
+            function: "web".into(),
+            headers: [("a b".into(), "c".into())].into(),
+            ..Default::default()
+        },
+    ] {
+        let e = agent.client.invoke(bad).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    }
     let missing = agent.client.invoke(InvokeRequest { function: "nope".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
 

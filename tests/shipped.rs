@@ -183,6 +183,26 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     let (status, text) = curl(&[&format!("{}/curl/site/", cp.gateway)]).await;
     assert_eq!((status, text.as_str()), (200, "custom from curl"));
 
+    // Straight to the agent's data plane (TLS beyond loopback): without a certificate no
+    // answer; with the control plane's but without the gateway's signature, 401.
+    let node = agent.client.clone().node_status(fnrt_proto::agent::v1::NodeStatusRequest {}).await.unwrap();
+    let port = node.into_inner().dataplane_address.rsplit(':').next().unwrap().to_string();
+    let direct = format!("https://127.0.0.1:{port}/function/fn-{id}/hello");
+    let anonymous = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", &direct])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&anonymous.stdout),
+        "000",
+        "a call without a certificate was answered"
+    );
+    let (cert, key) = (cp.ca.join("controlplane.pem"), cp.ca.join("controlplane.key"));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let (status, text) = curl(&["-k", "--cert", &cert, "--key", &key, &direct]).await;
+    assert_eq!(status, 401, "{text}");
+
     // agentctl on the node: an instance started on its own is called like a deployed one.
     let echo = image("echo");
     let (code, _, err) =

@@ -187,8 +187,8 @@ impl AgentApi for Api {
     }
 
     async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
-        let r = req.into_inner();
-        let request_id = match r.request_id {
+        let mut r = req.into_inner();
+        let request_id = match std::mem::take(&mut r.request_id) {
             id if id.is_empty() => crate::request_id::new(),
             id if crate::request_id::valid(&id) => id,
             _ => {
@@ -197,34 +197,22 @@ impl AgentApi for Api {
                 ))
             }
         };
-        let trigger = match r.trigger_source.as_str() {
-            "" => None,
-            t if t.len() <= 32
-                && t.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') =>
-            {
-                hyper::header::HeaderValue::from_str(t).ok()
-            }
-            t => {
-                return Err(Status::invalid_argument(format!(
-                    "trigger_source {t:?} must be 1 to 32 of a-z, 0-9, '_' and '-'"
-                )))
-            }
-        };
+        let function = r.function.clone();
+        let call = invocation(r)?;
         let arrived = std::time::Instant::now();
         let answer = self
             .node
             .dataplane
-            .invoke(&r.function, r.payload.into(), &request_id, trigger)
+            .invoke(&function, call, &request_id)
             .await
-            .ok_or_else(|| status(Error::FunctionNotFound(r.function.clone())))?;
+            .ok_or_else(|| status(Error::FunctionNotFound(function.clone())))?;
         let code = answer.response.status().as_u16();
         let body = answer
             .response
             .into_body()
             .collect()
             .await
-            .map_err(|e| Status::unavailable(format!("reading the answer of {}: {e}", r.function)))?
+            .map_err(|e| Status::unavailable(format!("reading the answer of {function}: {e}")))?
             .to_bytes();
         let duration_ms = arrived.elapsed().as_secs_f64() * 1000.0;
         let logs = match answer.instance {
@@ -504,4 +492,45 @@ fn containerd_code(e: &ContainerdError) -> Code {
         Code::Unavailable => Code::Unavailable,
         _ => Code::Internal,
     }
+}
+
+/// The call an InvokeRequest asks for, checked.
+fn invocation(r: pb::InvokeRequest) -> Result<crate::dataplane::Invocation, Status> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let trigger = match r.trigger_source.as_str() {
+        "" => None,
+        t if t.len() <= 32
+            && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') =>
+        {
+            HeaderValue::from_str(t).ok()
+        }
+        t => {
+            return Err(Status::invalid_argument(format!(
+                "trigger_source {t:?} must be 1 to 32 of a-z, 0-9, '_' and '-'"
+            )))
+        }
+    };
+    let method = match r.method.as_str() {
+        "" => hyper::Method::POST,
+        m => hyper::Method::from_bytes(m.as_bytes())
+            .map_err(|_| Status::invalid_argument(format!("method {m:?} is not an HTTP method")))?,
+    };
+    let path = if r.path.is_empty() { "/" } else { r.path.as_str() };
+    let target = match path.parse::<hyper::Uri>() {
+        Ok(u) if path.starts_with('/') && u.authority().is_none() => u,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "path {path:?} must be a path (and query) starting with '/'"
+            )))
+        }
+    };
+    let mut headers = hyper::HeaderMap::new();
+    for (k, v) in &r.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| Status::invalid_argument(format!("header name {k:?} is not valid")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| Status::invalid_argument(format!("the value of header {k} is not valid")))?;
+        headers.insert(name, value);
+    }
+    Ok(crate::dataplane::Invocation { method, target, headers, payload: r.payload.into(), trigger })
 }

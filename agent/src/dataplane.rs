@@ -330,24 +330,36 @@ impl Dataplane {
         Answer { response: error(code, message), cold: false, instance: None }
     }
 
-    /// The gRPC Invoke: the payload as the body of a POST (to /event-invoke for an event
-    /// function, to / for an HTTP one).
-    pub async fn invoke(
-        &self,
-        function: &str,
-        payload: Bytes,
-        request_id: &str,
-        trigger: Option<HeaderValue>,
-    ) -> Option<Answer> {
+    /// The gRPC Invoke: `call` to an HTTP function as it is, to an event function as POST
+    /// /event-invoke; none when the node does not know `function`.
+    pub async fn invoke(&self, function: &str, call: Invocation, request_id: &str) -> Option<Answer> {
         let pool = self.pools.get(function)?;
-        let mut req = Request::new(Full::new(payload).map_err(|never| match never {}).boxed());
-        if let Some(t) = trigger {
+        let mut req = Request::new(Full::new(call.payload).map_err(|never| match never {}).boxed());
+        if let Some(t) = call.trigger {
             req.extensions_mut().insert(TriggerSource(t));
         }
-        *req.method_mut() = Method::POST;
-        req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Some(self.call(&pool, req, Uri::from_static("/"), request_id).await)
+        *req.method_mut() = call.method;
+        *req.headers_mut() = call.headers;
+        fnrt_hop::strip(req.headers_mut());
+        if !req.headers().contains_key(CONTENT_TYPE) {
+            req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Some(self.call(&pool, req, call.target, request_id).await)
     }
+}
+
+/// A call made through the gRPC Invoke.
+pub struct Invocation {
+    /// Its method (an event function always gets POST).
+    pub method: Method,
+    /// The path and query an HTTP function gets.
+    pub target: Uri,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body (an event function's event).
+    pub payload: Bytes,
+    /// What triggered it (X-Scf-Trigger-Src).
+    pub trigger: Option<HeaderValue>,
 }
 
 /// The instance a call goes to.

@@ -40,6 +40,9 @@ pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Chil
     if let Some(token) = &cfg.controlplane_token {
         args.extend(set("controlplane_token", token.expose().to_string()));
     }
+    if let Some(key) = &cfg.dataplane_key {
+        args.extend(set("dataplane_key", key.expose().to_string()));
+    }
     if let (Some(addr), Some(token)) = (cfg.tcp_listen, &cfg.tcp_token) {
         args.extend(set("tcp_listen", addr.to_string()));
         args.extend(set("tcp_token", token.expose().to_string()));

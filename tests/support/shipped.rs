@@ -86,6 +86,8 @@ pub struct ShippedControlPlane {
     pub admin_token: String,
     /// The cluster token agents join with.
     pub cluster_token: String,
+    /// The data plane key the gateway signs calls with.
+    pub dataplane_key: String,
     /// Its state directory and log.
     pub dir: tempfile::TempDir,
     /// The cluster CA it was given (`fnrt-controlplane ca init`), in `dir`.
@@ -123,7 +125,9 @@ impl ShippedControlPlane {
             "--san",
             "127.0.0.1",
         ]);
+        let dataplane_key = format!("dataplane-key-{:032x}", rand::random::<u128>());
         let mut settings = vec![
+            format!("dataplane_key={dataplane_key}"),
             format!("tls_ca_file={}", ca_dir.join("ca.pem").display()),
             format!("tls_cert_file={}", ca_dir.join("controlplane.pem").display()),
             format!("tls_key_file={}", ca_dir.join("controlplane.key").display()),
@@ -165,6 +169,7 @@ impl ShippedControlPlane {
             grpc: addr("grpc").parse().unwrap(),
             admin_token,
             cluster_token,
+            dataplane_key,
             dir,
             ca: ca_dir,
             log,
@@ -217,7 +222,10 @@ impl ShippedAgent {
         cfg.controlplane_url = Some(format!("https://{}", cp.grpc));
         cfg.controlplane_token = Some(cp.cluster_token.clone().into());
         cfg.node_name = cfg.namespace.clone();
-        // Its API on TCP with TLS, so the control plane calls it as it would another host.
+        // Its data plane beyond loopback (TLS, calls signed by the gateway) and its API on
+        // TCP with TLS, so the control plane calls it as it would another host's.
+        cfg.dataplane_listen = ([0, 0, 0, 0], 0).into();
+        cfg.dataplane_key = Some(cp.dataplane_key.clone().into());
         cfg.tcp_listen = Some(([127, 0, 0, 1], 0).into());
         cfg.tcp_token = Some(cp.cluster_token.clone().into());
         let out = dir.path().join("node");

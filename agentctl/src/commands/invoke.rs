@@ -1,9 +1,9 @@
-//! `agentctl invoke`: a call through the agent's data plane.
+//! `agentctl invoke`: a call of a function on the node.
 
 use std::io::Write;
 
 use clap::Args;
-use fnrt_proto::agent::v1::{agent_client::AgentClient, NodeStatusRequest};
+use fnrt_proto::agent::v1::{agent_client::AgentClient, InvokeRequest};
 use tonic::transport::Channel;
 
 use crate::CliError;
@@ -27,46 +27,41 @@ pub struct InvokeArgs {
     pub headers: Vec<String>,
 }
 
-/// Calls the function and prints the answer's body (its request id on stderr); a non-2xx
-/// answer fails the command.
+/// Calls the function through the agent's API (the data plane's path, SCF headers and
+/// timeout included, without the data plane's port, which may serve only the gateway) and
+/// prints the answer's body (its request id on stderr); a non-2xx answer fails the command.
 pub async fn run(agent: &mut AgentClient<Channel>, args: InvokeArgs) -> Result<(), CliError> {
-    let dp = agent.node_status(NodeStatusRequest {}).await?.into_inner().dataplane_address;
     let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
-    let url = format!("http://{dp}/function/{}{path}", args.function);
     let method =
         args.method.clone().unwrap_or_else(|| if args.data.is_some() { "POST" } else { "GET" }.into());
-    let method = reqwest::Method::from_bytes(method.as_bytes())
-        .map_err(|_| CliError::Usage(format!("--method {method:?} is not an HTTP method")))?;
-    let mut req = fnrt_common::tls::default_http_client()
-        .map_err(|e| CliError::Call(e.to_string()))?
-        .request(method, &url);
+    let mut headers = std::collections::HashMap::new();
     for h in &args.headers {
         let (k, v) = h
             .split_once(':')
             .ok_or_else(|| CliError::Usage(format!("--header {h:?}: expected \"Name: value\"")))?;
-        req = req.header(k.trim(), v.trim());
+        headers.insert(k.trim().to_string(), v.trim().to_string());
     }
-    if let Some(d) = args.data {
-        req = req.body(d);
-    }
-    let resp = req.send().await.map_err(|e| CliError::Call(format!("calling {url}: {e}")))?;
-    let status = resp.status();
+    let req = InvokeRequest {
+        function: args.function.clone(),
+        payload: args.data.unwrap_or_default().into_bytes(),
+        method,
+        path: path.clone(),
+        headers,
+        ..Default::default()
+    };
+    let answer = agent.invoke(req).await?.into_inner();
     // To stderr: stdout carries the body alone. `agentctl logs --request <id>` finds what
     // the call printed.
-    if let Some(id) = resp.headers().get("x-scf-request-id").and_then(|v| v.to_str().ok()) {
-        eprintln!("request id: {id}");
-    }
-    let body = resp.bytes().await.map_err(|e| CliError::Call(format!("reading the answer of {url}: {e}")))?;
+    eprintln!("request id: {}", answer.request_id);
     let mut stdout = std::io::stdout();
-    let _ = stdout.write_all(&body);
-    if !body.ends_with(b"\n") {
+    let _ = stdout.write_all(&answer.body);
+    if !answer.body.ends_with(b"\n") {
         let _ = stdout.write_all(b"\n");
     }
-    if status.is_success() {
-        Ok(())
-    } else if status == reqwest::StatusCode::NOT_FOUND {
-        Err(CliError::Api(tonic::Status::not_found(format!("{url} answered {status}"))))
-    } else {
-        Err(CliError::Call(format!("{url} answered {status}")))
+    let what = format!("{} {path} answered {}", args.function, answer.status);
+    match answer.status {
+        200..=299 => Ok(()),
+        404 => Err(CliError::Api(tonic::Status::not_found(what))),
+        _ => Err(CliError::Call(what)),
     }
 }

@@ -303,8 +303,8 @@ impl Scheduler {
         let req = apb::InvokeRequest {
             function: name,
             payload,
-            request_id: String::new(),
             trigger_source: source.to_string(),
+            ..Default::default()
         };
         link.invoke(req).await.map_err(|s| ScheduleError::Call {
             agent: route.dataplane.clone(),
