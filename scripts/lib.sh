@@ -232,11 +232,11 @@ build_rust() {
 }
 
 # Removes whatever a stack under $FNRT_STATE left: shims and their containers, mounts,
-# network namespaces of the agent's containerd namespace prefix ($1), the bridge ($2).
+# network namespaces of the agent's containerd namespace prefix ($1), the bridges ($2...).
 # Used by `demo down` and before and after the test suite, so a run that was killed
 # half-way never poisons the next one.
 scrub_state() {
-  local ns_prefix=$1 bridge=$2 sock="$FNRT_STATE/containerd/containerd.sock"
+  local ns_prefix=$1 sock="$FNRT_STATE/containerd/containerd.sock"
   local pids
   pids=$(pgrep -f "containerd-shim.*-address $sock" || true)
   if [ -n "$pids" ]; then
@@ -275,10 +275,12 @@ scrub_state() {
   for root in /sys/fs/cgroup /sys/fs/cgroup/*; do
     rmdir "$root/fnrt" 2>/dev/null || true
   done
-  ip link del "$bridge" 2>/dev/null || true
-  # The agents' network policy for the bridge (agent/src/firewall.rs names it).
-  local table="fnrt_${bridge//[-.]/_}"
-  nft delete table inet "$table" 2>/dev/null || true
+  # Each bridge given and the agents' network policy for it (agent/src/firewall.rs names it).
+  local b
+  for b in "${@:2}"; do
+    ip link del "$b" 2>/dev/null || true
+    nft delete table inet "fnrt_${b//[-.]/_}" 2>/dev/null || true
+  done
 }
 
 # A virtual environment with Scaleway's official Python SDK (the reference client of the

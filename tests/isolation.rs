@@ -91,9 +91,12 @@ async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() 
 /// A host of the test's own: a network namespace (held by a thread of this test, not
 /// under /run/netns) carrying `address`, reached from the node through a veth pair and a
 /// /32 route, as an outside address would be; it listens on `address:80`. It is gone,
-/// veth pair and route with it, when the thread ends.
+/// veth pair and route with it, when the thread ends and its sockets are closed. It
+/// listens on `address:80` (TCP) and `address:53` (UDP), sockets made in its namespace.
 struct TestHost {
     address: Ipv4Addr,
+    listener: TcpListener,
+    dns: std::net::UdpSocket,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -114,9 +117,9 @@ impl TestHost {
             tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
             go_rx.recv().unwrap();
             let listener = TcpListener::bind((address, 80)).unwrap();
-            ready_tx.send(()).unwrap();
+            let dns = std::net::UdpSocket::bind((address, 53)).unwrap();
+            ready_tx.send((listener, dns)).unwrap();
             let _ = stopped.recv();
-            drop(listener);
         });
         let tid = tid_rx.recv_timeout(Duration::from_secs(5)).unwrap().to_string();
         let netns = format!("--net=/proc/{tid}/ns/net");
@@ -137,8 +140,8 @@ impl TestHost {
         sh(&["sysctl", "-q", &format!("net.ipv4.conf.{outer}.proxy_arp=1")]);
         sh(&["ip", "route", "add", &format!("{addr}/32"), "dev", &outer]);
         go_tx.send(()).unwrap();
-        ready.recv_timeout(Duration::from_secs(5)).unwrap();
-        TestHost { address, stop: Some(stop), thread: Some(thread) }
+        let (listener, dns) = ready.recv_timeout(Duration::from_secs(5)).unwrap();
+        TestHost { address, listener, dns, stop: Some(stop), thread: Some(thread) }
     }
 
     fn target(&self) -> SocketAddr {
@@ -148,6 +151,34 @@ impl TestHost {
     fn remove(mut self) {
         drop(self.stop.take());
         self.thread.take().unwrap().join().unwrap();
+    }
+
+    /// Answers the DNS queries that reach it, each with one A record, `answer`, until
+    /// `stop` is set.
+    fn serve_dns(
+        &self,
+        answer: Ipv4Addr,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<u32> {
+        let sock = self.dns.try_clone().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            let mut buf = [0u8; 512];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                if n < 12 {
+                    continue;
+                }
+                let mut reply = buf[..n].to_vec();
+                reply[2..12].copy_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend_from_slice(&answer.octets());
+                let _ = sock.send_to(&reply, from);
+                answered += 1;
+            }
+            answered
+        })
     }
 }
 
@@ -186,6 +217,50 @@ async fn instances_reach_neither_each_other_nor_the_node_nor_the_metadata_addres
     assert_eq!(r["connected"], false, "an instance reached 169.254.169.254: {r}");
     let _ = a;
     agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_egress_internet_instances_reach_the_outside_masqueraded_and_resolve_names() {
+    // Its own bridge and subnet: the egress setting is the bridge's policy.
+    const BRIDGE: &str = "fnrt-test1";
+    let outside = TestHost::start("203.0.113.10".parse().unwrap());
+    // The name server in a private range, as a cloud's resolver is: reached on port 53 only.
+    let resolver = TestHost::start("192.168.254.53".parse().unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dns = resolver.serve_dns(outside.address, stop.clone());
+    let mut agent = TestAgent::start_with(|c| {
+        c.bridge = BRIDGE.into();
+        c.subnet = "10.203.0.0/16".into();
+        c.egress = fnrt_agent::Egress::Internet;
+        c.dns_servers = vec!["192.168.254.53".parse().unwrap()];
+    })
+    .await;
+    let instance = start(&mut agent, "outbound").await;
+    let r = connects(&agent, "outbound", outside.target()).await;
+    assert_eq!(r["connected"], true, "egress = internet, yet the outside was not reached: {r}");
+    outside.listener.set_nonblocking(true).unwrap();
+    let (_, peer) = outside.listener.accept().expect("the connection reached the test host");
+    let own: std::net::IpAddr = instance.address.split(':').next().unwrap().parse().unwrap();
+    assert_ne!(peer.ip(), own, "the instance's own address left the node: not masqueraded");
+    assert!(!peer.ip().to_string().starts_with("10.203."), "{peer}");
+
+    let r = act(&agent, "outbound", "resolve?name=example.test").await;
+    assert_eq!(r["address"], "203.0.113.10", "the instance resolves through the node's name server: {r}");
+    let r = connects(&agent, "outbound", SocketAddr::from((resolver.address, 80))).await;
+    assert_eq!(r["connected"], false, "the name server's private range is open beyond port 53: {r}");
+    let metadata = TestHost::start("169.254.169.254".parse().unwrap());
+    let r = connects(&agent, "outbound", metadata.target()).await;
+    metadata.remove();
+    assert_eq!(r["connected"], false, "egress = internet opened the metadata address: {r}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(dns.join().unwrap() >= 1);
+    outside.remove();
+    resolver.remove();
+    agent.cleanup().await;
+    let table = format!("fnrt_{}", BRIDGE.replace('-', "_"));
+    let _ = Command::new("nft").args(["delete", "table", "inet", &table]).status();
+    let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
 }
 
 #[tokio::test(flavor = "multi_thread")]

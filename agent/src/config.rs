@@ -127,6 +127,9 @@ pub struct Config {
     /// link-local (metadata) ranges.
     #[default(crate::firewall::Egress::None)]
     pub egress: crate::firewall::Egress,
+    /// Name servers of instances when egress is "internet" (default: the node's, from
+    /// /etc/resolv.conf, loopback ones left out). Instances reach them on port 53 only.
+    pub dns_servers: Vec<std::net::IpAddr>,
     /// Install the instances' network policy (nftables) on the bridge. false leaves
     /// instances able to reach each other, the node and its networks: only for nodes that
     /// run one tenant's functions.

@@ -67,12 +67,20 @@ pub struct Firewall {
     bridge: String,
     subnet: String,
     egress: Egress,
+    dns: Vec<std::net::IpAddr>,
 }
 
 impl Firewall {
     /// The policy of `bridge` (carrying `subnet`).
     pub fn new(bridge: &str, subnet: &str, egress: Egress) -> Firewall {
-        Firewall { bridge: bridge.to_string(), subnet: subnet.to_string(), egress }
+        Firewall { bridge: bridge.to_string(), subnet: subnet.to_string(), egress, dns: Vec::new() }
+    }
+
+    /// Lets instances reach `servers` on port 53 (UDP and TCP) when egress is `internet`,
+    /// whatever range they are in.
+    pub fn with_dns(mut self, servers: &[std::net::IpAddr]) -> Firewall {
+        self.dns = servers.iter().filter(|s| s.is_ipv4()).copied().collect();
+        self
     }
 
     /// The name of the table.
@@ -94,6 +102,13 @@ impl Firewall {
                 ),
             ),
         };
+        let dns = match (self.egress, self.dns.is_empty()) {
+            (Egress::Internet, false) => {
+                let servers = self.dns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                format!("iifname \"{b}\" ip daddr {{ {servers} }} meta l4proto {{ tcp, udp }} th dport 53 accept\n    ")
+            }
+            _ => String::new(),
+        };
         format!(
             "table inet {t}\ndelete table inet {t}\n\
              table inet {t} {{\n  set forbidden {{\n    type ipv4_addr; flags interval;\n    elements = {{ {forbidden} }}\n  }}\n  \
@@ -101,7 +116,7 @@ impl Firewall {
              iifname \"{b}\" ct state established,related accept\n    iifname \"{b}\" drop\n  }}\n  \
              chain forward {{\n    type filter hook forward priority filter; policy accept;\n    \
              oifname \"{b}\" ct state established,related accept\n    oifname \"{b}\" drop\n    \
-             iifname \"{b}\" ip daddr @forbidden drop\n    iifname \"{b}\" meta nfproto ipv6 drop\n    \
+             {dns}iifname \"{b}\" ip daddr @forbidden drop\n    iifname \"{b}\" meta nfproto ipv6 drop\n    \
              iifname \"{b}\" {egress}\n  }}\n{nat}}}\n"
         )
     }
@@ -147,5 +162,13 @@ mod tests {
         let open = Firewall::new("fnrt0", "10.201.0.0/16", Egress::Internet).script();
         assert!(open.contains("iifname \"fnrt0\" accept"), "{open}");
         assert!(open.contains("ip saddr 10.201.0.0/16 oifname != \"fnrt0\" masquerade"), "{open}");
+        let dns = Firewall::new("fnrt0", "10.201.0.0/16", Egress::Internet)
+            .with_dns(&["10.0.0.2".parse().unwrap_or(std::net::IpAddr::from([0; 4]))])
+            .script();
+        let accept = dns.find("ip daddr { 10.0.0.2 } meta l4proto { tcp, udp } th dport 53 accept");
+        assert!(accept.is_some_and(|a| dns.find("@forbidden drop").is_some_and(|f| a < f)), "{dns}");
+        let closed = Firewall::new("fnrt0", "10.201.0.0/16", Egress::None)
+            .with_dns(&[std::net::IpAddr::from([10, 0, 0, 2])]);
+        assert!(!closed.script().contains("dport 53"), "no DNS without egress");
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod api;
 pub(crate) mod config;
 pub(crate) mod containerd;
 pub(crate) mod dataplane;
+pub(crate) mod dns;
 pub(crate) mod env;
 pub(crate) mod error;
 pub(crate) mod events;
@@ -49,6 +50,7 @@ use tonic::transport::Server;
 pub use config::{Config, ConfigError};
 pub use containerd::Containerd;
 pub use error::{chain, Error};
+pub use firewall::Egress;
 pub use image::chain_ids;
 pub use network::Network;
 
@@ -200,7 +202,7 @@ impl Drop for AgentHandle {
 
 /// Makes the agent's directories, checks the user namespace range against the image cache, installs the instances'
 /// network policy and isolates the bridge's ports (those of adopted instances included).
-async fn prepare_node(cfg: &Config) -> Result<idmap::IdMap, StartError> {
+async fn prepare_node(cfg: &Config) -> Result<(idmap::IdMap, Option<PathBuf>), StartError> {
     for dir in [&cfg.state_dir.join("logs"), &cfg.cni_data_dir()] {
         std::fs::create_dir_all(dir).map_err(|source| StartError::Io {
             what: "create directory",
@@ -210,15 +212,32 @@ async fn prepare_node(cfg: &Config) -> Result<idmap::IdMap, StartError> {
     }
     let ids = cfg.ids();
     ids.check_recorded(&cfg.state_dir)?;
+    let dns = match cfg.egress {
+        firewall::Egress::None => Vec::new(),
+        firewall::Egress::Internet => dns::servers(&cfg.dns_servers),
+    };
+    let resolv_conf = if cfg.egress == firewall::Egress::Internet {
+        if dns.is_empty() {
+            tracing::warn!("egress = \"internet\" but no name server an instance can reach: set dns_servers");
+        }
+        let path = dns::write(&cfg.state_dir, &dns).map_err(|source| StartError::Io {
+            what: "write",
+            path: "resolv.conf".into(),
+            source,
+        })?;
+        Some(path)
+    } else {
+        None
+    };
     if cfg.firewall {
-        firewall::Firewall::new(&cfg.bridge, &cfg.subnet, cfg.egress).install().await?;
+        firewall::Firewall::new(&cfg.bridge, &cfg.subnet, cfg.egress).with_dns(&dns).install().await?;
     } else {
         tracing::warn!(bridge = %cfg.bridge, "firewall = false: instances can reach each other and the node");
     }
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     network.isolate_ports().map_err(Error::from)?;
-    Ok(ids)
+    Ok((ids, resolv_conf))
 }
 
 /// Starts an agent: connects to containerd, adopts the instances it already has, and
@@ -228,12 +247,13 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let tls = tcp_api::load_tls(&cfg)?;
     let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.map_err(Error::from)?;
     let log_dir = cfg.state_dir.join("logs");
-    let ids = prepare_node(&cfg).await?;
+    let (ids, resolv_conf) = prepare_node(&cfg).await?;
     let images = ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?, ids);
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let scratch_dir = cfg.state_dir.join("scratch");
-    let runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir, ids, cfg.seccomp);
+    let mut runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir, ids, cfg.seccomp);
+    runtime.resolv_conf = resolv_conf;
     let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));
     let metrics = Arc::new(metrics::Metrics::default());
     let instances = Arc::new(Instances::new(instance::Parts {

@@ -133,6 +133,8 @@ pub struct Runtime {
     snapshotter: String,
     runtime: String,
     scratch: scratch::Scratch,
+    /// Mounted read-only on every instance's /etc/resolv.conf (egress "internet").
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -147,7 +149,15 @@ impl Runtime {
         seccomp: bool,
     ) -> Runtime {
         let scratch = scratch::Scratch::new(scratch_dir);
-        Runtime { cd, ids, seccomp, snapshotter: snapshotter.into(), runtime: runtime.into(), scratch }
+        Runtime {
+            cd,
+            ids,
+            seccomp,
+            snapshotter: snapshotter.into(),
+            runtime: runtime.into(),
+            scratch,
+            resolv_conf: None,
+        }
     }
 
     /// The node-unique name of an instance's cgroup and /tmp: `<namespace>-<id>`.
@@ -199,6 +209,7 @@ impl Runtime {
             tmp,
             ids: self.ids,
             seccomp: self.seccomp,
+            resolv_conf: self.resolv_conf.as_deref(),
         })?;
         serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })
     }

@@ -58,6 +58,36 @@ pub struct InstanceSpec<'a> {
     pub ids: IdMap,
     /// Whether the seccomp filter applies (always, but for measuring what it costs).
     pub seccomp: bool,
+    /// The node's resolv.conf for instances (egress "internet"), mounted read-only.
+    pub resolv_conf: Option<&'a Path>,
+}
+
+/// The runtime's default mounts, with the instance's own /tmp and (egress "internet") the
+/// node's resolv.conf, read-only.
+fn mounts(
+    mut mounts: Vec<oci_spec::runtime::Mount>,
+    s: &InstanceSpec,
+) -> Result<Vec<oci_spec::runtime::Mount>, SpecError> {
+    mounts.retain(|m| m.destination() != Path::new("/tmp"));
+    mounts.push(
+        MountBuilder::default()
+            .destination("/tmp")
+            .typ("bind")
+            .source(s.tmp)
+            .options(["rbind", "rw", "nosuid", "nodev"].map(String::from).to_vec())
+            .build()?,
+    );
+    if let Some(resolv) = s.resolv_conf {
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source(resolv)
+                .options(["rbind", "ro", "nosuid", "nodev", "noexec"].map(String::from).to_vec())
+                .build()?,
+        );
+    }
+    Ok(mounts)
 }
 
 /// Builds the runtime spec of an instance: the image's process in its own namespaces (a
@@ -98,17 +128,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
         p.set_cwd(cwd.into());
         p.set_user(UserBuilder::default().uid(uid).gid(gid).build()?);
     }
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    mounts.retain(|m| m.destination() != Path::new("/tmp"));
-    mounts.push(
-        MountBuilder::default()
-            .destination("/tmp")
-            .typ("bind")
-            .source(s.tmp)
-            .options(["rbind", "rw", "nosuid", "nodev"].map(String::from).to_vec())
-            .build()?,
-    );
-    spec.set_mounts(Some(mounts));
+    spec.set_mounts(Some(mounts(spec.mounts().clone().unwrap_or_default(), s)?));
     sandbox(&mut spec, s.ids, s.seccomp)?;
     if let Some(linux) = spec.linux_mut() {
         let namespaces = linux.namespaces().clone().unwrap_or_default().into_iter().map(|ns| {
@@ -235,8 +255,17 @@ mod tests {
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
+            resolv_conf: Some(Path::new("/var/lib/fnrt/resolv.conf")),
         };
         let spec = build(&s).expect("spec");
+        let resolv = spec
+            .mounts()
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.destination() == Path::new("/etc/resolv.conf"));
+        let options = resolv.and_then(|m| m.options().clone()).unwrap_or_default();
+        assert!(options.contains(&"ro".to_string()), "the node's resolv.conf, read-only: {options:?}");
         let p = spec.process().as_ref().expect("process");
         assert_eq!(p.args().as_ref().expect("args"), &vec!["/fixture".to_string(), "echo".to_string()]);
         let e = p.env().as_ref().expect("env");
@@ -287,6 +316,7 @@ mod tests {
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
+            resolv_conf: None,
         };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
@@ -301,6 +331,7 @@ mod tests {
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
+            resolv_conf: None,
         };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }
