@@ -222,10 +222,15 @@ impl Config {
 
     /// The cluster TLS files (CA, certificate, key) when all three are set.
     pub fn tls_files(&self) -> Option<(&Path, &Path, &Path)> {
-        match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
-            (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
-            _ => None,
-        }
+        self.tls_setting().ok().flatten()
+    }
+
+    fn tls_setting(&self) -> Result<Option<(&Path, &Path, &Path)>, String> {
+        fnrt_common::pki::files(
+            self.tls_ca_file.as_deref(),
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+        )
     }
 
     /// Whether the data plane serves TLS: with the cluster TLS files, when it listens
@@ -254,14 +259,8 @@ impl Config {
     /// Checks the cluster links: TLS files all or none, and TLS (or `insecure`) beyond
     /// loopback.
     fn check_links(&self, errors: &mut Vec<String>) {
-        let set = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file]
-            .iter()
-            .filter(|f| f.is_some())
-            .count();
-        if set != 0 && set != 3 {
-            errors.push(
-                "tls_ca_file, tls_cert_file and tls_key_file go together: set all three or none".into(),
-            );
+        if let Err(e) = self.tls_setting() {
+            errors.push(e);
         }
         let https = self.controlplane_url.as_deref().is_some_and(|u| u.starts_with("https://"));
         if https && self.tls_files().is_none() {

@@ -298,6 +298,20 @@ impl ClusterTls {
     }
 }
 
+/// The three cluster TLS settings (`tls_ca_file`, `tls_cert_file`, `tls_key_file`) of a
+/// configuration: all set, none (`Ok(None)`), or some, which is an error saying so.
+pub fn files<'a>(
+    ca: Option<&'a Path>,
+    cert: Option<&'a Path>,
+    key: Option<&'a Path>,
+) -> Result<Option<(&'a Path, &'a Path, &'a Path)>, String> {
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some((ca, cert, key))),
+        (None, None, None) => Ok(None),
+        _ => Err("tls_ca_file, tls_cert_file and tls_key_file go together: set all three or none".into()),
+    }
+}
+
 /// Whether `cert` (DER) was signed by `ca` (DER), so a wrong CA file is named at start and
 /// not as a handshake failure later.
 fn signed_by(cert: &[u8], ca: &[u8]) -> Result<(), PkiError> {

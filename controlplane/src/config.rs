@@ -143,10 +143,15 @@ impl Config {
 impl Config {
     /// The cluster TLS files (CA, certificate, key) when all three are set.
     pub fn tls_files(&self) -> Option<(&Path, &Path, &Path)> {
-        match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
-            (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
-            _ => None,
-        }
+        self.tls_setting().ok().flatten()
+    }
+
+    fn tls_setting(&self) -> Result<Option<(&Path, &Path, &Path)>, String> {
+        fnrt_common::pki::files(
+            self.tls_ca_file.as_deref(),
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+        )
     }
 
     /// Whether the join service runs in plain TCP beyond loopback.
@@ -155,14 +160,8 @@ impl Config {
     }
 
     fn check_links(&self, errors: &mut Vec<String>) {
-        let set = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file]
-            .iter()
-            .filter(|f| f.is_some())
-            .count();
-        if set != 0 && set != 3 {
-            errors.push(
-                "tls_ca_file, tls_cert_file and tls_key_file go together: set all three or none".into(),
-            );
+        if let Err(e) = self.tls_setting() {
+            errors.push(e);
         }
         if self.plain_grpc() && !self.insecure {
             errors.push(format!(
