@@ -13,14 +13,13 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-
 use fnrt_proto::agent::v1::{DeployFunctionRequest, FunctionSpec, ListInstancesRequest};
 use fnrt_tests::process::{ready, spawn_agent};
 use fnrt_tests::{assert_nothing_left, image, remove_namespace, test_config};
+
+#[path = "load.rs"]
+mod load;
+use load::{load, us};
 
 const ROUNDS: usize = 3;
 const PATH: &str = "/_fixture/sleep?ms=0";
@@ -136,47 +135,6 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// `clients` closed loops of GET `url` on keep-alive connections for `dur`: every
-/// latency, and the time taken.
-async fn load(url: &str, clients: usize, dur: Duration) -> (Vec<Duration>, Duration) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let http: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(clients).build(connector);
-    let uri: hyper::Uri = url.parse().unwrap();
-    let start = Instant::now();
-    let end = start + dur;
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (http, uri) = (http.clone(), uri.clone());
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < end {
-                    let t0 = Instant::now();
-                    let resp = http.get(uri.clone()).await.unwrap();
-                    assert_eq!(resp.status(), 200, "{uri}");
-                    resp.into_body().collect().await.unwrap();
-                    lat.push(t0.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    (all, start.elapsed())
-}
-
 /// nginx as a reverse proxy to the instance, with keep-alive to it: its master in the
 /// foreground (`daemon off`) as this process's child, in a process group of its own with
 /// its workers, so that all of them end with it.
@@ -252,4 +210,8 @@ impl Drop for Nginx {
             self.kill_group();
         }
     }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }

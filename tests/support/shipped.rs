@@ -217,6 +217,11 @@ pub struct ShippedAgent {
 impl ShippedAgent {
     /// Starts it, joined to `cp`, and waits until the control plane lists it.
     pub async fn start(cp: &ShippedControlPlane) -> ShippedAgent {
+        Self::start_with(cp, |_| {}).await
+    }
+
+    /// As [`ShippedAgent::start`], with its configuration changed by `tweak` last.
+    pub async fn start_with(cp: &ShippedControlPlane, tweak: impl FnOnce(&mut Config)) -> ShippedAgent {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(dir.path());
         cfg.controlplane_url = Some(format!("https://{}", cp.grpc));
@@ -235,6 +240,7 @@ impl ShippedAgent {
         cfg.tls_ca_file = Some(cp.ca.join("ca.pem"));
         cfg.tls_cert_file = Some(out.with_extension("pem"));
         cfg.tls_key_file = Some(out.with_extension("key"));
+        tweak(&mut cfg);
         let log = dir.path().join("agent.log");
         let mut child = spawn_agent(&release_bin("fnrt-agent"), &cfg, &log);
         let client = ready(&mut child, &cfg, &log).await;
