@@ -20,12 +20,22 @@ async fn start_cp(dir: &Path) -> fnrt_controlplane::Handle {
 }
 
 async fn joined_agent(cp: &fnrt_controlplane::Handle, node: &str) -> TestAgent {
+    joined_agent_allowing(cp, node, &[]).await
+}
+
+/// As [`joined_agent`], the agent also allowed `registries`.
+async fn joined_agent_allowing(
+    cp: &fnrt_controlplane::Handle,
+    node: &str,
+    registries: &[String],
+) -> TestAgent {
     let url = format!("http://{}", cp.grpc_address);
     let node = node.to_string();
     let agent = TestAgent::start_with(move |c| {
         c.controlplane_url = Some(url);
         c.controlplane_token = Some(CLUSTER_TOKEN.into());
         c.node_name = node;
+        c.allowed_registries.extend_from_slice(registries);
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -314,6 +324,62 @@ async fn a_restarted_control_plane_keeps_namespaces_functions_tokens_and_crons()
     let f = api
         .post("/functions", json!({ "namespace_id": ns["id"], "name": "f", "registry_image": image("echo") }))
         .await;
+    // A registry_image may only name allowed registries (the node's own services are not).
+    for (bad, why) in [
+        ("127.0.0.1:2379/x/y:t", "registry 127.0.0.1:2379 is not allowed here"),
+        ("ghcr.io/x/y:t", "registry ghcr.io is not allowed here: it is not listed"),
+        ("no such reference", "it contains white space"),
+    ] {
+        let body = json!({ "namespace_id": ns["id"], "name": "bad", "registry_image": bad });
+        let (status, v) = api.call(reqwest::Method::POST, "/functions", Some(body)).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert!(v.to_string().contains(why) && v.to_string().contains("registry_image"), "{bad}: {v}");
+        let update = json!({ "registry_image": bad });
+        let path = format!("/functions/{}", f["id"].as_str().unwrap());
+        let (status, v) = api.call(reqwest::Method::PATCH, &path, Some(update)).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    // Host labels: one per function, within 63 characters.
+    api.post(
+        "/functions",
+        json!({ "namespace_id": ns["id"], "name": "a-b", "registry_image": image("echo") }),
+    )
+    .await;
+    let keep_a = api.post("/namespaces", json!({ "name": "keep-a" })).await;
+    let body = json!({ "namespace_id": keep_a["id"], "name": "b", "registry_image": image("echo") });
+    let (status, v) = api.call(reqwest::Method::POST, "/functions", Some(body)).await;
+    assert_eq!(status, 409, "keep-a + b is keep + a-b's host: {v}");
+    assert!(v["message"].as_str().unwrap().contains("already answers on the host label \"keep-a-b\""), "{v}");
+    let long = format!("f{}", "x".repeat(60));
+    let body = json!({ "namespace_id": ns["id"], "name": long, "registry_image": image("echo") });
+    let (status, v) = api.call(reqwest::Method::POST, "/functions", Some(body)).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("a DNS label holds 63"), "{v}");
+    // Custom domains claim neither the functions' own names nor addresses.
+    for host in ["keep-f.functions.localhost", "functions.localhost", "10.0.0.1"] {
+        let body = json!({ "hostname": host, "function_id": f["id"] });
+        let (status, v) = api.call(reqwest::Method::POST, "/domains", Some(body)).await;
+        assert_eq!(status, 400, "{host}: {v}");
+    }
+    // A private function says nothing of itself to a caller without a token, not even
+    // that it is not deployed.
+    let body = json!({ "namespace_id": ns["id"], "name": "hidden", "privacy": "private", "registry_image": image("echo") });
+    api.post("/functions", body).await;
+    let r =
+        fnrt_tests::http().get(format!("http://{}/keep/hidden/", cp.gateway_address)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(!r.text().await.unwrap().contains("deploy"), "a private function's state was shown");
+    // axum's own rejections (a query that does not parse, a method a path lacks) answer
+    // in Scaleway's JSON error shape too (the calls would panic on plain text).
+    let (status, v) = api.call_path(reqwest::Method::PUT, "/fnrt/v1/code/x?expires=soon").await;
+    assert_eq!((status, v["type"].as_str()), (400, Some("invalid_arguments")), "{v}");
+    let (status, v) = api.call(reqwest::Method::DELETE, "/runtimes", None).await;
+    assert_eq!((status, v["type"].as_str()), (405, Some("invalid_arguments")), "{v}");
+    // Scaleway's seed names the expiry expire_at: it is read (a past one is refused).
+    let body = json!({ "namespace_id": ns["id"], "expire_at": "2001-01-01T00:00:00Z" });
+    let (status, v) = api.call(reqwest::Method::POST, "/tokens", Some(body)).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("the expiry is in the past"), "{v}");
     let t = api.post("/tokens", json!({ "namespace_id": ns["id"] })).await;
     let c = api
         .post("/crons", json!({ "function_id": f["id"], "schedule": "0 0 * * *", "args": {"a": 1} }))
@@ -355,10 +421,14 @@ struct NotifyingRegistry {
 }
 
 impl NotifyingRegistry {
-    async fn start(webhook: &str, token: &str) -> NotifyingRegistry {
-        let dir = tempfile::tempdir().unwrap();
+    /// A free loopback address for it (the control plane must allow it before it starts).
+    fn address() -> String {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
+        format!("127.0.0.1:{port}")
+    }
+
+    async fn start(addr: String, webhook: &str, token: &str) -> NotifyingRegistry {
+        let dir = tempfile::tempdir().unwrap();
         let cfg = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n\
              notifications:\n  endpoints:\n    - name: fnrt\n      url: {webhook}\n      headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n",
@@ -465,15 +535,17 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     let dir = tempfile::tempdir().unwrap();
     let token = "webhook-token-for-tests";
     real_parts();
+    let reg_addr = NotifyingRegistry::address();
     let cp = fnrt_controlplane::start(CpConfig {
         webhook_token: token.into(),
+        allowed_registries: vec![reg_addr.clone()],
         ..controlplane_config(dir.path(), CLUSTER_TOKEN)
     })
     .await
     .unwrap();
     let webhook = format!("http://{}/fnrt/v1/registry-events", cp.api_address);
-    let reg = NotifyingRegistry::start(&webhook, token).await;
-    let agent = joined_agent(&cp, "push-node").await;
+    let reg = NotifyingRegistry::start(reg_addr.clone(), &webhook, token).await;
+    let agent = joined_agent_allowing(&cp, "push-node", &[reg_addr]).await;
     let api = Api::new(&cp);
 
     push_variant(&reg.addr, "live", 1, None).await;

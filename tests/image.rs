@@ -45,8 +45,8 @@ async fn images_not_for_amd64_are_refused_and_the_cache_is_unchanged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_over_1_gib_is_refused_before_any_blob_is_fetched() {
-    let mut agent = TestAgent::start().await;
     let proxy = RegistryProxy::start(&real_parts().registry, Fault::None).await;
+    let mut agent = TestAgent::start_with(|c| proxy.allow(c)).await;
     let before = cache(&mut agent).await;
     let err = pull(&mut agent, &format!("{}/fnrt/too-large:latest", proxy.addr)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
@@ -63,8 +63,8 @@ async fn an_image_over_1_gib_is_refused_before_any_blob_is_fetched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_concurrent_pulls_fetch_each_blob_once() {
-    let agent = TestAgent::start().await;
     let proxy = RegistryProxy::start(&real_parts().registry, Fault::None).await;
+    let agent = TestAgent::start_with(|c| proxy.allow(c)).await;
     let reference = format!("{}/fnrt/echo:latest", proxy.addr);
     let pulls = (0..20).map(|_| {
         let mut client = agent.client.clone();
@@ -85,9 +85,9 @@ async fn twenty_concurrent_pulls_fetch_each_blob_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_layer_with_the_wrong_bytes_is_refused_and_nothing_of_it_is_kept() {
-    let mut agent = TestAgent::start().await;
     let layer = blob_digests("fnrt/echo").await[1].clone();
     let proxy = RegistryProxy::start(&real_parts().registry, Fault::Corrupt(layer.clone())).await;
+    let mut agent = TestAgent::start_with(|c| proxy.allow(c)).await;
     let before = cache(&mut agent).await;
     let err = pull(&mut agent, &format!("{}/fnrt/echo:latest", proxy.addr)).await.unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{}", err.message());
@@ -103,9 +103,9 @@ async fn a_layer_with_the_wrong_bytes_is_refused_and_nothing_of_it_is_kept() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_that_goes_away_mid_pull_leaves_nothing_and_the_next_pull_works() {
-    let mut agent = TestAgent::start().await;
     let layer = blob_digests("fnrt/echo").await[1].clone();
     let proxy = RegistryProxy::start(&real_parts().registry, Fault::CutAfter(layer, 100_000)).await;
+    let mut agent = TestAgent::start_with(|c| proxy.allow(c)).await;
     let before = cache(&mut agent).await;
     let err = pull(&mut agent, &format!("{}/fnrt/echo:latest", proxy.addr)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
@@ -202,7 +202,7 @@ async fn registries_that_ask_for_basic_or_bearer_auth_get_it_and_secrets_stay_se
         };
 
         // No credentials: refused, and the message says where they would come from.
-        let mut agent = TestAgent::start().await;
+        let mut agent = TestAgent::start_with(|c| proxy.allow(c)).await;
         let err = pull(&mut agent, &reference).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{kind}: {}", err.message());
         assert!(
@@ -214,7 +214,11 @@ async fn registries_that_ask_for_basic_or_bearer_auth_get_it_and_secrets_stay_se
 
         // Wrong password: refused, and the password given appears nowhere.
         let wrong = auth_file(dir.path(), &proxy.addr.to_string(), "fn-user", "wrong-pw-0");
-        let mut agent = TestAgent::start_with(|c| c.registry_auth_file = Some(wrong)).await;
+        let mut agent = TestAgent::start_with(|c| {
+            proxy.allow(c);
+            c.registry_auth_file = Some(wrong);
+        })
+        .await;
         let err = pull(&mut agent, &reference).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{kind}: {}", err.message());
         assert!(!err.message().contains("wrong-pw-0"), "{kind}: {}", err.message());
@@ -222,7 +226,11 @@ async fn registries_that_ask_for_basic_or_bearer_auth_get_it_and_secrets_stay_se
 
         // The right ones: the pull works.
         let right = auth_file(dir.path(), &proxy.addr.to_string(), "fn-user", &password);
-        let mut agent = TestAgent::start_with(|c| c.registry_auth_file = Some(right)).await;
+        let mut agent = TestAgent::start_with(|c| {
+            proxy.allow(c);
+            c.registry_auth_file = Some(right);
+        })
+        .await;
         let (img, _) = fnrt_tests::pull_image(&mut agent.client, &reference).await.unwrap();
         assert_eq!(img.reference, reference);
         let status = agent.client.node_status(NodeStatusRequest {}).await.unwrap().into_inner();
@@ -236,7 +244,10 @@ async fn https_registries_are_verified_against_the_trusted_roots() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy, ca_pem) = RegistryProxy::start_tls(&real_parts().registry, Fault::None).await;
     let reference = format!("{}/fnrt/echo:latest", proxy.addr);
-    let https = |c: &mut fnrt_agent::Config| c.plain_http_registries = vec![];
+    let https = |c: &mut fnrt_agent::Config| {
+        proxy.allow(c);
+        c.plain_http_registries = vec![];
+    };
 
     // A CA the agent was not told to trust: the TLS handshake fails, nothing is pulled.
     let mut agent = TestAgent::start_with(https).await;

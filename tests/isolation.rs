@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fnrt_proto::agent::v1::{Instance, StartInstanceRequest};
+use fnrt_tests::testhost::TestHost;
 use fnrt_tests::{image, TestAgent};
 
 async fn start(agent: &mut TestAgent, function: &str) -> Instance {
@@ -86,100 +87,6 @@ async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() 
     let seccomp = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
     assert!(seccomp.ends_with('2'), "filter mode: {seccomp}");
     agent.cleanup().await;
-}
-
-/// A host of the test's own: a network namespace (held by a thread of this test, not
-/// under /run/netns) carrying `address`, reached from the node through a veth pair and a
-/// /32 route, as an outside address would be; it listens on `address:80`. It is gone,
-/// veth pair and route with it, when the thread ends and its sockets are closed. It
-/// listens on `address:80` (TCP) and `address:53` (UDP), sockets made in its namespace.
-struct TestHost {
-    address: Ipv4Addr,
-    listener: TcpListener,
-    dns: std::net::UdpSocket,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-impl TestHost {
-    fn start(address: Ipv4Addr) -> TestHost {
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
-            go_rx.recv().unwrap();
-            let listener = TcpListener::bind((address, 80)).unwrap();
-            let dns = std::net::UdpSocket::bind((address, 53)).unwrap();
-            ready_tx.send((listener, dns)).unwrap();
-            let _ = stopped.recv();
-        });
-        let tid = tid_rx.recv_timeout(Duration::from_secs(5)).unwrap().to_string();
-        let netns = format!("--net=/proc/{tid}/ns/net");
-        let tag = format!("{:04x}", rand::random::<u16>());
-        let (outer, inner) = (format!("fnrtth{tag}"), format!("fnrtti{tag}"));
-        let addr = address.to_string();
-        sh(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner]);
-        sh(&["ip", "link", "set", &inner, "netns", &tid]);
-        for args in [
-            vec!["ip", "link", "set", "lo", "up"],
-            vec!["ip", "link", "set", &inner, "up"],
-            vec!["ip", "addr", "add", &format!("{addr}/32"), "dev", &inner],
-            vec!["ip", "route", "add", "default", "dev", &inner],
-        ] {
-            sh(&[&["nsenter", &netns][..], &args].concat());
-        }
-        sh(&["ip", "link", "set", &outer, "up"]);
-        sh(&["sysctl", "-q", &format!("net.ipv4.conf.{outer}.proxy_arp=1")]);
-        sh(&["ip", "route", "add", &format!("{addr}/32"), "dev", &outer]);
-        go_tx.send(()).unwrap();
-        let (listener, dns) = ready.recv_timeout(Duration::from_secs(5)).unwrap();
-        TestHost { address, listener, dns, stop: Some(stop), thread: Some(thread) }
-    }
-
-    fn target(&self) -> SocketAddr {
-        SocketAddr::from((self.address, 80))
-    }
-
-    fn remove(mut self) {
-        drop(self.stop.take());
-        self.thread.take().unwrap().join().unwrap();
-    }
-
-    /// Answers the DNS queries that reach it, each with one A record, `answer`, until
-    /// `stop` is set.
-    fn serve_dns(
-        &self,
-        answer: Ipv4Addr,
-        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> std::thread::JoinHandle<u32> {
-        let sock = self.dns.try_clone().unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        std::thread::spawn(move || {
-            let mut answered = 0;
-            let mut buf = [0u8; 512];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-                if n < 12 {
-                    continue;
-                }
-                let mut reply = buf[..n].to_vec();
-                reply[2..12].copy_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
-                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-                reply.extend_from_slice(&answer.octets());
-                let _ = sock.send_to(&reply, from);
-                answered += 1;
-            }
-            answered
-        })
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

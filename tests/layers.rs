@@ -14,9 +14,9 @@ use std::process::Command;
 
 use containerd_client::services::v1::snapshots::{RemoveSnapshotRequest, ViewSnapshotRequest};
 use fnrt_agent::Containerd;
+use fnrt_tests::push::{push_blob, sha};
 use fnrt_tests::{real_parts, remove_namespace, TestAgent};
 use nix::mount::{mount, umount, MsFlags};
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 type Entry<'a> = (&'a str, EntryType, u32, &'a [u8], Option<&'a str>);
@@ -43,24 +43,6 @@ fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn sha(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// Pushes a blob with a monolithic upload (POST, then PUT with the digest).
-async fn push_blob(http: &reqwest::Client, registry: &str, repo: &str, bytes: Vec<u8>) -> String {
-    let digest = sha(&bytes);
-    let start = http.post(format!("http://{registry}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
-    assert_eq!(start.status().as_u16(), 202, "start upload");
-    let location = start.headers()["location"].to_str().unwrap().to_string();
-    let url = if location.starts_with("http") { location } else { format!("http://{registry}{location}") };
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let put = http.put(format!("{url}{sep}digest={digest}")).body(bytes).send().await.unwrap();
-    assert_eq!(put.status().as_u16(), 201, "finish upload of {digest}");
-    digest
-}
-
-/// Mounts the snapshot `top` of `namespace` read-only and describes every file under it.
 async fn describe(socket: &Path, namespace: &str, top: &str) -> BTreeMap<String, String> {
     let cd = Containerd::connect(socket, namespace).await.unwrap();
     let key = format!("fnrt-test-view-{:08x}", rand::random::<u32>());

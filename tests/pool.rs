@@ -218,6 +218,24 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
         let e = agent.client.invoke(bad).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
     }
+    // An answer is 6 MB at most, and the function's timeout (3 s) covers all of it: an
+    // endless answer and one that streams past the timeout end with a clear error.
+    let stream =
+        |path: &str| InvokeRequest { function: "web".into(), path: path.into(), ..Default::default() };
+    let e = agent.client.invoke(stream("/_fixture/stream?kb=0")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("over 6000000 bytes"), "{}", e.message());
+    let t0 = std::time::Instant::now();
+    let e = agent.client.invoke(stream("/_fixture/stream?kb=640&ms=500")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{}", e.message());
+    assert!(t0.elapsed() < std::time::Duration::from_millis(4500), "{:?}", t0.elapsed());
+    // Through the data plane too: the answer is cut (an error, not a short body that looks
+    // whole) when the timeout passes.
+    let t0 = std::time::Instant::now();
+    let resp = http.get(url(&agent, "web", "/_fixture/stream?kb=640&ms=500")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err(), "the answer went on past the function's timeout");
+    assert!(t0.elapsed() < std::time::Duration::from_millis(4500), "{:?}", t0.elapsed());
     let missing = agent.client.invoke(InvokeRequest { function: "nope".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
 

@@ -20,6 +20,37 @@ use crate::network::NetworkError;
 use crate::runtime::RuntimeError;
 use crate::Node;
 
+/// The largest answer an Invoke returns: 6 MB, the synchronous limit of SCF and Scaleway.
+const MAX_INVOKE_ANSWER: usize = 6_000_000;
+
+/// Why an Invoke's answer was not read whole.
+enum Cut {
+    /// It is over [`MAX_INVOKE_ANSWER`] bytes.
+    TooLarge,
+    /// The function's timeout passed (the body ends with that error).
+    Overran,
+    /// Reading it failed.
+    Failed(String),
+}
+
+/// `body` whole, at most [`MAX_INVOKE_ANSWER`] bytes.
+async fn capped(mut body: crate::upstream::Body) -> Result<Vec<u8>, Cut> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.is::<crate::deadline::Overran>() {
+            true => Cut::Overran,
+            false => Cut::Failed(e.to_string()),
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > MAX_INVOKE_ANSWER {
+                return Err(Cut::TooLarge);
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
 /// The tonic service over a node.
 pub struct Api {
     node: Arc<Node>,
@@ -207,13 +238,25 @@ impl AgentApi for Api {
             .await
             .ok_or_else(|| status(Error::FunctionNotFound(function.clone())))?;
         let code = answer.response.status().as_u16();
-        let body = answer
-            .response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Status::unavailable(format!("reading the answer of {function}: {e}")))?
-            .to_bytes();
+        // The function's timeout covers its whole answer, which may be 6 MB at most (the
+        // synchronous limit of SCF and Scaleway): an endless answer ends here.
+        let read = tokio::time::timeout_at(answer.deadline.into(), capped(answer.response.into_body())).await;
+        let body = match read.unwrap_or(Err(Cut::Overran)) {
+            Ok(body) => body,
+            Err(Cut::Overran) => {
+                let why = format!("function {function} did not finish its answer within its timeout");
+                return Err(Status::deadline_exceeded(why));
+            }
+            Err(Cut::TooLarge) => {
+                let why = format!(
+                    "the answer of {function} is over {MAX_INVOKE_ANSWER} bytes, the limit of a synchronous call"
+                );
+                return Err(Status::resource_exhausted(why));
+            }
+            Err(Cut::Failed(e)) => {
+                return Err(Status::unavailable(format!("reading the answer of {function}: {e}")))
+            }
+        };
         let duration_ms = arrived.elapsed().as_secs_f64() * 1000.0;
         let logs = match answer.instance {
             None => Vec::new(),
@@ -232,7 +275,7 @@ impl AgentApi for Api {
         };
         Ok(Response::new(pb::InvokeResponse {
             status: u32::from(code),
-            body: body.to_vec(),
+            body,
             duration_ms,
             request_id,
             logs,
@@ -459,7 +502,13 @@ fn image_code(e: &ImageError) -> Code {
             UnpackError::DiffIdMismatch { .. } => Code::DataLoss,
             // The bytes matched their digest, so the image itself is bad.
             UnpackError::Extract {
-                source: ExtractError::Read(_) | ExtractError::Outside(_) | ExtractError::Owner { .. },
+                source:
+                    ExtractError::Read(_)
+                    | ExtractError::Outside(_)
+                    | ExtractError::Owner { .. }
+                    | ExtractError::Kind { .. }
+                    | ExtractError::Xattr { .. }
+                    | ExtractError::Budget { .. },
                 ..
             } => Code::FailedPrecondition,
             UnpackError::Extract { source: ExtractError::MediaType(_), .. } => Code::FailedPrecondition,
@@ -482,6 +531,8 @@ fn registry_code(e: &RegistryError) -> Code {
         RegistryError::NotFound { .. } => Code::NotFound,
         RegistryError::Unauthorized { .. } => Code::PermissionDenied,
         RegistryError::Status { .. } => Code::Unknown,
+        RegistryError::NotAllowed(_) | RegistryError::Redirect { .. } => Code::PermissionDenied,
+        RegistryError::TooLarge { .. } | RegistryError::Digest { .. } => Code::FailedPrecondition,
     }
 }
 

@@ -66,6 +66,12 @@ pub struct Config {
     /// recently used images no instance uses are evicted past it.
     #[default(20 << 30)]
     pub image_cache_bytes: u64,
+    /// The most bytes one image may unpack to (its layers' uncompressed tars together).
+    #[default(crate::image::UnpackLimits::default().max_bytes)]
+    pub image_max_unpacked_bytes: u64,
+    /// The most files, directories and links one image may unpack to.
+    #[default(crate::image::UnpackLimits::default().max_entries)]
+    pub image_max_unpacked_entries: u64,
     /// Registry credentials, a file in the format of Docker's config.json (`auths`).
     pub registry_auth_file: Option<PathBuf>,
     /// CA certificates (PEM) trusted for registries besides the system's.
@@ -73,6 +79,17 @@ pub struct Config {
     /// Registry hosts (without port) spoken to over plain HTTP; all others use HTTPS.
     #[default(vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()])]
     pub plain_http_registries: Vec<String>,
+    /// Registries (`host` or `host:port`, as image references name them) images may come
+    /// from; `*`: any registry on a public address. Registries on loopback, link-local or
+    /// private addresses must be listed by name.
+    #[default(vec!["*".into()])]
+    pub allowed_registries: Vec<String>,
+    /// A registry transfer that goes this long without a byte is given up, in seconds.
+    #[default(30)]
+    pub registry_idle_timeout_s: u64,
+    /// The longest one blob's transfer may take, in seconds.
+    #[default(600)]
+    pub registry_transfer_timeout_s: u64,
     /// Memory that buys an instance one whole vCPU, in MB; CPU is shared in proportion.
     #[default(Policy::default().mb_per_vcpu)]
     pub mb_per_vcpu: u32,

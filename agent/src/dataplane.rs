@@ -69,6 +69,8 @@ pub struct Answer {
     pub cold: bool,
     /// The instance that took it, if one did.
     pub instance: Option<Arc<str>>,
+    /// When the function's timeout, counted from the call's arrival, ends.
+    pub deadline: Instant,
 }
 
 impl Dataplane {
@@ -207,7 +209,11 @@ impl Dataplane {
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot forward path {path:?}: {e}")),
         };
         match self.pools.get(&function) {
-            Some(pool) => self.call(&pool, req.map(|b| b.boxed()), target, request_id).await.response,
+            Some(pool) => {
+                self.call(&pool, req.map(|b| b.map_err(Into::into).boxed()), target, request_id)
+                    .await
+                    .response
+            }
             None => error(StatusCode::NOT_FOUND, AcquireError::NoInstance(function).to_string()),
         }
     }
@@ -300,14 +306,17 @@ impl Dataplane {
             Ok(Ok((resp, conn))) => {
                 served.duration.observe(to.arrived.elapsed().as_secs_f64());
                 self.count(served, resp.status());
+                // The timeout covers the whole answer: past it, the body ends in error and
+                // the instance is recycled.
+                let deadline = to.arrived + spec.timeout;
+                let expire = move || {
+                    let mut hold = hold;
+                    hold.recycle();
+                };
                 let response = resp.map(move |b| {
-                    b.map_frame(move |frame| {
-                        let _held = (&hold, &in_flight, &conn);
-                        frame
-                    })
-                    .boxed()
+                    crate::deadline::Timed::new(b, deadline.into(), expire, (in_flight, conn)).boxed()
                 });
-                Answer { response, cold: to.cold, instance }
+                Answer { response, cold: to.cold, instance, deadline }
             }
         }
     }
@@ -327,7 +336,7 @@ impl Dataplane {
         let errors = &self.pools.metrics().errors;
         errors.get_or_create(&ErrorKind { function: served.spec.name.clone(), reason: reason.into() }).inc();
         self.count(served, code);
-        Answer { response: error(code, message), cold: false, instance: None }
+        Answer { response: error(code, message), cold: false, instance: None, deadline: Instant::now() }
     }
 
     /// The gRPC Invoke: `call` to an HTTP function as it is, to an event function as POST

@@ -33,9 +33,7 @@ pub fn write(state_dir: &Path, servers: &[IpAddr]) -> std::io::Result<PathBuf> {
         text.push_str(&format!("nameserver {s}\n"));
     }
     let path = state_dir.join("resolv.conf");
-    let tmp = state_dir.join("resolv.conf.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
+    fnrt_common::durable::write(&path, text.as_bytes(), 0o644)?;
     Ok(path)
 }
 

@@ -96,7 +96,8 @@ impl IdMap {
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(state_dir).map_err(io)?;
-                std::fs::write(&path, format!("{}\n", self.record())).map_err(io)
+                fnrt_common::durable::write(&path, format!("{}\n", self.record()).as_bytes(), 0o644)
+                    .map_err(io)
             }
             Err(e) => Err(io(e)),
         }

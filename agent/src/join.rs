@@ -195,9 +195,6 @@ pub fn node_id(state_dir: &std::path::Path) -> Result<String, crate::StartError>
         Err(e) => return Err(io(e)),
     }
     let id = format!("{:032x}", rand::random::<u128>());
-    let tmp = state_dir.join("node-id.tmp");
-    std::fs::write(&tmp, &id).map_err(io)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    fnrt_common::durable::write(&path, id.as_bytes(), 0o644).map_err(io)?;
     Ok(id)
 }

@@ -13,6 +13,7 @@ pub(crate) mod api;
 pub(crate) mod config;
 pub(crate) mod containerd;
 pub(crate) mod dataplane;
+pub(crate) mod deadline;
 pub(crate) mod dns;
 pub(crate) mod env;
 pub(crate) mod error;
@@ -248,7 +249,12 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.map_err(Error::from)?;
     let log_dir = cfg.state_dir.join("logs");
     let (ids, resolv_conf) = prepare_node(&cfg).await?;
-    let images = ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?, ids);
+    let limits = image::UnpackLimits {
+        max_bytes: cfg.image_max_unpacked_bytes,
+        max_entries: cfg.image_max_unpacked_entries,
+    };
+    let images =
+        ImageStore::new(cd.clone(), &cfg.snapshotter, registry(&cfg)?, ids).with_unpack_limits(limits);
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let scratch_dir = cfg.state_dir.join("scratch");
@@ -421,11 +427,16 @@ fn serve_dataplane(
 
 /// The registry client the configuration asks for.
 fn registry(cfg: &Config) -> Result<image::Registry, StartError> {
-    let settings = fnrt_registry::RegistrySettings::load(
-        cfg.registry_auth_file.as_deref(),
-        cfg.registry_ca_file.as_deref(),
-        cfg.plain_http_registries.clone(),
-    )?;
+    let settings = fnrt_registry::RegistrySettings {
+        allowed_registries: cfg.allowed_registries.clone(),
+        idle_timeout: std::time::Duration::from_secs(cfg.registry_idle_timeout_s),
+        transfer_timeout: std::time::Duration::from_secs(cfg.registry_transfer_timeout_s),
+        ..fnrt_registry::RegistrySettings::load(
+            cfg.registry_auth_file.as_deref(),
+            cfg.registry_ca_file.as_deref(),
+            cfg.plain_http_registries.clone(),
+        )?
+    };
     Ok(image::Registry::new(settings, concat!("fnrt-agent/", env!("CARGO_PKG_VERSION")))?)
 }
 

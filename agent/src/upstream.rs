@@ -23,8 +23,11 @@ use tokio::net::TcpStream;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
+/// Any error of a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Bodies of answers and of forwarded requests.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Idle connections kept per instance address.
 const MAX_IDLE: usize = 256;

@@ -8,6 +8,8 @@
 
 pub mod bearer;
 pub mod config;
+pub mod durable;
+pub mod net;
 pub mod pki;
 pub mod secret;
 pub mod signature;

@@ -324,17 +324,9 @@ fn signed_by(cert: &[u8], ca: &[u8]) -> Result<(), PkiError> {
 
 /// Writes `text` to `path`, which must not exist yet; `private` files are 0600.
 pub fn write_new(path: &Path, text: &str, private: bool) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)
+    let mode = if private { 0o600 } else { 0o644 };
+    crate::durable::write_new(path, text.as_bytes(), mode)
+        .map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ pub struct Config {
     /// Registry hosts (no port) spoken to over plain HTTP (default: the loopback names).
     #[default(vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()])]
     pub plain_http_registries: Vec<String>,
+    /// Registries (`host` or `host:port`) function images may come from besides `registry`
+    /// and the runtimes' base images' registries, which are always allowed; `*`: any
+    /// registry on a public address.
+    pub allowed_registries: Vec<String>,
     /// How often agents report, in ms.
     #[default(2000)]
     pub heartbeat_interval_ms: u32,
@@ -171,6 +175,18 @@ impl Config {
                 self.grpc_listen
             ));
         }
+    }
+
+    /// The registries images may come from: `allowed_registries`, `registry` and the
+    /// registries of the runtimes' base images.
+    pub fn registries_allowed(&self) -> Vec<String> {
+        let mut out = self.allowed_registries.clone();
+        out.push(self.registry.clone());
+        for runtime in ["python311", "custom"] {
+            let base = self.runtime_image(runtime).and_then(|i| fnrt_registry::ImageRef::parse(&i).ok());
+            out.extend(base.map(|b| b.registry().to_string()));
+        }
+        out
     }
 
     /// The base image of a code runtime, if it is one.

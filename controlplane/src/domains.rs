@@ -16,10 +16,18 @@ pub struct CreateDomain {
     function_id: Option<String>,
 }
 
-/// Creates a domain; a host name routes to one function only.
-pub async fn create(state: &State, req: CreateDomain) -> Result<Domain, Error> {
+/// Creates a domain; a host name routes to one function only, and never one under
+/// `generated` (the domain of the functions' own host names) nor an IP address.
+pub async fn create(state: &State, req: CreateDomain, generated: &str) -> Result<Domain, Error> {
     let hostname = req.hostname.ok_or_else(|| Error::invalid("hostname", "a domain needs its hostname"))?;
     check_hostname(&hostname).map_err(|m| Error::invalid("hostname", m))?;
+    if hostname == generated || hostname.ends_with(&format!(".{generated}")) {
+        let why = format!("{hostname:?} is under {generated:?}, where the functions' own host names are");
+        return Err(Error::invalid("hostname", why));
+    }
+    if hostname.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(Error::invalid("hostname", format!("{hostname:?} is an IP address, not a host name")));
+    }
     let function_id =
         req.function_id.ok_or_else(|| Error::invalid("function_id", "a domain needs its function_id"))?;
     let domain =

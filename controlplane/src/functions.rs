@@ -79,6 +79,15 @@ fn one_of(field: &str, value: &Option<String>, allowed: &[&str], errors: &mut Ve
 }
 
 /// Applies `input` onto `f`, collecting every problem.
+/// Refuses a `registry_image` that is not a reference, or whose registry `registry`'s
+/// policy does not allow (`allowed_registries`).
+pub fn check_image(registry: &fnrt_registry::Registry, input: &FunctionInput) -> Result<(), Error> {
+    let Some(image) = input.registry_image.as_deref().filter(|i| !i.is_empty()) else { return Ok(()) };
+    let image =
+        fnrt_registry::ImageRef::parse(image).map_err(|e| Error::invalid("registry_image", e.to_string()))?;
+    registry.allows(&image).map_err(|e| Error::invalid("registry_image", e.to_string()))
+}
+
 fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result<(), Error> {
     input.privacy = enum_value(input.privacy, "unknown_privacy");
     input.http_option = enum_value(input.http_option, "unknown_http_option");
@@ -207,9 +216,10 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
     apply(&mut f, input, secrets)?;
     state
         .write(|d| {
-            if !d.namespaces.contains_key(&f.namespace_id) {
+            let Some(ns) = d.namespaces.get(&f.namespace_id) else {
                 return Err(Error::NotFound { resource: "namespace", id: f.namespace_id.clone() });
-            }
+            };
+            let namespace = ns.name.clone();
             if let Some(o) = d.functions.values().find(|o| o.namespace_id == f.namespace_id && o.name == f.name)
             {
                 return Err(Error::AlreadyExists {
@@ -221,9 +231,39 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
                     ),
                 });
             }
+            check_host(d, &namespace, &f.name)?;
             Ok((vec![Change::Function(f.clone())], f))
         })
         .await
+}
+
+/// Refuses a function whose gateway host label, `<namespace>-<function>`, would be longer
+/// than a DNS label (63) or the same as another function's (`a-b` + `c` and `a` + `b-c`).
+fn check_host(d: &crate::state::Data, namespace: &str, name: &str) -> Result<(), Error> {
+    let label = format!("{namespace}-{name}");
+    if label.len() > 63 {
+        let why = format!(
+            "the function's host label {label:?} would be {} characters; namespace and function names \
+             together may have 62 (a DNS label holds 63)",
+            label.len()
+        );
+        return Err(Error::invalid("name", why));
+    }
+    let clash = d.functions.values().find(|o| {
+        d.namespaces.get(&o.namespace_id).is_some_and(|n| format!("{}-{}", n.name, o.name) == label)
+    });
+    match clash {
+        Some(o) => Err(Error::AlreadyExists {
+            resource: "function",
+            id: o.id.clone(),
+            message: format!(
+                "function {} already answers on the host label {label:?} (namespace and function names \
+                 joined by '-'): choose another name",
+                o.id
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The function `id`.

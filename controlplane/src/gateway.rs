@@ -83,20 +83,8 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
             ),
         );
     };
-    if !f.deployed {
-        let why = match f.status {
-            FunctionStatus::Error => {
-                format!("its deploy failed: {}", f.error_message.clone().unwrap_or_default())
-            }
-            FunctionStatus::Pending => "its deploy is under way".into(),
-            _ => "deploy it first".into(),
-        };
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("function {} is not deployed: {why}", f.name),
-        );
-    }
-    // The token is a secret: checked here, never forwarded to the function.
+    // The token is a secret: checked here, never forwarded to the function. Checked
+    // first: a private function's state (a failed deploy's message) is for its callers.
     let token = req.headers_mut().remove("x-auth-token");
     if f.private {
         let ok = token
@@ -109,6 +97,19 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response 
                 format!("function {} is private: send a valid, unexpired token of it or of its namespace in X-Auth-Token", f.name),
             );
         }
+    }
+    if !f.deployed {
+        let why = match f.status {
+            FunctionStatus::Error => {
+                format!("its deploy failed: {}", f.error_message.clone().unwrap_or_default())
+            }
+            FunctionStatus::Pending => "its deploy is under way".into(),
+            _ => "deploy it first".into(),
+        };
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("function {} is not deployed: {why}", f.name),
+        );
     }
     let Some(route) = ctx.scheduler.route(&f.agent_name) else {
         return answer(

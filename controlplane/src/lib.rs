@@ -122,24 +122,17 @@ fn admin_token(cfg: &Config) -> Result<String, StartError> {
         return Ok(cfg.admin_token.expose().to_string());
     }
     let path = cfg.state_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(t) => Ok(t.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let token = uuid::Uuid::new_v4().to_string();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io(&path))?;
-            f.write_all(token.as_bytes()).map_err(io(&path))?;
-            tracing::info!(path = %path.display(), "made the admin secret key (X-Auth-Token)");
-            Ok(token)
-        }
-        Err(e) => Err(io(&path)(e)),
-    }
+    let made = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        // Empty only if an older version crashed while writing it: no one can hold it.
+        Ok(_) => "made the admin secret key (X-Auth-Token) again: the file was empty",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "made the admin secret key (X-Auth-Token)",
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let token = uuid::Uuid::new_v4().to_string();
+    fnrt_common::durable::write(&path, token.as_bytes(), 0o600).map_err(io(&path))?;
+    tracing::info!(path = %path.display(), "{made}");
+    Ok(token)
 }
 
 /// The key that signs upload and download URLs: `<state_dir>/url-key` (made at first start).
@@ -148,17 +141,8 @@ fn url_key(cfg: &Config) -> Result<Vec<u8>, StartError> {
     match std::fs::read(&path) {
         Ok(k) if k.len() >= 32 => Ok(k),
         Ok(_) | Err(_) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
             let key = rand::random::<[u8; 32]>().to_vec();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io(&path))?;
-            f.write_all(&key).map_err(io(&path))?;
+            fnrt_common::durable::write(&path, &key, 0o600).map_err(io(&path))?;
             Ok(key)
         }
     }
@@ -208,11 +192,14 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     }
     cfg.url_key = url_key(&cfg)?;
     let cfg = Arc::new(cfg);
-    let settings = fnrt_registry::RegistrySettings::load(
-        cfg.registry_auth_file.as_deref(),
-        cfg.registry_ca_file.as_deref(),
-        cfg.plain_http_registries.clone(),
-    )?;
+    let settings = fnrt_registry::RegistrySettings {
+        allowed_registries: cfg.registries_allowed(),
+        ..fnrt_registry::RegistrySettings::load(
+            cfg.registry_auth_file.as_deref(),
+            cfg.registry_ca_file.as_deref(),
+            cfg.plain_http_registries.clone(),
+        )?
+    };
     let registry =
         fnrt_registry::Registry::new(settings, concat!("fnrt-controlplane/", env!("CARGO_PKG_VERSION")))?;
     let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone(), registry));

@@ -122,12 +122,17 @@ pub struct State {
     changes: tokio::sync::watch::Sender<u64>,
 }
 
+/// Every record under `prefix`; one that cannot be read is logged and skipped (it stays
+/// in the store for the operator), so one damaged record does not stop the control plane.
 fn load<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<BTreeMap<String, T>, Error> {
     let mut out = BTreeMap::new();
     for (key, bytes) in store.list(prefix)? {
-        let v = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Internal(format!("stored record {key} cannot be read: {e}")))?;
-        out.insert(key[prefix.len()..].to_string(), v);
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => {
+                out.insert(key[prefix.len()..].to_string(), v);
+            }
+            Err(e) => tracing::error!(record = %key, error = %e, "a stored record cannot be read; skipped"),
+        }
     }
     Ok(out)
 }
@@ -189,5 +194,21 @@ impl State {
     /// A receiver that sees every write (as a new write count).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{Op, RedbStore};
+
+    #[test]
+    fn a_damaged_record_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        store.apply(&[Op::Put(format!("{NAMESPACES}bad"), b"{not json".to_vec())]).unwrap();
+        let state = State::open(Arc::new(store)).expect("the control plane starts");
+        state.read(|d| assert!(d.namespaces.is_empty()));
     }
 }

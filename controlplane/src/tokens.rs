@@ -17,7 +17,8 @@ pub struct CreateToken {
     namespace_id: Option<String>,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
+    /// `expires_at` as the SDKs send it; `expire_at` as Scaleway's seed names it.
+    #[serde(default, alias = "expire_at")]
     expires_at: Option<String>,
 }
 

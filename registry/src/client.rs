@@ -11,9 +11,20 @@ use sha2::{Digest, Sha256};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::auth::{self, Challenge, Credentials};
+use crate::policy::{NotAllowed, Policy};
 use crate::reference::ImageRef;
+
+/// The largest manifest or index read (what containerd allows too).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// The largest token server answer read.
+const MAX_TOKEN_BYTES: u64 = 64 << 10;
+
+/// The longest a request for something small (a manifest, a config, a token) may take.
+const SMALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Media types the agent asks for and understands.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -52,7 +63,7 @@ pub enum RegistryError {
         reason: String,
     },
     /// Any other answer than the expected one.
-    #[error("registry {registry} answered {status} for {url}: {body}")]
+    #[error("registry {registry} answered {status} for {url}{detail}")]
     Status {
         /// host:port of the registry.
         registry: String,
@@ -60,8 +71,39 @@ pub enum RegistryError {
         url: String,
         /// The HTTP status.
         status: StatusCode,
-        /// The start of the answer's body.
-        body: String,
+        /// What else was wrong, as the client saw it (never the registry's own words).
+        detail: String,
+    },
+    /// The registry's policy refuses it.
+    #[error(transparent)]
+    NotAllowed(#[from] NotAllowed),
+    /// A redirect the policy refuses.
+    #[error("registry {registry}: {reason}")]
+    Redirect {
+        /// host:port of the registry.
+        registry: String,
+        /// Why.
+        reason: String,
+    },
+    /// An answer larger than the client reads.
+    #[error("registry {registry} sent more than {limit} bytes for {url}; refused")]
+    TooLarge {
+        /// host:port of the registry.
+        registry: String,
+        /// The URL asked.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A blob whose bytes do not have its digest.
+    #[error("registry {registry} sent bytes for {url} that do not hash to {digest}")]
+    Digest {
+        /// host:port of the registry.
+        registry: String,
+        /// The URL asked.
+        url: String,
+        /// The digest asked for.
+        digest: String,
     },
     /// The connection broke while reading.
     #[error("reading {url} from registry {registry}: {source}")]
@@ -87,7 +129,7 @@ pub struct RawManifest {
 }
 
 /// How registries are reached.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RegistrySettings {
     /// Credentials per registry host (host:port).
     pub credentials: HashMap<String, Credentials>,
@@ -95,6 +137,25 @@ pub struct RegistrySettings {
     pub extra_roots_pem: Vec<u8>,
     /// Hosts (without port) spoken to over plain HTTP.
     pub plain_http_hosts: Vec<String>,
+    /// Registries that may be reached (see [`crate::policy`]).
+    pub allowed_registries: Vec<String>,
+    /// How long a transfer may go without a byte before it is given up.
+    pub idle_timeout: Duration,
+    /// How long one blob's transfer may take in all.
+    pub transfer_timeout: Duration,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> RegistrySettings {
+        RegistrySettings {
+            credentials: HashMap::new(),
+            extra_roots_pem: Vec::new(),
+            plain_http_hosts: Vec::new(),
+            allowed_registries: Vec::new(),
+            idle_timeout: Duration::from_secs(30),
+            transfer_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Registry settings that cannot be read.
@@ -132,7 +193,7 @@ impl RegistrySettings {
                 .map_err(|source| SettingsError::Ca { path: path.display().to_string(), source })?,
             None => Vec::new(),
         };
-        Ok(RegistrySettings { credentials, extra_roots_pem, plain_http_hosts })
+        Ok(RegistrySettings { credentials, extra_roots_pem, plain_http_hosts, ..RegistrySettings::default() })
     }
 }
 
@@ -146,7 +207,8 @@ pub struct TlsSetupError(String);
 pub struct Registry {
     http: reqwest::Client,
     credentials: Arc<HashMap<String, Credentials>>,
-    plain_http_hosts: Arc<Vec<String>>,
+    policy: Arc<Policy>,
+    transfer_timeout: Duration,
     /// The `Authorization` value that worked, per registry and repository.
     authorized: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -154,30 +216,106 @@ pub struct Registry {
 impl Registry {
     /// A client with `settings`, naming itself `user_agent`.
     pub fn new(settings: RegistrySettings, user_agent: &str) -> Result<Registry, TlsSetupError> {
+        let policy = Arc::new(Policy::new(&settings.allowed_registries, &settings.plain_http_hosts));
+        let redirects = policy.clone();
         // The crypto provider is named in the TLS configuration: no process-wide one needed.
         let http = fnrt_common::tls::http_client(&settings.extra_roots_pem)
             .map_err(|e| TlsSetupError(e.to_string()))?
             .user_agent(user_agent)
-            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(settings.idle_timeout)
+            .dns_resolver(policy.resolver())
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                let origin = attempt.previous().first().cloned();
+                let hops = attempt.previous().len();
+                let verdict = match &origin {
+                    Some(o) => redirects.redirect(o, attempt.url(), hops),
+                    None => Ok(()),
+                };
+                match verdict {
+                    Ok(()) => attempt.follow(),
+                    Err(reason) => attempt.error(reason),
+                }
+            }))
             .build()
             .map_err(|e| TlsSetupError(e.to_string()))?;
         Ok(Registry {
             http,
             credentials: Arc::new(settings.credentials),
-            plain_http_hosts: Arc::new(settings.plain_http_hosts),
+            policy,
+            transfer_timeout: settings.transfer_timeout,
             authorized: Arc::default(),
         })
     }
 
     pub(crate) fn base_url(&self, image: &ImageRef) -> String {
-        let scheme = if self.plain_http_hosts.iter().any(|h| h == image.host()) { "http" } else { "https" };
-        format!("{scheme}://{}/v2/{}", image.registry(), image.repository())
+        format!("{}/v2/{}", self.origin(image), image.repository())
     }
 
     /// The scheme and host of `image`'s registry (for a relative upload location).
     pub(crate) fn origin(&self, image: &ImageRef) -> String {
-        let scheme = if self.plain_http_hosts.iter().any(|h| h == image.host()) { "http" } else { "https" };
+        let scheme = if self.policy.plain_http(image.host()) { "http" } else { "https" };
         format!("{scheme}://{}", image.registry())
+    }
+
+    /// Whether the policy allows `image`'s registry.
+    pub fn allows(&self, image: &ImageRef) -> Result<(), NotAllowed> {
+        self.policy.check(image)
+    }
+
+    /// The policy this client keeps to.
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// What a failed request says: a refused redirect or a timeout by name.
+    fn failed(&self, image: &ImageRef, url: &str, source: reqwest::Error) -> RegistryError {
+        let registry = image.registry().to_string();
+        if source.is_redirect() {
+            return RegistryError::Redirect { registry, reason: fnrt_common::chain(&source) };
+        }
+        if source.is_timeout() {
+            let detail = format!(
+                ": the transfer went past its deadline ({} s in all, registry_transfer_timeout_s) \
+                 or stalled (registry_idle_timeout_s)",
+                self.transfer_timeout.as_secs()
+            );
+            let status = StatusCode::GATEWAY_TIMEOUT;
+            return RegistryError::Status { registry, url: url.to_string(), status, detail };
+        }
+        RegistryError::Unreachable { registry, source }
+    }
+
+    /// Reads `resp`'s body whole, refusing more than `limit` bytes.
+    pub(crate) async fn read_capped(
+        &self,
+        image: &ImageRef,
+        url: &str,
+        mut resp: reqwest::Response,
+        limit: u64,
+    ) -> Result<Bytes, RegistryError> {
+        let registry = image.registry().to_string();
+        let too_large =
+            || RegistryError::TooLarge { registry: registry.clone(), url: url.to_string(), limit };
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut out = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) if out.len() as u64 + chunk.len() as u64 > limit => return Err(too_large()),
+                Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+                Ok(None) => return Ok(Bytes::from(out)),
+                Err(e) if e.is_timeout() => return Err(self.failed(image, url, e)),
+                Err(source) => {
+                    return Err(RegistryError::Read {
+                        registry: registry.clone(),
+                        url: url.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     async fn send(
@@ -186,7 +324,8 @@ impl Registry {
         req: &Req<'_>,
         authorization: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
-        let mut r = self.http.request(req.method.clone(), req.url);
+        let timeout = if req.long { self.transfer_timeout } else { SMALL_TIMEOUT.min(self.transfer_timeout) };
+        let mut r = self.http.request(req.method.clone(), req.url).timeout(timeout);
         for (k, v) in &req.headers {
             r = r.header(*k, v.as_str());
         }
@@ -196,9 +335,7 @@ impl Registry {
         if let Some(b) = &req.body {
             r = r.body(b.clone());
         }
-        r.send()
-            .await
-            .map_err(|source| RegistryError::Unreachable { registry: image.registry().to_string(), source })
+        r.send().await.map_err(|source| self.failed(image, req.url, source))
     }
 
     /// Sends `req`, answering an authentication challenge once, and returns any answer
@@ -208,6 +345,7 @@ impl Registry {
         image: &ImageRef,
         req: &Req<'_>,
     ) -> Result<reqwest::Response, RegistryError> {
+        self.policy.check(image)?;
         let key = format!("{}/{}/{}", image.registry(), image.repository(), req.action.as_str());
         let known = self.authorized.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let mut resp = self.send(image, req, known.as_deref()).await?;
@@ -239,11 +377,13 @@ impl Registry {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND => Err(RegistryError::NotFound { reference: image.name(), registry }),
             StatusCode::FORBIDDEN => Err(self.unauthorized(image, "it answered 403 Forbidden")),
-            status => {
-                let body = resp.text().await.unwrap_or_default();
-                let body: String = body.chars().take(200).collect();
-                Err(RegistryError::Status { registry, url: req.url.to_string(), status, body })
-            }
+            // The registry's words are not passed on: they may say anything to anyone.
+            status => Err(RegistryError::Status {
+                registry,
+                url: req.url.to_string(),
+                status,
+                detail: String::new(),
+            }),
         }
     }
 
@@ -252,8 +392,9 @@ impl Registry {
         image: &ImageRef,
         url: &str,
         accept: &str,
+        long: bool,
     ) -> Result<reqwest::Response, RegistryError> {
-        self.request(image, &Req::get(url, accept)).await
+        self.request(image, &Req { long, ..Req::get(url, accept) }).await
     }
 
     fn unauthorized(&self, image: &ImageRef, reason: &str) -> RegistryError {
@@ -288,14 +429,12 @@ impl Registry {
                 let url = reqwest::Url::parse_with_params(&realm, &query).map_err(|e| {
                     self.unauthorized(image, &format!("its token realm {realm:?} is not a URL: {e}"))
                 })?;
-                let mut req = self.http.get(url);
+                self.policy.realm(image, &url).map_err(|reason| self.unauthorized(image, &reason))?;
+                let mut req = self.http.get(url).timeout(SMALL_TIMEOUT.min(self.transfer_timeout));
                 if let Some(c) = creds {
                     req = req.header(reqwest::header::AUTHORIZATION, c.basic_header());
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|source| RegistryError::Unreachable { registry: realm.clone(), source })?;
+                let resp = req.send().await.map_err(|source| self.failed(image, &realm, source))?;
                 if !resp.status().is_success() {
                     let reason = match (resp.status(), creds) {
                         (StatusCode::UNAUTHORIZED, None) => no_creds.to_string(),
@@ -303,11 +442,7 @@ impl Registry {
                     };
                     return Err(self.unauthorized(image, &reason));
                 }
-                let bytes = resp.bytes().await.map_err(|source| RegistryError::Read {
-                    registry: image.registry().into(),
-                    url: realm.clone(),
-                    source,
-                })?;
+                let bytes = self.read_capped(image, &realm, resp, MAX_TOKEN_BYTES).await?;
                 let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str());
                 token.map(|t| format!("Bearer {t}")).ok_or_else(|| {
@@ -320,17 +455,13 @@ impl Registry {
     /// Fetches a manifest or index by tag or digest.
     pub async fn manifest(&self, image: &ImageRef, reference: &str) -> Result<RawManifest, RegistryError> {
         let url = format!("{}/manifests/{reference}", self.base_url(image));
-        let resp = self.get(image, &url, ACCEPT).await?;
+        let resp = self.get(image, &url, ACCEPT, false).await?;
         let media_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|t| t.split(';').next().unwrap_or(t).trim().to_string());
-        let bytes = resp.bytes().await.map_err(|source| RegistryError::Read {
-            registry: image.registry().into(),
-            url,
-            source,
-        })?;
+        let bytes = self.read_capped(image, &url, resp, MAX_MANIFEST_BYTES).await?;
         let digest = sha256(&bytes);
         Ok(RawManifest { bytes, digest, media_type })
     }
@@ -342,12 +473,12 @@ impl Registry {
         digest: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, RegistryError>> + use<>, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base_url(image));
-        let resp = self.get(image, &url, "*/*").await?;
-        let registry = image.registry().to_string();
-        Ok(resp.bytes_stream().map_err(move |source| RegistryError::Read {
-            registry: registry.clone(),
-            url: url.clone(),
-            source,
+        let resp = self.get(image, &url, "*/*", true).await?;
+        let this = self.clone();
+        let image = image.clone();
+        Ok(resp.bytes_stream().map_err(move |source| match source.is_timeout() {
+            true => this.failed(&image, &url, source),
+            false => RegistryError::Read { registry: image.registry().into(), url: url.clone(), source },
         }))
     }
 }
@@ -375,6 +506,8 @@ pub(crate) struct Req<'a> {
     pub(crate) headers: Vec<(&'static str, String)>,
     pub(crate) body: Option<Bytes>,
     pub(crate) action: Action,
+    /// A blob's transfer (registry_transfer_timeout_s), not a small request.
+    pub(crate) long: bool,
 }
 
 impl<'a> Req<'a> {
@@ -385,6 +518,7 @@ impl<'a> Req<'a> {
             headers: vec![("accept", accept.to_string())],
             body: None,
             action: Action::Pull,
+            long: false,
         }
     }
 }
@@ -399,27 +533,25 @@ impl Registry {
             headers: vec![],
             body: None,
             action: Action::Pull,
+            long: false,
         };
         let resp = self.exchange(image, &req).await?;
         Ok(resp.status().is_success())
     }
 
-    /// Reads a small blob whole (an image config), checking its digest.
-    pub async fn blob_bytes(&self, image: &ImageRef, digest: &str) -> Result<Bytes, RegistryError> {
+    /// Reads a blob of at most `limit` bytes whole, checking its digest.
+    pub async fn blob_bytes(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        limit: u64,
+    ) -> Result<Bytes, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base_url(image));
-        let resp = self.get(image, &url, "*/*").await?;
-        let bytes = resp.bytes().await.map_err(|source| RegistryError::Read {
-            registry: image.registry().into(),
-            url: url.clone(),
-            source,
-        })?;
+        let resp = self.get(image, &url, "*/*", true).await?;
+        let bytes = self.read_capped(image, &url, resp, limit).await?;
         if sha256(&bytes) != digest {
-            return Err(RegistryError::Status {
-                registry: image.registry().into(),
-                url,
-                status: StatusCode::OK,
-                body: format!("the blob's bytes do not hash to {digest}"),
-            });
+            let (registry, digest) = (image.registry().into(), digest.to_string());
+            return Err(RegistryError::Digest { registry, url, digest });
         }
         Ok(bytes)
     }

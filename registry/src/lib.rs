@@ -5,11 +5,13 @@
 
 pub mod auth;
 mod client;
+pub mod policy;
 mod push;
 mod reference;
 
 pub use auth::{load as load_credentials, AuthFileError, Credentials};
 pub use client::{
     sha256, RawManifest, Registry, RegistryError, RegistrySettings, SettingsError, TlsSetupError, ACCEPT,
+    MAX_MANIFEST_BYTES,
 };
 pub use reference::{BadReference, ImageRef};

@@ -37,7 +37,8 @@ impl Registry {
         if resp.status() == StatusCode::CREATED {
             return Ok(());
         }
-        let bytes = self.blob_bytes(from, digest).await?;
+        // A layer of a function image: at most the 1 GiB an image may have.
+        let bytes = self.blob_bytes(from, digest, 1 << 30).await?;
         self.upload(image, bytes).await.map(drop)
     }
 
@@ -58,16 +59,27 @@ impl Registry {
     /// The upload URL a registry gave in `Location` (absolute, or relative to it).
     fn location(&self, image: &ImageRef, resp: &reqwest::Response) -> Result<String, RegistryError> {
         let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
-        match location {
-            Some(l) if l.starts_with("http://") || l.starts_with("https://") => Ok(l.to_string()),
-            Some(l) if l.starts_with('/') => Ok(format!("{}{l}", self.origin(image))),
-            _ => Err(RegistryError::Status {
-                registry: image.registry().into(),
-                url: format!("{}/blobs/uploads/", self.base_url(image)),
-                status: resp.status(),
-                body: "the answer named no upload location".into(),
-            }),
-        }
+        let url = match location {
+            Some(l) if l.starts_with("http://") || l.starts_with("https://") => l.to_string(),
+            Some(l) if l.starts_with('/') => format!("{}{l}", self.origin(image)),
+            _ => {
+                return Err(RegistryError::Status {
+                    registry: image.registry().into(),
+                    url: format!("{}/blobs/uploads/", self.base_url(image)),
+                    status: resp.status(),
+                    detail: ": the answer named no upload location".into(),
+                })
+            }
+        };
+        // An upload location is a redirect of sorts: it keeps to the same rules.
+        let (origin, target) = (reqwest::Url::parse(&self.base_url(image)), reqwest::Url::parse(&url));
+        let verdict = match (origin, target) {
+            (Ok(o), Ok(t)) => self.policy().redirect(&o, &t, 0),
+            (_, Err(e)) => Err(format!("its upload location {url:?} is not a URL: {e}")),
+            (Err(e), _) => Err(e.to_string()),
+        };
+        verdict.map_err(|reason| RegistryError::Redirect { registry: image.registry().into(), reason })?;
+        Ok(url)
     }
 }
 
@@ -77,5 +89,5 @@ fn push<'a>(
     body: Option<Bytes>,
     headers: Vec<(&'static str, String)>,
 ) -> Req<'a> {
-    Req { method, url, headers, body, action: Action::Push }
+    Req { method, url, headers, body, action: Action::Push, long: true }
 }

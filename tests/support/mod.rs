@@ -5,9 +5,12 @@
 //! them they fail with the command that sets them up.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod fake_registry;
 pub mod process;
 pub mod proxy;
+pub mod push;
 pub mod shipped;
+pub mod testhost;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,6 +91,8 @@ pub fn test_config(dir: &Path) -> Config {
         bridge: TEST_BRIDGE.into(),
         subnet: TEST_SUBNET.into(),
         health_timeout_ms: 5_000,
+        // The stack's registry is on loopback: listed by name, as an operator would.
+        allowed_registries: vec![parts.registry.clone(), "*".into()],
         ..Config::default()
     }
 }

@@ -54,6 +54,12 @@ pub struct RegistryProxy {
 }
 
 impl RegistryProxy {
+    /// Lists the proxy in `cfg`'s allowed registries (it is on loopback, so an agent
+    /// reaches it only when it is listed by name).
+    pub fn allow(&self, cfg: &mut fnrt_agent::Config) {
+        cfg.allowed_registries.push(self.addr.to_string());
+    }
+
     /// Starts a proxy to `upstream` with `fault`, over plain HTTP.
     pub async fn start(upstream: &str, fault: Fault) -> RegistryProxy {
         Self::start_with(upstream, fault, None).await

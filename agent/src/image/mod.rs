@@ -7,12 +7,15 @@
 //! unpacked by the agent while they download (see `unpack`) onto snapshots named by chain
 //! ID.
 
+mod beneath;
 mod cache;
 mod content;
 mod extract;
+mod limits;
 mod platform;
 mod progress;
 mod unpack;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use oci_spec::image::{ImageConfiguration, ImageManifest};
 
 pub use cache::{cache_bytes, CachedImage};
 pub use content::ContentError;
-pub use extract::ExtractError;
+pub use extract::{ExtractError, UnpackLimits};
 use fnrt_registry::RawManifest;
 pub use fnrt_registry::{BadReference, ImageRef};
 pub use fnrt_registry::{Registry, RegistryError, TlsSetupError};
@@ -43,8 +46,8 @@ use crate::idmap::IdMap;
 /// How many layers are downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
 
-/// The largest image a function may have: the sum of its compressed layers, 1 GiB.
-pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
+pub use limits::MAX_IMAGE_BYTES;
+use limits::{declared_size, MAX_CONFIG_BYTES};
 
 /// A failure to pull or read an image.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,7 @@ pub struct ImageStore {
     registry: Registry,
     snapshotter: String,
     ids: IdMap,
+    limits: UnpackLimits,
     /// One lock per image name: a pull waits for another pull of the same image, then
     /// finds its blobs and snapshots in place instead of fetching them again.
     pulling: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -149,7 +153,13 @@ pub struct ImageStore {
 impl ImageStore {
     /// A store over `cd` that unpacks with `snapshotter` and pulls through `registry`.
     pub fn new(cd: Containerd, snapshotter: &str, registry: Registry, ids: IdMap) -> ImageStore {
-        ImageStore { cd, registry, snapshotter: snapshotter.to_string(), ids, pulling: Default::default() }
+        let (snapshotter, limits) = (snapshotter.to_string(), UnpackLimits::default());
+        ImageStore { cd, registry, snapshotter, ids, limits, pulling: Default::default() }
+    }
+
+    /// The store with `limits` on what one image may unpack to.
+    pub fn with_unpack_limits(self, limits: UnpackLimits) -> ImageStore {
+        ImageStore { limits, ..self }
     }
 
     /// Pulls `reference` and makes it runnable: every blob in the content store, every layer
@@ -184,9 +194,11 @@ impl ImageStore {
             .await
             .map_err(call_err(format!("create lease {lease}")))?;
         let result = self.pull_leased(image, &lease, progress).await;
-        // Without the lease, whatever a failed pull wrote is collected by containerd's GC.
+        // Without the lease, whatever a failed pull wrote is collected by containerd's GC:
+        // at once (a synchronous collection) when it failed, so nothing of it stays.
+        let sync = result.is_err();
         let deleted =
-            self.cd.leases().delete(self.cd.req(DeleteLeaseRequest { id: lease.clone(), sync: false })).await;
+            self.cd.leases().delete(self.cd.req(DeleteLeaseRequest { id: lease.clone(), sync })).await;
         if let Err(s) = deleted {
             tracing::warn!(%lease, error = %s.message(), "could not delete pull lease; it expires in an hour");
         }
@@ -203,7 +215,7 @@ impl ImageStore {
         let (manifest_raw, index) = self.resolve(image).await?;
         let manifest: ImageManifest = serde_json::from_slice(&manifest_raw.bytes)
             .map_err(|e| malformed(image, "manifest", &manifest_raw.digest, e.to_string()))?;
-        let size: u64 = manifest.layers().iter().map(|l| l.size()).sum();
+        let size = declared_size(&manifest);
         if size > MAX_IMAGE_BYTES {
             return Err(ImageError::TooLarge { reference: image.name(), size, limit: MAX_IMAGE_BYTES });
         }
@@ -213,7 +225,7 @@ impl ImageStore {
         let config_bytes = if content::exists(cd, &config_digest).await? {
             Bytes::from(content::read(cd, &config_digest).await?)
         } else {
-            self.fetch_small(image, &config_digest).await?
+            self.fetch_small(image, &config_digest, config_desc.size()).await?
         };
         let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
             .map_err(|e| malformed(image, "config", &config_digest, e.to_string()))?;
@@ -317,16 +329,23 @@ impl ImageStore {
     ) -> Result<String, ImageError> {
         let chain = unpack::chain_ids(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
         let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_LAYERS));
+        let budget = Arc::new(extract::Budget::new(self.limits));
         let mut fetches: Vec<tokio::task::JoinHandle<Result<Option<unpack::Stage>, ImageError>>> = layers
             .iter()
             .cloned()
             .zip(chain.iter().cloned())
             .map(|(layer, chain_id)| {
-                let (this, image, lease, progress, slots) =
-                    (self.clone(), image.clone(), lease.to_string(), progress.clone(), slots.clone());
+                let (this, image, lease, progress, slots, budget) = (
+                    self.clone(),
+                    image.clone(),
+                    lease.to_string(),
+                    progress.clone(),
+                    slots.clone(),
+                    budget.clone(),
+                );
                 tokio::spawn(async move {
                     let _slot = slots.acquire_owned().await;
-                    this.fetch_layer(&image, &lease, &layer, &chain_id, &progress).await
+                    this.fetch_layer(&image, &lease, (&layer, &chain_id), budget, &progress).await
                 })
             })
             .collect();
@@ -373,10 +392,22 @@ impl ImageStore {
         result.map(|()| parent)
     }
 
-    async fn fetch_small(&self, image: &ImageRef, digest: &str) -> Result<Bytes, ImageError> {
-        let body = self.registry.blob(image, digest).await?;
-        let bytes: Vec<Bytes> = body.try_collect().await?;
-        let bytes = Bytes::from(bytes.concat());
+    /// Reads a config blob of `size` bytes (as its descriptor says) whole.
+    async fn fetch_small(&self, image: &ImageRef, digest: &str, size: u64) -> Result<Bytes, ImageError> {
+        if size > MAX_CONFIG_BYTES {
+            let reason = format!("its descriptor says {size} bytes; a config may have {MAX_CONFIG_BYTES}");
+            return Err(malformed(image, "config", digest, reason));
+        }
+        let mut body = std::pin::pin!(self.registry.blob(image, digest).await?);
+        let mut bytes = Vec::with_capacity(size as usize);
+        while let Some(chunk) = body.try_next().await? {
+            if bytes.len() as u64 + chunk.len() as u64 > size {
+                let reason = format!("the registry sent more than the {size} bytes its descriptor says");
+                return Err(malformed(image, "config", digest, reason));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let bytes = Bytes::from(bytes);
         let actual = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
         if actual != digest {
             return Err(malformed(
@@ -397,8 +428,8 @@ impl ImageStore {
         &self,
         image: &ImageRef,
         lease: &str,
-        layer: &unpack::Layer,
-        chain_id: &str,
+        (layer, chain_id): (&unpack::Layer, &str),
+        budget: Arc<extract::Budget>,
         progress: &Progress,
     ) -> Result<Option<unpack::Stage>, ImageError> {
         let (cd, digest, total) = (&self.cd, layer.blob.digest.clone(), layer.blob.size as u64);
@@ -410,7 +441,9 @@ impl ImageStore {
         }
         let unpacker = match have_snapshot {
             true => None,
-            false => Some(unpack::Unpacker::start(cd, lease, &self.snapshotter, layer, self.ids).await?),
+            false => {
+                Some(unpack::Unpacker::start(cd, lease, &self.snapshotter, layer, (self.ids, budget)).await?)
+            }
         };
         let feed = unpacker.as_ref().map(|u| u.feed.clone());
         let (mut bytes, mut reported) = (0u64, 0u64);
@@ -529,7 +562,7 @@ impl ImageStore {
         if !unpack::snapshot_exists(&self.cd, &self.snapshotter, &top_snapshot).await? {
             return Err(ImageError::NotPulled { reference: name });
         }
-        let size_bytes = manifest.layers().iter().map(|l| l.size()).sum();
+        let size_bytes = declared_size(&manifest);
         let mut blobs = vec![(config_digest, manifest.config().size())];
         blobs.extend(manifest.layers().iter().map(|l| (l.digest().to_string(), l.size())));
         Ok(RunnableImage {

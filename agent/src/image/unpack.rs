@@ -14,13 +14,14 @@ use containerd_client::services::v1::snapshots::{
 };
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use containerd_client::types::Descriptor;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::extract::{extract, Compression, ExtractError, Extracted};
+use super::extract::{extract, Budget, Compression, ExtractError, Extracted};
 
 use crate::containerd::{call_err, Containerd, ContainerdError};
 use crate::idmap::IdMap;
@@ -127,7 +128,7 @@ impl Unpacker {
         lease: &str,
         snapshotter: &str,
         layer: &Layer,
-        ids: IdMap,
+        (ids, budget): (IdMap, Arc<Budget>),
     ) -> Result<Unpacker, UnpackError> {
         let compression = Compression::of(&layer.blob.media_type)
             .map_err(|source| UnpackError::Extract { blob: layer.blob.digest.clone(), source })?;
@@ -139,7 +140,7 @@ impl Unpacker {
         let runtime = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
             let mut reader = FeedReader { rx, chunk: Bytes::new() };
-            match extract(&mut reader, compression, &stage.dir, ids) {
+            match extract(&mut reader, compression, &stage.dir, ids, &budget) {
                 Ok(done) => Ok((stage, done)),
                 Err(source) => {
                     reader.drain();

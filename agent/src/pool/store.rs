@@ -2,8 +2,6 @@
 //! per function in `<state_dir>/functions`, mode 0600 (it holds the function's secrets, as
 //! containerd's metadata holds its instances' environment).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use super::FunctionSpec;
@@ -28,17 +26,9 @@ impl Store {
     /// Writes a function's spec (whole, then renamed into place).
     pub fn save(&self, spec: &FunctionSpec) -> Result<(), Error> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        let tmp = self.dir.join(format!(".{}.json.tmp", spec.name));
         let bytes = serde_json::to_vec(spec).map_err(|e| self.io(std::io::Error::other(e)))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| self.io(e))?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| self.io(e))?;
-        std::fs::rename(&tmp, self.dir.join(format!("{}.json", spec.name))).map_err(|e| self.io(e))
+        let path = self.dir.join(format!("{}.json", spec.name));
+        fnrt_common::durable::write(&path, &bytes, 0o600).map_err(|e| self.io(e))
     }
 
     /// Forgets a function.

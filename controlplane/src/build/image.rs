@@ -79,7 +79,7 @@ pub async fn push(
         .or(raw.media_type)
         .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
     let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default().to_string();
-    let config_bytes = registry.blob_bytes(&base_ref, &config_digest).await?;
+    let config_bytes = registry.blob_bytes(&base_ref, &config_digest, 4 << 20).await?;
     let mut config: Value =
         serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("its config is not JSON: {e}")))?;
     for l in manifest["layers"].as_array().cloned().unwrap_or_default() {

@@ -131,10 +131,10 @@ pub async fn put_code(
         code::check(&zip, &entry).map_err(|m| Error::invalid("code", m.0))?;
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
-        // Written aside, then renamed: a failed write leaves the last good zip.
-        let tmp = path.with_extension("zip.part");
-        std::fs::write(&tmp, &zip).map_err(|e| Error::Internal(format!("{}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+        // Written aside under a name of its own, then renamed: a failed write leaves the
+        // last good zip, and two uploads at once do not mix.
+        fnrt_common::durable::write(&path, &zip, 0o600)
+            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))??;

@@ -60,3 +60,34 @@ impl IntoResponse for ApiError {
         (status, axum::Json(body)).into_response()
     }
 }
+
+/// Any error answer that is not JSON yet (axum's rejections of a path, query or body
+/// answer plain text) in Scaleway's JSON error shape, its text as the message.
+pub async fn json_shape(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = match axum::body::to_bytes(resp.into_body(), 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let body = match status {
+        StatusCode::NOT_FOUND => json!({ "type": "not_found", "message": text, "resource": "path" }),
+        StatusCode::UNAUTHORIZED => {
+            json!({ "type": "denied_authentication", "message": text, "method": "api_key", "reason": "invalid_argument" })
+        }
+        s if s.is_server_error() => json!({ "type": "internal", "message": text }),
+        _ => json!({
+            "type": "invalid_arguments",
+            "message": text,
+            "details": [{ "argument_name": "request", "reason": "constraint", "help_message": text }],
+        }),
+    };
+    (status, axum::Json(body)).into_response()
+}

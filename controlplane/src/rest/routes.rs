@@ -51,6 +51,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/fnrt/v1/code/{id}", axum::routing::put(super::code::put_code).get(super::code::get_code))
         .layer(axum::extract::DefaultBodyLimit::max(crate::build::code::MAX_ZIP_BYTES as usize + 1))
         .merge(admin)
+        .layer(axum::middleware::map_response(super::error::json_shape))
         .with_state(ctx)
 }
 
@@ -181,7 +182,9 @@ async fn list_namespace_functions(AxState(ctx): Ax, _r: Region, Id(id): Id, RawQ
 }
 
 async fn create_function(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
-    let f = functions::create(&ctx.state, body(&b)?).await?;
+    let input = body(&b)?;
+    functions::check_image(&ctx.scheduler.registry, &input)?;
+    let f = functions::create(&ctx.state, input).await?;
     Ok(Json(function_view(&ctx, &f, None)))
 }
 
@@ -190,7 +193,9 @@ async fn get_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
 }
 
 async fn update_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
-    let (mut f, redeploy) = functions::update(&ctx.state, &id, body(&b)?).await?;
+    let input = body(&b)?;
+    functions::check_image(&ctx.scheduler.registry, &input)?;
+    let (mut f, redeploy) = functions::update(&ctx.state, &id, input).await?;
     if redeploy {
         f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
         ctx.scheduler.deploy(&id);
@@ -302,7 +307,7 @@ async fn list_domains(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> An
 }
 
 async fn create_domain(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
-    Ok(Json(views::domain(&domains::create(&ctx.state, body(&b)?).await?, "ready")))
+    Ok(Json(views::domain(&domains::create(&ctx.state, body(&b)?, &ctx.cfg.domain).await?, "ready")))
 }
 
 async fn get_domain(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {

@@ -1,0 +1,85 @@
+//! State files written so that a crash at any point leaves either the old file or the
+//! new one whole, never a part: written to a temporary name of their own in the same
+//! directory, fsynced, renamed (or linked) into place, and the directory fsynced.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Replaces `path` with `bytes` (created with `mode` if new).
+pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = staged(path, bytes, mode)?;
+    let placed = std::fs::rename(&tmp, path);
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    placed?;
+    sync_dir(path)
+}
+
+/// Creates `path` with `bytes` and `mode`; fails with `AlreadyExists`, changing nothing,
+/// when it exists.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = staged(path, bytes, mode)?;
+    // A hard link never replaces what is there: the atomic create-if-absent.
+    let placed = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    placed?;
+    sync_dir(path)
+}
+
+/// Fsyncs the directory holding `path`, so a rename or creation in it outlives a crash.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// `bytes` written and fsynced under a fresh temporary name beside `path`.
+fn staged(path: &Path, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
+    let name =
+        path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn files_are_replaced_whole_created_once_and_nothing_is_left_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        write(&path, b"one", 0o600).unwrap();
+        write(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let err = write_new(&path, b"three", 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        write_new(&dir.path().join("fresh"), b"new", 0o644).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
+    }
+}

@@ -1,0 +1,228 @@
+//! Hostile input at the image edge, against the real registry and containerd: crafted
+//! layers (a symlink out of the layer with missing components beneath it, a gzip bomb),
+//! manifests that lie about sizes or never end, a registry that trickles, and redirects
+//! to loopback and to the metadata address (carried by test hosts of this test's own, so
+//! no packet leaves the machine). Each ends with a clear error and nothing kept.
+#![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use fnrt_proto::agent::v1::ListImagesRequest;
+use fnrt_tests::fake_registry::{FakeRegistry, Reply};
+use fnrt_tests::push::{self, sha};
+use fnrt_tests::testhost::TestHost;
+use fnrt_tests::TestAgent;
+use tar::{EntryType, Header};
+use tonic::Code;
+
+const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+async fn pull(agent: &mut TestAgent, reference: &str) -> Result<(), tonic::Status> {
+    fnrt_tests::pull_image(&mut agent.client, reference).await.map(drop)
+}
+
+async fn images(agent: &mut TestAgent) -> Vec<String> {
+    let list = agent.client.list_images(ListImagesRequest {}).await.unwrap().into_inner();
+    list.images.into_iter().map(|i| i.reference).collect()
+}
+
+/// A tar of `(path, kind, link)` entries, empty, owned by root.
+fn tar_of(entries: &[(&str, EntryType, Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, link) in entries {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_path(path).unwrap();
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_reaching_through_a_symlink_make_nothing_on_the_host() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let mut agent = TestAgent::start().await;
+    // The case that made /etc/a/b on the host: components missing beneath the symlink.
+    for (second, kind) in [
+        ("x/a/b/.wh.f", EntryType::Regular),
+        ("x/a/b/.wh..wh..opq", EntryType::Regular),
+        ("x/a/pipe", EntryType::Fifo),
+        ("x/a/file", EntryType::Regular),
+        ("x/a/dir/", EntryType::Directory),
+    ] {
+        let layer = tar_of(&[("x", EntryType::Symlink, Some(&target)), (second, kind, None)]);
+        let diff_id = sha(&layer);
+        let reference = push::image("fnrt-test/hostile", vec![(layer, TAR, diff_id)]).await;
+        let err = pull(&mut agent, &reference).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{second}: {}", err.message());
+        assert!(err.message().contains(&format!("layer entry {second}")), "{}", err.message());
+        assert!(err.message().contains("points outside the layer"), "{}", err.message());
+        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(made.is_empty(), "{second} made {made:?} outside the layer");
+    }
+    assert_eq!(images(&mut agent).await, Vec::<String>::new());
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gzip_bomb_stops_at_the_nodes_unpack_budget() {
+    // 128 MiB of zeros in well under a megabyte, streamed into the compressor.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    {
+        let mut b = tar::Builder::new(&mut gz);
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(128 << 20);
+        h.set_path("zeros").unwrap();
+        h.set_cksum();
+        b.append(&h, std::io::Read::take(std::io::repeat(0), 128 << 20)).unwrap();
+        b.finish().unwrap();
+    }
+    gz.flush().unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    // The bomb never unpacks whole, so its diff ID is never compared: any will do.
+    let reference = push::image("fnrt-test/hostile", vec![(bomb, GZIP, sha(b""))]).await;
+    let mut agent = TestAgent::start_with(|c| c.image_max_unpacked_bytes = 32 << 20).await;
+    let err = pull(&mut agent, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(
+        err.message().contains("unpacks to more than 33554432 bytes")
+            && err.message().contains("image_max_unpacked_bytes"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(images(&mut agent).await, Vec::<String>::new());
+    agent.cleanup().await;
+}
+
+/// A fake registry's manifest of one config and `layers` (media type, digest, size).
+fn manifest_of(config: &[u8], layers: &[(&str, String, u64)]) -> Vec<u8> {
+    push::manifest((&sha(config), config.len()), layers)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sizes_that_overflow_and_manifests_that_never_end_are_refused() {
+    let config = push::config(&[sha(b"a"), sha(b"b")]);
+    let huge = 1u64 << 63;
+    let overflow = manifest_of(&config, &[(GZIP, sha(b"1"), huge), (GZIP, sha(b"2"), huge)]);
+    let lying = FakeRegistry::on_loopback(move |path| match path.contains("/manifests/") {
+        true => Reply::Bytes(overflow.clone(), MANIFEST),
+        false => Reply::Status(404),
+    });
+    let endless = FakeRegistry::on_loopback(|_| Reply::Endless(100 << 20));
+    let mut agent = TestAgent::start_with(|c| {
+        c.allowed_registries.push(lying.addr.to_string());
+        c.allowed_registries.push(endless.addr.to_string());
+    })
+    .await;
+
+    // Two layers of 2^63 bytes are not 0 bytes.
+    let err = pull(&mut agent, &format!("{}/x/y:t", lying.addr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("over the limit of 1073741824 bytes"), "{}", err.message());
+    assert!(!lying.asked().iter().any(|p| p.contains("/blobs/")), "{:?}", lying.asked());
+
+    // A 100 MB manifest: read up to 4 MiB, then refused.
+    let t0 = Instant::now();
+    let err = pull(&mut agent, &format!("{}/x/y:t", endless.addr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("sent more than 4194304 bytes"), "{}", err.message());
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert_eq!(images(&mut agent).await, Vec::<String>::new());
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_trickles_is_given_up_at_the_transfer_deadline() {
+    let config = push::config(&[sha(b"layer")]);
+    let manifest = manifest_of(&config, &[(TAR, sha(b"layer"), 1000)]);
+    let config_digest = sha(&config);
+    let trickle = FakeRegistry::on_loopback(move |path| {
+        if path.contains("/manifests/") {
+            Reply::Bytes(manifest.clone(), MANIFEST)
+        } else if path.ends_with(&config_digest) {
+            Reply::Bytes(config.clone(), "application/octet-stream")
+        } else {
+            Reply::Trickle(1000)
+        }
+    });
+    let mut agent = TestAgent::start_with(|c| {
+        c.allowed_registries.push(trickle.addr.to_string());
+        c.registry_transfer_timeout_s = 3;
+    })
+    .await;
+    let t0 = Instant::now();
+    let err = pull(&mut agent, &format!("{}/x/y:t", trickle.addr)).await.unwrap_err();
+    let took = t0.elapsed();
+    assert!(err.message().contains("registry_transfer_timeout_s"), "{}", err.message());
+    assert!(took < Duration::from_secs(15), "the pull took {took:?}");
+    assert_eq!(images(&mut agent).await, Vec::<String>::new());
+    agent.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_to_the_metadata_address_or_to_loopback_are_refused() {
+    // The metadata address is a test host of this test's own: were the redirect
+    // followed, it would show there, and nothing would leave the machine.
+    let metadata = TestHost::start("169.254.169.254".parse().unwrap());
+    metadata.listener.set_nonblocking(true).unwrap();
+    let to_metadata =
+        FakeRegistry::on_loopback(|_| Reply::Redirect("http://169.254.169.254/latest/meta-data/".into()));
+
+    // A registry on a public address (another test host) redirecting to the node's
+    // loopback, where a listener counts what reaches it.
+    let local = FakeRegistry::on_loopback(|_| Reply::Status(200));
+    let public = TestHost::start("203.0.113.30".parse().unwrap());
+    let target = format!("http://{}/v2/x/y/manifests/t", local.addr);
+    let to_loopback =
+        FakeRegistry::serve(public.listener.try_clone().unwrap(), move |_| Reply::Redirect(target.clone()));
+
+    let mut agent = TestAgent::start_with(|c| {
+        c.allowed_registries.push(to_metadata.addr.to_string());
+        c.plain_http_registries.push("203.0.113.30".into());
+    })
+    .await;
+    let err = pull(&mut agent, &format!("{}/x/y:t", to_metadata.addr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().contains("169.254.169.254, a link-local address, refused"), "{}", err.message());
+    let reached = metadata.listener.accept();
+    assert!(reached.is_err(), "the redirect reached the metadata address");
+
+    let err = pull(&mut agent, "203.0.113.30/x/y:t").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().contains("127.0.0.1, a loopback address, refused"), "{}", err.message());
+    assert_eq!(to_loopback.asked().len(), 1, "{:?}", to_loopback.asked());
+    assert!(local.asked().is_empty(), "the redirect reached the node's loopback: {:?}", local.asked());
+
+    // Nor may a reference name the node's own services.
+    let err = pull(&mut agent, &format!("{}/x/y:t", local.addr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("its address is loopback and only listed registries may be"),
+        "{}",
+        err.message()
+    );
+    assert!(local.asked().is_empty(), "{:?}", local.asked());
+    assert_eq!(images(&mut agent).await, Vec::<String>::new());
+    agent.cleanup().await;
+    public.remove();
+    metadata.remove();
+}
