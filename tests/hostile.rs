@@ -226,3 +226,70 @@ async fn redirects_to_the_metadata_address_or_to_loopback_are_refused() {
     public.remove();
     metadata.remove();
 }
+
+/// Sends a request's headers one byte a second to `addr`; true when the server closed the
+/// connection before they were whole.
+fn closed_on_a_slow_client(addr: std::net::SocketAddr) -> bool {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+        if s.write_all(&[*b]).is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => return false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            }
+            Err(_) => return true,
+        }
+        std::thread::sleep(Duration::from_millis(950));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_closed_and_oversized_bodies_refused_on_every_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = fnrt_controlplane::start(fnrt_controlplane::Config {
+        http_header_timeout_ms: 2000,
+        ..fnrt_tests::controlplane_config(dir.path(), "a-cluster-token-of-at-least-32-characters")
+    })
+    .await
+    .unwrap();
+    let agent = TestAgent::start_with(|c| c.http_header_timeout_ms = 2000).await;
+    for (name, addr) in [
+        ("the API", cp.api_address),
+        ("the gateway", cp.gateway_address),
+        ("the data plane", agent.handle.dataplane_address),
+    ] {
+        let t0 = Instant::now();
+        let closed = tokio::task::spawn_blocking(move || closed_on_a_slow_client(addr)).await.unwrap();
+        assert!(closed, "{name} kept a client sending a byte a second");
+        assert!(t0.elapsed() < Duration::from_secs(6), "{name} took {:?}", t0.elapsed());
+    }
+    // Bodies over 6 MB are refused on their announced length, before they are sent.
+    for (name, url) in [
+        ("the gateway", format!("http://{}/ns/f/", cp.gateway_address)),
+        ("the data plane", format!("http://{}/function/f/", agent.handle.dataplane_address)),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(url.split('/').nth(2).unwrap()).await.unwrap();
+        let path = url.splitn(4, '/').nth(3).unwrap();
+        let head = format!("POST /{path} HTTP/1.1\r\nHost: x\r\nContent-Length: 7000000\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut answer))
+                .await
+                .expect("an answer before the body")
+                .unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{name}: {text}");
+        assert!(text.contains("max_body_bytes"), "{name}: {text}");
+    }
+    agent.cleanup().await;
+    cp.shutdown().await;
+}

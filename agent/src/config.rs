@@ -90,6 +90,18 @@ pub struct Config {
     /// The longest one blob's transfer may take, in seconds.
     #[default(600)]
     pub registry_transfer_timeout_s: u64,
+    /// The longest a data plane request's headers may take to arrive (or a connection may
+    /// idle), in ms.
+    #[default(10_000)]
+    pub http_header_timeout_ms: u64,
+    /// Connections the data plane keeps open at once (all its threads together); more are
+    /// closed as they arrive.
+    #[default(10_000)]
+    pub dataplane_max_connections: u32,
+    /// The largest request body the data plane forwards, in bytes (6 MB, the synchronous
+    /// limit of SCF and Scaleway); larger ones get 413.
+    #[default(6_000_000)]
+    pub max_body_bytes: u64,
     /// Memory that buys an instance one whole vCPU, in MB; CPU is shared in proportion.
     #[default(Policy::default().mb_per_vcpu)]
     pub mb_per_vcpu: u32,

@@ -47,6 +47,28 @@ pub struct Dataplane {
     role: Role,
     key: Option<Key>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+}
+
+/// What one caller may take of a data plane.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The longest a request's headers may take to arrive (and a connection may idle).
+    pub header_timeout: std::time::Duration,
+    /// The largest request body forwarded; larger ones get 413 (or are cut when streamed).
+    pub max_body_bytes: u64,
+    /// Open connections, shared by the node's data plane threads; more are closed.
+    pub connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_timeout: std::time::Duration::from_secs(10),
+            max_body_bytes: 6_000_000,
+            connections: Arc::new(tokio::sync::Semaphore::new(10_000)),
+        }
+    }
 }
 
 /// How long a caller has to finish its TLS handshake.
@@ -77,7 +99,7 @@ impl Dataplane {
     /// A data plane over `pools`; the lines instances print during calls go to `logs`.
     /// With `key`, calls must be signed by the gateway.
     pub fn new(pools: Arc<Pools>, logs: Arc<Logs>, role: Role, key: Option<Key>) -> Dataplane {
-        Dataplane { pools, logs, upstream: Arc::default(), role, key, tls: None }
+        Dataplane { pools, logs, upstream: Arc::default(), role, key, tls: None, limits: Limits::default() }
     }
 
     /// Serves TLS with `config`: only callers holding a control plane's certificate of the
@@ -85,6 +107,11 @@ impl Dataplane {
     pub fn with_tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Dataplane {
         self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
         self
+    }
+
+    /// The data plane with `limits` instead of the defaults.
+    pub fn with_limits(self, limits: Limits) -> Dataplane {
+        Dataplane { limits, ..self }
     }
 
     /// Serves on `listener` until `shutdown` turns true.
@@ -100,9 +127,14 @@ impl Dataplane {
                 },
                 _ = shutdown.changed() => return,
             };
+            let Ok(slot) = self.limits.connections.clone().try_acquire_owned() else {
+                tracing::warn!("a data plane connection over the limit was closed");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let Some(acceptor) = this.tls.clone() else {
                     return this.serve_connection(TokioIo::new(stream), true).await;
                 };
@@ -125,6 +157,7 @@ impl Dataplane {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let timeout = self.limits.header_timeout;
         let service = hyper::service::service_fn(move |req| {
             let this = self.clone();
             async move {
@@ -137,7 +170,9 @@ impl Dataplane {
                 Ok::<_, Infallible>(this.handle(req).await)
             }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(timeout);
+        if let Err(e) = http.serve_connection(io, service).await {
             tracing::debug!(error = %e, "data plane connection");
         }
     }
@@ -157,6 +192,14 @@ impl Dataplane {
             };
         if let Err(refused) = self.check_signature(&mut req, &request_id) {
             return error(StatusCode::UNAUTHORIZED, refused.to_string());
+        }
+        let limit = self.limits.max_body_bytes;
+        let announced = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+        if announced.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > limit) {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {limit} bytes, the limit of a synchronous call (max_body_bytes)"),
+            );
         }
         let mut resp = self.route(req, &request_id).await;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -210,9 +253,9 @@ impl Dataplane {
         };
         match self.pools.get(&function) {
             Some(pool) => {
-                self.call(&pool, req.map(|b| b.map_err(Into::into).boxed()), target, request_id)
-                    .await
-                    .response
+                let limit = self.limits.max_body_bytes as usize;
+                let req = req.map(|b| http_body_util::Limited::new(b, limit).boxed());
+                self.call(&pool, req, target, request_id).await.response
             }
             None => error(StatusCode::NOT_FOUND, AcquireError::NoInstance(function).to_string()),
         }

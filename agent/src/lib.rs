@@ -348,9 +348,15 @@ fn serve_dataplanes(
     let key = cfg.dataplane_key.as_ref().map(|k| fnrt_common::signature::Key::new(k.expose()));
     let tls =
         tls.map(|t| t.server_config().map_err(|e| StartError::ClusterTls(e.to_string()))).transpose()?;
+    let limits = dataplane::Limits {
+        header_timeout: std::time::Duration::from_millis(cfg.http_header_timeout_ms.max(1)),
+        max_body_bytes: cfg.max_body_bytes,
+        connections: Arc::new(tokio::sync::Semaphore::new(cfg.dataplane_max_connections.max(1) as usize)),
+    };
     for (i, l) in listeners.into_iter().enumerate() {
         let mut dp =
-            dataplane::Dataplane::new(pools.clone(), logs.clone(), dataplane::Role::Calls, key.clone());
+            dataplane::Dataplane::new(pools.clone(), logs.clone(), dataplane::Role::Calls, key.clone())
+                .with_limits(limits.clone());
         if let Some(tls) = &tls {
             dp = dp.with_tls(tls.clone());
         }

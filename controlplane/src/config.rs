@@ -73,6 +73,20 @@ pub struct Config {
     /// and the runtimes' base images' registries, which are always allowed; `*`: any
     /// registry on a public address.
     pub allowed_registries: Vec<String>,
+    /// Connections the API and the gateway each keep open at once; more are closed.
+    #[default(10_000)]
+    pub http_max_connections: u32,
+    /// The longest a request's headers may take to arrive, or a connection may idle, in ms.
+    #[default(10_000)]
+    pub http_header_timeout_ms: u64,
+    /// The longest a request to the API or the gateway may take until its answer starts,
+    /// in seconds (a function's timeout is at most 900 s).
+    #[default(960)]
+    pub http_request_timeout_s: u64,
+    /// The largest request body the gateway forwards, in bytes (6 MB, the synchronous limit
+    /// of SCF and Scaleway); larger ones get 413.
+    #[default(6_000_000)]
+    pub max_body_bytes: u64,
     /// How often agents report, in ms.
     #[default(2000)]
     pub heartbeat_interval_ms: u32,
@@ -174,6 +188,15 @@ impl Config {
                  accept plain TCP",
                 self.grpc_listen
             ));
+        }
+    }
+
+    /// The limits of the API's and the gateway's listeners.
+    pub fn http_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            max_connections: self.http_max_connections.max(1) as usize,
+            header_timeout: std::time::Duration::from_millis(self.http_header_timeout_ms.max(1)),
+            request_timeout: std::time::Duration::from_secs(self.http_request_timeout_s.max(1)),
         }
     }
 

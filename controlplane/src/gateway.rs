@@ -71,8 +71,20 @@ fn target(ctx: &Ctx, req: &Request) -> Option<(Arc<Routed>, String)> {
     ctx.state.routes().target(host, pq, &ctx.cfg.domain)
 }
 
-async fn call(AxState(gw): AxState<Arc<Gateway>>, mut req: Request) -> Response {
+async fn call(AxState(gw): AxState<Arc<Gateway>>, req: Request) -> Response {
     let ctx = &gw.ctx;
+    // Bodies past the synchronous limit: refused when announced, cut when streamed.
+    let limit = ctx.cfg.max_body_bytes;
+    let announced = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if announced.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > limit) {
+        return answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over {limit} bytes, the limit of a synchronous call (max_body_bytes)"
+            ),
+        );
+    }
+    let mut req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit as usize)));
     let Some((f, tail)) = target(ctx, &req) else {
         return answer(
             StatusCode::NOT_FOUND,

@@ -16,6 +16,7 @@ pub(crate) mod namespaces;
 pub(crate) mod rest;
 pub(crate) mod route_index;
 pub mod scheduler;
+pub(crate) mod serve;
 pub mod state;
 pub(crate) mod store;
 pub mod tokens;
@@ -152,26 +153,6 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
 }
 
-fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        // Without TCP_NODELAY an answer written as headers then body waits for the client's
-        // delayed ACK: 40 ms on one call in ten (axum leaves Nagle's algorithm on).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "server failed");
-        }
-    })
-}
-
 /// Opens the store and starts the API, the gateway, the join service, the scheduler
 /// and the cron timer.
 pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
@@ -192,17 +173,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     }
     cfg.url_key = url_key(&cfg)?;
     let cfg = Arc::new(cfg);
-    let settings = fnrt_registry::RegistrySettings {
-        allowed_registries: cfg.registries_allowed(),
-        ..fnrt_registry::RegistrySettings::load(
-            cfg.registry_auth_file.as_deref(),
-            cfg.registry_ca_file.as_deref(),
-            cfg.plain_http_registries.clone(),
-        )?
-    };
-    let registry =
-        fnrt_registry::Registry::new(settings, concat!("fnrt-controlplane/", env!("CARGO_PKG_VERSION")))?;
-    let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone(), registry));
+    let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone(), registry(&cfg)?));
     // Deploys a stop cut short start again (their agents' calls are idempotent).
     let pending: Vec<String> = state.read(|d| {
         d.functions
@@ -222,8 +193,13 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         grpc.local_addr().map_err(|source| StartError::Listen { addr: cfg.grpc_listen, source })?,
     );
     let mut tasks = vec![
-        serve(api, rest::router(ctx.clone()), stop.clone()),
-        serve(gw, gateway::router(ctx.clone(), gateway_tls(tls.as_ref())?), stop.clone()),
+        serve::spawn(api, rest::router(ctx.clone()), cfg.http_limits(), stop.clone()),
+        serve::spawn(
+            gw,
+            gateway::router(ctx.clone(), gateway_tls(tls.as_ref())?),
+            cfg.http_limits(),
+            stop.clone(),
+        ),
         tokio::spawn(scheduler.clone().run()),
         tokio::spawn(scheduler.clone().run_timer()),
         tokio::spawn(scheduler.clone().run_triggers()),
@@ -252,6 +228,19 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     }
     tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, "control plane started");
     Ok(Handle { api_address, gateway_address, grpc_address, ctx, shutdown, tasks })
+}
+
+/// The registry client the configuration asks for.
+fn registry(cfg: &Config) -> Result<fnrt_registry::Registry, StartError> {
+    let settings = fnrt_registry::RegistrySettings {
+        allowed_registries: cfg.registries_allowed(),
+        ..fnrt_registry::RegistrySettings::load(
+            cfg.registry_auth_file.as_deref(),
+            cfg.registry_ca_file.as_deref(),
+            cfg.plain_http_registries.clone(),
+        )?
+    };
+    Ok(fnrt_registry::Registry::new(settings, concat!("fnrt-controlplane/", env!("CARGO_PKG_VERSION")))?)
 }
 
 /// The cluster TLS material the configuration names (a warning when the join service
