@@ -233,7 +233,8 @@ async fn the_default_deadline_is_30_seconds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_clear_error_and_leaves_nothing() {
-    let mut agent = TestAgent::start().await;
+    // 127.0.0.1:1 is listed, so that its refusal to connect is what is tested.
+    let mut agent = TestAgent::start_with(|c| c.allowed_registries.push("127.0.0.1:1".into())).await;
     let registry = real_parts().registry;
     let cases: Vec<(String, Code, String)> = vec![
         (format!("{registry}/fnrt/no-such-image:latest"), Code::NotFound, "not found in registry".into()),
@@ -241,6 +242,11 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() {
             "127.0.0.1:1/fnrt/echo:latest".into(),
             Code::Unavailable,
             "registry 127.0.0.1:1 is unreachable".into(),
+        ),
+        (
+            "127.0.0.1:2/fnrt/echo:latest".into(),
+            Code::PermissionDenied,
+            "registry 127.0.0.1:2 is not allowed here: its address is loopback".into(),
         ),
         ("Not A Reference".into(), Code::InvalidArgument, "malformed image reference".into()),
         (

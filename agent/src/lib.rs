@@ -26,6 +26,7 @@ pub(crate) mod instance;
 pub(crate) mod join;
 pub(crate) mod logs;
 pub(crate) mod metrics;
+pub(crate) mod neighbor;
 pub(crate) mod network;
 pub(crate) mod pool;
 pub(crate) mod request_id;

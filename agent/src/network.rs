@@ -123,12 +123,19 @@ impl Network {
         self.exec("ADD", "loopback", id, netns, "lo", &self.loopback_conf()).await?;
         let out = self.exec("ADD", "bridge", id, netns, "eth0", &self.bridge_conf()).await?;
         self.isolate_ports()?;
-        parse_ip(&out).ok_or_else(|| NetworkError::Plugin {
+        let ip = parse_ip(&out).ok_or_else(|| NetworkError::Plugin {
             command: "ADD",
             plugin: "bridge".into(),
             container: id.into(),
             message: format!("no IP address in its result: {}", String::from_utf8_lossy(&out)),
-        })
+        })?;
+        // A reused address: the node must not keep sending to the last holder's MAC.
+        if let IpAddr::V4(v4) = ip {
+            if let Err(e) = crate::neighbor::forget(&self.bridge, v4) {
+                tracing::warn!(address = %v4, error = %e, "could not forget the address's old neighbor entry");
+            }
+        }
+        Ok(ip)
     }
 
     /// Releases the address of instance `id` and removes its namespace. Safe to call for
