@@ -161,6 +161,23 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     ])
     .await;
     assert_eq!(status, 200, "{text}");
+    // The URL serves once; another one is made for its length only; a forged one is
+    // refused before its body is read.
+    let data = format!("@{}", zip.display());
+    let put = |url: String| {
+        let data = data.clone();
+        async move { curl(&["-X", "PUT", "--data-binary", &data, &url]).await }
+    };
+    let (status, text) = put(u["url"].as_str().unwrap().to_string()).await;
+    assert_eq!(status, 401, "a second use: {text}");
+    assert!(text.contains("used already"), "{text}");
+    let short = ok(&cp, "GET", &format!("/functions/{cid}/upload-url?content_length={}", len - 1), None).await;
+    let (status, text) = put(short["url"].as_str().unwrap().to_string()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("over") && text.contains("this upload URL was made for"), "{text}");
+    let forged = u["url"].as_str().unwrap().replace("length=", "length=9");
+    let (status, _) = put(forged).await;
+    assert_eq!(status, 401);
     ok(&cp, "POST", &format!("/functions/{cid}/deploy"), Some(json!({}))).await;
 
     let ready = settled(&cp, &id).await;

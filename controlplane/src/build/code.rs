@@ -10,6 +10,10 @@ use sha2::{Digest, Sha256};
 pub const MAX_ZIP_BYTES: u64 = 100 << 20;
 /// Largest total of the files it holds, in bytes.
 pub const MAX_UNPACKED_BYTES: u64 = 500 << 20;
+/// Most entries (files and directories) a zip may hold.
+pub const MAX_ENTRIES: u64 = 10_000;
+/// Longest entry name, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// Why a zip (or the handler naming its entry) cannot be built; the words say what is
 /// allowed.
@@ -87,12 +91,26 @@ fn check_zip(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, S
     if zip.len() as u64 > MAX_ZIP_BYTES {
         return Err(format!("the zip is {} bytes: at most {MAX_ZIP_BYTES} are accepted", zip.len()));
     }
+    // Counted from the end record before the central directory is read into memory: a
+    // zip of a million empty entries is refused at once.
+    if let Some(n) = declared_entries(zip).filter(|n| *n > MAX_ENTRIES) {
+        return Err(format!("the zip holds {n} entries: at most {MAX_ENTRIES} are accepted"));
+    }
     let mut archive =
         zip::ZipArchive::new(Cursor::new(zip)).map_err(|e| format!("not a zip archive: {e}"))?;
+    if archive.len() as u64 > MAX_ENTRIES {
+        return Err(format!("the zip holds {} entries: at most {MAX_ENTRIES} are accepted", archive.len()));
+    }
     let mut files = Vec::new();
     let mut total = 0u64;
     for i in 0..archive.len() {
         let mut f = archive.by_index(i).map_err(|e| format!("entry {i} of the zip cannot be read: {e}"))?;
+        if f.name_raw().len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "entry {i} has a name of {} bytes: at most {MAX_NAME_BYTES}",
+                f.name_raw().len()
+            ));
+        }
         let raw = f.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("entry {i}"));
         let Some(path) = f.enclosed_name() else {
             return Err(format!("{raw:?} leaves the zip's root: names must be relative, without '..'"));
@@ -103,7 +121,7 @@ fn check_zip(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, S
         if f.is_dir() {
             continue;
         }
-        total += f.size();
+        total = total.saturating_add(f.size());
         if total > MAX_UNPACKED_BYTES {
             return Err(format!("the zip holds more than {MAX_UNPACKED_BYTES} bytes once unpacked"));
         }
@@ -117,6 +135,32 @@ fn check_zip(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, S
         return Err(format!("the zip has no {:?} at its root: the runtime starts from it", entry.file()));
     }
     Ok(files)
+}
+
+/// The entry count a zip's end record declares (the zip64 one when the classic field is
+/// full); `None` when there is no end record (then the zip crate says what is wrong).
+fn declared_entries(zip: &[u8]) -> Option<u64> {
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    const LOCATOR: [u8; 4] = [0x50, 0x4b, 0x06, 0x07];
+    const ZIP64_EOCD: [u8; 4] = [0x50, 0x4b, 0x06, 0x06];
+    // The end record is 22 bytes plus a comment of at most 65535.
+    let from = zip.len().saturating_sub(22 + 65_535);
+    let at = (from..zip.len().saturating_sub(21)).rev().find(|&i| zip[i..i + 4] == EOCD)?;
+    let u16_at = |i: usize| zip.get(i..i + 2).map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])));
+    let classic = u16_at(at + 10)?;
+    if classic != 0xffff {
+        return Some(classic);
+    }
+    let locator = at.checked_sub(20)?;
+    if zip.get(locator..locator + 4)? != LOCATOR {
+        return Some(classic);
+    }
+    let offset = u64::from_le_bytes(zip.get(locator + 8..locator + 16)?.try_into().ok()?);
+    let record = usize::try_from(offset).ok()?;
+    if zip.get(record..record + 4)? != ZIP64_EOCD {
+        return Some(classic);
+    }
+    Some(u64::from_le_bytes(zip.get(record + 32..record + 40)?.try_into().ok()?))
 }
 
 /// The layer with `files` under `var/user/`.
@@ -199,6 +243,27 @@ mod tests {
             .contains("leaves"));
         let too_large = vec![0u8; MAX_ZIP_BYTES as usize + 1];
         assert!(check(&too_large, &py).unwrap_err().0.contains("at most"));
+        let many: Vec<(String, &str)> = (0..=MAX_ENTRIES).map(|i| (format!("f{i}"), "")).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        let err = check(&zip_of(&many), &py).unwrap_err().0;
+        assert!(err.contains("10001 entries: at most 10000"), "{err}");
+        // A million entries, as a zip64 end record declares them (the directory itself is
+        // never read).
+        let mut z64 = vec![0u8; 56];
+        z64[..4].copy_from_slice(&[0x50, 0x4b, 0x06, 0x06]);
+        z64[32..40].copy_from_slice(&1_000_000u64.to_le_bytes());
+        let mut locator = vec![0u8; 20];
+        locator[..4].copy_from_slice(&[0x50, 0x4b, 0x06, 0x07]);
+        let mut eocd = vec![0u8; 22];
+        eocd[..4].copy_from_slice(&[0x50, 0x4b, 0x05, 0x06]);
+        eocd[10..12].copy_from_slice(&0xffffu16.to_le_bytes());
+        let bomb = [z64, locator, eocd].concat();
+        assert_eq!(declared_entries(&bomb), Some(1_000_000));
+        let err = check(&bomb, &py).unwrap_err().0;
+        assert!(err.contains("1000000 entries"), "{err}");
+        let long = format!("{}.py", "a".repeat(MAX_NAME_BYTES));
+        let err = check(&zip_of(&[(long.as_str(), ""), ("handler.py", "")]), &py).unwrap_err().0;
+        assert!(err.contains("at most 1024"), "{err}");
         let boot = check(&zip_of(&[("scf_bootstrap", "#!/bin/sh")]), &Entry::Bootstrap).unwrap();
         assert_eq!(boot[0].2, 0o755, "scf_bootstrap is made executable");
     }

@@ -1,11 +1,16 @@
 //! Code of code functions: `upload-url` and `download-url` (admin) give short-lived URLs
 //! signed with the control plane's key; `PUT`/`GET /fnrt/v1/code/{id}` at those URLs take
 //! or give the zip. A zip is checked before it is kept; a bad one is refused and nothing
-//! changes.
+//! changes. An upload URL carries the length it was asked for (signed with it): the PUT
+//! must send exactly that many bytes, is authenticated before any byte of its body is
+//! read, and the URL serves once.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::body::Body;
 use axum::extract::{Path, Query, RawQuery, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,20 +28,31 @@ use crate::{functions, Ctx};
 
 const URL_LIFETIME_S: i64 = 900;
 
-fn signature(ctx: &Ctx, method: &str, id: &str, expires: i64) -> String {
+/// Signatures of upload URLs already used, with when they expire.
+static USED: Mutex<Option<HashMap<String, i64>>> = Mutex::new(None);
+
+/// Marks an upload URL's signature used; false when it was already.
+fn first_use(sig: &str, expires: i64) -> bool {
+    let now = chrono::Utc::now().timestamp();
+    let mut used = USED.lock().unwrap_or_else(|p| p.into_inner());
+    let used = used.get_or_insert_with(HashMap::new);
+    used.retain(|_, e| *e >= now);
+    used.insert(sig.to_string(), expires).is_none()
+}
+
+fn signature(ctx: &Ctx, method: &str, id: &str, expires: i64, length: Option<u64>) -> String {
     // HMAC keys of any length are accepted.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&ctx.cfg.url_key).expect("any key length");
-    mac.update(format!("{method}\n{id}\n{expires}").as_bytes());
+    let length = length.map(|n| n.to_string()).unwrap_or_default();
+    mac.update(format!("{method}\n{id}\n{expires}\n{length}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn signed_url(ctx: &Ctx, method: &str, id: &str) -> String {
+fn signed_url(ctx: &Ctx, method: &str, id: &str, length: Option<u64>) -> String {
     let expires = chrono::Utc::now().timestamp() + URL_LIFETIME_S;
-    format!(
-        "{}/fnrt/v1/code/{id}?expires={expires}&sig={}",
-        ctx.cfg.public_url,
-        signature(ctx, method, id, expires)
-    )
+    let sig = signature(ctx, method, id, expires, length);
+    let length = length.map(|n| format!("&length={n}")).unwrap_or_default();
+    format!("{}/fnrt/v1/code/{id}?expires={expires}{length}&sig={sig}", ctx.cfg.public_url)
 }
 
 /// The zip of function `id` on disk.
@@ -65,6 +81,7 @@ pub async fn upload_url(
     let f = functions::get(&ctx.state, &id)?;
     entry_of(&ctx, &f)?;
     let q = ListQuery::parse(q.as_deref(), &["created_at_asc"])?;
+    let mut length = None;
     if let Some(n) = q.filter("content_length") {
         let n: u64 =
             n.parse().map_err(|_| Error::invalid("content_length", format!("{n:?} is not a number")))?;
@@ -75,8 +92,9 @@ pub async fn upload_url(
             )
             .into());
         }
+        length = Some(n);
     }
-    let url = signed_url(&ctx, "PUT", &id);
+    let url = signed_url(&ctx, "PUT", &id, length);
     Ok(Json(json!({ "url": url, "headers": { "Content-Type": ["application/octet-stream"] } })))
 }
 
@@ -90,7 +108,7 @@ pub async fn download_url(
     if !zip_path(&ctx, &id).exists() {
         return Err(Error::NotFound { resource: "code", id }.into());
     }
-    Ok(Json(json!({ "url": signed_url(&ctx, "GET", &id), "headers": {} })))
+    Ok(Json(json!({ "url": signed_url(&ctx, "GET", &id, None), "headers": {} })))
 }
 
 /// The signature part of a code URL.
@@ -99,6 +117,8 @@ pub struct Signed {
     #[serde(default)]
     expires: i64,
     #[serde(default)]
+    length: Option<u64>,
+    #[serde(default)]
     sig: String,
 }
 
@@ -106,7 +126,7 @@ fn verify(ctx: &Ctx, method: &str, id: &str, s: &Signed) -> Result<(), Error> {
     if s.expires < chrono::Utc::now().timestamp() {
         return Err(Error::Unauthenticated("this code URL has expired: ask for a new one".into()));
     }
-    let want = signature(ctx, method, id, s.expires);
+    let want = signature(ctx, method, id, s.expires, s.length);
     use sha2::Digest;
     if Sha256::digest(want.as_bytes()) != Sha256::digest(s.sig.as_bytes()) {
         return Err(Error::Unauthenticated("this code URL is not signed by this control plane".into()));
@@ -119,12 +139,29 @@ pub async fn put_code(
     AxState(ctx): AxState<Arc<Ctx>>,
     Path(id): Path<String>,
     Query(s): Query<Signed>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    // Nothing of the body is read before the URL is checked.
     verify(&ctx, "PUT", &id, &s)?;
+    if !first_use(&s.sig, s.expires) {
+        return Err(
+            Error::Unauthenticated("this upload URL was used already: ask for a new one".into()).into()
+        );
+    }
     let f = functions::get(&ctx.state, &id)?;
     let entry = entry_of(&ctx, &f)?;
-    let zip = body.to_vec();
+    let limit = s.length.unwrap_or(MAX_ZIP_BYTES).min(MAX_ZIP_BYTES);
+    let zip = axum::body::to_bytes(body, limit as usize + 1).await.map_err(|_| {
+        Error::invalid(
+            "code",
+            format!("the body is over {limit} bytes, the length this upload URL was made for"),
+        )
+    })?;
+    if s.length.is_some_and(|n| n != zip.len() as u64) {
+        let why = format!("the body is {} bytes; this upload URL was made for {limit}", zip.len());
+        return Err(Error::invalid("code", why).into());
+    }
+    let zip = zip.to_vec();
     let size = zip.len();
     let path = zip_path(&ctx, &id);
     tokio::task::spawn_blocking(move || -> Result<(), Error> {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State as AxState;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -12,11 +11,14 @@ use super::ApiError;
 use crate::error::Error;
 use crate::{webhook, Ctx};
 
+/// The largest notification envelope read.
+const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+
 /// Reads the events, records tag pushes and starts the deploys they call for.
 pub async fn events(
     AxState(ctx): AxState<Arc<Ctx>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let want = &ctx.cfg.webhook_token;
     let given =
@@ -33,6 +35,10 @@ pub async fn events(
         )
         .into());
     }
+    // Read only once the token is checked, and at most 1 MiB (an envelope lists events).
+    let body = axum::body::to_bytes(body, MAX_ENVELOPE_BYTES).await.map_err(|_| {
+        Error::invalid("body", format!("over {MAX_ENVELOPE_BYTES} bytes: not a notification envelope"))
+    })?;
     let envelope: webhook::Envelope = serde_json::from_slice(&body)
         .map_err(|e| Error::invalid("body", format!("not a registry notification envelope: {e}")))?;
     let mut deployed = Vec::new();
