@@ -171,7 +171,8 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     let (status, text) = put(u["url"].as_str().unwrap().to_string()).await;
     assert_eq!(status, 401, "a second use: {text}");
     assert!(text.contains("used already"), "{text}");
-    let short = ok(&cp, "GET", &format!("/functions/{cid}/upload-url?content_length={}", len - 1), None).await;
+    let short =
+        ok(&cp, "GET", &format!("/functions/{cid}/upload-url?content_length={}", len - 1), None).await;
     let (status, text) = put(short["url"].as_str().unwrap().to_string()).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("over") && text.contains("this upload URL was made for"), "{text}");

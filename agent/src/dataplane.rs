@@ -477,3 +477,49 @@ fn error(status: StatusCode, message: String) -> Response<Body> {
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fuzz {
+    use super::*;
+
+    /// Any path and any caller headers: the target stays an origin-form path on the
+    /// instance (never another host), the function name holds no separator, and after the
+    /// SCF headers are set no X-Scf-* header of the caller's is left.
+    #[test]
+    fn fuzz_paths_and_headers() {
+        let common = [(HeaderName::from_static("x-scf-name"), HeaderValue::from_static("f"))];
+        let host = HeaderValue::from_static("10.0.0.2:9000");
+        arbtest::arbtest(|u| {
+            let tail: String = u.arbitrary()?;
+            if let Ok(uri) = Uri::try_from(format!("/function/{tail}")) {
+                if let Some((function, Ok(target))) = function_target(&uri) {
+                    assert!(!function.contains(['/', '?']), "{function:?}");
+                    assert!(target.scheme().is_none() && target.authority().is_none(), "{uri} -> {target}");
+                    assert!(target.path().starts_with('/'), "{uri} -> {target}");
+                }
+            }
+            let mut h = HeaderMap::new();
+            for _ in 0..u.int_in_range(0..=8)? {
+                let name: String = u.arbitrary()?;
+                let value: String = u.arbitrary()?;
+                let scf = format!("x-scf-{}", name.to_ascii_lowercase());
+                let name = if u.arbitrary()? { scf } else { name };
+                if let (Ok(k), Ok(v)) =
+                    (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value))
+                {
+                    h.append(k, v);
+                }
+            }
+            scf_headers(&mut h, &common, "req-1", &host);
+            for (k, v) in &h {
+                if k.as_str().starts_with("x-scf-") {
+                    assert!(k == "x-scf-name" && v == "f" || k == REQUEST_ID && v == "req-1", "{k}: {v:?}");
+                }
+            }
+            assert_eq!(h.get(HOST), Some(&host));
+            Ok(())
+        })
+        .budget_ms(fnrt_common::fuzz_budget_ms());
+    }
+}

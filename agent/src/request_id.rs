@@ -43,3 +43,22 @@ mod tests {
         assert_ne!(id, new());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    /// Any string the check lets through is safe where ids go: a header value, a log
+    /// field, a file name part (no separators, no control characters, bounded).
+    #[test]
+    fn fuzz_request_ids() {
+        arbtest::arbtest(|u| {
+            let id: String = u.arbitrary()?;
+            if super::valid(&id) {
+                assert!(hyper::header::HeaderValue::from_str(&id).is_ok(), "{id:?}");
+                assert!(id.len() <= 128 && !id.contains(['/', ' ', '\n', '\r', '\0']), "{id:?}");
+            }
+            assert!(super::valid(&super::new()));
+            Ok(())
+        })
+        .budget_ms(fnrt_common::fuzz_budget_ms());
+    }
+}

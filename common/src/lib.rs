@@ -30,3 +30,9 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// How long each fuzz test runs, in ms: `FNRT_FUZZ_MS`, 1000 by default (CI's bound).
+#[doc(hidden)]
+pub fn fuzz_budget_ms() -> u64 {
+    std::env::var("FNRT_FUZZ_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+}

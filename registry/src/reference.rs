@@ -112,3 +112,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fuzz {
+    use super::*;
+
+    /// Any text: refused, or a reference whose parts hold no white space or control
+    /// characters and whose normalized name parses back to itself.
+    #[test]
+    fn fuzz_image_references() {
+        let parts = [
+            "registry.example",
+            "127.0.0.1:5050",
+            "a",
+            "b/c",
+            ":",
+            "@",
+            "sha256:",
+            "/",
+            "..",
+            "%2e",
+            "[::1]",
+        ];
+        arbtest::arbtest(|u| {
+            let text: String = if u.arbitrary()? {
+                u.arbitrary()?
+            } else {
+                (0..u.int_in_range(1..=6)?)
+                    .map(|_| u.choose(&parts).copied())
+                    .collect::<Result<Vec<_>, _>>()?
+                    .concat()
+            };
+            if let Ok(r) = ImageRef::parse(&text) {
+                for part in [r.registry(), r.repository(), r.manifest_reference()] {
+                    assert!(
+                        !part.is_empty() && !part.contains(|c: char| c.is_whitespace() || c.is_control()),
+                        "{text:?}"
+                    );
+                }
+                let again = ImageRef::parse(&r.name()).unwrap();
+                assert_eq!(again.name(), r.name(), "{text:?}");
+            }
+            Ok(())
+        })
+        .budget_ms(fnrt_common::fuzz_budget_ms());
+    }
+}

@@ -499,3 +499,73 @@ mod tests {
         assert!(err.to_string().contains("application/x-zip") && err.to_string().contains("tar+gzip"));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fuzz {
+    use tar::EntryType;
+
+    use super::*;
+
+    /// Any tar stream, made of entries with arbitrary paths, kinds and link names: an
+    /// answer or an error, never a panic, and never a file outside the layer.
+    #[test]
+    fn fuzz_tar_extraction() {
+        let outside = tempfile::tempdir().unwrap();
+        let out = outside.path().to_str().unwrap().to_string();
+        let kinds = [
+            EntryType::Regular,
+            EntryType::Directory,
+            EntryType::Symlink,
+            EntryType::Link,
+            EntryType::Fifo,
+            EntryType::Char,
+            EntryType::GNUSparse,
+        ];
+        let parts = ["a", "b", "..", ".", "x", ".wh.a", ".wh..wh..opq", "", "/"];
+        arbtest::arbtest(|u| {
+            let mut raw = Vec::new();
+            for _ in 0..u.int_in_range(1..=6)? {
+                let depth = u.int_in_range(1..=4)?;
+                let path: Vec<&str> =
+                    (0..depth).map(|_| u.choose(&parts).copied()).collect::<Result<_, _>>()?;
+                let path = path.join("/");
+                let link = match u.int_in_range(0..=2)? {
+                    0 => out.clone(),
+                    1 => (*u.choose(&parts)?).to_string(),
+                    _ => "x/a".to_string(),
+                };
+                let mut h = tar::Header::new_old();
+                h.set_entry_type(*u.choose(&kinds)?);
+                h.set_size(0);
+                h.set_mode(u.int_in_range(0..=0o7777)?);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(u.arbitrary()?);
+                let name = path.as_bytes();
+                h.as_old_mut().name[..name.len().min(99)].copy_from_slice(&name[..name.len().min(99)]);
+                let l = link.as_bytes();
+                h.as_old_mut().linkname[..l.len().min(99)].copy_from_slice(&l[..l.len().min(99)]);
+                h.set_cksum();
+                raw.extend_from_slice(h.as_bytes());
+            }
+            raw.extend_from_slice(&[0; 1024]);
+            if u.arbitrary()? {
+                // Some garbage in the middle as well.
+                let at = u.int_in_range(0..=raw.len() - 1)?;
+                raw[at] = u.arbitrary()?;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let _ = extract(
+                &raw[..],
+                Compression::None,
+                dir.path(),
+                IdMap::HOST,
+                &Budget::new(UnpackLimits::default()),
+            );
+            assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "something was made outside");
+            Ok(())
+        })
+        .budget_ms(fnrt_common::fuzz_budget_ms());
+    }
+}

@@ -48,3 +48,34 @@ pub(super) fn check_platform(image: &ImageRef, config: &ImageConfiguration) -> R
         found: format!("{}/{}", config.os(), config.architecture()),
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fuzz {
+    use super::*;
+
+    /// Any bytes as a manifest or index: an answer or an error, never a panic; an index
+    /// that parses gives an amd64 pick or an error too.
+    #[test]
+    fn fuzz_manifests_and_indexes() {
+        let image = ImageRef::parse("registry.example/a:b").unwrap();
+        arbtest::arbtest(|u| {
+            let bytes: Vec<u8> = if u.arbitrary()? {
+                u.arbitrary()?
+            } else {
+                // JSON-shaped input reaches the deeper parsers.
+                let keys = ["manifests", "layers", "config", "platform", "mediaType", "digest", "size"];
+                let k = *u.choose(&keys)?;
+                let v: String = u.arbitrary()?;
+                format!("{{\"schemaVersion\":2,\"{k}\":[{{\"{k}\":{v:?}}}]}}").into_bytes()
+            };
+            let raw =
+                RawManifest { digest: fnrt_registry::sha256(&bytes), bytes: bytes.into(), media_type: None };
+            if let Ok(Top::Index(index)) = parse_top(&image, &raw) {
+                let _ = pick_amd64(&image, &index);
+            }
+            Ok(())
+        })
+        .budget_ms(fnrt_common::fuzz_budget_ms());
+    }
+}

@@ -268,3 +268,39 @@ mod tests {
         assert_eq!(boot[0].2, 0o755, "scf_bootstrap is made executable");
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fuzz {
+    use super::*;
+
+    /// Any bytes, and zips made of arbitrary names and contents: an answer or a refusal,
+    /// never a panic; what is accepted stays within the limits and beneath the root.
+    #[test]
+    fn fuzz_zip_checker() {
+        let entry = Entry::of("python311", "handler.handle").unwrap();
+        arbtest::arbtest(|u| {
+            let bytes: Vec<u8> = if u.arbitrary()? {
+                u.arbitrary()?
+            } else {
+                let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+                for _ in 0..u.int_in_range(0..=5)? {
+                    let name: String = if u.arbitrary()? { u.arbitrary()? } else { "handler.py".into() };
+                    let data: Vec<u8> = u.arbitrary()?;
+                    if w.start_file(name, zip::write::SimpleFileOptions::default()).is_ok() {
+                        let _ = w.write_all(&data);
+                    }
+                }
+                w.finish().map(|c| c.into_inner()).unwrap_or_default()
+            };
+            if let Ok(files) = check(&bytes, &entry) {
+                assert!(files.len() as u64 <= MAX_ENTRIES);
+                for (name, _, _) in &files {
+                    assert!(!name.starts_with('/') && !name.split('/').any(|p| p == ".."), "{name:?}");
+                }
+            }
+            Ok(())
+        })
+        .budget_ms(fnrt_common::fuzz_budget_ms());
+    }
+}

@@ -58,3 +58,48 @@ mod tests {
         assert!(!due("*/5 * * * *", a, b));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fuzz {
+    use super::*;
+
+    /// Any schedule a user may send: refused, or due-checked fast (the timer checks every
+    /// cron every second), never a panic.
+    #[test]
+    fn fuzz_cron_schedules() {
+        let fields = [
+            "*",
+            "*/5",
+            "0",
+            "59",
+            "60",
+            "1-5",
+            "5-1",
+            "31",
+            "2",
+            "L",
+            "W",
+            "#",
+            "?",
+            "MON",
+            "1,2",
+            "*/0",
+            "99999999999",
+        ];
+        let now = Utc::now();
+        arbtest::arbtest(|u| {
+            let schedule: String = if u.arbitrary()? {
+                u.arbitrary()?
+            } else {
+                let n = u.int_in_range(4..=6)?;
+                (0..n).map(|_| u.choose(&fields).copied()).collect::<Result<Vec<_>, _>>()?.join(" ")
+            };
+            let t0 = std::time::Instant::now();
+            let _ = due(&schedule, now, now + chrono::Duration::seconds(1));
+            assert!(t0.elapsed() < Duration::from_millis(500), "{schedule:?} took {:?}", t0.elapsed());
+            Ok(())
+        })
+        .budget_ms(fnrt_common::fuzz_budget_ms());
+    }
+}
