@@ -60,7 +60,22 @@ impl TestHost {
         }
         sh(&["ip", "link", "set", &outer, "up"]);
         sh(&["sysctl", "-q", &format!("net.ipv4.conf.{outer}.proxy_arp=1")]);
-        sh(&["ip", "route", "add", &format!("{addr}/32"), "dev", &outer]);
+        // Another test's host may carry the same address still (tests run side by side):
+        // its route goes with it, and this one waits for that, 30 s at most.
+        let route = format!("{addr}/32");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("ip").args(["route", "add", &route, "dev", &outer]).output().unwrap();
+            if out.status.success() {
+                break;
+            }
+            let why = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                why.contains("File exists") && std::time::Instant::now() < deadline,
+                "ip route add {route}: {why}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         go_tx.send(()).unwrap();
         let (listener, dns) = ready.recv_timeout(Duration::from_secs(5)).unwrap();
         TestHost { address, listener, dns, stop: Some(stop), thread: Some(thread) }
