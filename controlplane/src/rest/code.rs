@@ -151,7 +151,7 @@ pub async fn put_code(
     let f = functions::get(&ctx.state, &id)?;
     let entry = entry_of(&ctx, &f)?;
     let limit = s.length.unwrap_or(MAX_ZIP_BYTES).min(MAX_ZIP_BYTES);
-    let zip = axum::body::to_bytes(body, limit as usize + 1).await.map_err(|_| {
+    let zip = axum::body::to_bytes(body, limit as usize).await.map_err(|_| {
         Error::invalid(
             "code",
             format!("the body is over {limit} bytes, the length this upload URL was made for"),
