@@ -293,3 +293,56 @@ async fn slow_clients_are_closed_and_oversized_bodies_refused_on_every_listener(
     agent.cleanup().await;
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_write_and_rename_leaves_the_old_state_or_none_and_nothing_aside() {
+    // The release control plane, killed (abort) at the failpoint between writing its new
+    // admin token aside and renaming it into place, on its first start.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bin = fnrt_tests::shipped::release_bin("fnrt-controlplane");
+    let run = |failpoint: bool| {
+        let mut c = std::process::Command::new(&bin);
+        for (k, v) in [
+            ("state_dir", state.display().to_string()),
+            ("cluster_token", "a-cluster-token-of-at-least-32-characters".to_string()),
+            ("api_listen", "127.0.0.1:0".to_string()),
+            ("gateway_listen", "127.0.0.1:0".to_string()),
+            ("grpc_listen", "127.0.0.1:0".to_string()),
+        ] {
+            c.arg("--set").arg(format!("{k}={v}"));
+        }
+        if failpoint {
+            c.env("FNRT_FAILPOINT", "durable-before-rename");
+        }
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
+    };
+    let status = run(true).wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(6),
+        "aborted at the failpoint: {status}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!left.contains(&"admin-token".to_string()), "no half admin token: {left:?}");
+    assert!(left.iter().any(|n| n.starts_with(".admin-token.") && n.ends_with(".tmp")), "{left:?}");
+
+    // The next start makes the token whole and sweeps what the crash left aside.
+    let mut cp = run(false);
+    let token = state.join("admin-token");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&token).map(|t| t.trim().len()).unwrap_or(0) < 32 {
+        assert!(Instant::now() < deadline, "the control plane did not make its admin token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = cp.kill();
+    let _ = cp.wait();
+    let left: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!left.iter().any(|n| n.ends_with(".tmp")), "a crash's file was left: {left:?}");
+}

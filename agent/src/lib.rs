@@ -212,6 +212,13 @@ async fn prepare_node(cfg: &Config) -> Result<(idmap::IdMap, Option<PathBuf>), S
             source,
         })?;
     }
+    // What a crash left half written (the state files are replaced whole; see durable).
+    for dir in [cfg.state_dir.clone(), cfg.state_dir.join("functions")] {
+        let swept = fnrt_common::durable::sweep(&dir);
+        if swept > 0 {
+            tracing::warn!(dir = %dir.display(), files = swept, "removed files a crash left half written");
+        }
+    }
     let ids = cfg.ids();
     ids.check_recorded(&cfg.state_dir)?;
     let dns = match cfg.egress {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Replaces `path` with `bytes` (created with `mode` if new).
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let tmp = staged(path, bytes, mode)?;
+    failpoint("durable-before-rename");
     let placed = std::fs::rename(&tmp, path);
     if placed.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -27,6 +28,32 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let _ = std::fs::remove_file(&tmp);
     placed?;
     sync_dir(path)
+}
+
+/// Removes what a crash between staging and renaming left in `dir`: files named as
+/// [`write`] stages them (`.<name>.<16 hex digits>.tmp`); the number removed.
+pub fn sweep(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let staged =
+            name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).and_then(|n| n.rsplit_once('.'));
+        if staged.is_some_and(|(_, hex)| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// For the crash tests: with `FNRT_FAILPOINT` naming this point, the process aborts here.
+fn failpoint(name: &str) {
+    if std::env::var("FNRT_FAILPOINT").is_ok_and(|f| f == name) {
+        std::process::abort();
+    }
 }
 
 /// Fsyncs the directory holding `path`, so a rename or creation in it outlives a crash.
@@ -81,5 +108,10 @@ mod tests {
         write_new(&dir.path().join("fresh"), b"new", 0o644).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
+        // What a crash leaves aside is swept; other files are not.
+        std::fs::write(dir.path().join(".state.0123456789abcdef.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join(".keep.tmp"), b"mine").unwrap();
+        assert_eq!(sweep(dir.path()), 1);
+        assert!(dir.path().join(".keep.tmp").exists() && dir.path().join("state").exists());
     }
 }

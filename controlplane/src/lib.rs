@@ -158,6 +158,12 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
 pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
+    for dir in [cfg.state_dir.clone(), cfg.state_dir.join("code")] {
+        let swept = fnrt_common::durable::sweep(&dir);
+        if swept > 0 {
+            tracing::warn!(dir = %dir.display(), files = swept, "removed files a crash left half written");
+        }
+    }
     cfg.admin_token = admin_token(&cfg)?.into();
     let db = cfg.state_dir.join("state.redb");
     let store = tokio::task::spawn_blocking(move || store::RedbStore::open(&db))
