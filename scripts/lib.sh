@@ -284,10 +284,11 @@ scrub_state() {
 }
 
 # A virtual environment with Scaleway's official Python SDK (the reference client of the
-# control plane's API) and pytest, under target/; exports FNRT_SDK_PYTHON.
+# control plane's API), pytest, and schemathesis (tests/api_fuzz.rs fuzzes the API against
+# its OpenAPI document with it), under target/; exports FNRT_SDK_PYTHON.
 ensure_sdk_venv() {
   local venv="$ROOT/target/sdk-venv"
-  if ! "$venv/bin/python" -c 'import scaleway, pytest, requests' 2>/dev/null; then
+  if ! "$venv/bin/python" -c 'import scaleway, pytest, requests, schemathesis' 2>/dev/null; then
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
       PACKAGES+=(python3 python3-venv)
       ensure_packages
@@ -296,7 +297,7 @@ ensure_sdk_venv() {
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      scaleway==2.12.0 scaleway-core==2.12.0 pytest==9.2.0 requests==2.34.2
+      scaleway==2.12.0 scaleway-core==2.12.0 pytest==9.2.0 requests==2.34.2 schemathesis==4.32.5
   fi
   export FNRT_SDK_PYTHON="$venv/bin/python"
 }

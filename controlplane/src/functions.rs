@@ -45,7 +45,7 @@ pub struct FunctionInput {
     privacy: Option<String>,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::opt_objects")]
     secret_environment_variables: Option<Vec<SecretInput>>,
     #[serde(default)]
     http_option: Option<String>,
@@ -112,6 +112,7 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
     one_of("privacy", &input.privacy, &["public", "private"], &mut errors);
     one_of("http_option", &input.http_option, &["enabled", "redirected"], &mut errors);
     one_of("sandbox", &input.sandbox, &["v1", "v2"], &mut errors);
+    one_of("runtime", &input.runtime, &["python311", "custom"], &mut errors);
     if let Some(m) = input.memory_limit {
         if let Err(e) = check_memory(m) {
             errors.push(("memory_limit".into(), e));

@@ -11,6 +11,7 @@ pub(crate) mod domains;
 pub(crate) mod error;
 pub(crate) mod functions;
 pub(crate) mod gateway;
+pub mod json;
 pub mod model;
 pub(crate) mod namespaces;
 pub(crate) mod rest;

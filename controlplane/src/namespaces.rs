@@ -49,7 +49,7 @@ pub struct CreateNamespace {
     project_id: Option<String>,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::opt_objects")]
     secret_environment_variables: Option<Vec<SecretInput>>,
     #[serde(default)]
     tags: Option<Vec<String>>,
@@ -62,7 +62,7 @@ pub struct UpdateNamespace {
     environment_variables: Option<BTreeMap<String, String>>,
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::opt_objects")]
     secret_environment_variables: Option<Vec<SecretInput>>,
     #[serde(default)]
     tags: Option<Vec<String>>,

@@ -30,7 +30,7 @@ pub struct TriggerInput {
     description: Option<String>,
     #[serde(default)]
     function_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::opt_object")]
     scw_nats_config: Option<NatsConfig>,
     #[serde(default)]
     scw_sqs_config: Option<serde_json::Value>,

@@ -14,7 +14,7 @@ use crate::state::{Change, State};
 #[derive(Debug, Deserialize)]
 pub struct Envelope {
     /// The events.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::objects")]
     pub events: Vec<Event>,
 }
 
@@ -25,7 +25,7 @@ pub struct Event {
     #[serde(default)]
     pub action: String,
     /// What it was about.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::object")]
     pub target: Target,
 }
 

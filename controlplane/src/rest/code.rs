@@ -78,8 +78,7 @@ pub async fn upload_url(
     super::Id(id): super::Id,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let f = functions::get(&ctx.state, &id)?;
-    entry_of(&ctx, &f)?;
+    // The request's own errors first, then the function's state.
     let q = ListQuery::parse(q.as_deref(), &["created_at_asc"])?;
     let mut length = None;
     if let Some(n) = q.filter("content_length") {
@@ -94,6 +93,7 @@ pub async fn upload_url(
         }
         length = Some(n);
     }
+    entry_of(&ctx, &functions::get(&ctx.state, &id)?)?;
     let url = signed_url(&ctx, "PUT", &id, length);
     Ok(Json(json!({ "url": url, "headers": { "Content-Type": ["application/octet-stream"] } })))
 }

@@ -9,6 +9,8 @@ use crate::error::Error;
 /// The most items a page may hold, and the default.
 pub const MAX_PAGE_SIZE: usize = 100;
 const DEFAULT_PAGE_SIZE: usize = 20;
+/// The last page number (Scaleway's pages are 32-bit).
+const MAX_PAGE: usize = i32::MAX as usize;
 
 /// A parsed list query.
 #[derive(Debug)]
@@ -35,8 +37,8 @@ impl ListQuery {
         };
         let page = number("page", 1, &mut errors);
         let page_size = number("page_size", DEFAULT_PAGE_SIZE, &mut errors);
-        if page == 0 {
-            errors.push(("page".into(), "pages start at 1".into()));
+        if page == 0 || page > MAX_PAGE {
+            errors.push(("page".into(), format!("{page} is out of range: page must be 1 to {MAX_PAGE}")));
         }
         if page_size == 0 || page_size > MAX_PAGE_SIZE {
             errors.push((

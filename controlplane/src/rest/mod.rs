@@ -6,6 +6,7 @@ mod cluster;
 pub mod code;
 mod error;
 mod list;
+mod openapi;
 mod routes;
 pub mod views;
 mod webhook;
@@ -20,6 +21,17 @@ pub use error::ApiError;
 pub use routes::router;
 
 use crate::Ctx;
+
+/// A JSON object read as `T`; `what` names it in errors. Anything else is refused, arrays
+/// included, though serde would read an array as the fields in order.
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, crate::error::Error> {
+    serde_json::from_slice::<crate::json::Object<T>>(bytes)
+        .map(|o| o.0)
+        .map_err(|e| crate::error::Error::invalid("body", format!("not {what}: {e}")))
+}
 
 /// Lets a request through only with the admin key in `X-Auth-Token`.
 async fn admin_only(AxState(ctx): AxState<Arc<Ctx>>, req: Request, next: Next) -> Response {

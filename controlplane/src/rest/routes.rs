@@ -47,6 +47,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), super::admin_only));
     // The registry has its own token, code URLs their signature: not the admin key.
     Router::new()
+        .route("/fnrt/v1/openapi.json", get(super::openapi::serve))
         .route("/fnrt/v1/registry-events", post(super::webhook::events))
         .route("/fnrt/v1/code/{id}", axum::routing::put(super::code::put_code).get(super::code::get_code))
         .layer(axum::extract::DefaultBodyLimit::max(crate::build::code::MAX_ZIP_BYTES as usize + 1))
@@ -63,10 +64,9 @@ fn site(ctx: &Ctx) -> Site<'_> {
     Site { region: &ctx.cfg.region, domain: &ctx.cfg.domain, registry: &ctx.cfg.registry }
 }
 
+/// A request body: a JSON object, an empty body being `{}`.
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
-    let bytes = if bytes.is_empty() { &b"{}"[..] } else { bytes };
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid("body", format!("not the JSON this call takes: {e}")))
+    super::json_object(if bytes.is_empty() { &b"{}"[..] } else { bytes }, "the JSON this call takes")
 }
 
 /// Whether `f` is a code function with code uploaded.
@@ -208,7 +208,9 @@ async fn delete_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
     Ok(Json(function_view(&ctx, &f, Some("deleting"))))
 }
 
-async fn deploy_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
+async fn deploy_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
+    // Scaleway's DeployFunctionRequest has no fields: `{}` or nothing.
+    body::<serde_json::Map<String, Value>>(&b)?;
     let f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
     ctx.scheduler.deploy(&id);
     Ok(Json(function_view(&ctx, &f, None)))

@@ -39,8 +39,7 @@ pub async fn events(
     let body = axum::body::to_bytes(body, MAX_ENVELOPE_BYTES).await.map_err(|_| {
         Error::invalid("body", format!("over {MAX_ENVELOPE_BYTES} bytes: not a notification envelope"))
     })?;
-    let envelope: webhook::Envelope = serde_json::from_slice(&body)
-        .map_err(|e| Error::invalid("body", format!("not a registry notification envelope: {e}")))?;
+    let envelope: webhook::Envelope = super::json_object(&body, "a registry notification envelope")?;
     let mut deployed = Vec::new();
     for push in webhook::pushes(envelope) {
         for (id, busy) in webhook::record(&ctx.state, &push).await? {
