@@ -179,6 +179,32 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     let forged = u["url"].as_str().unwrap().replace("length=", "length=9");
     let (status, _) = put(forged).await;
     assert_eq!(status, 401);
+    // An upload that breaks off (20 KB at 1 KB/s, cut after 1 s) is streamed to a file of
+    // its own, which goes with it: only the good zip is kept.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 20_000]).unwrap();
+    let open = ok(&cp, "GET", &format!("/functions/{cid}/upload-url"), None).await;
+    let cut = Command::new("curl")
+        .args(["-s", "-X", "PUT", "--limit-rate", "1k", "--max-time", "1", "--data-binary"])
+        .arg(format!("@{}", big.display()))
+        .arg(open["url"].as_str().unwrap())
+        .output()
+        .await
+        .unwrap();
+    assert!(!cut.status.success(), "the cut upload ended by itself");
+    let code_dir = cp.dir.path().join("state/code");
+    let kept = || -> Vec<String> {
+        std::fs::read_dir(&code_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kept() != [format!("{cid}.zip")] {
+        assert!(Instant::now() < deadline, "left in {}: {:?}", code_dir.display(), kept());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::metadata(code_dir.join(format!("{cid}.zip"))).unwrap().len(), len);
     ok(&cp, "POST", &format!("/functions/{cid}/deploy"), Some(json!({}))).await;
 
     let ready = settled(&cp, &id).await;

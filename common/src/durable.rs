@@ -30,6 +30,47 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(path)
 }
 
+/// A file written bit by bit under a temporary name beside its place, then put there
+/// whole by [`Staged::commit`]; dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub struct Staged {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Starts a file that will replace `path` (created with `mode`).
+    pub fn new(path: &Path, mode: u32) -> io::Result<Staged> {
+        let tmp = temp_name(path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&tmp)?;
+        Ok(Staged { file, tmp, path: path.to_path_buf(), committed: false })
+    }
+
+    /// The file being written (open for reading too).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Fsyncs it, renames it into place and fsyncs the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        failpoint("durable-before-rename");
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        sync_dir(&self.path)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Removes what a crash between staging and renaming left in `dir`: files named as
 /// [`write`] stages them (`.<name>.<16 hex digits>.tmp`); the number removed.
 pub fn sweep(dir: &Path) -> usize {
@@ -67,12 +108,7 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// `bytes` written and fsynced under a fresh temporary name beside `path`.
 fn staged(path: &Path, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
-    let name =
-        path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
-    let tmp = path.with_file_name(tmp_name);
+    let tmp = temp_name(path)?;
     let written = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(bytes)?;
@@ -85,6 +121,16 @@ fn staged(path: &Path, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
             Err(e)
         }
     }
+}
+
+/// A fresh temporary name beside `path`, as [`sweep`] knows them.
+fn temp_name(path: &Path) -> io::Result<PathBuf> {
+    let name =
+        path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    Ok(path.with_file_name(tmp_name))
 }
 
 #[cfg(test)]
@@ -113,5 +159,21 @@ mod tests {
         std::fs::write(dir.path().join(".keep.tmp"), b"mine").unwrap();
         assert_eq!(sweep(dir.path()), 1);
         assert!(dir.path().join(".keep.tmp").exists() && dir.path().join("state").exists());
+    }
+
+    #[test]
+    fn a_staged_file_appears_whole_on_commit_and_not_at_all_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("code.zip");
+        let staged = Staged::new(&path, 0o600).unwrap();
+        staged.file().write_all(b"part").unwrap();
+        assert!(!path.exists(), "nothing is in place before the commit");
+        drop(staged);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a dropped file is removed");
+        let staged = Staged::new(&path, 0o600).unwrap();
+        staged.file().write_all(b"whole").unwrap();
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

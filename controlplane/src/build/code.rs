@@ -2,7 +2,7 @@
 //! runtime's entry file present) and turned into one image layer with the files under
 //! `var/user/` (USER_CODE_ROOT).
 
-use std::io::{Cursor, Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -78,26 +78,34 @@ pub struct Layer {
     pub diff_id: String,
 }
 
-fn sha(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+/// A file of a checked zip: its place in the archive, its path beneath the zip's root
+/// and the mode it gets in the layer.
+#[derive(Debug, Clone)]
+pub struct ZipFile {
+    index: usize,
+    /// Its relative path.
+    pub name: String,
+    mode: u32,
 }
 
-/// Checks `zip` for `entry`; the files it holds, by their relative path.
-pub fn check(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, BadCode> {
+/// Checks the zip `zip` for `entry`, unpacking each file to count it (nothing is kept in
+/// memory); its files.
+pub fn check<R: Read + Seek>(zip: &mut R, entry: &Entry) -> Result<Vec<ZipFile>, BadCode> {
     check_zip(zip, entry).map_err(BadCode)
 }
 
-fn check_zip(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
-    if zip.len() as u64 > MAX_ZIP_BYTES {
-        return Err(format!("the zip is {} bytes: at most {MAX_ZIP_BYTES} are accepted", zip.len()));
+fn check_zip<R: Read + Seek>(zip: &mut R, entry: &Entry) -> Result<Vec<ZipFile>, String> {
+    let io = |e: std::io::Error| format!("the zip cannot be read: {e}");
+    let len = zip.seek(SeekFrom::End(0)).map_err(io)?;
+    if len > MAX_ZIP_BYTES {
+        return Err(format!("the zip is {len} bytes: at most {MAX_ZIP_BYTES} are accepted"));
     }
     // Counted from the end record before the central directory is read into memory: a
     // zip of a million empty entries is refused at once.
-    if let Some(n) = declared_entries(zip).filter(|n| *n > MAX_ENTRIES) {
+    if let Some(n) = declared_entries(zip, len).map_err(io)?.filter(|n| *n > MAX_ENTRIES) {
         return Err(format!("the zip holds {n} entries: at most {MAX_ENTRIES} are accepted"));
     }
-    let mut archive =
-        zip::ZipArchive::new(Cursor::new(zip)).map_err(|e| format!("not a zip archive: {e}"))?;
+    let mut archive = zip::ZipArchive::new(zip).map_err(|e| format!("not a zip archive: {e}"))?;
     if archive.len() as u64 > MAX_ENTRIES {
         return Err(format!("the zip holds {} entries: at most {MAX_ENTRIES} are accepted", archive.len()));
     }
@@ -121,17 +129,22 @@ fn check_zip(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, S
         if f.is_dir() {
             continue;
         }
-        total = total.saturating_add(f.size());
-        if total > MAX_UNPACKED_BYTES {
+        // Unpacked to count it, whatever its header says (and to check its CRC).
+        let room = MAX_UNPACKED_BYTES - total;
+        let n = std::io::copy(&mut (&mut f).take(room + 1), &mut std::io::sink())
+            .map_err(|e| format!("{raw:?} cannot be unpacked: {e}"))?;
+        total += n;
+        if n > room {
             return Err(format!("the zip holds more than {MAX_UNPACKED_BYTES} bytes once unpacked"));
         }
-        let mut bytes = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut bytes).map_err(|e| format!("{raw:?} cannot be unpacked: {e}"))?;
+        if n != f.size() {
+            return Err(format!("{raw:?} unpacks to {n} bytes, not the {} its header says", f.size()));
+        }
         let name = path.to_string_lossy().into_owned();
         let executable = f.unix_mode().is_some_and(|m| m & 0o111 != 0) || name == "scf_bootstrap";
-        files.push((name, bytes, if executable { 0o755 } else { 0o644 }));
+        files.push(ZipFile { index: i, name, mode: if executable { 0o755 } else { 0o644 } });
     }
-    if !files.iter().any(|(n, _, _)| n == entry.file()) {
+    if !files.iter().any(|f| f.name == entry.file()) {
         return Err(format!("the zip has no {:?} at its root: the runtime starts from it", entry.file()));
     }
     Ok(files)
@@ -139,43 +152,87 @@ fn check_zip(zip: &[u8], entry: &Entry) -> Result<Vec<(String, Vec<u8>, u32)>, S
 
 /// The entry count a zip's end record declares (the zip64 one when the classic field is
 /// full); `None` when there is no end record (then the zip crate says what is wrong).
-fn declared_entries(zip: &[u8]) -> Option<u64> {
+/// Reads the zip's last 64 KiB and, for zip64, the 40 bytes of its record.
+fn declared_entries<R: Read + Seek>(zip: &mut R, len: u64) -> std::io::Result<Option<u64>> {
     const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
     const LOCATOR: [u8; 4] = [0x50, 0x4b, 0x06, 0x07];
     const ZIP64_EOCD: [u8; 4] = [0x50, 0x4b, 0x06, 0x06];
     // The end record is 22 bytes plus a comment of at most 65535.
-    let from = zip.len().saturating_sub(22 + 65_535);
-    let at = (from..zip.len().saturating_sub(21)).rev().find(|&i| zip[i..i + 4] == EOCD)?;
-    let u16_at = |i: usize| zip.get(i..i + 2).map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])));
-    let classic = u16_at(at + 10)?;
+    let from = len.saturating_sub(22 + 65_535);
+    zip.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    zip.take(len - from).read_to_end(&mut tail)?;
+    let Some(at) = (0..tail.len().saturating_sub(21)).rev().find(|&i| tail[i..i + 4] == EOCD) else {
+        return Ok(None);
+    };
+    let classic = u64::from(u16::from_le_bytes([tail[at + 10], tail[at + 11]]));
     if classic != 0xffff {
-        return Some(classic);
+        return Ok(Some(classic));
     }
-    let locator = at.checked_sub(20)?;
-    if zip.get(locator..locator + 4)? != LOCATOR {
-        return Some(classic);
+    let Some(locator) = at.checked_sub(20).filter(|&l| tail[l..l + 4] == LOCATOR) else {
+        return Ok(Some(classic));
+    };
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&tail[locator + 8..locator + 16]);
+    let offset = u64::from_le_bytes(offset);
+    if offset.checked_add(40).is_none_or(|end| end > len) {
+        return Ok(Some(classic));
     }
-    let offset = u64::from_le_bytes(zip.get(locator + 8..locator + 16)?.try_into().ok()?);
-    let record = usize::try_from(offset).ok()?;
-    if zip.get(record..record + 4)? != ZIP64_EOCD {
-        return Some(classic);
+    let mut record = [0u8; 40];
+    zip.seek(SeekFrom::Start(offset))?;
+    zip.read_exact(&mut record)?;
+    if record[..4] != ZIP64_EOCD {
+        return Ok(Some(classic));
     }
-    Some(u64::from_le_bytes(zip.get(record + 32..record + 40)?.try_into().ok()?))
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&record[32..40]);
+    Ok(Some(u64::from_le_bytes(count)))
 }
 
-/// The layer with `files` under `var/user/`.
-pub fn layer(files: &[(String, Vec<u8>, u32)]) -> Result<Layer, BadCode> {
-    make_layer(files).map_err(BadCode)
+/// The layer with `files` of the checked `zip` under `var/user/`: each file streamed from
+/// the zip into the tar, the tar into gzip and its digest as it goes; only the compressed
+/// layer is held.
+pub fn layer<R: Read + Seek>(zip: R, files: &[ZipFile]) -> Result<Layer, BadCode> {
+    make_layer(zip, files).map_err(BadCode)
 }
 
-fn make_layer(files: &[(String, Vec<u8>, u32)]) -> Result<Layer, String> {
-    let mut tar = tar::Builder::new(Vec::new());
+/// Hashes what goes through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn header(mode: u32, size: u64, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn make_layer<R: Read + Seek>(zip: R, files: &[ZipFile]) -> Result<Layer, String> {
+    let mut archive = zip::ZipArchive::new(zip).map_err(|e| format!("not a zip archive: {e}"))?;
     let mut dirs = std::collections::BTreeSet::new();
     dirs.insert("var/".to_string());
     dirs.insert("var/user/".to_string());
-    for (name, _, _) in files {
+    for f in files {
         let mut at = String::from("var/user/");
-        let parts: Vec<&str> = name.split('/').collect();
+        let parts: Vec<&str> = f.name.split('/').collect();
         for p in &parts[..parts.len() - 1] {
             at.push_str(p);
             at.push('/');
@@ -183,36 +240,32 @@ fn make_layer(files: &[(String, Vec<u8>, u32)]) -> Result<Layer, String> {
         }
     }
     let io = |e: std::io::Error| format!("building the code layer: {e}");
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(Hashing { inner: gz, sha: Sha256::new() });
     for d in &dirs {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        tar.append_data(&mut h, d, std::io::empty()).map_err(io)?;
+        tar.append_data(&mut header(0o755, 0, tar::EntryType::Directory), d, std::io::empty()).map_err(io)?;
     }
-    for (name, bytes, mode) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        h.set_size(bytes.len() as u64);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        tar.append_data(&mut h, format!("var/user/{name}"), bytes.as_slice()).map_err(io)?;
+    for f in files {
+        let entry = archive.by_index(f.index).map_err(|e| format!("{:?} cannot be read: {e}", f.name))?;
+        let mut h = header(f.mode, entry.size(), tar::EntryType::Regular);
+        tar.append_data(&mut h, format!("var/user/{}", f.name), entry).map_err(io)?;
     }
-    let tar = tar.into_inner().map_err(io)?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).map_err(io)?;
-    let gz = gz.finish().map_err(io)?;
-    Ok(Layer { diff_id: sha(&tar), gz })
+    let hashing = tar.into_inner().map_err(io)?;
+    let diff_id = format!("sha256:{}", hex::encode(hashing.sha.finalize()));
+    let gz = hashing.inner.finish().map_err(io)?;
+    Ok(Layer { diff_id, gz })
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
+
+    fn checked(zip: &[u8], entry: &Entry) -> Result<Vec<ZipFile>, BadCode> {
+        check(&mut Cursor::new(zip), entry)
+    }
 
     fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
         let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
@@ -230,22 +283,26 @@ mod tests {
         assert_eq!(Entry::of("python311", "app.main.run").unwrap(), Entry::Python("app/main.py".into()));
         assert!(Entry::of("node22", "x.y").is_err());
         assert!(Entry::of("python311", "nodot").is_err());
-        let files =
-            check(&zip_of(&[("handler.py", "def handle(e, c): return 1"), ("lib/u.py", "")]), &py).unwrap();
+        let zip = zip_of(&[("handler.py", "def handle(e, c): return 1"), ("lib/u.py", "")]);
+        let files = check(&mut Cursor::new(&zip), &py).unwrap();
         assert_eq!(files.len(), 2);
-        let l = layer(&files).unwrap();
+        let l = layer(Cursor::new(&zip), &files).unwrap();
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(l.gz.as_slice()));
+        let names: Vec<String> =
+            tar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        assert!(names.contains(&"var/user/lib/u.py".to_string()), "{names:?}");
         assert!(l.diff_id.starts_with("sha256:") && l.diff_id != fnrt_registry::sha256(&l.gz));
-        assert!(check(b"not a zip", &py).unwrap_err().0.contains("not a zip"));
-        assert!(check(&zip_of(&[("other.py", "")]), &py).unwrap_err().0.contains("handler.py"));
-        assert!(check(&zip_of(&[("../evil.py", ""), ("handler.py", "")]), &py)
+        assert!(check(&mut Cursor::new(b"not a zip"), &py).unwrap_err().0.contains("not a zip"));
+        assert!(checked(&zip_of(&[("other.py", "")]), &py).unwrap_err().0.contains("handler.py"));
+        assert!(checked(&zip_of(&[("../evil.py", ""), ("handler.py", "")]), &py)
             .unwrap_err()
             .0
             .contains("leaves"));
         let too_large = vec![0u8; MAX_ZIP_BYTES as usize + 1];
-        assert!(check(&too_large, &py).unwrap_err().0.contains("at most"));
+        assert!(check(&mut Cursor::new(too_large), &py).unwrap_err().0.contains("at most"));
         let many: Vec<(String, &str)> = (0..=MAX_ENTRIES).map(|i| (format!("f{i}"), "")).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(n, c)| (n.as_str(), *c)).collect();
-        let err = check(&zip_of(&many), &py).unwrap_err().0;
+        let err = checked(&zip_of(&many), &py).unwrap_err().0;
         assert!(err.contains("10001 entries: at most 10000"), "{err}");
         // A million entries, as a zip64 end record declares them (the directory itself is
         // never read).
@@ -258,20 +315,22 @@ mod tests {
         eocd[..4].copy_from_slice(&[0x50, 0x4b, 0x05, 0x06]);
         eocd[10..12].copy_from_slice(&0xffffu16.to_le_bytes());
         let bomb = [z64, locator, eocd].concat();
-        assert_eq!(declared_entries(&bomb), Some(1_000_000));
-        let err = check(&bomb, &py).unwrap_err().0;
+        assert_eq!(declared_entries(&mut Cursor::new(&bomb), bomb.len() as u64).unwrap(), Some(1_000_000));
+        let err = check(&mut Cursor::new(&bomb), &py).unwrap_err().0;
         assert!(err.contains("1000000 entries"), "{err}");
         let long = format!("{}.py", "a".repeat(MAX_NAME_BYTES));
-        let err = check(&zip_of(&[(long.as_str(), ""), ("handler.py", "")]), &py).unwrap_err().0;
+        let err = checked(&zip_of(&[(long.as_str(), ""), ("handler.py", "")]), &py).unwrap_err().0;
         assert!(err.contains("at most 1024"), "{err}");
-        let boot = check(&zip_of(&[("scf_bootstrap", "#!/bin/sh")]), &Entry::Bootstrap).unwrap();
-        assert_eq!(boot[0].2, 0o755, "scf_bootstrap is made executable");
+        let boot = checked(&zip_of(&[("scf_bootstrap", "#!/bin/sh")]), &Entry::Bootstrap).unwrap();
+        assert_eq!(boot[0].mode, 0o755, "scf_bootstrap is made executable");
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod fuzz {
+    use std::io::Cursor;
+
     use super::*;
 
     /// Any bytes, and zips made of arbitrary names and contents: an answer or a refusal,
@@ -293,9 +352,10 @@ mod fuzz {
                 }
                 w.finish().map(|c| c.into_inner()).unwrap_or_default()
             };
-            if let Ok(files) = check(&bytes, &entry) {
+            if let Ok(files) = check(&mut Cursor::new(&bytes), &entry) {
                 assert!(files.len() as u64 <= MAX_ENTRIES);
-                for (name, _, _) in &files {
+                layer(Cursor::new(&bytes), &files).unwrap();
+                for ZipFile { name, .. } in &files {
                     assert!(!name.starts_with('/') && !name.split('/').any(|p| p == ".."), "{name:?}");
                 }
             }

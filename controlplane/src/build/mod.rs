@@ -42,10 +42,11 @@ pub async fn build(
     let base = cfg.runtime_image(&f.runtime).ok_or_else(|| BuildError::NoBaseImage(f.runtime.clone()))?;
     let entry = code::Entry::of(&f.runtime, &f.handler)?;
     let path = zip_path(&cfg.state_dir, &f.id);
-    let zip = tokio::fs::read(&path).await.map_err(|_| BuildError::NoCode)?;
+    // Read from disk as it goes: the zip's files are never all in memory.
     let (layer, n) = tokio::task::spawn_blocking(move || {
-        let files = code::check(&zip, &entry)?;
-        Ok::<_, code::BadCode>((code::layer(&files)?, files.len()))
+        let mut zip = std::fs::File::open(&path).map_err(|_| BuildError::NoCode)?;
+        let files = code::check(&mut zip, &entry)?;
+        Ok::<_, BuildError>((code::layer(zip, &files)?, files.len()))
     })
     .await
     .map_err(|e| BuildError::Task(e.to_string()))??;

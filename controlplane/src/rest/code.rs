@@ -151,32 +151,53 @@ pub async fn put_code(
     let f = functions::get(&ctx.state, &id)?;
     let entry = entry_of(&ctx, &f)?;
     let limit = s.length.unwrap_or(MAX_ZIP_BYTES).min(MAX_ZIP_BYTES);
-    let zip = axum::body::to_bytes(body, limit as usize).await.map_err(|_| {
-        Error::invalid(
-            "code",
-            format!("the body is over {limit} bytes, the length this upload URL was made for"),
-        )
-    })?;
-    if s.length.is_some_and(|n| n != zip.len() as u64) {
-        let why = format!("the body is {} bytes; this upload URL was made for {limit}", zip.len());
+    // Streamed to a file of its own beside the current zip, never held whole: a refused or
+    // broken upload removes it and leaves the last good zip; two uploads at once do not mix.
+    let path = zip_path(&ctx, &id);
+    let internal = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(internal)?;
+    }
+    let staged = fnrt_common::durable::Staged::new(&path, 0o600).map_err(internal)?;
+    let size = receive(body, &staged, limit).await?;
+    if s.length.is_some_and(|n| n != size) {
+        let why = format!("the body is {size} bytes; this upload URL was made for {limit}");
         return Err(Error::invalid("code", why).into());
     }
-    let zip = zip.to_vec();
-    let size = zip.len();
-    let path = zip_path(&ctx, &id);
     tokio::task::spawn_blocking(move || -> Result<(), Error> {
-        code::check(&zip, &entry).map_err(|m| Error::invalid("code", m.0))?;
-        let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
-        // Written aside under a name of its own, then renamed: a failed write leaves the
-        // last good zip, and two uploads at once do not mix.
-        fnrt_common::durable::write(&path, &zip, 0o600)
-            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+        code::check(&mut staged.file(), &entry).map_err(|m| Error::invalid("code", m.0))?;
+        staged.commit().map_err(|e| Error::Internal(format!("keeping the zip: {e}")))
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))??;
     tracing::info!(function = %id, bytes = size, "code uploaded");
     Ok(Json(json!({ "function_id": id, "size": size })))
+}
+
+/// Writes `body` into `staged`, refusing it past `limit` bytes; its size.
+async fn receive(body: Body, staged: &fnrt_common::durable::Staged, limit: u64) -> Result<u64, Error> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::fs::File::from_std(
+        staged.file().try_clone().map_err(|e| Error::Internal(format!("the upload's file: {e}")))?,
+    );
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::invalid("code", format!("the upload broke off: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            let why = if limit < MAX_ZIP_BYTES {
+                "the length this upload URL was made for"
+            } else {
+                "the most a zip may have"
+            };
+            return Err(Error::invalid("code", format!("the body is over {limit} bytes, {why}")));
+        }
+        out.write_all(&chunk).await.map_err(|e| Error::Internal(format!("writing the upload: {e}")))?;
+    }
+    out.flush().await.map_err(|e| Error::Internal(format!("writing the upload: {e}")))?;
+    Ok(size)
 }
 
 /// `GET /fnrt/v1/code/{id}`: the current zip.
@@ -188,8 +209,18 @@ pub async fn get_code(
     if let Err(e) = verify(&ctx, "GET", &id, &s) {
         return ApiError(e).into_response();
     }
-    match tokio::fs::read(zip_path(&ctx, &id)).await {
-        Ok(bytes) => (StatusCode::OK, [("content-type", "application/zip")], bytes).into_response(),
-        Err(_) => ApiError(Error::NotFound { resource: "code", id }).into_response(),
-    }
+    let Ok(file) = tokio::fs::File::open(zip_path(&ctx, &id)).await else {
+        return ApiError(Error::NotFound { resource: "code", id }).into_response();
+    };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    // Sent as it is read, 64 KiB at a time.
+    let chunks = futures_util::stream::try_unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 << 10];
+        let n = f.read(&mut buf).await?;
+        buf.truncate(n);
+        Ok::<_, std::io::Error>((n > 0).then(|| (axum::body::Bytes::from(buf), f)))
+    });
+    let headers = [("content-type", "application/zip".to_string()), ("content-length", len.to_string())];
+    (StatusCode::OK, headers, Body::from_stream(chunks)).into_response()
 }
