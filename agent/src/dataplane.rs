@@ -490,7 +490,7 @@ mod fuzz {
     fn fuzz_paths_and_headers() {
         let common = [(HeaderName::from_static("x-scf-name"), HeaderValue::from_static("f"))];
         let host = HeaderValue::from_static("10.0.0.2:9000");
-        arbtest::arbtest(|u| {
+        fnrt_common::fuzz::run("dataplane-headers", |u| {
             let tail: String = u.arbitrary()?;
             if let Ok(uri) = Uri::try_from(format!("/function/{tail}")) {
                 if let Some((function, Ok(target))) = function_target(&uri) {
@@ -519,7 +519,6 @@ mod fuzz {
             }
             assert_eq!(h.get(HOST), Some(&host));
             Ok(())
-        })
-        .budget_ms(fnrt_common::fuzz_budget_ms());
+        });
     }
 }

@@ -50,7 +50,7 @@ mod fuzz {
     /// field, a file name part (no separators, no control characters, bounded).
     #[test]
     fn fuzz_request_ids() {
-        arbtest::arbtest(|u| {
+        fnrt_common::fuzz::run("request-id", |u| {
             let id: String = u.arbitrary()?;
             if super::valid(&id) {
                 assert!(hyper::header::HeaderValue::from_str(&id).is_ok(), "{id:?}");
@@ -58,7 +58,6 @@ mod fuzz {
             }
             assert!(super::valid(&super::new()));
             Ok(())
-        })
-        .budget_ms(fnrt_common::fuzz_budget_ms());
+        });
     }
 }

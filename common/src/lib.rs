@@ -31,6 +31,9 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
+
 /// How long each fuzz test runs, in ms: `FNRT_FUZZ_MS`, 1000 by default (CI's bound).
 #[doc(hidden)]
 pub fn fuzz_budget_ms() -> u64 {

@@ -135,7 +135,7 @@ mod fuzz {
             "%2e",
             "[::1]",
         ];
-        arbtest::arbtest(|u| {
+        fnrt_common::fuzz::run("image-reference", |u| {
             let text: String = if u.arbitrary()? {
                 u.arbitrary()?
             } else {
@@ -155,7 +155,6 @@ mod fuzz {
                 assert_eq!(again.name(), r.name(), "{text:?}");
             }
             Ok(())
-        })
-        .budget_ms(fnrt_common::fuzz_budget_ms());
+        });
     }
 }

@@ -523,7 +523,7 @@ mod fuzz {
             EntryType::GNUSparse,
         ];
         let parts = ["a", "b", "..", ".", "x", ".wh.a", ".wh..wh..opq", "", "/"];
-        arbtest::arbtest(|u| {
+        fnrt_common::fuzz::run("tar", |u| {
             let mut raw = Vec::new();
             for _ in 0..u.int_in_range(1..=6)? {
                 let depth = u.int_in_range(1..=4)?;
@@ -565,7 +565,6 @@ mod fuzz {
             );
             assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "something was made outside");
             Ok(())
-        })
-        .budget_ms(fnrt_common::fuzz_budget_ms());
+        });
     }
 }

@@ -59,7 +59,7 @@ mod fuzz {
     #[test]
     fn fuzz_manifests_and_indexes() {
         let image = ImageRef::parse("registry.example/a:b").unwrap();
-        arbtest::arbtest(|u| {
+        fnrt_common::fuzz::run("manifest", |u| {
             let bytes: Vec<u8> = if u.arbitrary()? {
                 u.arbitrary()?
             } else {
@@ -75,7 +75,6 @@ mod fuzz {
                 let _ = pick_amd64(&image, &index);
             }
             Ok(())
-        })
-        .budget_ms(fnrt_common::fuzz_budget_ms());
+        });
     }
 }

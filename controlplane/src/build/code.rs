@@ -338,7 +338,7 @@ mod fuzz {
     #[test]
     fn fuzz_zip_checker() {
         let entry = Entry::of("python311", "handler.handle").unwrap();
-        arbtest::arbtest(|u| {
+        fnrt_common::fuzz::run("zip", |u| {
             let bytes: Vec<u8> = if u.arbitrary()? {
                 u.arbitrary()?
             } else {
@@ -360,7 +360,6 @@ mod fuzz {
                 }
             }
             Ok(())
-        })
-        .budget_ms(fnrt_common::fuzz_budget_ms());
+        });
     }
 }

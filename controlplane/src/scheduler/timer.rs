@@ -88,7 +88,7 @@ mod fuzz {
             "99999999999",
         ];
         let now = Utc::now();
-        arbtest::arbtest(|u| {
+        fnrt_common::fuzz::run("cron", |u| {
             let schedule: String = if u.arbitrary()? {
                 u.arbitrary()?
             } else {
@@ -99,7 +99,6 @@ mod fuzz {
             let _ = due(&schedule, now, now + chrono::Duration::seconds(1));
             assert!(t0.elapsed() < Duration::from_millis(500), "{schedule:?} took {:?}", t0.elapsed());
             Ok(())
-        })
-        .budget_ms(fnrt_common::fuzz_budget_ms());
+        });
     }
 }
