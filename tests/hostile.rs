@@ -2,7 +2,9 @@
 //! layers (a symlink out of the layer with missing components beneath it, a gzip bomb),
 //! manifests that lie about sizes or never end, a registry that trickles, and redirects
 //! to loopback and to the metadata address (carried by test hosts of this test's own, so
-//! no packet leaves the machine). Each ends with a clear error and nothing kept.
+//! no packet leaves the machine), slow clients and oversized bodies on every listener.
+//! Each ends with a clear error and nothing kept. The `the_release_*` tests repeat the
+//! layer and listener cases through the release binaries as processes.
 #![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
 use std::io::Write;
@@ -14,6 +16,7 @@ use fnrt_tests::push::{self, sha};
 use fnrt_tests::testhost::TestHost;
 use fnrt_tests::TestAgent;
 use tar::{EntryType, Header};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tonic::Code;
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -74,6 +77,31 @@ async fn layers_reaching_through_a_symlink_make_nothing_on_the_host() {
         assert!(made.is_empty(), "{second} made {made:?} outside the layer");
     }
     assert_eq!(images(&mut agent).await, Vec::<String>::new());
+    agent.cleanup().await;
+}
+
+/// The same through the release agent as a process, pulled with agentctl as an operator
+/// would: refused with the entry named, nothing made outside, no image kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_release_agent_refuses_a_layer_reaching_through_a_symlink() {
+    use fnrt_tests::shipped::{ShippedAgent, ShippedControlPlane};
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let cp = ShippedControlPlane::start(&[]).await;
+    let agent = ShippedAgent::start(&cp).await;
+    let layer =
+        tar_of(&[("x", EntryType::Symlink, Some(&target)), ("x/a/b/.wh.f", EntryType::Regular, None)]);
+    let diff_id = sha(&layer);
+    let reference = push::image("fnrt-test/hostile", vec![(layer, TAR, diff_id)]).await;
+    let (code, out, err) = agent.agentctl(&["image", "pull", &reference]).await;
+    assert_ne!(code, 0, "pulled: {out}");
+    assert!(err.contains("layer entry x/a/b/.wh.f") && err.contains("points outside the layer"), "{err}");
+    let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(made.is_empty(), "the release agent made {made:?} outside the layer");
+    let (code, out, err) = agent.agentctl(&["image", "ls"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("hostile"), "the refused image is kept: {out}");
+    cp.stop().await;
     agent.cleanup().await;
 }
 
@@ -227,28 +255,37 @@ async fn redirects_to_the_metadata_address_or_to_loopback_are_refused() {
     metadata.remove();
 }
 
-/// Sends a request's headers one byte a second to `addr`; true when the server closed the
+/// Sends a request's headers one byte a second on `s`; true when the server closed the
 /// connection before they were whole.
-fn closed_on_a_slow_client(addr: std::net::SocketAddr) -> bool {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+async fn closed_on_a_slow_client<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> bool {
     for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
-        if s.write_all(&[*b]).is_err() {
+        if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
             return true;
         }
         let mut buf = [0u8; 512];
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => return false,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-            }
-            Err(_) => return true,
+        match tokio::time::timeout(Duration::from_millis(1000), s.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => return false,
         }
-        std::thread::sleep(Duration::from_millis(950));
     }
     false
+}
+
+/// Sends `head` (announcing a body it never sends) on `s`; the start of the answer.
+async fn answer_before_the_body<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, head: &str) -> String {
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+async fn tcp(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(addr).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -267,8 +304,10 @@ async fn slow_clients_are_closed_and_oversized_bodies_refused_on_every_listener(
         ("the data plane", agent.handle.dataplane_address),
     ] {
         let t0 = Instant::now();
-        let closed = tokio::task::spawn_blocking(move || closed_on_a_slow_client(addr)).await.unwrap();
-        assert!(closed, "{name} kept a client sending a byte a second");
+        assert!(
+            closed_on_a_slow_client(tcp(addr).await).await,
+            "{name} kept a client sending a byte a second"
+        );
         assert!(t0.elapsed() < Duration::from_secs(6), "{name} took {:?}", t0.elapsed());
     }
     // Bodies over 6 MB are refused on their announced length, before they are sent.
@@ -276,22 +315,67 @@ async fn slow_clients_are_closed_and_oversized_bodies_refused_on_every_listener(
         ("the gateway", format!("http://{}/ns/f/", cp.gateway_address)),
         ("the data plane", format!("http://{}/function/f/", agent.handle.dataplane_address)),
     ] {
-        let mut s = tokio::net::TcpStream::connect(url.split('/').nth(2).unwrap()).await.unwrap();
+        let s = tcp(url.split('/').nth(2).unwrap().parse().unwrap()).await;
         let path = url.splitn(4, '/').nth(3).unwrap();
         let head = format!("POST /{path} HTTP/1.1\r\nHost: x\r\nContent-Length: 7000000\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.unwrap();
-        let mut answer = vec![0u8; 4096];
-        let n =
-            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut answer))
-                .await
-                .expect("an answer before the body")
-                .unwrap();
-        let text = String::from_utf8_lossy(&answer[..n]);
+        let text = answer_before_the_body(s, &head).await;
         assert!(text.starts_with("HTTP/1.1 413"), "{name}: {text}");
         assert!(text.contains("max_body_bytes"), "{name}: {text}");
     }
     agent.cleanup().await;
     cp.shutdown().await;
+}
+
+/// The same through the release binaries as processes: the control plane's API and
+/// gateway, and the agent's data plane beyond loopback (mutual TLS: the client holds the
+/// control plane's certificate, and signs its call as the gateway does).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_release_listeners_close_slow_clients_and_refuse_oversized_bodies() {
+    use fnrt_tests::shipped::{ShippedAgent, ShippedControlPlane};
+    let cp = ShippedControlPlane::start(&["http_header_timeout_ms=2000".into()]).await;
+    let agent = ShippedAgent::start_with(&cp, |c| c.http_header_timeout_ms = 2000).await;
+    let node = agent.client.clone().node_status(fnrt_proto::agent::v1::NodeStatusRequest {}).await.unwrap();
+    let port: u16 = node.into_inner().dataplane_address.rsplit(':').next().unwrap().parse().unwrap();
+    let dataplane: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let tls = fnrt_common::pki::ClusterTls::load(
+        &cp.ca.join("ca.pem"),
+        &cp.ca.join("controlplane.pem"),
+        &cp.ca.join("controlplane.key"),
+        fnrt_common::pki::Role::ControlPlane,
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls.client_config().unwrap()));
+    // The node's certificate names the node.
+    let node_name = rustls::pki_types::ServerName::try_from(agent.cfg.node_name.clone()).unwrap();
+    let tls_to = |addr| {
+        let (connector, name) = (connector.clone(), node_name.clone());
+        async move { connector.connect(name, tcp(addr).await).await.unwrap() }
+    };
+    let api: std::net::SocketAddr = cp.api.trim_start_matches("http://").parse().unwrap();
+    let gateway: std::net::SocketAddr = cp.gateway.trim_start_matches("http://").parse().unwrap();
+    for (name, closed) in [
+        ("the API", closed_on_a_slow_client(tcp(api).await).await),
+        ("the gateway", closed_on_a_slow_client(tcp(gateway).await).await),
+        ("the data plane", closed_on_a_slow_client(tls_to(dataplane).await).await),
+    ] {
+        assert!(closed, "the release {name} kept a client sending a byte a second");
+    }
+    let head = |path: &str, extra: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 7000000\r\n\r\n")
+    };
+    let text = answer_before_the_body(tcp(gateway).await, &head("/ns/f/", "")).await;
+    assert!(text.starts_with("HTTP/1.1 413") && text.contains("max_body_bytes"), "the gateway: {text}");
+    let path = "/function/f/";
+    let (time, sig) = fnrt_common::signature::Key::new(&cp.dataplane_key).sign("POST", path, "");
+    let signed = format!(
+        "{}: {time}\r\n{}: {sig}\r\n",
+        fnrt_common::signature::TIME,
+        fnrt_common::signature::SIGNATURE
+    );
+    let text = answer_before_the_body(tls_to(dataplane).await, &head(path, &signed)).await;
+    assert!(text.starts_with("HTTP/1.1 413") && text.contains("max_body_bytes"), "the data plane: {text}");
+    cp.stop().await;
+    agent.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

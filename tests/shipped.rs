@@ -264,6 +264,16 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     let (code, out, err) = agent.agentctl(&["invoke", "solo", "--path", "/_fixture/sleep?ms=3000"]).await;
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("504") || out.contains("timeout of 1000 ms"), "{out}{err}");
+    // An endless answer stops at 6 MB; one that streams past the timeout is cut, with a
+    // clear error, not a short answer that looks whole.
+    let (code, out, err) = agent.agentctl(&["invoke", "solo", "--path", "/_fixture/stream?kb=0"]).await;
+    assert_ne!(code, 0, "an endless answer was taken whole");
+    assert!(err.contains("over 6000000 bytes"), "{out:.200}{err}");
+    let t0 = Instant::now();
+    let (code, _, err) =
+        agent.agentctl(&["invoke", "solo", "--path", "/_fixture/stream?kb=640&ms=500"]).await;
+    assert_ne!(code, 0, "an answer went on past the function's timeout");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}: {err}", t0.elapsed());
     let controlplane = format!("--controlplane={}", cp.api);
     let admin = format!("--admin-token={}", cp.admin_token);
     let (code, out, err) = agent.agentctl(&["cluster", &controlplane, &admin, "agents"]).await;
