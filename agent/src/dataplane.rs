@@ -193,13 +193,8 @@ impl Dataplane {
         if let Err(refused) = self.check_signature(&mut req, &request_id) {
             return error(StatusCode::UNAUTHORIZED, refused.to_string());
         }
-        let limit = self.limits.max_body_bytes;
-        let announced = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-        if announced.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > limit) {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is over {limit} bytes, the limit of a synchronous call (max_body_bytes)"),
-            );
+        if let Some(why) = fnrt_hop::over_body_limit(req.headers(), self.limits.max_body_bytes) {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, why);
         }
         let mut resp = self.route(req, &request_id).await;
         if let Ok(v) = HeaderValue::from_str(&request_id) {

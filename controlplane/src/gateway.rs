@@ -75,14 +75,8 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, req: Request) -> Response {
     let ctx = &gw.ctx;
     // Bodies past the synchronous limit: refused when announced, cut when streamed.
     let limit = ctx.cfg.max_body_bytes;
-    let announced = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-    if announced.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > limit) {
-        return answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is over {limit} bytes, the limit of a synchronous call (max_body_bytes)"
-            ),
-        );
+    if let Some(why) = fnrt_hop::over_body_limit(req.headers(), limit) {
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, why);
     }
     let mut req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit as usize)));
     let Some((f, tail)) = target(ctx, &req) else {

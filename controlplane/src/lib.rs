@@ -43,6 +43,8 @@ pub struct Ctx {
     pub state: Arc<State>,
     /// The scheduler.
     pub scheduler: Arc<Scheduler>,
+    /// Upload URLs already used (they serve once).
+    pub used_uploads: rest::code::UsedUrls,
 }
 
 /// Why the control plane could not start.
@@ -158,21 +160,8 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
 /// and the cron timer.
 pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
-    for dir in [cfg.state_dir.clone(), cfg.state_dir.join("code")] {
-        let swept = fnrt_common::durable::sweep(&dir);
-        if swept > 0 {
-            tracing::warn!(dir = %dir.display(), files = swept, "removed files a crash left half written");
-        }
-    }
+    let state = open_state(&cfg).await?;
     cfg.admin_token = admin_token(&cfg)?.into();
-    let db = cfg.state_dir.join("state.redb");
-    let store = tokio::task::spawn_blocking(move || store::RedbStore::open(&db))
-        .await
-        .map_err(|e| error::Error::Internal(e.to_string()))?
-        .map_err(error::Error::from)?;
-    let state = Arc::new(State::open(Arc::new(store))?);
-    namespaces::upgrade_secret_hashes(&state).await?;
     let api = bind(cfg.api_listen).await?;
     if cfg.public_url.is_empty() {
         let addr = api.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
@@ -189,7 +178,12 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
             .map(|f| f.id.clone())
             .collect()
     });
-    let ctx = Arc::new(Ctx { cfg: cfg.clone(), state, scheduler: scheduler.clone() });
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        state,
+        scheduler: scheduler.clone(),
+        used_uploads: Default::default(),
+    });
     let (shutdown, stop) = watch::channel(false);
     let tls = cluster_tls(&cfg)?;
     let gw = bind(cfg.gateway_listen).await?;
@@ -235,6 +229,25 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     }
     tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, "control plane started");
     Ok(Handle { api_address, gateway_address, grpc_address, ctx, shutdown, tasks })
+}
+
+/// The state directory (what a crash left half written swept away) and the store in it.
+async fn open_state(cfg: &Config) -> Result<Arc<State>, StartError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
+    for dir in [cfg.state_dir.clone(), cfg.state_dir.join("code")] {
+        let swept = fnrt_common::durable::sweep(&dir);
+        if swept > 0 {
+            tracing::warn!(dir = %dir.display(), files = swept, "removed files a crash left half written");
+        }
+    }
+    let db = cfg.state_dir.join("state.redb");
+    let store = tokio::task::spawn_blocking(move || store::RedbStore::open(&db))
+        .await
+        .map_err(|e| error::Error::Internal(e.to_string()))?
+        .map_err(error::Error::from)?;
+    let state = Arc::new(State::open(Arc::new(store))?);
+    namespaces::upgrade_secret_hashes(&state).await?;
+    Ok(state)
 }
 
 /// The registry client the configuration asks for.

@@ -39,6 +39,16 @@ pub fn strip(headers: &mut HeaderMap) {
     }
 }
 
+/// Why a request announcing (Content-Length) a body over `limit` bytes is refused, the
+/// words for its 413; `None` when it does not. A body streamed without a length is cut at
+/// the limit by whoever reads it.
+pub fn over_body_limit(headers: &HeaderMap, limit: u64) -> Option<String> {
+    let announced = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    announced.and_then(|v| v.parse::<u64>().ok()).filter(|n| *n > limit).map(|_| {
+        format!("the request body is over {limit} bytes, the limit of a synchronous call (max_body_bytes)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -28,16 +28,19 @@ use crate::{functions, Ctx};
 
 const URL_LIFETIME_S: i64 = 900;
 
-/// Signatures of upload URLs already used, with when they expire.
-static USED: Mutex<Option<HashMap<String, i64>>> = Mutex::new(None);
+/// Signatures of upload URLs already used, with when they expire (then they are
+/// refused as expired, and forgotten here).
+#[derive(Debug, Default)]
+pub struct UsedUrls(Mutex<HashMap<String, i64>>);
 
-/// Marks an upload URL's signature used; false when it was already.
-fn first_use(sig: &str, expires: i64) -> bool {
-    let now = chrono::Utc::now().timestamp();
-    let mut used = USED.lock().unwrap_or_else(|p| p.into_inner());
-    let used = used.get_or_insert_with(HashMap::new);
-    used.retain(|_, e| *e >= now);
-    used.insert(sig.to_string(), expires).is_none()
+impl UsedUrls {
+    /// Marks an upload URL's signature used; false when it was already.
+    fn first_use(&self, sig: &str, expires: i64) -> bool {
+        let now = chrono::Utc::now().timestamp();
+        let mut used = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, e| *e >= now);
+        used.insert(sig.to_string(), expires).is_none()
+    }
 }
 
 fn signature(ctx: &Ctx, method: &str, id: &str, expires: i64, length: Option<u64>) -> String {
@@ -143,7 +146,7 @@ pub async fn put_code(
 ) -> Result<Json<Value>, ApiError> {
     // Nothing of the body is read before the URL is checked.
     verify(&ctx, "PUT", &id, &s)?;
-    if !first_use(&s.sig, s.expires) {
+    if !ctx.used_uploads.first_use(&s.sig, s.expires) {
         return Err(
             Error::Unauthenticated("this upload URL was used already: ask for a new one".into()).into()
         );
