@@ -121,6 +121,32 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
         "{dup}"
     );
     ok(&cp, "POST", &format!("/functions/{id}/deploy"), Some(json!({}))).await;
+    // SCF's Command and Args: the image that crashes at start, started as the echo server
+    // instead; a command whose program is empty is refused.
+    let (status, bad) = api(
+        &cp,
+        "POST",
+        "/functions",
+        Some(json!({ "namespace_id": ns_id, "name": "bad-cmd", "registry_image": image("crashes"), "command": [""] })),
+    )
+    .await;
+    assert_eq!((status, bad["details"][0]["argument_name"].as_str()), (400, Some("command")), "{bad}");
+    let started = ok(
+        &cp,
+        "POST",
+        "/functions",
+        Some(json!({
+            "namespace_id": ns_id, "name": "cmd", "registry_image": image("crashes"), "min_scale": 1,
+            "memory_limit": 128, "command": ["/crashes"], "args": ["echo"],
+        })),
+    )
+    .await;
+    assert_eq!(
+        (started["command"][0].as_str(), started["args"][0].as_str()),
+        (Some("/crashes"), Some("echo"))
+    );
+    let cmd_id = started["id"].as_str().unwrap().to_string();
+    ok(&cp, "POST", &format!("/functions/{cmd_id}/deploy"), None).await;
     // A cron every minute; its call is looked for at the end.
     ok(
         &cp,
@@ -226,6 +252,11 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     assert_eq!(header(&seen, "x-scf-name"), Some("echo"), "{seen}");
     let (status, text) = curl(&[&format!("{}/curl/site/", cp.gateway)]).await;
     assert_eq!((status, text.as_str()), (200, "custom from curl"));
+    let cmd = settled(&cp, &cmd_id).await;
+    assert_eq!(cmd["status"], "ready", "{cmd}\n{}", cp.log());
+    let (status, text) = curl(&["-d", "by command", &format!("{}/curl/cmd/", cp.gateway)]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["body"], "by command", "{text}");
 
     // Straight to the agent's data plane (TLS beyond loopback): without a certificate no
     // answer; with the control plane's but without the gateway's signature, 401.

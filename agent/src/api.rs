@@ -146,6 +146,7 @@ impl AgentApi for Api {
             version: r.version,
             namespace: r.namespace,
             timeout_ms: r.timeout_ms,
+            process: fnrt_function::Process { command: r.command, args: r.args },
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.

@@ -57,6 +57,12 @@ pub struct FunctionInput {
     image_acceleration: Option<bool>,
     #[serde(default)]
     sandbox: Option<String>,
+    /// Extension: the start command (replaces the image's Entrypoint and Cmd).
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    /// Extension: its arguments (replace the image's Cmd).
+    #[serde(default)]
+    args: Option<Vec<String>>,
     #[serde(default)]
     private_network_id: Option<String>,
     /// Update only: deploy after the change.
@@ -130,18 +136,11 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
     if let Err(e) = check_scale(min, max) {
         errors.push((if min > max { "min_scale" } else { "max_scale" }.into(), e));
     }
-    if let Some(image) = &input.registry_image {
-        if image.is_empty() || image.len() > 512 || image.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            errors.push((
-                "registry_image".into(),
-                format!("{image:?} is not an image reference: give host/repository:tag or @sha256:<digest>"),
-            ));
-        }
-    }
+    let process = check_image_and_process(f, &mut input, &mut errors);
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
+    f.process = process;
     if let Some(v) = input.environment_variables {
         f.environment_variables = v;
     }
@@ -167,6 +166,31 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
     f.image_acceleration = input.image_acceleration.unwrap_or(f.image_acceleration);
     f.updated_at = Utc::now();
     Ok(())
+}
+
+/// Checks the image reference given, and the start command as it will be; the latter.
+fn check_image_and_process(
+    f: &Function,
+    input: &mut FunctionInput,
+    errors: &mut Vec<(String, String)>,
+) -> fnrt_function::Process {
+    if let Some(image) = &input.registry_image {
+        if image.is_empty() || image.len() > 512 || image.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            errors.push((
+                "registry_image".into(),
+                format!("{image:?} is not an image reference: give host/repository:tag or @sha256:<digest>"),
+            ));
+        }
+    }
+    let process = fnrt_function::Process {
+        command: input.command.take().unwrap_or_else(|| f.process.command.clone()),
+        args: input.args.take().unwrap_or_else(|| f.process.args.clone()),
+    };
+    if let Err(e) = process.check() {
+        errors.push((e.field.into(), e.reason));
+    }
+    process
 }
 
 /// A request's secrets, hashed (see `namespaces::hash_secrets`).
@@ -212,6 +236,7 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
         deployed: None,
         pushed_digest: None,
         build_message: None,
+        process: Default::default(),
     };
     let secrets = hash_secrets(input.secret_environment_variables.clone()).await?;
     apply(&mut f, input, secrets)?;

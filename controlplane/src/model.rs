@@ -164,6 +164,10 @@ pub struct Function {
     /// What the last build of a code function did (or why it failed).
     #[serde(default)]
     pub build_message: Option<String>,
+    /// Its start command and arguments when not its image's (extension fields `command`
+    /// and `args`, SCF's Command and Args).
+    #[serde(default)]
+    pub process: fnrt_function::Process,
 }
 
 fn default_sandbox() -> String {
@@ -185,6 +189,9 @@ pub struct Deployed {
     pub memory_mb: u32,
     /// Seconds.
     pub timeout_s: u32,
+    /// The start command when not the image's.
+    #[serde(default)]
+    pub process: fnrt_function::Process,
 }
 
 impl std::fmt::Debug for Deployed {
@@ -196,6 +203,7 @@ impl std::fmt::Debug for Deployed {
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("memory_mb", &self.memory_mb)
             .field("timeout_s", &self.timeout_s)
+            .field("process", &self.process)
             .finish()
     }
 }
@@ -219,6 +227,7 @@ impl Deployed {
             secrets,
             memory_mb: f.memory_limit,
             timeout_s: f.timeout_s,
+            process: f.process.clone(),
         }
     }
 }

@@ -40,6 +40,7 @@ impl TryFrom<pb::FunctionSpec> for RawSpec {
             queue_max: f.queue_max,
             queue_timeout_ms: f.queue_timeout_ms,
             display_name: f.display_name,
+            process: crate::spec::Process { command: f.command, args: f.args },
         })
     }
 }
@@ -71,6 +72,8 @@ impl From<RawSpec> for pb::FunctionSpec {
             queue_max: r.queue_max,
             queue_timeout_ms: r.queue_timeout_ms,
             display_name: r.display_name,
+            command: r.process.command,
+            args: r.process.args,
         }
     }
 }
@@ -99,6 +102,8 @@ impl FunctionSpec {
             queue_max: self.queue_max,
             queue_timeout_ms: saturating_ms(self.queue_timeout),
             display_name: self.display_name.clone(),
+            command: self.process.command.clone(),
+            args: self.process.args.clone(),
         }
     }
 }
@@ -116,6 +121,7 @@ mod tests {
             event: true,
             memory_mb: 256,
             secrets: [("K".to_string(), "v".to_string())].into(),
+            process: crate::spec::Process { command: vec!["/bin/app".into()], args: vec!["-v".into()] },
             ..Default::default()
         };
         let back = RawSpec::try_from(pb::FunctionSpec::from(raw.clone())).unwrap();

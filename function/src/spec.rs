@@ -64,6 +64,67 @@ pub struct FunctionSpec {
     /// The name instances see; empty: `name` (see [`FunctionSpec::scf_name`]).
     #[serde(default)]
     pub display_name: String,
+    /// The start command, when not the image's.
+    #[serde(default)]
+    pub process: Process,
+}
+
+/// How an instance's process is started when not as its image says (SCF's Command and
+/// Args): `command` replaces the image's Entrypoint and Cmd, `args` its Cmd. Kubernetes
+/// reads its `command` and `args` the same way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Process {
+    /// Replaces the image's Entrypoint (and its Cmd) when not empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Replaces the image's Cmd when not empty.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// The most items of a command or its arguments, and the longest item.
+pub const MAX_PROCESS_ITEMS: usize = 64;
+/// See [`MAX_PROCESS_ITEMS`].
+pub const MAX_PROCESS_ITEM_BYTES: usize = 4096;
+
+impl Process {
+    /// Whether it changes nothing of the image's.
+    pub fn is_empty(&self) -> bool {
+        self.command.is_empty() && self.args.is_empty()
+    }
+
+    /// The process arguments of an instance of an image with `entrypoint` and `cmd`.
+    pub fn argv(&self, entrypoint: &[String], cmd: &[String]) -> Vec<String> {
+        let head = if self.command.is_empty() { entrypoint } else { &self.command };
+        let tail = match (self.args.is_empty(), self.command.is_empty()) {
+            (false, _) => &self.args[..],
+            (true, true) => cmd,
+            (true, false) => &[],
+        };
+        head.iter().chain(tail).cloned().collect()
+    }
+
+    /// Checks the items' count, lengths and bytes; the error names what is allowed.
+    pub fn check(&self) -> Result<(), SpecError> {
+        for (field, items) in [("command", &self.command), ("args", &self.args)] {
+            if items.len() > MAX_PROCESS_ITEMS {
+                return Err(invalid(field, format!("{} items: at most {MAX_PROCESS_ITEMS}", items.len())));
+            }
+            if let Some(bad) = items.iter().find(|i| i.len() > MAX_PROCESS_ITEM_BYTES || i.contains('\0')) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "an item of {} bytes: each is at most {MAX_PROCESS_ITEM_BYTES} bytes, without NUL",
+                        bad.len()
+                    ),
+                ));
+            }
+        }
+        if self.command.first().is_some_and(String::is_empty) {
+            return Err(invalid("command", "its first item is the program: it cannot be empty".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The limits of the counts a spec may ask for.
@@ -108,6 +169,8 @@ pub struct RawSpec {
     pub queue_timeout_ms: u32,
     #[allow(missing_docs)]
     pub display_name: String,
+    #[allow(missing_docs)]
+    pub process: Process,
 }
 
 fn invalid(field: &'static str, reason: String) -> SpecError {
@@ -130,6 +193,7 @@ impl RawSpec {
         if self.image.is_empty() {
             return Err(invalid("image", "an image reference is required".into()));
         }
+        self.process.check()?;
         let memory_mb =
             policy.limits(self.memory_mb).map_err(|e| invalid("memory_mb", e.to_string()))?.memory_mb;
         let timeout_ms = if self.timeout_ms == 0 { 3000 } else { self.timeout_ms };
@@ -180,6 +244,7 @@ impl RawSpec {
             queue_max,
             queue_timeout: Duration::from_millis(u64::from(queue_timeout_ms)),
             display_name: self.display_name,
+            process: self.process,
         })
     }
 }
@@ -194,6 +259,9 @@ impl FunctionSpec {
         // Hashed only when set, so that specs saved before it keep their instances.
         if !self.display_name.is_empty() {
             self.display_name.hash(&mut h);
+        }
+        if !self.process.is_empty() {
+            self.process.hash(&mut h);
         }
         h.finish()
     }

@@ -40,6 +40,8 @@ pub struct StartRequest {
     /// Longest a call may take, in ms; 0 for the default (3000). Recorded with the
     /// instance for the calls to it.
     pub timeout_ms: u32,
+    /// Its start command when not the image's.
+    pub process: fnrt_function::Process,
 }
 
 /// Checks a function name (see [`fnrt_function::naming::check`]).
@@ -58,6 +60,7 @@ struct Checked {
 impl Instances {
     fn check(&self, req: &StartRequest) -> Result<Checked, Error> {
         validate_function_name(&req.function)?;
+        req.process.check().map_err(|e| Error::InvalidArgument { field: e.field, reason: e.reason })?;
         let limits = self
             .parts
             .policy
@@ -163,6 +166,7 @@ impl Instances {
             limits: &checked.limits,
             io: &io,
             more_labels: &more_labels,
+            process: &req.process,
         };
         let secret_values: Vec<&str> = req.secrets.0.values().map(String::as_str).collect();
         let pid = self.launch(&new, address, &secret_values).await?;

@@ -19,6 +19,7 @@ pub fn start_request(spec: &FunctionSpec) -> StartRequest {
         namespace: spec.namespace.clone(),
         memory_mb: spec.memory_mb,
         timeout_ms: u32::try_from(spec.timeout.as_millis()).unwrap_or(MAX_TIMEOUT_MS),
+        process: spec.process.clone(),
     }
 }
 
@@ -36,6 +37,7 @@ pub fn spec_of_started(req: &StartRequest, policy: &Policy) -> Result<FunctionSp
         env: req.env.clone(),
         secrets: req.secrets.0.clone(),
         display_name: req.display_name.clone(),
+        process: req.process.clone(),
         ..RawSpec::default()
     };
     Ok(raw.check(policy)?)

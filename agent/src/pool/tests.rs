@@ -260,6 +260,7 @@ async fn instances_started_on_their_own_share_calls_and_are_replaced_only_when_a
         namespace: String::new(),
         memory_mb: 0,
         timeout_ms,
+        process: Default::default(),
     };
     let (a, _) = pools.start_instance(req(1500)).await.unwrap();
     let (b, _) = pools.start_instance(req(1500)).await.unwrap();

@@ -103,6 +103,8 @@ impl Pools {
                 namespace: inst.call.namespace.clone(),
                 memory_mb: inst.limits.memory_mb,
                 timeout_ms: inst.call.timeout_ms,
+                // Not recorded: no call starts another of these (see above).
+                process: Default::default(),
             };
             let spec = match self.started_spec(&req) {
                 Ok(s) => Arc::new(s),

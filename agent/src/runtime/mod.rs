@@ -106,6 +106,8 @@ pub struct NewInstance<'a> {
     pub io: &'a crate::logs::Io,
     /// More labels to record (see [`labels::VERSION`]).
     pub more_labels: &'a [(&'static str, String)],
+    /// Its start command when not the image's.
+    pub process: &'a fnrt_function::Process,
 }
 
 /// One container of the agent as containerd has it.
@@ -210,6 +212,7 @@ impl Runtime {
             ids: self.ids,
             seccomp: self.seccomp,
             resolv_conf: self.resolv_conf.as_deref(),
+            process: n.process,
         })?;
         serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })
     }

@@ -60,6 +60,8 @@ pub struct InstanceSpec<'a> {
     pub seccomp: bool,
     /// The node's resolv.conf for instances (egress "internet"), mounted read-only.
     pub resolv_conf: Option<&'a Path>,
+    /// The function's start command when not the image's.
+    pub process: &'a fnrt_function::Process,
 }
 
 /// The runtime's default mounts, with the instance's own /tmp and (egress "internet") the
@@ -96,8 +98,9 @@ fn mounts(
 /// three capabilities (AUDIT_WRITE, KILL, NET_BIND_SERVICE, in its user namespace).
 pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
     let ic = s.config.config().clone().unwrap_or_default();
-    let mut args: Vec<String> = ic.entrypoint().clone().unwrap_or_default();
-    args.extend(ic.cmd().clone().unwrap_or_default());
+    let args = s
+        .process
+        .argv(ic.entrypoint().as_deref().unwrap_or_default(), ic.cmd().as_deref().unwrap_or_default());
     if args.is_empty() {
         return Err(SpecError::NoCommand { image: s.image.into() });
     }
@@ -256,7 +259,20 @@ mod tests {
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
             resolv_conf: Some(Path::new("/var/lib/fnrt/resolv.conf")),
+            process: &Default::default(),
         };
+        // SCF's Command and Args: the command replaces Entrypoint and Cmd, args the Cmd.
+        let cmd = |command: &[&str], args: &[&str]| {
+            let process = fnrt_function::Process {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+            };
+            let spec = build(&InstanceSpec { process: &process, ..s }).expect("spec");
+            spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default()
+        };
+        assert_eq!(cmd(&["/bin/app"], &[]), ["/bin/app"]);
+        assert_eq!(cmd(&["/bin/app"], &["-v"]), ["/bin/app", "-v"]);
+        assert_eq!(cmd(&[], &["serve"]), ["/fixture", "serve"]);
         let spec = build(&s).expect("spec");
         let resolv = spec
             .mounts()
@@ -317,6 +333,7 @@ mod tests {
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
             resolv_conf: None,
+            process: &Default::default(),
         };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
@@ -332,6 +349,7 @@ mod tests {
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
             resolv_conf: None,
+            process: &Default::default(),
         };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }

@@ -31,6 +31,13 @@ pub enum InstanceCommand {
         /// Longest a call may take, in ms (504 past it); 3000 if unset.
         #[arg(long, value_name = "MS", default_value_t = 0)]
         timeout_ms: u32,
+        /// The start command, replacing the image's Entrypoint and Cmd; repeat it for each
+        /// word (`--command /bin/app --command serve`).
+        #[arg(long = "command", value_name = "WORD")]
+        command: Vec<String>,
+        /// An argument replacing the image's Cmd; repeatable.
+        #[arg(long = "arg", value_name = "WORD")]
+        args: Vec<String>,
     },
     /// Stop an instance and remove all it owned.
     Stop {
@@ -52,7 +59,7 @@ pub async fn run(
     out: Output,
 ) -> Result<(), CliError> {
     match cmd {
-        InstanceCommand::Start { function, image, env, memory, secret, timeout_ms } => {
+        InstanceCommand::Start { function, image, env, memory, secret, timeout_ms, command, args } => {
             let env = key_values("--env", env, true)?;
             let secrets = key_values("--secret", secret, false)?;
             let req = StartInstanceRequest {
@@ -62,6 +69,8 @@ pub async fn run(
                 memory_mb: memory,
                 secrets,
                 timeout_ms,
+                command,
+                args,
                 ..Default::default()
             };
             let started = agent.start_instance(req).await?.into_inner();

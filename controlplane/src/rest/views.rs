@@ -89,6 +89,8 @@ pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<
         "private_network_id": null,
         "registry_image": f.registry_image,
         "image_acceleration": f.image_acceleration,
+        "command": f.process.command,
+        "args": f.process.args,
     })
 }
 

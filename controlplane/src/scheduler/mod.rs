@@ -66,6 +66,7 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
         max_instances: share.max_instances,
         concurrency: 1,
         display_name: f.name.clone(),
+        process: d.process.clone(),
         ..Default::default()
     }
     .into()

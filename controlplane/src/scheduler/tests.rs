@@ -146,6 +146,7 @@ impl World {
             deployed: None,
             pushed_digest: None,
             build_message: None,
+            process: Default::default(),
         };
         f.deployed = Some(Deployed::of(&f, &ns));
         let name = f.agent_name();
