@@ -235,6 +235,10 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
 
     let ready = settled(&cp, &id).await;
     assert_eq!(ready["status"], "ready", "{ready}\n{}", cp.log());
+    // The memory advice of the image's size reaches the user (128 MB for an image under
+    // 256 MB, where SCF advises 256 to 512 MB).
+    let advice = ready["runtime_message"].as_str().unwrap_or_default();
+    assert!(advice.contains("memory 128 MB is below") && advice.contains("256 to 512 MB"), "{ready}");
     let built = settled(&cp, &cid).await;
     assert_eq!(built["status"], "ready", "{built}\n{}", cp.log());
     assert!(built["build_message"].as_str().unwrap().starts_with("built "), "{built}");

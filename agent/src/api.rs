@@ -195,11 +195,11 @@ impl AgentApi for Api {
     ) -> Result<Response<pb::UpdateFunctionResponse>, Status> {
         let raw = raw_spec(req.into_inner().function)?;
         let pools = self.node.pools.clone();
-        let view = tokio::spawn(async move { pools.update(raw).await })
+        let (view, warnings) = tokio::spawn(async move { pools.update(raw).await })
             .await
             .map_err(|e| Status::internal(format!("update task failed: {e}")))?
             .map_err(status)?;
-        Ok(Response::new(pb::UpdateFunctionResponse { function: Some(function(view)) }))
+        Ok(Response::new(pb::UpdateFunctionResponse { function: Some(function(view)), warnings }))
     }
 
     async fn remove_function(

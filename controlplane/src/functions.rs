@@ -237,6 +237,7 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
         pushed_digest: None,
         build_message: None,
         process: Default::default(),
+        runtime_message: None,
     };
     let secrets = hash_secrets(input.secret_environment_variables.clone()).await?;
     apply(&mut f, input, secrets)?;

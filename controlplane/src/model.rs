@@ -168,6 +168,9 @@ pub struct Function {
     /// and `args`, SCF's Command and Args).
     #[serde(default)]
     pub process: fnrt_function::Process,
+    /// What the agents said of its last deploy (the memory its image's size calls for).
+    #[serde(default)]
+    pub runtime_message: Option<String>,
 }
 
 fn default_sandbox() -> String {

@@ -75,10 +75,13 @@ impl Pools {
     /// Changes a function. When what its instances are started with changes, instances of
     /// the new spec are started first (as many as are provisioned, at least one if it has
     /// instances); if they fail, the old spec stays and keeps serving.
-    pub async fn update(self: &Arc<Self>, raw: RawSpec) -> Result<FunctionView, Error> {
+    pub async fn update(self: &Arc<Self>, raw: RawSpec) -> Result<(FunctionView, Vec<String>), Error> {
         let spec = Arc::new(raw.check(&self.policy)?);
         let pool = self.deployed(&spec.name).ok_or_else(|| Error::FunctionNotFound(spec.name.clone()))?;
         let old = pool.spec();
+        // In the node cache already unless the image changed (then this pulls it).
+        let info = self.ops.pull_image(&spec.image).await?;
+        let warnings: Vec<String> = memory_advice(info.size_bytes, spec.memory_mb).into_iter().collect();
         // Saved only once it serves: a restarted agent must not bring back a spec whose
         // instances failed to start while the old one kept serving.
         let save = |spec: &FunctionSpec| {
@@ -90,10 +93,7 @@ impl Pools {
             save(&spec);
             pool.set_served(self.served(spec));
             pool.changed.notify_waiters();
-            return Ok(view(&pool));
-        }
-        if old.image != spec.image {
-            self.ops.pull_image(&spec.image).await?;
+            return Ok((view(&pool), warnings));
         }
         let has_instances = pool.state().live() > 0;
         let target = if has_instances { spec.provisioned.max(1) } else { spec.provisioned };
@@ -111,7 +111,7 @@ impl Pools {
         }
         pool.changed.notify_waiters();
         tracing::info!(function = %spec.name, version = %spec.version, "function updated; old instances retire");
-        Ok(view(&pool))
+        Ok((view(&pool), warnings))
     }
 
     /// Removes a function: its instances stop once their calls finish.

@@ -233,7 +233,8 @@ async fn an_update_starts_the_new_instances_before_the_old_retire_and_a_failed_o
     pools.deploy(RawSpec { provisioned: 1, version: "1".into(), ..spec("roll") }).await.unwrap();
     let pool = pools.get("roll").unwrap();
     let old = pools.acquire(&pool).await.unwrap();
-    let view = pools.update(RawSpec { provisioned: 1, version: "2".into(), ..spec("roll") }).await.unwrap();
+    let (view, _) =
+        pools.update(RawSpec { provisioned: 1, version: "2".into(), ..spec("roll") }).await.unwrap();
     assert_eq!(view.spec.version, "2");
     assert_eq!(fake.live(), 2, "the new instance runs while the old finishes its call");
     let new = pools.acquire(&pool).await.unwrap();

@@ -80,7 +80,7 @@ pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<
         "secret_environment_variables": secrets(&f.secrets),
         "region": site.region,
         "http_option": f.http_option,
-        "runtime_message": "",
+        "runtime_message": f.runtime_message.as_deref().unwrap_or_default(),
         "sandbox": f.sandbox,
         "tags": f.tags,
         "created_at": time(&f.created_at),

@@ -30,11 +30,13 @@ impl Scheduler {
             .write(|d| {
                 let Some(mut f) = d.functions.get(id).cloned() else { return Ok((vec![], ())) };
                 match outcome {
-                    Ok(deployed) => {
+                    Ok((deployed, warnings)) => {
                         f.status = FunctionStatus::Ready;
                         f.ready_at = Some(Utc::now());
                         f.deployed = Some(deployed);
                         f.error_message = None;
+                        // E.g. the memory advice for the image's size (SCF's table).
+                        f.runtime_message = (!warnings.is_empty()).then(|| warnings.join("; "));
                     }
                     Err(e) => {
                         f.status = FunctionStatus::Error;
@@ -84,7 +86,8 @@ impl Scheduler {
         }
     }
 
-    async fn deploy_function(&self, id: &str) -> Result<Deployed, ScheduleError> {
+    /// Deploys function `id`; what it put on agents, with their warnings (deduplicated).
+    async fn deploy_function(&self, id: &str) -> Result<(Deployed, Vec<String>), ScheduleError> {
         let (f, ns) = self
             .state
             .read(|d| {
@@ -144,7 +147,11 @@ impl Scheduler {
             .filter_map(|(a, _, r)| r.as_ref().err().map(|s| (a.node.clone(), s.message().to_string())))
             .collect();
         if failures.is_empty() {
-            return Ok(deployed);
+            let mut warnings: Vec<String> =
+                results.into_iter().filter_map(|(_, _, r)| r.ok()).flatten().collect();
+            warnings.sort();
+            warnings.dedup();
+            return Ok((deployed, warnings));
         }
         // Nothing half made: where this deploy put the function first, it goes again.
         for (a, was_there, r) in &results {

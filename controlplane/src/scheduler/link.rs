@@ -28,10 +28,11 @@ const INVOKE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// What the scheduler asks of one agent.
 pub trait AgentLink: Send + Sync {
-    /// Deploys a function new to the agent (`AlreadyExists` when it has it).
-    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, ()>;
-    /// Updates a function the agent has (`NotFound` when it has not).
-    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, ()>;
+    /// Deploys a function new to the agent (`AlreadyExists` when it has it); its warnings
+    /// (memory below what the image's size calls for).
+    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>>;
+    /// Updates a function the agent has (`NotFound` when it has not); its warnings.
+    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>>;
     /// Removes a function (`NotFound` when it has not).
     fn remove(&self, name: &str) -> Call<'_, ()>;
     /// Pulls an image into the agent's cache, to the end.
@@ -50,14 +51,14 @@ fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 }
 
 impl AgentLink for Grpc {
-    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>> {
         let req = timed(apb::DeployFunctionRequest { function: Some(spec) }, DEPLOY_TIMEOUT);
-        Box::pin(async move { self.0.clone().deploy_function(req).await.map(drop) })
+        Box::pin(async move { self.0.clone().deploy_function(req).await.map(|r| r.into_inner().warnings) })
     }
 
-    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>> {
         let req = timed(apb::UpdateFunctionRequest { function: Some(spec) }, DEPLOY_TIMEOUT);
-        Box::pin(async move { self.0.clone().update_function(req).await.map(drop) })
+        Box::pin(async move { self.0.clone().update_function(req).await.map(|r| r.into_inner().warnings) })
     }
 
     fn remove(&self, name: &str) -> Call<'_, ()> {

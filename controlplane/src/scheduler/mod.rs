@@ -156,11 +156,12 @@ impl Scheduler {
     }
 
     /// Puts `spec` on agent `a`: a deploy where it is new, else an update when it changed.
-    async fn apply(&self, a: &Agent, spec: apb::FunctionSpec) -> Result<(), tonic::Status> {
+    /// Puts `spec` on agent `a` (a deploy or an update); the agent's warnings.
+    async fn apply(&self, a: &Agent, spec: apb::FunctionSpec) -> Result<Vec<String>, tonic::Status> {
         let key = (a.node.clone(), spec.name.clone());
         let known = self.hosts(a, &spec.name);
         if known && lock(&self.applied).get(&key) == Some(&spec) {
-            return Ok(());
+            return Ok(vec![]);
         }
         let link = &a.link;
         let result = if known { link.update(spec.clone()).await } else { link.deploy(spec.clone()).await };

@@ -35,20 +35,20 @@ impl Fake {
 }
 
 impl AgentLink for Fake {
-    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+    fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>> {
         self.record(format!("deploy {} p{} m{}", spec.name, spec.provisioned, spec.max_instances));
         let refuse = self.refuse_deploys;
         Box::pin(async move {
             if refuse {
                 Err(Status::resource_exhausted("full"))
             } else {
-                Ok(())
+                Ok(vec![])
             }
         })
     }
-    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, ()> {
+    fn update(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>> {
         self.record(format!("update {} p{} m{}", spec.name, spec.provisioned, spec.max_instances));
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(vec![]) })
     }
     fn remove(&self, name: &str) -> Call<'_, ()> {
         self.record(format!("remove {name}"));
@@ -147,6 +147,7 @@ impl World {
             pushed_digest: None,
             build_message: None,
             process: Default::default(),
+            runtime_message: None,
         };
         f.deployed = Some(Deployed::of(&f, &ns));
         let name = f.agent_name();
