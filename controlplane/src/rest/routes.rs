@@ -272,25 +272,30 @@ async fn list_crons(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) -> Answ
             .collect::<Vec<_>>()
     });
     order(&mut items, &q.order_by, |c| views::time(&c.created_at), |c| c.name.clone());
-    Ok(Json(q.page("crons", items.iter().map(|c| views::cron(c, "ready")).collect())))
+    Ok(Json(q.page(
+        "crons",
+        items.iter().map(|c| views::cron(c, "ready", ctx.scheduler.cron_error(&c.id))).collect(),
+    )))
 }
 
 async fn create_cron(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let c = crons::create(&ctx.state, body(&b)?).await?;
-    Ok(Json(views::cron(&c, "ready")))
+    Ok(Json(views::cron(&c, "ready", None)))
 }
 
 async fn get_cron(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
-    Ok(Json(views::cron(&crons::get(&ctx.state, &id)?, "ready")))
+    Ok(Json(views::cron(&crons::get(&ctx.state, &id)?, "ready", ctx.scheduler.cron_error(&id))))
 }
 
 async fn update_cron(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
     let c = crons::update(&ctx.state, &id, body(&b)?).await?;
-    Ok(Json(views::cron(&c, "ready")))
+    Ok(Json(views::cron(&c, "ready", ctx.scheduler.cron_error(&id))))
 }
 
 async fn delete_cron(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
-    Ok(Json(views::cron(&crons::delete(&ctx.state, &id).await?, "deleting")))
+    let c = crons::delete(&ctx.state, &id).await?;
+    ctx.scheduler.forget_cron(&id);
+    Ok(Json(views::cron(&c, "deleting", None)))
 }
 
 const DOMAIN_ORDERS: &[&str] = &["created_at_asc", "created_at_desc", "hostname_asc", "hostname_desc"];

@@ -109,8 +109,10 @@ pub fn token(t: &Token, secret: Option<&str>, status: &str) -> Value {
     })
 }
 
-/// A cron.
-pub fn cron(c: &Cron, status: &str) -> Value {
+/// A cron; `error` is why its last run failed (then its status is `error`), an
+/// extension field `error_message` as a trigger's.
+pub fn cron(c: &Cron, status: &str, error: Option<String>) -> Value {
+    let status = if status == "ready" && error.is_some() { "error" } else { status };
     json!({
         "id": c.id,
         "function_id": c.function_id,
@@ -118,6 +120,7 @@ pub fn cron(c: &Cron, status: &str) -> Value {
         "args": c.args,
         "status": status,
         "name": c.name,
+        "error_message": error,
     })
 }
 

@@ -43,6 +43,8 @@ pub struct Scheduler {
     in_flight: Arc<Mutex<HashMap<(String, String), u32>>>,
     /// The last delivery error of each trigger that has one.
     trigger_errors: Mutex<HashMap<String, String>>,
+    /// Why each cron whose last run failed failed.
+    cron_errors: Mutex<HashMap<String, String>>,
     kick: Notify,
 }
 
@@ -104,6 +106,7 @@ impl Scheduler {
             applied: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             trigger_errors: Mutex::new(HashMap::new()),
+            cron_errors: Mutex::new(HashMap::new()),
             kick: Notify::new(),
         }
     }

@@ -254,3 +254,28 @@ async fn a_trigger_call_goes_to_the_agent_that_runs_the_function() {
     let err = w.scheduler.invoke(F2, vec![], "timer").await.expect_err("not running");
     assert!(err.to_string().contains("runs on no agent"), "{err}");
 }
+
+#[tokio::test]
+async fn a_failing_cron_is_in_error_with_the_reason_until_a_run_succeeds() {
+    let w = world();
+    let cron = crate::model::Cron {
+        id: "c1".into(),
+        function_id: F1.into(),
+        schedule: "* * * * *".into(),
+        args: Default::default(),
+        name: "nightly".into(),
+        created_at: Utc::now(),
+    };
+    w.scheduler.clone().fire(cron.clone()).await;
+    let why = w.scheduler.cron_error("c1").expect("the failed run is kept");
+    assert!(why.contains("runs on no agent"), "{why}");
+    let view = crate::rest::views::cron(&cron, "ready", w.scheduler.cron_error("c1"));
+    assert_eq!(
+        (view["status"].as_str(), view["error_message"].as_str()),
+        (Some("error"), Some(why.as_str()))
+    );
+    let name = fnrt_function::naming::on_agents(F1);
+    w.agent("b", 4096, &[name.as_str()], Arc::new(Fake::default()));
+    w.scheduler.clone().fire(cron).await;
+    assert_eq!(w.scheduler.cron_error("c1"), None, "a run that succeeds clears it");
+}

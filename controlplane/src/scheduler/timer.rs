@@ -18,12 +18,38 @@ fn due(schedule: &str, after: DateTime<Utc>, until: DateTime<Utc>) -> bool {
 }
 
 impl Scheduler {
-    async fn fire(self: Arc<Self>, cron: Cron) {
+    /// Runs `cron` once; a failure (no instance to call, or the function answered 5xx)
+    /// makes its status `error` with the reason until a run succeeds.
+    pub(super) async fn fire(self: Arc<Self>, cron: Cron) {
         let payload = serde_json::Value::Object(cron.args.clone()).to_string().into_bytes();
-        match self.invoke(&cron.function_id, payload, "timer").await {
-            Ok(status) => tracing::info!(cron = %cron.id, status, "cron fired"),
-            Err(e) => tracing::warn!(cron = %cron.id, error = %e, "cron call failed"),
+        let failure = match self.invoke(&cron.function_id, payload, "timer").await {
+            Ok(status) if status < 500 => {
+                tracing::info!(cron = %cron.id, status, "cron fired");
+                None
+            }
+            Ok(status) => Some(format!("the last run at {} was answered {status}", Utc::now().to_rfc3339())),
+            Err(e) => Some(format!("the last run at {} failed: {e}", Utc::now().to_rfc3339())),
+        };
+        let mut errors = super::lock(&self.cron_errors);
+        match failure {
+            Some(why) => {
+                tracing::warn!(cron = %cron.id, error = %why, "cron call failed");
+                errors.insert(cron.id, why);
+            }
+            None => {
+                errors.remove(&cron.id);
+            }
         }
+    }
+
+    /// Forgets what cron `id`'s runs did (it was deleted).
+    pub fn forget_cron(&self, id: &str) {
+        super::lock(&self.cron_errors).remove(id);
+    }
+
+    /// Why cron `id`'s last run failed, while no later run succeeded.
+    pub fn cron_error(&self, id: &str) -> Option<String> {
+        super::lock(&self.cron_errors).get(id).cloned()
     }
 
     /// Checks the crons every second until the process ends.
