@@ -92,6 +92,7 @@ async fn report(node: &Node) -> pb::Report {
                 starting: f.starting,
                 in_flight: f.in_flight,
                 queued: f.queued,
+                last_error: f.last_error.clone(),
             })
             .collect(),
         images: status

@@ -77,7 +77,13 @@ fn has_code(ctx: &Ctx, f: &Function) -> bool {
 fn function_view(ctx: &Ctx, f: &Function, status: Option<&str>) -> Value {
     let ns =
         ctx.state.read(|d| d.namespaces.get(&f.namespace_id).map(|n| n.name.clone())).unwrap_or_default();
-    views::function(f, &ns, &site(ctx), status)
+    // The last start failure first (it is why calls fail now), then the deploy's advice.
+    let mut shown = f.clone();
+    if let Some(failure) = ctx.scheduler.start_failure(&f.agent_name()) {
+        let advice = f.runtime_message.as_deref().map(|a| format!("; {a}")).unwrap_or_default();
+        shown.runtime_message = Some(format!("instances fail to start {failure}{advice}"));
+    }
+    views::function(&shown, &ns, &site(ctx), status)
 }
 
 /// Sorts by creation time or name, as `order_by` says.

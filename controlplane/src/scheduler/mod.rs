@@ -122,6 +122,15 @@ impl Scheduler {
         v
     }
 
+    /// The last start failure agents report for function `name` (agent name), with the
+    /// node it was on.
+    pub fn start_failure(&self, name: &str) -> Option<String> {
+        lock(&self.agents).values().filter(|a| !a.lost).find_map(|a| {
+            let load = a.report.functions.iter().find(|l| l.name == name && !l.last_error.is_empty())?;
+            Some(format!("on {}: {}", a.node, load.last_error))
+        })
+    }
+
     fn live(&self) -> Vec<Agent> {
         self.agents().into_iter().filter(|a| !a.lost).collect()
     }

@@ -279,3 +279,15 @@ async fn a_failing_cron_is_in_error_with_the_reason_until_a_run_succeeds() {
     w.scheduler.clone().fire(cron).await;
     assert_eq!(w.scheduler.cron_error("c1"), None, "a run that succeeds clears it");
 }
+
+#[tokio::test]
+async fn a_start_failure_an_agent_reports_is_told_with_its_node() {
+    let w = world();
+    let name = fnrt_function::naming::on_agents(F1);
+    w.agent("b", 4096, &[name.as_str()], Arc::new(Fake::default()));
+    assert_eq!(w.scheduler.start_failure(&name), None);
+    w.scheduler.agents_mut().get_mut("b").expect("agent b").report.functions[0].last_error =
+        "the instance exited with status 3 before listening on :9000".into();
+    let told = w.scheduler.start_failure(&name).expect("the failure");
+    assert_eq!(told, "on b: the instance exited with status 3 before listening on :9000");
+}
