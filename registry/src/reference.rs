@@ -32,6 +32,15 @@ impl ImageRef {
             return Err(bad("it contains white space".into()));
         }
         let inner: Reference = text.parse().map_err(|e| bad(format!("{e}")))?;
+        // The parser lets an upper-case first component pass when it takes it for a path
+        // (`V/x`), which the name it gives back (`docker.io/V/x`) then fails: repositories
+        // are lower case (the distribution spec).
+        if inner.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad(format!(
+                "repository {:?} has upper-case letters: repositories are lower case",
+                inner.repository()
+            )));
+        }
         if let Some(d) = inner.digest() {
             let hex =
                 d.strip_prefix("sha256:").ok_or_else(|| bad("only sha256 digests are supported".into()))?;
@@ -95,6 +104,17 @@ mod tests {
         assert_eq!(r.manifest_reference(), "v1");
         assert_eq!(r.host(), "127.0.0.1");
         assert_eq!(r.name(), "127.0.0.1:5000/fnrt/echo:v1");
+    }
+
+    #[test]
+    fn upper_case_repositories_are_refused_however_written() {
+        // Found by the fuzzer (fuzz/corpus/image-reference/184b78657374cecc): `V/x` was
+        // taken, and its name `docker.io/V/x:latest` refused.
+        let err = ImageRef::parse("V/x").expect_err("V/x");
+        assert!(err.reason.contains("lower case"), "{}", err.reason);
+        for text in ["docker.io/V/x:latest", "example.com/App:v1"] {
+            assert!(ImageRef::parse(text).is_err(), "{text}");
+        }
     }
 
     #[test]
