@@ -60,6 +60,7 @@ schemas = {
    "ready_at": ntime, "private_network_id": nstring,
    "registry_image": {"type": "string", "description": "Extension: the OCI image an image function runs (empty for code functions)."},
    "image_acceleration": {"type": "boolean", "description": "Extension: prefetch the image onto the nodes at deploy."},
+   "scf_type": {"type": "string", "enum": ["http", "event"], "description": "Extension: SCF's function type; an event function gets every call as POST /event-invoke and no HTTP calls."},
    "command": {"type": "array", "items": string, "description": "Extension: the start command, replacing the image's Entrypoint and Cmd (SCF's Command); empty: the image's."},
    "args": {"type": "array", "items": string, "description": "Extension: its arguments, replacing the image's Cmd (SCF's Args); empty: the image's."}}),
  "Token": obj({"id": string, "token": nstring, "function_id": nstring, "namespace_id": nstring, "public_key": nstring,
@@ -79,6 +80,7 @@ schemas = {
    "status": string, "status_message": string, "extension": string, "implementation": string, "logo_url": string}),
  "Url": obj({"url": string, "headers": {"type": "object", "additionalProperties": {"type": "array", "items": string}}}),
  "Uploaded": obj({"function_id": string, "size": integer}),
+ "Invocation": obj({"request_id": string, "status": integer, "body": string, "duration_ms": {"type": "number", "minimum": 0}, "cold_start": boolean}),
  "Deploying": obj({"deploying": {"type": "array", "items": string}}),
  "Agent": obj({"node": string, "dataplane": string, "state": {"type": "string", "enum": ["ready", "lost"]},
    "last_seen_ms_ago": integer, "architecture": string, "cpus": integer, "memory_mb": integer,
@@ -104,6 +106,7 @@ fn_fields = dict(environment_variables=envmap, min_scale={"type": "integer", "mi
    registry_image={"type": "string", "minLength": 1, "maxLength": 512, "description": "Extension: the image an image function runs."},
    image_acceleration=boolean, sandbox=zero_enum("unknown_sandbox", "v1", "v2"),
    private_network_id={"type": ["string", "null"], "maxLength": 0, "description": "Private networks are not offered."},
+   scf_type=zero_enum("unknown_scf_type", "http", "event"),
    command={"type": "array", "maxItems": 64, "prefixItems": [{"type": "string", "minLength": 1}], "items": word,
             "description": "Extension: the start command (SCF's Command), replacing the image's Entrypoint and Cmd; [] resets to the image's."},
    args={"type": "array", "maxItems": 64, "items": word,
@@ -151,6 +154,9 @@ paths = {
    "delete": op("DeleteFunction", "Delete a function", ref("Function"), ["region", "id"])},
  R + "/functions/{id}/deploy": {
    "post": op("DeployFunction", "Deploy a function", ref("Function"), ["region", "id"], "DeployFunctionRequest")},
+ R + "/functions/{id}/invoke": {
+   "post": {**op("InvokeFunction", "Extension: call a deployed function once with the body as its event", ref("Invocation"), ["region", "id"]),
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {}}}}}},
  R + "/functions/{id}/upload-url": {
    "get": op("GetFunctionUploadUrl", "A signed, single-use URL to PUT a code zip at", ref("Url"), ["region", "id", "content_length"])},
  R + "/functions/{id}/download-url": {
@@ -246,7 +252,7 @@ def link_field(create_path, method, field, targets):
         r["links"][f"{t}With{field}"] = {"operationId": t, "parameters": {"region": "$request.path.region"},
                                           "requestBody": {target_field: f"$response.body#/id"}}
 link(R + "/namespaces", "post", ["GetNamespace", "UpdateNamespace", "DeleteNamespace", "ListNamespaceFunctions"])
-link(R + "/functions", "post", ["GetFunction", "UpdateFunction", "DeleteFunction", "DeployFunction", "GetFunctionUploadUrl", "GetFunctionDownloadUrl"])
+link(R + "/functions", "post", ["GetFunction", "UpdateFunction", "DeleteFunction", "DeployFunction", "GetFunctionUploadUrl", "GetFunctionDownloadUrl", "InvokeFunction"])
 link(R + "/tokens", "post", ["GetToken", "DeleteToken"])
 link(R + "/crons", "post", ["GetCron", "UpdateCron", "DeleteCron"])
 link(R + "/domains", "post", ["GetDomain", "DeleteDomain"])

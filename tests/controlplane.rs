@@ -273,7 +273,7 @@ async fn two_agents_one_gateway_private_calls_a_cron_and_a_lost_agent() {
                 .unwrap()
                 .into_inner();
             while let Some(line) = logs.message().await.unwrap() {
-                if line.line.contains("echo: timer event") && line.line.contains("e2e-cron") {
+                if line.line.contains("echo: Timer event") && line.line.contains("e2e-cron") {
                     break 'seen;
                 }
             }

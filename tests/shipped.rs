@@ -147,12 +147,27 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     );
     let cmd_id = started["id"].as_str().unwrap().to_string();
     ok(&cp, "POST", &format!("/functions/{cmd_id}/deploy"), None).await;
-    // A cron every minute; its call is looked for at the end.
+    // An event function (SCF's event type): crons, triggers and the API's invoke call it
+    // at POST /event-invoke; the gateway takes no HTTP calls for it.
+    let ev = ok(
+        &cp,
+        "POST",
+        "/functions",
+        Some(json!({
+            "namespace_id": ns_id, "name": "ev", "registry_image": image("echo"), "min_scale": 1,
+            "memory_limit": 256, "scf_type": "event",
+        })),
+    )
+    .await;
+    assert_eq!(ev["scf_type"], "event", "{ev}");
+    let ev_id = ev["id"].as_str().unwrap().to_string();
+    ok(&cp, "POST", &format!("/functions/{ev_id}/deploy"), None).await;
+    // A cron every minute on it: SCF's timer event is looked for at the end.
     ok(
         &cp,
         "POST",
         "/crons",
-        Some(json!({ "function_id": id, "schedule": "* * * * *", "args": { "job": "shipped-cron" } })),
+        Some(json!({ "function_id": ev_id, "name": "tick", "schedule": "* * * * *", "args": { "job": "shipped-cron" } })),
     )
     .await;
 
@@ -256,6 +271,21 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     assert_eq!(header(&seen, "x-scf-name"), Some("echo"), "{seen}");
     let (status, text) = curl(&[&format!("{}/curl/site/", cp.gateway)]).await;
     assert_eq!((status, text.as_str()), (200, "custom from curl"));
+    let ev = settled(&cp, &ev_id).await;
+    assert_eq!(ev["status"], "ready", "{ev}\n{}", cp.log());
+    let (status, text) = curl(&[&format!("{}/curl/ev/", cp.gateway)]).await;
+    assert_eq!(status, 400, "an HTTP call reached an event function: {text}");
+    assert!(text.contains("is an event function"), "{text}");
+    let invoked = ok(&cp, "POST", &format!("/functions/{ev_id}/invoke"), Some(json!({ "k": "v" }))).await;
+    assert_eq!(invoked["status"], 200, "{invoked}");
+    let seen: Value = serde_json::from_str(invoked["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (seen["method"].as_str(), seen["path"].as_str()),
+        (Some("POST"), Some("/event-invoke")),
+        "{seen}"
+    );
+    assert_eq!(seen["body"].as_str(), Some(r#"{"k":"v"}"#), "{seen}");
+    assert!(!invoked["request_id"].as_str().unwrap_or_default().is_empty(), "{invoked}");
     let cmd = settled(&cp, &cmd_id).await;
     assert_eq!(cmd["status"], "ready", "{cmd}\n{}", cp.log());
     let (status, text) = curl(&["-d", "by command", &format!("{}/curl/cmd/", cp.gateway)]).await;
@@ -318,9 +348,14 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     // The cron's call reached the function (timer event with its args), read with agentctl logs.
     let deadline = Instant::now() + Duration::from_secs(75);
     loop {
-        let (code, out, err) = agent.agentctl(&["logs", &format!("fn-{id}")]).await;
+        let (code, out, err) = agent.agentctl(&["logs", &format!("fn-{ev_id}")]).await;
         assert_eq!(code, 0, "{err}");
-        if out.lines().any(|l| l.contains("echo: timer event") && l.contains("shipped-cron")) {
+        let timer = |l: &str| {
+            l.contains("echo: Timer event")
+                && l.contains(r#""Type":"Timer""#)
+                && l.contains(r#""TriggerName":"tick""#)
+        };
+        if out.lines().any(|l| timer(l) && l.contains("shipped-cron")) {
             break;
         }
         assert!(Instant::now() < deadline, "no cron call in 75 s; logs:\n{out}\n{}", cp.log());

@@ -551,14 +551,12 @@ fn invocation(r: pb::InvokeRequest) -> Result<crate::dataplane::Invocation, Stat
     use hyper::header::{HeaderName, HeaderValue};
     let trigger = match r.trigger_source.as_str() {
         "" => None,
-        t if t.len() <= 32
-            && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') =>
-        {
+        t if t.len() <= 32 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
             HeaderValue::from_str(t).ok()
         }
         t => {
             return Err(Status::invalid_argument(format!(
-                "trigger_source {t:?} must be 1 to 32 of a-z, 0-9, '_' and '-'"
+                "trigger_source {t:?} must be 1 to 32 of A-Z, a-z, 0-9, '_' and '-'"
             )))
         }
     };

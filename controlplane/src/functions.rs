@@ -63,6 +63,9 @@ pub struct FunctionInput {
     /// Extension: its arguments (replace the image's Cmd).
     #[serde(default)]
     args: Option<Vec<String>>,
+    /// Extension: `"http"` (the default) or `"event"` (SCF's function types).
+    #[serde(default)]
+    scf_type: Option<String>,
     #[serde(default)]
     private_network_id: Option<String>,
     /// Update only: deploy after the change.
@@ -119,6 +122,8 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
     one_of("http_option", &input.http_option, &["enabled", "redirected"], &mut errors);
     one_of("sandbox", &input.sandbox, &["v1", "v2"], &mut errors);
     one_of("runtime", &input.runtime, &["python311", "custom"], &mut errors);
+    input.scf_type = enum_value(input.scf_type, "unknown_scf_type");
+    one_of("scf_type", &input.scf_type, &["http", "event"], &mut errors);
     if let Some(m) = input.memory_limit {
         if let Err(e) = check_memory(m) {
             errors.push(("memory_limit".into(), e));
@@ -141,6 +146,9 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
         return Err(Error::Invalid(errors));
     }
     f.process = process;
+    if let Some(kind) = &input.scf_type {
+        f.event = kind == "event";
+    }
     if let Some(v) = input.environment_variables {
         f.environment_variables = v;
     }
@@ -238,6 +246,7 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
         build_message: None,
         process: Default::default(),
         runtime_message: None,
+        event: false,
     };
     let secrets = hash_secrets(input.secret_environment_variables.clone()).await?;
     apply(&mut f, input, secrets)?;

@@ -71,6 +71,35 @@ fn target(ctx: &Ctx, req: &Request) -> Option<(Arc<Routed>, String)> {
     ctx.state.routes().target(host, pq, &ctx.cfg.domain)
 }
 
+/// Why a call to `f` cannot go on (it is not deployed, or takes events only), as the
+/// answer; none when it can.
+fn not_callable(f: &crate::route_index::Routed) -> Option<Response> {
+    if !f.deployed {
+        let why = match f.status {
+            FunctionStatus::Error => {
+                format!("its deploy failed: {}", f.error_message.clone().unwrap_or_default())
+            }
+            FunctionStatus::Pending => "its deploy is under way".into(),
+            _ => "deploy it first".into(),
+        };
+        return Some(answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("function {} is not deployed: {why}", f.name),
+        ));
+    }
+    if f.event {
+        return Some(answer(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "function {} is an event function: it takes events from its crons and triggers, or POST \
+                 .../functions/{}/invoke on the API, not HTTP calls",
+                f.name, f.id
+            ),
+        ));
+    }
+    None
+}
+
 async fn call(AxState(gw): AxState<Arc<Gateway>>, req: Request) -> Response {
     let ctx = &gw.ctx;
     // Bodies past the synchronous limit: refused when announced, cut when streamed.
@@ -104,18 +133,8 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, req: Request) -> Response {
             );
         }
     }
-    if !f.deployed {
-        let why = match f.status {
-            FunctionStatus::Error => {
-                format!("its deploy failed: {}", f.error_message.clone().unwrap_or_default())
-            }
-            FunctionStatus::Pending => "its deploy is under way".into(),
-            _ => "deploy it first".into(),
-        };
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("function {} is not deployed: {why}", f.name),
-        );
+    if let Some(refused) = not_callable(&f) {
+        return refused;
     }
     let Some(route) = ctx.scheduler.route(&f.agent_name) else {
         return answer(

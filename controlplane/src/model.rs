@@ -171,6 +171,11 @@ pub struct Function {
     /// What the agents said of its last deploy (the memory its image's size calls for).
     #[serde(default)]
     pub runtime_message: Option<String>,
+    /// An event function (extension field `scf_type` `"event"`): every call, crons' and
+    /// triggers' included, is `POST /event-invoke` with the event as the body; the gateway
+    /// takes no HTTP calls for it.
+    #[serde(default)]
+    pub event: bool,
 }
 
 fn default_sandbox() -> String {
@@ -195,6 +200,9 @@ pub struct Deployed {
     /// The start command when not the image's.
     #[serde(default)]
     pub process: fnrt_function::Process,
+    /// An event function.
+    #[serde(default)]
+    pub event: bool,
 }
 
 impl std::fmt::Debug for Deployed {
@@ -207,6 +215,7 @@ impl std::fmt::Debug for Deployed {
             .field("memory_mb", &self.memory_mb)
             .field("timeout_s", &self.timeout_s)
             .field("process", &self.process)
+            .field("event", &self.event)
             .finish()
     }
 }
@@ -231,6 +240,7 @@ impl Deployed {
             memory_mb: f.memory_limit,
             timeout_s: f.timeout_s,
             process: f.process.clone(),
+            event: f.event,
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Routed {
     pub private: bool,
     /// Whether a deploy put it on agents.
     pub deployed: bool,
+    /// Whether it is an event function (deployed as one).
+    pub event: bool,
     /// Where it stands.
     pub status: FunctionStatus,
     /// Why its last deploy failed.
@@ -58,6 +60,7 @@ impl RouteIndex {
                 agent_name: f.agent_name(),
                 private: f.privacy == "private",
                 deployed: f.deployed.is_some(),
+                event: f.deployed.as_ref().is_some_and(|d| d.event),
                 status: f.status,
                 error_message: f.error_message.clone(),
             };

@@ -89,6 +89,7 @@ pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<
         "private_network_id": null,
         "registry_image": f.registry_image,
         "image_acceleration": f.image_acceleration,
+        "scf_type": if f.event { "event" } else { "http" },
         "command": f.process.command,
         "args": f.process.args,
     })

@@ -37,8 +37,8 @@ pub trait AgentLink: Send + Sync {
     fn remove(&self, name: &str) -> Call<'_, ()>;
     /// Pulls an image into the agent's cache, to the end.
     fn prefetch(&self, image: &str) -> Call<'_, ()>;
-    /// Calls a function with an event; its status code.
-    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, u32>;
+    /// Calls a function with an event; its answer.
+    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, apb::InvokeResponse>;
 }
 
 /// An agent's gRPC API.
@@ -76,8 +76,8 @@ impl AgentLink for Grpc {
         })
     }
 
-    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, u32> {
+    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, apb::InvokeResponse> {
         let req = timed(req, INVOKE_TIMEOUT);
-        Box::pin(async move { Ok(self.0.clone().invoke(req).await?.into_inner().status) })
+        Box::pin(async move { Ok(self.0.clone().invoke(req).await?.into_inner()) })
     }
 }

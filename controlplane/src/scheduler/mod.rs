@@ -59,7 +59,7 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
         namespace: ns.name.clone(),
         version: d.version.clone(),
         image: d.image.clone(),
-        event: false,
+        event: d.event,
         memory_mb: d.memory_mb,
         timeout_ms: d.timeout_s * 1000,
         env: d.env.clone(),
@@ -311,6 +311,16 @@ impl Scheduler {
         payload: Vec<u8>,
         source: &str,
     ) -> Result<u32, ScheduleError> {
+        self.call(function_id, payload, source).await.map(|r| r.status)
+    }
+
+    /// As [`Scheduler::invoke`]; the whole answer (status, body, request id, logs).
+    pub async fn call(
+        &self,
+        function_id: &str,
+        payload: Vec<u8>,
+        source: &str,
+    ) -> Result<apb::InvokeResponse, ScheduleError> {
         let name = fnrt_function::naming::on_agents(function_id);
         let route = self.route(&name).ok_or_else(|| ScheduleError::NotRunning(function_id.to_string()))?;
         let link = self.link_for(&route).ok_or_else(|| ScheduleError::AgentGone(function_id.to_string()))?;

@@ -58,9 +58,9 @@ impl AgentLink for Fake {
         self.record(format!("prefetch {image}"));
         Box::pin(async { Ok(()) })
     }
-    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, u32> {
+    fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, apb::InvokeResponse> {
         self.record(format!("invoke {} {}", req.function, req.trigger_source));
-        Box::pin(async { Ok(200) })
+        Box::pin(async { Ok(apb::InvokeResponse { status: 200, ..Default::default() }) })
     }
 }
 
@@ -148,6 +148,7 @@ impl World {
             build_message: None,
             process: Default::default(),
             runtime_message: None,
+            event: false,
         };
         f.deployed = Some(Deployed::of(&f, &ns));
         let name = f.agent_name();

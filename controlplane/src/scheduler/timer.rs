@@ -1,5 +1,6 @@
-//! Fires crons: each due schedule calls its function through an agent's Invoke, with the
-//! cron's `args` as the event and `X-Scf-Trigger-Src: timer`.
+//! Fires crons: each due schedule calls its function through an agent's Invoke with
+//! `X-Scf-Trigger-Src: Timer`: an event function gets SCF's timer event, an HTTP function
+//! the cron's `args` as its body.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,26 @@ use chrono::{DateTime, Utc};
 
 use super::Scheduler;
 use crate::model::{parse_schedule, Cron};
+
+/// The trigger source crons call with (`X-Scf-Trigger-Src`), as SCF writes it.
+const TIMER: &str = "Timer";
+
+/// What a cron's run sends: to an event function SCF's timer event (`Type`, `TriggerName`,
+/// `Time`, and the cron's `args` as the `Message` string); to an HTTP function the args
+/// themselves as the JSON body.
+pub fn timer_payload(cron: &Cron, event: bool, at: DateTime<Utc>) -> String {
+    let args = serde_json::Value::Object(cron.args.clone()).to_string();
+    if !event {
+        return args;
+    }
+    serde_json::json!({
+        "Type": "Timer",
+        "TriggerName": cron.name,
+        "Time": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "Message": args,
+    })
+    .to_string()
+}
 
 /// Whether `schedule` has a time in (`after`, `until`].
 fn due(schedule: &str, after: DateTime<Utc>, until: DateTime<Utc>) -> bool {
@@ -21,8 +42,11 @@ impl Scheduler {
     /// Runs `cron` once; a failure (no instance to call, or the function answered 5xx)
     /// makes its status `error` with the reason until a run succeeds.
     pub(super) async fn fire(self: Arc<Self>, cron: Cron) {
-        let payload = serde_json::Value::Object(cron.args.clone()).to_string().into_bytes();
-        let failure = match self.invoke(&cron.function_id, payload, "timer").await {
+        let event = self.state.read(|d| {
+            d.functions.get(&cron.function_id).and_then(|f| f.deployed.as_ref()).is_some_and(|d| d.event)
+        });
+        let payload = timer_payload(&cron, event, Utc::now()).into_bytes();
+        let failure = match self.invoke(&cron.function_id, payload, TIMER).await {
             Ok(status) if status < 500 => {
                 tracing::info!(cron = %cron.id, status, "cron fired");
                 None
@@ -70,6 +94,30 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_function_gets_scf_timer_events_and_an_http_function_the_args() {
+        let cron = Cron {
+            id: "c".into(),
+            function_id: "f".into(),
+            schedule: "* * * * *".into(),
+            args: serde_json::from_str(r#"{"job":"nightly"}"#).unwrap_or_default(),
+            name: "every-minute".into(),
+            created_at: Utc::now(),
+        };
+        let Ok(at) = DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z") else { panic!("a time") };
+        let at = at.with_timezone(&Utc);
+        assert_eq!(timer_payload(&cron, false, at), r#"{"job":"nightly"}"#);
+        let event: serde_json::Value =
+            serde_json::from_str(&timer_payload(&cron, true, at)).unwrap_or_default();
+        assert_eq!(
+            event,
+            serde_json::json!({
+                "Type": "Timer", "TriggerName": "every-minute", "Time": "2026-01-01T00:01:00Z",
+                "Message": "{\"job\":\"nightly\"}",
+            })
+        );
+    }
 
     #[test]
     fn a_schedule_is_due_once_per_occurrence() {
