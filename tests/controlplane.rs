@@ -131,6 +131,17 @@ impl Api {
     }
 }
 
+/// Whether each agent's cache lists the image whose reference contains `needle` as pinned.
+async fn pinned_on(agents: &[&TestAgent], needle: &str) -> Vec<bool> {
+    let mut out = Vec::new();
+    for a in agents {
+        let list = a.client.clone().list_images(fnrt_proto::agent::v1::ListImagesRequest {}).await.unwrap();
+        let images = list.into_inner().images;
+        out.push(images.iter().any(|i| i.reference.contains(needle) && i.pinned));
+    }
+    out
+}
+
 /// The ready instances of `name` on each agent.
 async fn ready_on(agents: &[&TestAgent], name: &str) -> Vec<u32> {
     let mut out = Vec::new();
@@ -168,6 +179,23 @@ async fn two_agents_one_gateway_private_calls_a_cron_and_a_lost_agent() {
     assert_eq!(ready["status"], "ready", "{ready}");
     // min_scale 2 over two agents: one warm instance each.
     assert_eq!(ready_on(&[&a, &b], &name).await, vec![1, 1]);
+    // Image acceleration: both agents keep its image (never evicted, listed pinned).
+    assert_eq!(pinned_on(&[&a, &b], "fnrt/echo").await, vec![true, true]);
+    // At most 5 accelerated functions per namespace (SCF's limit): 4 more, then a refusal.
+    let accelerated = |n: usize| json!({ "namespace_id": ns["id"], "name": format!("acc{n}"), "registry_image": image("echo"), "image_acceleration": true });
+    let mut extra = Vec::new();
+    for n in 0..4 {
+        extra.push(api.post("/functions", accelerated(n)).await["id"].as_str().unwrap().to_string());
+    }
+    let (status, refused) = api.call(reqwest::Method::POST, "/functions", Some(accelerated(4))).await;
+    assert_eq!(
+        (status, refused["details"][0]["argument_name"].as_str()),
+        (400, Some("image_acceleration")),
+        "{refused}"
+    );
+    for id in extra {
+        api.call(reqwest::Method::DELETE, &format!("/functions/{id}"), None).await;
+    }
     // The operator's view shows it on both, once their heartbeats report it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -296,6 +324,12 @@ async fn two_agents_one_gateway_private_calls_a_cron_and_a_lost_agent() {
     // Cleanup: the function goes from b; a comes back standalone to stop what it adopted.
     let (s, _) = api.call(reqwest::Method::DELETE, &format!("/functions/{id}"), None).await;
     assert_eq!(s, 200);
+    // Gone from b, the function keeps its image there no more.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pinned_on(&[&b], "fnrt/echo").await != vec![false] {
+        assert!(Instant::now() < deadline, "b still keeps the image of a deleted function");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cp.shutdown().await;
     let mut cfg = cfg;
     cfg.controlplane_url = None;

@@ -396,9 +396,22 @@ async fn without_provisioned_concurrency_a_function_scales_to_zero_after_the_kee
     let mut agent = TestAgent::start().await;
     deploy(&mut agent, FunctionSpec { keep_alive_s: 1, ..spec("idle") }).await;
     assert!(running(&mut agent, "idle").await.is_empty());
-    assert_eq!(fnrt_tests::http().get(url(&agent, "idle", "/")).send().await.unwrap().status(), 200);
+    let cold = fnrt_tests::http().get(url(&agent, "idle", "/")).send().await.unwrap();
+    assert_eq!(cold.status(), 200);
+    // The cold call's anatomy, as browsers show it (W3C Server-Timing), and in metrics.
+    let timing = cold.headers().get("server-timing").map(|v| v.to_str().unwrap().to_string());
+    let timing = timing.expect("a cold call has Server-Timing");
+    let names: Vec<&str> = timing.split(", ").map(|p| p.split(';').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["queue", "image", "network", "scratch", "container", "process", "listen", "answer"],
+        "{timing}"
+    );
     assert_eq!(running(&mut agent, "idle").await.len(), 1);
     assert_eq!(metric(&agent, "fnrt_cold_starts_total", "idle").await, 1.0);
+    assert!(metric_with(&agent, "fnrt_cold_start_phase_seconds_count", "phase=\"listen\"").await >= 1.0);
+    let warm = fnrt_tests::http().get(url(&agent, "idle", "/")).send().await.unwrap();
+    assert!(warm.headers().get("server-timing").is_none(), "a warm call has no cold-start anatomy");
     let t0 = Instant::now();
     while !running(&mut agent, "idle").await.is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(5), "not scaled to zero");

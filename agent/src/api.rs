@@ -281,6 +281,11 @@ impl AgentApi for Api {
             request_id,
             logs,
             cold_start: answer.cold,
+            cold_start_phases: answer
+                .anatomy
+                .iter()
+                .map(|(name, d)| pb::Phase { name: (*name).into(), ms: d.as_secs_f64() * 1000.0 })
+                .collect(),
         }))
     }
 
@@ -389,6 +394,12 @@ fn instance(i: Instance) -> pb::Instance {
         memory_used_bytes: i.usage.memory_bytes,
         cpu_used_ns: i.usage.cpu_ns,
         reason: i.reason,
+        start_phases: i
+            .phases
+            .0
+            .iter()
+            .map(|(name, d)| pb::Phase { name: (*name).into(), ms: d.as_secs_f64() * 1000.0 })
+            .collect(),
     }
 }
 

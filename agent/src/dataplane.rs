@@ -89,6 +89,8 @@ pub struct Answer {
     pub response: Response<Body>,
     /// Whether the call waited for a new instance.
     pub cold: bool,
+    /// A cold call's anatomy (see [`crate::instance::phases::server_timing`]).
+    pub anatomy: Vec<(&'static str, std::time::Duration)>,
     /// The instance that took it, if one did.
     pub instance: Option<Arc<str>>,
     /// When the function's timeout, counted from the call's arrival, ends.
@@ -283,7 +285,8 @@ impl Dataplane {
             }
         };
         let (id, host) = (lease.id.clone(), lease.host.clone());
-        let to = To { id: &id, address: lease.address, host: &host, cold: lease.cold, arrived };
+        let phases = lease.phases.clone().map(|p| (p, Instant::now()));
+        let to = To { id: &id, address: lease.address, host: &host, cold: lease.cold, arrived, phases };
         self.forward(&served, lease, to, req, target, request_id).await
     }
 
@@ -341,8 +344,9 @@ impl Dataplane {
                 StatusCode::BAD_GATEWAY,
                 format!("instance {} of function {:?} did not answer: {e}", to.id, spec.name),
             ),
-            Ok(Ok((resp, conn))) => {
+            Ok(Ok((mut resp, conn))) => {
                 served.duration.observe(to.arrived.elapsed().as_secs_f64());
+                let anatomy = cold_anatomy(&to, &mut resp, &spec.name);
                 self.count(served, resp.status());
                 // The timeout covers the whole answer: past it, the body ends in error and
                 // the instance is recycled.
@@ -354,7 +358,7 @@ impl Dataplane {
                 let response = resp.map(move |b| {
                     crate::deadline::Timed::new(b, deadline.into(), expire, (in_flight, conn)).boxed()
                 });
-                Answer { response, cold: to.cold, instance, deadline }
+                Answer { response, cold: to.cold, anatomy, instance, deadline }
             }
         }
     }
@@ -374,7 +378,13 @@ impl Dataplane {
         let errors = &self.pools.metrics().errors;
         errors.get_or_create(&ErrorKind { function: served.spec.name.clone(), reason: reason.into() }).inc();
         self.count(served, code);
-        Answer { response: error(code, message), cold: false, instance: None, deadline: Instant::now() }
+        Answer {
+            response: error(code, message),
+            cold: false,
+            anatomy: Vec::new(),
+            instance: None,
+            deadline: Instant::now(),
+        }
     }
 
     /// The gRPC Invoke: `call` to an HTTP function as it is, to an event function as POST
@@ -419,6 +429,29 @@ struct To<'a> {
     cold: bool,
     /// When the call arrived (its duration counts from there, queue wait included).
     arrived: Instant,
+    /// A cold call's instance's start phases, and when the call got the instance.
+    phases: Option<(crate::instance::phases::StartPhases, Instant)>,
+}
+
+/// A cold call's anatomy: queue, the start's phases, answer; written into the answer's
+/// `Server-Timing` header and logged. Empty for a warm call.
+fn cold_anatomy<B>(
+    to: &To<'_>,
+    resp: &mut Response<B>,
+    function: &str,
+) -> Vec<(&'static str, std::time::Duration)> {
+    let Some((phases, leased)) = &to.phases else { return Vec::new() };
+    let queue = leased.duration_since(to.arrived).saturating_sub(phases.total());
+    let answer = leased.elapsed();
+    let timing = crate::instance::phases::server_timing(phases, queue, answer);
+    tracing::info!(function, instance = %to.id, timing = %timing, "cold call");
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        resp.headers_mut().append("server-timing", v);
+    }
+    std::iter::once(("queue", queue))
+        .chain(phases.0.iter().copied())
+        .chain(std::iter::once(("answer", answer)))
+        .collect()
 }
 
 /// What triggered an Invoke call (X-Scf-Trigger-Src), carried to `call` with the request.

@@ -33,6 +33,13 @@ pub struct ErrorKind {
 }
 
 /// Labels of an instance count.
+/// The phase of an instance's start (see `instance::phases`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Phase {
+    /// image, network, scratch, container, process, listen.
+    pub phase: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceState {
     /// The function.
@@ -68,6 +75,8 @@ pub struct Metrics {
     pub image_cache_hits: Counter,
     /// Starts that had to pull their image.
     pub image_cache_misses: Counter,
+    /// Time each phase of instance starts took.
+    pub cold_start_phases: Family<Phase, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -83,6 +92,7 @@ impl Default for Metrics {
             instances: Family::default(),
             image_cache_hits: Counter::default(),
             image_cache_misses: Counter::default(),
+            cold_start_phases: Family::new_with_constructor(histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
         registry.register("calls", "Calls answered through the data plane", m.calls.clone());
@@ -106,6 +116,11 @@ impl Default for Metrics {
             "Starts that pulled their image",
             m.image_cache_misses.clone(),
         );
+        registry.register(
+            "cold_start_phase_seconds",
+            "Time each phase of an instance's start took",
+            m.cold_start_phases.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -118,6 +133,11 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         out
+    }
+
+    /// Records that phase `phase` of an instance's start took `took`.
+    pub fn cold_start_phase(&self, phase: &str, took: std::time::Duration) {
+        self.cold_start_phases.get_or_create(&Phase { phase: phase.to_string() }).observe(took.as_secs_f64());
     }
 
     /// The labels of `function`.

@@ -48,22 +48,40 @@ async fn main() {
     ours(&mut agent, &echo).await;
     baseline(&parts.containerd_socket, &ns, &echo, &ctr_dir, "warm");
 
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut a, mut b, mut phases) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         if i % 2 == 0 {
-            a.push(ours(&mut agent, &echo).await);
+            let (took, p) = ours(&mut agent, &echo).await;
+            a.push(took);
+            phases.push(p);
             b.push(baseline(&parts.containerd_socket, &ns, &echo, &ctr_dir, &format!("b{i}")));
         } else {
             b.push(baseline(&parts.containerd_socket, &ns, &echo, &ctr_dir, &format!("b{i}")));
-            a.push(ours(&mut agent, &echo).await);
+            let (took, p) = ours(&mut agent, &echo).await;
+            a.push(took);
+            phases.push(p);
         }
     }
     agent.cleanup().await;
     report(runs, &a, &b);
+    anatomy(&phases);
+}
+
+/// The median of each start phase over the runs (the agent's own record of them), and
+/// what is left of the measured time: the first call after the instance listens.
+fn anatomy(runs: &[Vec<(String, f64)>]) {
+    println!("where fnrt's cold start went (median ms of {} runs, as StartInstance reports it):", runs.len());
+    let Some(first) = runs.first() else { return };
+    for (i, (name, _)) in first.iter().enumerate() {
+        let mut v: Vec<f64> = runs.iter().filter_map(|r| r.get(i).map(|p| p.1)).collect();
+        v.sort_by(f64::total_cmp);
+        println!("  {name:<10} {:>8.1}", v[v.len() / 2]);
+    }
 }
 
 /// StartInstance, then GET through the data plane until 200; then StopInstance (not timed).
-async fn ours(agent: &mut TestAgent, echo: &str) -> Duration {
+/// The time, and the start's phases as the agent recorded them.
+async fn ours(agent: &mut TestAgent, echo: &str) -> (Duration, Vec<(String, f64)>) {
     let dp = agent.handle.dataplane_address;
     let t0 = Instant::now();
     let req = StartInstanceRequest {
@@ -74,6 +92,7 @@ async fn ours(agent: &mut TestAgent, echo: &str) -> Duration {
         ..Default::default()
     };
     let inst = agent.client.start_instance(req).await.unwrap().into_inner().instance.unwrap();
+    let phases = inst.start_phases.iter().map(|p| (p.name.clone(), p.ms)).collect();
     let took = tokio::task::spawn_blocking(move || {
         first_ok(dp, "/function/bench/");
         t0.elapsed()
@@ -81,7 +100,7 @@ async fn ours(agent: &mut TestAgent, echo: &str) -> Duration {
     .await
     .unwrap();
     agent.client.stop_instance(StopInstanceRequest { id: inst.id }).await.unwrap();
-    took
+    (took, phases)
 }
 
 /// `ctr run -d --cni`, then GET on the container's :9000 until 200; then kill and remove

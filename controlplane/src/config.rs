@@ -87,6 +87,9 @@ pub struct Config {
     /// of SCF and Scaleway); larger ones get 413.
     #[default(6_000_000)]
     pub max_body_bytes: u64,
+    /// The most functions of one namespace with image acceleration (SCF's default limit, 5).
+    #[default(5)]
+    pub max_accelerated_functions: u32,
     /// How often agents report, in ms.
     #[default(2000)]
     pub heartbeat_interval_ms: u32,

@@ -204,8 +204,37 @@ fn check_image_and_process(
 /// A request's secrets, hashed (see `namespaces::hash_secrets`).
 type Secrets = Vec<(String, Option<crate::model::SecretVar>)>;
 
-/// Creates a function (status `created`; nothing runs until it is deployed).
-pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function, Error> {
+/// Refuses `f` with image acceleration when its namespace has `max` accelerated
+/// functions besides it already.
+fn check_acceleration(d: &crate::state::Data, f: &Function, max: u32) -> Result<(), Error> {
+    if !f.image_acceleration {
+        return Ok(());
+    }
+    let others = d
+        .functions
+        .values()
+        .filter(|o| o.namespace_id == f.namespace_id && o.id != f.id && o.image_acceleration)
+        .count();
+    if others >= max as usize {
+        return Err(Error::invalid(
+            "image_acceleration",
+            format!(
+                "namespace {} has {others} functions with image acceleration, the most allowed \
+                 (max_accelerated_functions): turn it off on one first",
+                f.namespace_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a function (status `created`; nothing runs until it is deployed); at most
+/// `accelerated_max` of a namespace's functions have image acceleration.
+pub async fn create(
+    state: &State,
+    mut input: FunctionInput,
+    accelerated_max: u32,
+) -> Result<Function, Error> {
     let namespace_id = input
         .namespace_id
         .take()
@@ -268,6 +297,7 @@ pub async fn create(state: &State, mut input: FunctionInput) -> Result<Function,
                 });
             }
             check_host(d, &namespace, &f.name)?;
+            check_acceleration(d, &f, accelerated_max)?;
             Ok((vec![Change::Function(f.clone())], f))
         })
         .await
@@ -311,7 +341,12 @@ pub fn get(state: &State, id: &str) -> Result<Function, Error> {
 
 /// Changes a function. Scales apply at once to a deployed function; the image,
 /// variables, memory and timeout at the next deploy (`redeploy: true` starts it).
-pub async fn update(state: &State, id: &str, input: FunctionInput) -> Result<(Function, bool), Error> {
+pub async fn update(
+    state: &State,
+    id: &str,
+    input: FunctionInput,
+    accelerated_max: u32,
+) -> Result<(Function, bool), Error> {
     let redeploy = input.redeploy.unwrap_or(false);
     if input.name.is_some() || input.namespace_id.is_some() {
         return Err(Error::invalid("name", "a function's name and namespace_id cannot change"));
@@ -325,6 +360,7 @@ pub async fn update(state: &State, id: &str, input: FunctionInput) -> Result<(Fu
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
             apply(&mut f, input, secrets)?;
+            check_acceleration(d, &f, accelerated_max)?;
             Ok((vec![Change::Function(f.clone())], (f, redeploy)))
         })
         .await

@@ -203,6 +203,9 @@ pub struct Deployed {
     /// An event function.
     #[serde(default)]
     pub event: bool,
+    /// Image acceleration: agents keep the image while they run the function.
+    #[serde(default)]
+    pub accelerated: bool,
 }
 
 impl std::fmt::Debug for Deployed {
@@ -216,6 +219,7 @@ impl std::fmt::Debug for Deployed {
             .field("timeout_s", &self.timeout_s)
             .field("process", &self.process)
             .field("event", &self.event)
+            .field("accelerated", &self.accelerated)
             .finish()
     }
 }
@@ -241,6 +245,7 @@ impl Deployed {
             timeout_s: f.timeout_s,
             process: f.process.clone(),
             event: f.event,
+            accelerated: f.image_acceleration,
         }
     }
 }

@@ -41,6 +41,7 @@ impl TryFrom<pb::FunctionSpec> for RawSpec {
             queue_timeout_ms: f.queue_timeout_ms,
             display_name: f.display_name,
             process: crate::spec::Process { command: f.command, args: f.args },
+            keep_image: f.keep_image,
         })
     }
 }
@@ -74,6 +75,7 @@ impl From<RawSpec> for pb::FunctionSpec {
             display_name: r.display_name,
             command: r.process.command,
             args: r.process.args,
+            keep_image: r.keep_image,
         }
     }
 }
@@ -104,6 +106,7 @@ impl FunctionSpec {
             display_name: self.display_name.clone(),
             command: self.process.command.clone(),
             args: self.process.args.clone(),
+            keep_image: self.keep_image,
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct FunctionSpec {
     /// The start command, when not the image's.
     #[serde(default)]
     pub process: Process,
+    /// Image acceleration: the node cache keeps its image while it is deployed.
+    #[serde(default)]
+    pub keep_image: bool,
 }
 
 /// How an instance's process is started when not as its image says (SCF's Command and
@@ -171,6 +174,8 @@ pub struct RawSpec {
     pub display_name: String,
     #[allow(missing_docs)]
     pub process: Process,
+    #[allow(missing_docs)]
+    pub keep_image: bool,
 }
 
 fn invalid(field: &'static str, reason: String) -> SpecError {
@@ -245,6 +250,7 @@ impl RawSpec {
             queue_timeout: Duration::from_millis(u64::from(queue_timeout_ms)),
             display_name: self.display_name,
             process: self.process,
+            keep_image: self.keep_image,
         })
     }
 }

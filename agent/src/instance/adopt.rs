@@ -65,6 +65,7 @@ impl Instances {
                         reason: String::new(),
                         id: rec.id.clone(),
                         alive: super::Alive::new(),
+                        phases: Default::default(),
                         call: CallSettings {
                             version: label(labels::VERSION),
                             namespace: label(labels::NAMESPACE),

@@ -27,6 +27,9 @@ pub struct ImageCache {
     metrics: Arc<Metrics>,
     /// Images that starts in flight use (reference → count): not to be evicted.
     starting: Mutex<HashMap<String, usize>>,
+    /// Images deployed functions with image acceleration keep (function → image name):
+    /// never evicted, listed as pinned.
+    kept: Mutex<HashMap<String, String>>,
 }
 
 /// Marks an image as in use by a start in flight, until dropped.
@@ -50,7 +53,25 @@ impl Drop for Starting<'_> {
 impl ImageCache {
     /// The cache over `images` with a budget of `budget` bytes.
     pub fn new(images: ImageStore, budget: u64, metrics: Arc<Metrics>) -> ImageCache {
-        ImageCache { images, budget, metrics, starting: Mutex::new(HashMap::new()) }
+        ImageCache { images, budget, metrics, starting: Mutex::new(HashMap::new()), kept: Mutex::default() }
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Function `function` keeps `image` in the cache (image acceleration), or none.
+    pub fn keep(&self, function: &str, image: Option<&str>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        match image.and_then(|r| ImageRef::parse(r).ok()) {
+            Some(r) => kept.insert(function.to_string(), r.name()),
+            None => kept.remove(function),
+        };
+    }
+
+    fn kept(&self) -> HashSet<String> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     fn starting(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -60,6 +81,7 @@ impl ImageCache {
     /// `used` (the images of running instances) and those starts are using.
     fn in_use(&self, mut used: HashSet<String>) -> HashSet<String> {
         used.extend(self.starting().keys().cloned());
+        used.extend(self.kept());
         used
     }
 
@@ -138,9 +160,11 @@ impl ImageCache {
     ) -> Result<(Vec<NodeImage>, u64, u64), Error> {
         let images = self.images.cached().await?;
         let total = crate::image::cache_bytes(&images);
+        let kept = self.kept();
         let out = images
             .into_iter()
-            .map(|image| {
+            .map(|mut image| {
+                image.pinned |= kept.contains(&image.info.reference);
                 let mut used_by = users.get(&image.info.reference).cloned().unwrap_or_default();
                 used_by.sort();
                 NodeImage { image, used_by }

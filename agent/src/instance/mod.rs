@@ -12,6 +12,7 @@ mod adopt;
 mod exits;
 pub mod image_cache;
 mod marks;
+pub mod phases;
 mod start;
 mod stop;
 
@@ -62,6 +63,8 @@ pub struct Instance {
     /// Cleared the moment it ends or is stopped: a pool then gives it no more calls, before
     /// its care drops it.
     pub alive: Alive,
+    /// Where its start's time went (empty for an instance adopted after a restart).
+    pub phases: phases::StartPhases,
 }
 
 /// Whether an instance still runs, shared by the instance table and the pools.
@@ -133,6 +136,8 @@ pub trait InstanceOps: Send + Sync + 'static {
     fn running(&self) -> Vec<Instance>;
     /// Who the node runs functions for.
     fn identity(&self) -> &Identity;
+    /// Keeps function `function`'s image in the node cache (image acceleration), or not.
+    fn keep_image(&self, function: &str, image: Option<&str>);
 }
 
 /// The parts an [`Instances`] drives.
@@ -323,6 +328,10 @@ impl InstanceOps for Instances {
 
     fn is_live(&self, id: &str) -> bool {
         self.lock().contains_key(id)
+    }
+
+    fn keep_image(&self, function: &str, image: Option<&str>) {
+        self.parts.images.keep(function, image);
     }
 
     fn ended_reason(&self, id: &str) -> Option<String> {

@@ -90,6 +90,7 @@ impl Instances {
     /// it is left.
     pub async fn start(&self, req: StartRequest) -> Result<(Instance, Option<String>), Error> {
         let checked = self.check(&req)?;
+        let timeline = super::phases::Timeline::start();
         let id = format!("{}-{:08x}", req.function, rand::random::<u32>());
         self.parts.ledger.claim(&id, self.claim_of(&checked.limits))?;
         let image = match self.parts.images.for_start(&req.image, || self.images_in_use()).await {
@@ -100,11 +101,12 @@ impl Instances {
             }
         };
         let (image, _starting) = image;
+        timeline.mark("image");
         if let Err(e) = self.mark(&id).await {
             self.parts.ledger.release(&id);
             return Err(e);
         }
-        let started = self.make(&id, &req, &checked, &image).await;
+        let started = self.make(&id, &req, &checked, &image, &timeline).await;
         let (address, pid) = match started {
             Ok(done) => done,
             Err(e) => {
@@ -127,7 +129,11 @@ impl Instances {
             reason: String::new(),
             call: checked.call,
             alive: super::Alive::new(),
+            phases: timeline.phases(),
         };
+        for (phase, took) in &inst.phases.0 {
+            self.parts.images.metrics().cold_start_phase(phase, *took);
+        }
         self.lock().insert(id, inst.clone());
         let advice = memory_advice(image.info.size_bytes, inst.limits.memory_mb);
         if let Some(a) = &advice {
@@ -144,11 +150,13 @@ impl Instances {
         req: &StartRequest,
         checked: &Checked,
         image: &RunnableImage,
+        timeline: &super::phases::Timeline,
     ) -> Result<(SocketAddr, u32), Error> {
         let attached = self.parts.network.attach(id).await?;
         let address = SocketAddr::new(attached.ip, FUNCTION_PORT);
         let address_text = address.to_string();
         let io = self.parts.logs.attach(id, &req.function).await?;
+        timeline.mark("network");
         let call = &checked.call;
         let more_labels = [
             (labels::VERSION, call.version.clone()),
@@ -167,6 +175,7 @@ impl Instances {
             io: &io,
             more_labels: &more_labels,
             process: &req.process,
+            timeline,
         };
         let secret_values: Vec<&str> = req.secrets.0.values().map(String::as_str).collect();
         let pid = self.launch(&new, address, &secret_values).await?;
@@ -188,6 +197,7 @@ impl Instances {
             tokio::select! {
                 waited = health::wait_listening(address, self.parts.health_timeout) => {
                     let waited = waited?;
+                    new.timeline.mark("listen");
                     tracing::info!(instance = %new.id, %address, ready_ms = waited.as_millis() as u64, "instance ready");
                     Ok(pid)
                 }

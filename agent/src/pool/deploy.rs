@@ -30,6 +30,7 @@ impl Pools {
                 st.slots.extend(slots);
                 st.deploying = false;
                 drop(st);
+                self.ops.keep_image(&spec.name, spec.keep_image.then_some(spec.image.as_str()));
                 tracing::info!(function = %spec.name, provisioned = spec.provisioned, "function deployed");
                 Ok((view(&pool), warnings))
             }
@@ -91,6 +92,7 @@ impl Pools {
         };
         if old.instance_key() == spec.instance_key() {
             save(&spec);
+            self.ops.keep_image(&spec.name, spec.keep_image.then_some(spec.image.as_str()));
             pool.set_served(self.served(spec));
             pool.changed.notify_waiters();
             return Ok((view(&pool), warnings));
@@ -99,6 +101,7 @@ impl Pools {
         let target = if has_instances { spec.provisioned.max(1) } else { spec.provisioned };
         let slots = self.start_n(&spec, target).await?;
         save(&spec);
+        self.ops.keep_image(&spec.name, spec.keep_image.then_some(spec.image.as_str()));
         {
             let mut st = pool.state();
             for s in st.slots.iter_mut() {
@@ -118,6 +121,7 @@ impl Pools {
     pub fn remove(&self, name: &str) -> Result<(), Error> {
         let pool = self.map().remove(name).ok_or_else(|| Error::FunctionNotFound(name.to_string()))?;
         self.store.remove(name)?;
+        self.ops.keep_image(name, None);
         {
             let mut st = pool.state();
             st.removed = true;
@@ -143,6 +147,7 @@ impl Pools {
             let slots: Vec<Slot> = mine.into_iter().map(|i| Slot::of(i, key)).collect();
             tracing::info!(function = %spec.name, instances = slots.len(), "serving a saved function again");
             let state = State { slots, ..State::default() };
+            self.ops.keep_image(&spec.name, spec.keep_image.then_some(spec.image.as_str()));
             let pool = Arc::new(Pool::new(Owner::Deployed, self.served(spec.clone()), state));
             self.map().insert(spec.name.clone(), pool);
         }

@@ -60,6 +60,8 @@ pub(super) struct Slot {
     pub overran: bool,
     /// Cleared when the instance ends.
     pub alive: crate::instance::Alive,
+    /// Where its start's time went.
+    pub phases: crate::instance::phases::StartPhases,
 }
 
 impl Slot {
@@ -77,6 +79,7 @@ impl Slot {
             retired: false,
             overran: false,
             alive: inst.alive,
+            phases: inst.phases,
         }
     }
 }
@@ -202,6 +205,7 @@ impl Pool {
             address: slot.address,
             host: slot.host.clone(),
             cold: slot.started > arrived,
+            phases: (slot.started > arrived).then(|| slot.phases.clone()),
             recycle: false,
         })
     }
@@ -219,6 +223,8 @@ pub struct Lease {
     pub host: HeaderValue,
     /// Whether the instance was started for this call (or while it waited).
     pub cold: bool,
+    /// A cold call's instance's start phases.
+    pub phases: Option<crate::instance::phases::StartPhases>,
     recycle: bool,
 }
 

@@ -29,6 +29,8 @@ struct Fake {
     failing: AtomicU32,
     next: AtomicU32,
     identity: Identity,
+    /// The images functions keep (image acceleration).
+    kept: Mutex<HashMap<String, String>>,
 }
 
 impl Fake {
@@ -75,6 +77,7 @@ impl InstanceOps for Fake {
                 reason: String::new(),
                 call: CallSettings::default(),
                 alive,
+                phases: Default::default(),
             };
             Ok((inst, None))
         })
@@ -112,6 +115,14 @@ impl InstanceOps for Fake {
 
     fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    fn keep_image(&self, function: &str, image: Option<&str>) {
+        let mut kept = self.kept.lock().unwrap();
+        match image {
+            Some(i) => kept.insert(function.to_string(), i.to_string()),
+            None => kept.remove(function),
+        };
     }
 }
 
@@ -287,4 +298,20 @@ async fn instances_started_on_their_own_share_calls_and_are_replaced_only_when_a
         pools.start_instance(StartRequest { function: "dep".into(), ..req(0) }).await,
         Err(Error::FunctionDeployed(_))
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_accelerated_function_keeps_its_image_while_deployed() {
+    let (pools, fake, _dir) = pools();
+    let kept = |f: &Fake| f.kept.lock().unwrap().clone();
+    pools.deploy(RawSpec { keep_image: true, ..spec("fast") }).await.unwrap();
+    pools.deploy(spec("plain")).await.unwrap();
+    assert_eq!(kept(&fake), HashMap::from([("fast".to_string(), "r/i".to_string())]));
+    // Acceleration turned off (same instances), then on again, then the function goes.
+    pools.update(RawSpec { keep_image: false, ..spec("fast") }).await.unwrap();
+    assert!(kept(&fake).is_empty());
+    pools.update(RawSpec { keep_image: true, ..spec("fast") }).await.unwrap();
+    assert_eq!(kept(&fake).len(), 1);
+    pools.remove("fast").unwrap();
+    assert!(kept(&fake).is_empty(), "a removed function keeps nothing");
 }

@@ -108,6 +108,8 @@ pub struct NewInstance<'a> {
     pub more_labels: &'a [(&'static str, String)],
     /// Its start command when not the image's.
     pub process: &'a fnrt_function::Process,
+    /// Where the start's time goes (scratch, container, process are marked here).
+    pub timeline: &'a crate::instance::phases::Timeline,
 }
 
 /// One container of the agent as containerd has it.
@@ -241,6 +243,7 @@ impl Runtime {
     async fn create_and_start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
         let cd = &self.cd;
         let tmp = self.scratch.create(&self.node_name(n.id)).await?;
+        n.timeline.mark("scratch");
         let spec = self.spec_json(n, &tmp)?;
         let labels: HashMap<String, String> = [
             (labels::FUNCTION, n.function.to_string()),
@@ -290,6 +293,7 @@ impl Runtime {
             .into_inner()
             .mounts;
         self.own_root(n.id, &mounts)?;
+        n.timeline.mark("container");
         // The shim opens the FIFOs for writing; the agent reads them (crate::logs).
         let task = CreateTaskRequest {
             container_id: n.id.into(),
@@ -309,6 +313,7 @@ impl Runtime {
             .start(cd.req(StartRequest { container_id: n.id.into(), exec_id: String::new() }))
             .await
             .map_err(call_err(format!("start task {}", n.id)))?;
+        n.timeline.mark("process");
         Ok(pid)
     }
 

@@ -195,7 +195,7 @@ async fn list_namespace_functions(AxState(ctx): Ax, _r: Region, Id(id): Id, RawQ
 async fn create_function(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let input = body(&b)?;
     functions::check_image(&ctx.scheduler.registry, &input)?;
-    let f = functions::create(&ctx.state, input).await?;
+    let f = functions::create(&ctx.state, input, ctx.cfg.max_accelerated_functions).await?;
     Ok(Json(function_view(&ctx, &f, None)))
 }
 
@@ -206,7 +206,8 @@ async fn get_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
 async fn update_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
     let input = body(&b)?;
     functions::check_image(&ctx.scheduler.registry, &input)?;
-    let (mut f, redeploy) = functions::update(&ctx.state, &id, input).await?;
+    let (mut f, redeploy) =
+        functions::update(&ctx.state, &id, input, ctx.cfg.max_accelerated_functions).await?;
     if redeploy {
         f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
         ctx.scheduler.deploy(&id);
@@ -248,6 +249,7 @@ async fn invoke_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> 
         "body": String::from_utf8_lossy(&r.body),
         "duration_ms": r.duration_ms,
         "cold_start": r.cold_start,
+        "cold_start_phases": r.cold_start_phases.iter().map(|p| json!({ "name": p.name, "ms": p.ms })).collect::<Vec<_>>(),
     })))
 }
 

@@ -69,6 +69,7 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
         concurrency: 1,
         display_name: f.name.clone(),
         process: d.process.clone(),
+        keep_image: d.accelerated,
         ..Default::default()
     }
     .into()
