@@ -80,6 +80,9 @@ schemas = {
    "status": string, "status_message": string, "extension": string, "implementation": string, "logo_url": string}),
  "Url": obj({"url": string, "headers": {"type": "object", "additionalProperties": {"type": "array", "items": string}}}),
  "Uploaded": obj({"function_id": string, "size": integer}),
+ "LogLine": obj({"time": string, "node": string, "instance": string, "stream": string,
+                 "request_ids": {"type": "array", "items": string}, "line": string}),
+ "LogsResponse": obj({"logs": {"type": "array", "items": ref("LogLine")}, "total_count": integer}),
  "Invocation": obj({"request_id": string, "status": integer, "body": string, "duration_ms": {"type": "number", "minimum": 0}, "cold_start": boolean,
    "cold_start_phases": {"type": "array", "items": obj({"name": string, "ms": {"type": "number", "minimum": 0}}),
                          "description": "A cold call's anatomy: queue, image, network, scratch, container, process, listen, answer."}}),
@@ -192,6 +195,11 @@ paths = {
    "delete": op("DeleteTrigger", "Delete a trigger", ref("Trigger"), ["region", "id"])},
  "/fnrt/v1/agents": {"get": op("ListAgents", "Extension: every agent that joined, lost ones included", ref("ListAgentsResponse"))},
  "/fnrt/v1/placement": {"get": op("ListPlacement", "Extension: where each function runs", ref("ListPlacedsResponse"))},
+ "/fnrt/v1/functions/{id}/logs": {"get": {**op("GetFunctionLogs", "Extension: a function's log lines from every agent, by time", ref("LogsResponse"),
+                                              ["id", "log_request_id", "log_since", "log_follow", "log_limit"]),
+     "responses": {"200": {"description": "The lines; with follow=true one JSON line each, as they come.",
+                           "content": {"application/json": {"schema": ref("LogsResponse")},
+                                       "application/x-ndjson": {"schema": ref("LogLine")}}}, **errors}}},
  "/fnrt/v1/code/{id}": {
    "put": {"operationId": "PutCode", "summary": "Upload a code zip at a URL from upload-url", "security": [],
            "parameters": [{"$ref": "#/components/parameters/id"}, *[{"$ref": f"#/components/parameters/{p}"} for p in ["expires", "length", "sig"]]],
@@ -225,6 +233,10 @@ parameters = {
  "namespace_id": q("namespace_id", string),
  "function_id": q("function_id", string),
  "content_length": q("content_length", {"type": "integer", "minimum": 0, "maximum": 104857600}, "The zip's size in bytes; signed into the URL, which then takes exactly that many."),
+ "log_request_id": q("request_id", string, "Only the lines printed during this call."),
+ "log_since": q("since", {"type": "string", "format": "date-time"}, "Only lines at or after this time (RFC 3339)."),
+ "log_follow": q("follow", {"type": "boolean"}, "Then new lines as they come (application/x-ndjson)."),
+ "log_limit": q("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "The newest N lines (default 1000)."),
  "expires": q("expires", {"type": "integer"}),
  "length": q("length", {"type": "integer", "minimum": 0}),
  "sig": q("sig", string),
@@ -256,6 +268,8 @@ def link_field(create_path, method, field, targets):
 link(R + "/namespaces", "post", ["GetNamespace", "UpdateNamespace", "DeleteNamespace", "ListNamespaceFunctions"])
 link(R + "/functions", "post", ["GetFunction", "UpdateFunction", "DeleteFunction", "DeployFunction", "GetFunctionUploadUrl", "GetFunctionDownloadUrl", "InvokeFunction"])
 link(R + "/tokens", "post", ["GetToken", "DeleteToken"])
+paths[R + "/functions"]["post"]["responses"]["200"]["links"]["GetFunctionLogs"] = {
+    "operationId": "GetFunctionLogs", "parameters": {"id": "$response.body#/id"}}
 link(R + "/crons", "post", ["GetCron", "UpdateCron", "DeleteCron"])
 link(R + "/domains", "post", ["GetDomain", "DeleteDomain"])
 link(R + "/triggers", "post", ["GetTrigger", "UpdateTrigger", "DeleteTrigger"])

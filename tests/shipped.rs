@@ -361,6 +361,35 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
         assert!(Instant::now() < deadline, "no cron call in 75 s; logs:\n{out}\n{}", cp.log());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The same lines gathered by the control plane from every agent, with their node:
+    // agentctl logs --controlplane, then the API by the call's request id.
+    let admin = format!("--admin-token={}", cp.admin_token);
+    let (code, out, err) =
+        agent.agentctl(&["-o", "json", "logs", "--controlplane", &cp.api, &admin, &ev_id]).await;
+    assert_eq!(code, 0, "{err}");
+    let line: Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["line"].as_str().is_some_and(|l| l.contains("echo: Timer event")))
+        .unwrap_or_else(|| panic!("no timer line through the control plane: {out}"));
+    assert_eq!(line["node"].as_str(), Some(agent.cfg.node_name.as_str()), "{line}");
+    let rid = line["request_ids"][0].as_str().unwrap().to_string();
+    let url = format!("{}/fnrt/v1/functions/{ev_id}/logs?request_id={rid}", cp.api);
+    let (status, text) = curl(&["-H", &format!("X-Auth-Token: {}", cp.admin_token), &url]).await;
+    assert_eq!(status, 200, "{text}");
+    let by_call: Value = serde_json::from_str(&text).unwrap();
+    let lines = by_call["logs"].as_array().unwrap();
+    assert!(!lines.is_empty() && lines.iter().all(|l| l["request_ids"][0] == rid.as_str()), "{text}");
+    // Followed: the kept lines come at once as JSON lines, then the stream stays open.
+    let followed = Command::new("curl")
+        .args(["-sN", "--max-time", "3", "-H", &format!("X-Auth-Token: {}", cp.admin_token)])
+        .arg(format!("{}/fnrt/v1/functions/{ev_id}/logs?follow=true", cp.api))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(followed.status.code(), Some(28), "the followed stream ended by itself");
+    let text = String::from_utf8_lossy(&followed.stdout);
+    assert!(text.lines().any(|l| l.contains("echo: Timer event") && l.contains(r#""node""#)), "{text}");
 
     ok(&cp, "DELETE", &format!("/namespaces/{ns_id}"), None).await;
     cp.stop().await;

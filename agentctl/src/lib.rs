@@ -125,9 +125,14 @@ impl From<tonic::Status> for CliError {
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    if let Command::Cluster(args) = cli.command {
-        return commands::cluster::run(args, cli.output).await;
-    }
+    let command = match cli.command {
+        Command::Cluster(args) => return commands::cluster::run(args, cli.output).await,
+        Command::Logs(args) if args.controlplane.is_some() => {
+            return commands::logs::run_controlplane(args, cli.output).await
+        }
+        other => other,
+    };
+    let cli = Cli { command, ..cli };
     let mut agent = connect(&cli.socket).await?;
     match cli.command {
         Command::Node { command } => commands::node::run(&mut agent, command, cli.output).await,

@@ -24,6 +24,77 @@ pub struct LogsArgs {
     /// Only lines since this time: a duration back from now (30s, 10m, 2h) or RFC 3339.
     #[arg(long)]
     pub since: Option<String>,
+    /// Read the function's lines from every agent through this control plane's API (the
+    /// function is then the control plane's function id), not from this node.
+    #[arg(long, value_name = "URL")]
+    pub controlplane: Option<String>,
+    /// The control plane's admin secret key (with --controlplane).
+    #[arg(long, env = "FNRT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// `--controlplane`: the function's lines from every agent, through the control plane.
+pub async fn run_controlplane(args: LogsArgs, out: Output) -> Result<(), CliError> {
+    let base = args.controlplane.clone().unwrap_or_default();
+    let id = args.function.clone().ok_or_else(|| {
+        CliError::Usage(
+            "with --controlplane, give the function's id (as the control plane's API shows it)".into(),
+        )
+    })?;
+    let token = args.admin_token.clone().ok_or_else(|| {
+        CliError::Usage("with --controlplane, give --admin-token (or FNRT_ADMIN_TOKEN)".into())
+    })?;
+    let mut query = vec![("follow", args.follow.to_string())];
+    if let Some(r) = &args.request_id {
+        query.push(("request_id", r.clone()));
+    }
+    if let Some(s) = &args.since {
+        query.push(("since", since(s)?));
+    }
+    let url = format!("{}/fnrt/v1/functions/{id}/logs", base.trim_end_matches('/'));
+    let with_query = reqwest::Url::parse_with_params(&url, &query)
+        .map_err(|e| CliError::Usage(format!("--controlplane {base:?} is not a URL: {e}")))?;
+    let mut resp = fnrt_common::tls::default_http_client()
+        .map_err(|e| CliError::Call(e.to_string()))?
+        .get(with_query)
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .map_err(|e| CliError::Call(format!("cannot reach the control plane at {url}: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(CliError::Call(format!("the control plane answered {status}: {body}")));
+    }
+    let show = |v: &serde_json::Value| match out {
+        Output::Json => println!("{v}"),
+        Output::Table => println!(
+            "{} {} {} {}",
+            v["time"].as_str().unwrap_or_default(),
+            v["node"].as_str().unwrap_or_default(),
+            v["instance"].as_str().unwrap_or_default(),
+            v["line"].as_str().unwrap_or_default()
+        ),
+    };
+    if !args.follow {
+        let body =
+            resp.bytes().await.map_err(|e| CliError::Call(format!("reading the answer of {url}: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| CliError::Call(format!("the answer of {url} is not JSON: {e}")))?;
+        v["logs"].as_array().into_iter().flatten().for_each(show);
+        return Ok(());
+    }
+    let mut pending = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| CliError::Call(format!("reading {url}: {e}")))? {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=end).collect();
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw) {
+                show(&v);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prints the lines, then (with --follow) new ones until interrupted.

@@ -6,6 +6,7 @@ mod cluster;
 pub mod code;
 mod error;
 mod list;
+mod logs;
 mod openapi;
 mod routes;
 pub mod views;

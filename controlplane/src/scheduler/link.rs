@@ -19,6 +19,9 @@ pub type Client = AgentClient<InterceptedService<Channel, Bearer>>;
 /// A call to an agent.
 pub type Call<'a, T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'a>>;
 
+/// An agent's log lines, as it sends them.
+pub type LogStream = Pin<Box<dyn futures_util::Stream<Item = Result<apb::LogLine, Status>> + Send>>;
+
 /// How long an agent gets for a deploy (pull and health checks included).
 pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long an agent gets for a removal.
@@ -39,6 +42,8 @@ pub trait AgentLink: Send + Sync {
     fn prefetch(&self, image: &str) -> Call<'_, ()>;
     /// Calls a function with an event; its answer.
     fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, apb::InvokeResponse>;
+    /// Its instances' log lines (StreamLogs).
+    fn logs(&self, req: apb::StreamLogsRequest) -> Call<'_, LogStream>;
 }
 
 /// An agent's gRPC API.
@@ -79,5 +84,13 @@ impl AgentLink for Grpc {
     fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, apb::InvokeResponse> {
         let req = timed(req, INVOKE_TIMEOUT);
         Box::pin(async move { Ok(self.0.clone().invoke(req).await?.into_inner()) })
+    }
+
+    fn logs(&self, req: apb::StreamLogsRequest) -> Call<'_, LogStream> {
+        // Followed lines come for as long as the caller reads them: no deadline then.
+        let req = if req.follow { tonic::Request::new(req) } else { timed(req, CALL_TIMEOUT) };
+        Box::pin(
+            async move { Ok(Box::pin(self.0.clone().stream_logs(req).await?.into_inner()) as LogStream) },
+        )
     }
 }

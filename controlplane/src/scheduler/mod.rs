@@ -11,6 +11,7 @@ pub mod agents;
 mod deploy;
 mod error;
 pub mod link;
+pub mod logs;
 mod nats;
 pub mod placement;
 pub mod timer;

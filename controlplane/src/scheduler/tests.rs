@@ -58,6 +58,9 @@ impl AgentLink for Fake {
         self.record(format!("prefetch {image}"));
         Box::pin(async { Ok(()) })
     }
+    fn logs(&self, _req: apb::StreamLogsRequest) -> Call<'_, super::link::LogStream> {
+        Box::pin(async { Ok(Box::pin(futures_util::stream::empty()) as super::link::LogStream) })
+    }
     fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, apb::InvokeResponse> {
         self.record(format!("invoke {} {}", req.function, req.trigger_source));
         Box::pin(async { Ok(apb::InvokeResponse { status: 200, ..Default::default() }) })
