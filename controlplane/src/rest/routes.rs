@@ -89,6 +89,8 @@ fn function_view(ctx: &Ctx, f: &Function, status: Option<&str>) -> Value {
         let advice = f.runtime_message.as_deref().map(|a| format!("; {a}")).unwrap_or_default();
         shown.runtime_message = Some(format!("instances fail to start {failure}{advice}"));
     }
+    // A code function whose image is being built is `creating`, then `pending`.
+    let status = status.or_else(|| ctx.scheduler.is_building(&f.id).then_some("creating"));
     views::function(&shown, &ns, &site(ctx), status)
 }
 

@@ -10,7 +10,32 @@ use super::{lock, spec_of, ScheduleError, Scheduler};
 use crate::model::{Deployed, FunctionStatus};
 use crate::state::Change;
 
+/// Marks a code function's image as being built, until dropped (a failed or panicking
+/// build included).
+pub(super) struct Building<'a> {
+    scheduler: &'a Scheduler,
+    id: String,
+}
+
+impl<'a> Building<'a> {
+    pub(super) fn new(scheduler: &'a Scheduler, id: &str) -> Building<'a> {
+        lock(&scheduler.building).insert(id.to_string());
+        Building { scheduler, id: id.to_string() }
+    }
+}
+
+impl Drop for Building<'_> {
+    fn drop(&mut self) {
+        lock(&self.scheduler.building).remove(&self.id);
+    }
+}
+
 impl Scheduler {
+    /// Whether function `id`'s image is being built (its status shows `creating`).
+    pub fn is_building(&self, id: &str) -> bool {
+        lock(&self.building).contains(id)
+    }
+
     pub(super) async fn run_deploy(self: &Arc<Self>, id: &str) {
         let pushed = |me: &Self| me.state.read(|d| d.functions.get(id).and_then(|f| f.pushed_digest.clone()));
         let pushed_before = pushed(self);
@@ -98,7 +123,10 @@ impl Scheduler {
             .ok_or_else(|| ScheduleError::Deleted(id.to_string()))?;
         let mut deployed = Deployed::of(&f, &ns);
         if f.registry_image.is_empty() {
-            let built = crate::build::build(&self.cfg, &self.registry, &f, &ns).await;
+            let built = {
+                let _building = Building::new(self, id);
+                crate::build::build(&self.cfg, &self.registry, &f, &ns).await
+            };
             let message = match &built {
                 Ok((_, m)) => m.clone(),
                 Err(e) => format!("build failed: {e}"),

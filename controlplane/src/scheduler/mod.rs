@@ -46,6 +46,8 @@ pub struct Scheduler {
     trigger_errors: Mutex<HashMap<String, String>>,
     /// Why each cron whose last run failed failed.
     cron_errors: Mutex<HashMap<String, String>>,
+    /// Code functions whose image is being built.
+    building: Mutex<std::collections::HashSet<String>>,
     kick: Notify,
 }
 
@@ -109,6 +111,7 @@ impl Scheduler {
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             trigger_errors: Mutex::new(HashMap::new()),
             cron_errors: Mutex::new(HashMap::new()),
+            building: Mutex::default(),
             kick: Notify::new(),
         }
     }

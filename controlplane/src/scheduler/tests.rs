@@ -295,3 +295,15 @@ async fn a_start_failure_an_agent_reports_is_told_with_its_node() {
     let told = w.scheduler.start_failure(&name).expect("the failure");
     assert_eq!(told, "on b: the instance exited with status 3 before listening on :9000");
 }
+
+#[tokio::test]
+async fn a_code_function_is_creating_while_its_image_is_built() {
+    let w = world();
+    assert!(!w.scheduler.is_building(F1));
+    {
+        let _b = super::deploy::Building::new(&w.scheduler, F1);
+        assert!(w.scheduler.is_building(F1));
+        assert!(!w.scheduler.is_building(F2));
+    }
+    assert!(!w.scheduler.is_building(F1), "a build that ends, however, is no longer creating");
+}
