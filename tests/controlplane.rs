@@ -122,7 +122,7 @@ impl Api {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let f = self.get(&format!("/functions/{id}")).await;
-            if f["status"] != "pending" {
+            if f["status"] != "pending" && f["status"] != "creating" {
                 return f;
             }
             assert!(Instant::now() < deadline, "function {id} stayed pending");

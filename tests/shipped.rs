@@ -59,7 +59,7 @@ async fn settled(cp: &ShippedControlPlane, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let f = ok(cp, "GET", &format!("/functions/{id}"), None).await;
-        if f["status"] != "pending" {
+        if f["status"] != "pending" && f["status"] != "creating" {
             return f;
         }
         assert!(Instant::now() < deadline, "function {id} stayed pending: {f}\n{}", cp.log());

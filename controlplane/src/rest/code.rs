@@ -84,7 +84,7 @@ pub async fn upload_url(
     // The request's own errors first, then the function's state.
     let q = ListQuery::parse(q.as_deref(), &["created_at_asc"])?;
     let mut length = None;
-    if let Some(n) = q.filter("content_length") {
+    if let Some(n) = q.given("content_length") {
         let n: u64 =
             n.parse().map_err(|_| Error::invalid("content_length", format!("{n:?} is not a number")))?;
         if n > MAX_ZIP_BYTES {

@@ -60,6 +60,12 @@ impl ListQuery {
         Ok(ListQuery { page, page_size, order_by, params })
     }
 
+    /// A parameter's value when given, empty or not (for parameters that are numbers,
+    /// times or flags, where an empty value is a mistake rather than "any").
+    pub fn given(&self, key: &str) -> Option<&str> {
+        self.params.get(key).map(String::as_str)
+    }
+
     /// A filter's value, when given and not empty.
     pub fn filter(&self, key: &str) -> Option<&str> {
         self.params.get(key).map(String::as_str).filter(|v| !v.is_empty())

@@ -40,18 +40,18 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     functions::get(&ctx.state, &id)?;
     let q = ListQuery::parse(q.as_deref(), &["created_at_asc"])?;
-    let limit = match q.filter("limit") {
+    let limit = match q.given("limit") {
         None => DEFAULT_LIMIT,
         Some(n) => n.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
             Error::invalid("limit", format!("{n:?} is not a count of lines from 1 to {MAX_LIMIT}"))
         })?,
     };
-    if let Some(since) = q.filter("since") {
+    if let Some(since) = q.given("since") {
         chrono::DateTime::parse_from_rfc3339(since).map_err(|_| {
             Error::invalid("since", format!("{since:?} is not an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"))
         })?;
     }
-    let follow = match q.filter("follow") {
+    let follow = match q.given("follow") {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => return Err(Error::invalid("follow", format!("{other:?} is not true or false")).into()),
