@@ -155,7 +155,7 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
         "/functions",
         Some(json!({
             "namespace_id": ns_id, "name": "ev", "registry_image": image("echo"), "min_scale": 1,
-            "memory_limit": 256, "scf_type": "event",
+            "memory_limit": 256, "scf_type": "event", "image_acceleration": true,
         })),
     )
     .await;
@@ -170,6 +170,22 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
         Some(json!({ "function_id": ev_id, "name": "tick", "schedule": "* * * * *", "args": { "job": "shipped-cron" } })),
     )
     .await;
+    // A cron of a function never deployed: its runs fail, and it says so.
+    let never = ok(
+        &cp,
+        "POST",
+        "/functions",
+        Some(json!({ "namespace_id": ns_id, "name": "never", "registry_image": image("echo") })),
+    )
+    .await;
+    let doomed = ok(
+        &cp,
+        "POST",
+        "/crons",
+        Some(json!({ "function_id": never["id"], "name": "doomed", "schedule": "* * * * *" })),
+    )
+    .await;
+    let doomed_id = doomed["id"].as_str().unwrap().to_string();
 
     // A custom-runtime code function: its zip PUT with curl to the signed upload URL.
     let c = ok(
@@ -273,6 +289,17 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     assert_eq!((status, text.as_str()), (200, "custom from curl"));
     let ev = settled(&cp, &ev_id).await;
     assert_eq!(ev["status"], "ready", "{ev}\n{}", cp.log());
+    // Image acceleration: the agent that runs it keeps its image (listed pinned).
+    let echo_pinned =
+        || async {
+            let (code, out, err) = agent.agentctl(&["-o", "json", "image", "ls"]).await;
+            assert_eq!(code, 0, "{err}");
+            let v: Value = serde_json::from_str(&out).unwrap();
+            v["images"].as_array().unwrap().iter().any(|i| {
+                i["reference"].as_str().is_some_and(|r| r.contains("fnrt/echo")) && i["pinned"] == true
+            })
+        };
+    assert!(echo_pinned().await, "the accelerated function's image is not kept");
     let (status, text) = curl(&[&format!("{}/curl/ev/", cp.gateway)]).await;
     assert_eq!(status, 400, "an HTTP call reached an event function: {text}");
     assert!(text.contains("is an event function"), "{text}");
@@ -319,6 +346,15 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = agent.agentctl(&["invoke", "solo", "--path", "/x", "-d", "payload"]).await;
     assert_eq!(code, 0, "{err}");
+    // Its start command, as SCF's Command and Args: the image that crashes at start serves.
+    let crashes = image("crashes");
+    let (code, _, err) = agent
+        .agentctl(&["instance", "start", "solo-cmd", &crashes, "--command", "/crashes", "--arg", "echo"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, by_cmd, err) = agent.agentctl(&["invoke", "solo-cmd", "--path", "/c"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(by_cmd.contains(r#""path":"/c""#), "{by_cmd}");
     let seen: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (header(&seen, "x-scf-timeout"), header(&seen, "x-scf-memory")),
@@ -391,7 +427,24 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     let text = String::from_utf8_lossy(&followed.stdout);
     assert!(text.lines().any(|l| l.contains("echo: Timer event") && l.contains(r#""node""#)), "{text}");
 
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = ok(&cp, "GET", &format!("/crons/{doomed_id}"), None).await;
+        if c["status"] == "error" {
+            assert!(c["error_message"].as_str().unwrap().contains("runs on no agent"), "{c}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failing cron does not say so: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     ok(&cp, "DELETE", &format!("/namespaces/{ns_id}"), None).await;
+    // Its functions gone, the agent keeps the image no more.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while echo_pinned().await {
+        assert!(Instant::now() < deadline, "the image of a deleted accelerated function is still kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cp.stop().await;
     agent.cleanup().await;
 }

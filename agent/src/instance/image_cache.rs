@@ -61,6 +61,13 @@ impl ImageCache {
         &self.metrics
     }
 
+    /// The size of `reference` when the cache has it (asks containerd, not the registry).
+    pub async fn cached_size(&self, reference: &str) -> Option<u64> {
+        let name = ImageRef::parse(reference).ok()?.name();
+        let images = self.images.cached().await.ok()?;
+        images.into_iter().find(|i| i.info.reference == name).map(|i| i.info.size_bytes)
+    }
+
     /// Function `function` keeps `image` in the cache (image acceleration), or none.
     pub fn keep(&self, function: &str, image: Option<&str>) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());

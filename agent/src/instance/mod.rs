@@ -138,6 +138,8 @@ pub trait InstanceOps: Send + Sync + 'static {
     fn identity(&self) -> &Identity;
     /// Keeps function `function`'s image in the node cache (image acceleration), or not.
     fn keep_image(&self, function: &str, image: Option<&str>);
+    /// The size of an image the node cache has, without asking its registry.
+    fn cached_image_size<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Option<u64>>;
 }
 
 /// The parts an [`Instances`] drives.
@@ -332,6 +334,10 @@ impl InstanceOps for Instances {
 
     fn keep_image(&self, function: &str, image: Option<&str>) {
         self.parts.images.keep(function, image);
+    }
+
+    fn cached_image_size<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(self.parts.images.cached_size(reference))
     }
 
     fn ended_reason(&self, id: &str) -> Option<String> {

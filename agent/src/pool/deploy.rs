@@ -80,9 +80,15 @@ impl Pools {
         let spec = Arc::new(raw.check(&self.policy)?);
         let pool = self.deployed(&spec.name).ok_or_else(|| Error::FunctionNotFound(spec.name.clone()))?;
         let old = pool.spec();
-        // In the node cache already unless the image changed (then this pulls it).
-        let info = self.ops.pull_image(&spec.image).await?;
-        let warnings: Vec<String> = memory_advice(info.size_bytes, spec.memory_mb).into_iter().collect();
+        // A new image is pulled; the same one is in the node cache: its registry is not
+        // asked (an update of scales must not depend on it).
+        let size = if old.image == spec.image {
+            self.ops.cached_image_size(&spec.image).await
+        } else {
+            Some(self.ops.pull_image(&spec.image).await?.size_bytes)
+        };
+        let warnings: Vec<String> =
+            size.and_then(|bytes| memory_advice(bytes, spec.memory_mb)).into_iter().collect();
         // Saved only once it serves: a restarted agent must not bring back a spec whose
         // instances failed to start while the old one kept serving.
         let save = |spec: &FunctionSpec| {

@@ -117,6 +117,10 @@ impl InstanceOps for Fake {
         &self.identity
     }
 
+    fn cached_image_size<'a>(&'a self, _reference: &'a str) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(async { Some(1 << 20) })
+    }
+
     fn keep_image(&self, function: &str, image: Option<&str>) {
         let mut kept = self.kept.lock().unwrap();
         match image {
