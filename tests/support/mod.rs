@@ -91,6 +91,12 @@ pub fn test_config(dir: &Path) -> Config {
         bridge: TEST_BRIDGE.into(),
         subnet: TEST_SUBNET.into(),
         health_timeout_ms: 5_000,
+        // The node default is a share of the disk free when the agent starts, which on a CI
+        // machine after the build can be below four instances' 528 MiB: CI failed with a
+        // scratch budget of 1.85 GiB. Test instances' scratch files are sparse and only one
+        // test fills its /tmp, so the tests fix the budgets.
+        scratch_budget_bytes: 8 << 30,
+        log_budget_bytes: 2 << 30,
         // The stack's registry is on loopback: listed by name, as an operator would.
         allowed_registries: vec![parts.registry.clone(), "*".into()],
         ..Config::default()

@@ -35,6 +35,9 @@ pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Chil
     args.extend(set("health_timeout_ms", cfg.health_timeout_ms.to_string()));
     args.extend(set("allowed_registries", cfg.allowed_registries.join(",")));
     args.extend(set("http_header_timeout_ms", cfg.http_header_timeout_ms.to_string()));
+    args.extend(set("scratch_budget_bytes", cfg.scratch_budget_bytes.to_string()));
+    args.extend(set("log_budget_bytes", cfg.log_budget_bytes.to_string()));
+    args.extend(set("memory_budget_mb", cfg.memory_budget_mb.to_string()));
     if let Some(url) = &cfg.controlplane_url {
         args.extend(set("controlplane_url", url.clone()));
         args.extend(set("node_name", cfg.node_name.clone()));
