@@ -46,7 +46,9 @@ schemas = {
    "project_id": string, "status": {"type": "string", "enum": ["unknown", "ready", "deleting", "error", "locked", "creating", "pending"]},
    "registry_namespace_id": string, "error_message": nstring, "registry_endpoint": string,
    "description": string, "secret_environment_variables": {"type": "array", "items": ref("SecretHashed")},
-   "region": string, "tags": tags, "created_at": time, "updated_at": time, "vpc_integration_activated": boolean}),
+   "region": string, "tags": tags, "created_at": time, "updated_at": time, "vpc_integration_activated": boolean,
+   "registry_credentials": {"oneOf": [{"type": "null"}, obj({"registry": string, "username": string, "hashed_password": string})],
+                            "description": "Extension: the registry its functions' images are pulled from with its credentials (the password never answered)."}}),
  "Function": obj({
    "id": string, "name": string, "namespace_id": string,
    "status": {"type": "string", "enum": ["unknown", "ready", "deleting", "error", "locked", "creating", "pending", "created"]},
@@ -86,6 +88,7 @@ schemas = {
  "Invocation": obj({"request_id": string, "status": integer, "body": string, "duration_ms": {"type": "number", "minimum": 0}, "cold_start": boolean,
    "cold_start_phases": {"type": "array", "items": obj({"name": string, "ms": {"type": "number", "minimum": 0}}),
                          "description": "A cold call's anatomy: queue, image, network, scratch, container, process, listen, answer."}}),
+ "Queued": obj({"request_id": string, "status": {"type": "string", "enum": ["queued"]}}),
  "Deploying": obj({"deploying": {"type": "array", "items": string}}),
  "Agent": obj({"node": string, "dataplane": string, "state": {"type": "string", "enum": ["ready", "lost"]},
    "last_seen_ms_ago": integer, "architecture": string, "cpus": integer, "memory_mb": integer,
@@ -95,9 +98,16 @@ schemas = {
    "agents": {"type": "array", "items": obj({"node": string, "ready": integer, "in_flight": integer})}}),
  # Requests: what the handlers read; unknown fields are ignored, as Scaleway's API does.
  "CreateNamespaceRequest": nobj(name=rname, environment_variables=envmap, project_id=string, description=string,
-   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags),
+   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags, registry_credentials=ref("RegistryCredentialsInput")),
  "UpdateNamespaceRequest": nobj(environment_variables=envmap, description=string,
-   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags),
+   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags, registry_credentials=ref("RegistryCredentialsInput")),
+ "RegistryCredentialsInput": {"oneOf": [
+     {"type": "null"}, {"type": "object", "maxProperties": 0},
+     {"type": "object", "additionalProperties": False, "required": ["registry", "username", "password"], "properties": {
+        "registry": {"type": "string", "pattern": "^[A-Za-z0-9.:\\[\\]-]{1,255}$"},
+        "username": {"type": "string", "pattern": "^[ -9;-~]{1,4096}$"},
+        "password": {"type": "string", "pattern": "^[ -~]{1,4096}$"}}}],
+   "description": "Extension: credentials for one registry (host[:port]) the namespace's functions pull their images from; null or {} removes them, absent keeps them."},
 }
 word = {"type": "string", "maxLength": 4096, "pattern": "^[^\\u0000]*$"}
 fn_fields = dict(environment_variables=envmap, min_scale={"type": "integer", "minimum": 0, "maximum": 100},
@@ -160,7 +170,7 @@ paths = {
  R + "/functions/{id}/deploy": {
    "post": op("DeployFunction", "Deploy a function", ref("Function"), ["region", "id"], "DeployFunctionRequest")},
  R + "/functions/{id}/invoke": {
-   "post": {**op("InvokeFunction", "Extension: call a deployed function once with the body as its event", ref("Invocation"), ["region", "id"]),
+   "post": {**op("InvokeFunction", "Extension: call a deployed function once with the body as its event (invocation_type=event: queue it, answer 202)", ref("Invocation"), ["region", "id", "invocation_type"]),
             "requestBody": {"required": False, "content": {"application/json": {"schema": {}}}}}},
  R + "/functions/{id}/upload-url": {
    "get": op("GetFunctionUploadUrl", "A signed, single-use URL to PUT a code zip at", ref("Url"), ["region", "id", "content_length"])},
@@ -233,6 +243,8 @@ parameters = {
  "namespace_id": q("namespace_id", string),
  "function_id": q("function_id", string),
  "content_length": q("content_length", {"type": "integer", "minimum": 0, "maximum": 104857600}, "The zip's size in bytes; signed into the URL, which then takes exactly that many."),
+ "invocation_type": q("invocation_type", {"type": "string", "enum": ["request_response", "event"]},
+                      "SCF's InvocationType: request_response (default) waits for the answer; event queues the call (at most 128 KiB) and answers 202."),
  "log_request_id": q("request_id", string, "Only the lines printed during this call."),
  "log_since": q("since", {"type": "string", "format": "date-time"}, "Only lines at or after this time (RFC 3339)."),
  "log_follow": q("follow", {"type": "boolean"}, "Then new lines as they come (application/x-ndjson)."),
@@ -241,6 +253,9 @@ parameters = {
  "length": q("length", {"type": "integer", "minimum": 0}),
  "sig": q("sig", string),
 }
+inv = paths[R + "/functions/{id}/invoke"]["post"]["responses"]
+inv["202"] = {"description": "Queued (invocation_type=event).", "content": {"application/json": {"schema": ref("Queued")}}}
+inv["503"] = {"$ref": "#/components/responses/Error", "description": "The queue (NATS) did not take the event; try again."}
 doc = {
  "openapi": "3.1.0",
  "info": {"title": "fnrt control plane: Serverless Functions API", "version": "v1beta1",

@@ -10,6 +10,7 @@ use fnrt_controlplane::Config as CpConfig;
 use fnrt_proto::agent::v1::{
     ListFunctionsRequest, ListInstancesRequest, RemoveFunctionRequest, StreamLogsRequest,
 };
+use fnrt_tests::nats::Nats;
 use fnrt_tests::{connect, controlplane_config, image, real_parts, TestAgent};
 use serde_json::{json, Value};
 
@@ -688,38 +689,6 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     clean(agent).await;
 }
 
-/// A nats-server of the test's own on a free port.
-struct Nats {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Nats {
-    async fn start() -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server runs (scripts/test installs Debian's nats-server)");
-        let url = format!("nats://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Nats { child, url }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Whether a line of `function`'s output on `agent` contains `text`.
 async fn printed(agent: &TestAgent, function: &str, text: &str) -> bool {
     let mut logs = agent
@@ -838,4 +807,204 @@ async fn nats_messages_call_the_function_and_failed_deliveries_show_on_the_trigg
     cp.shutdown().await;
     clean(agent).await;
     drop(nats);
+}
+
+/// The lines the control plane gathers for call `request_id` of `id`.
+async fn call_lines(api: &Api, id: &str, request_id: &str) -> Vec<String> {
+    let (s, v) = api
+        .call_path(reqwest::Method::GET, &format!("/fnrt/v1/functions/{id}/logs?request_id={request_id}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["logs"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_invocations_are_queued_on_nats_and_survive_a_control_plane_restart() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    real_parts();
+    let config = || CpConfig { nats_url: nats.url.clone(), ..controlplane_config(dir.path(), CLUSTER_TOKEN) };
+    let cp = fnrt_controlplane::start(config()).await.unwrap();
+    let agent = joined_agent(&cp, "async-a").await;
+    let api = Api::new(&cp);
+    let ns = api.post("/namespaces", json!({ "name": "queued" })).await;
+    let f = api
+        .post("/functions", json!({ "namespace_id": ns["id"], "name": "ev", "min_scale": 1, "memory_limit": 128, "registry_image": image("echo"), "scf_type": "event" }))
+        .await;
+    let id = f["id"].as_str().unwrap().to_string();
+    api.post(&format!("/functions/{id}/deploy"), json!({})).await;
+    assert_eq!(api.wait_ready(&id).await["status"], "ready");
+    let invoke = |kind: &str| format!("/functions/{id}/invoke?invocation_type={kind}");
+
+    // Queued: 202 and a request id at once; the call comes with that id, as an event.
+    let (s, v) = api.call(reqwest::Method::POST, &invoke("event"), Some(json!({ "n": 1 }))).await;
+    assert_eq!((s, v["status"].as_str()), (202, Some("queued")), "{v}");
+    let first = v["request_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !call_lines(&api, &id, &first).await.iter().any(|l| l.contains(r#"echo: async event: {"n":1}"#)) {
+        assert!(Instant::now() < deadline, "the queued call did not come in 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Refused: an unknown invocation type, an event past 128 KiB.
+    let (s, v) = api.call(reqwest::Method::POST, &invoke("later"), Some(json!({}))).await;
+    assert_eq!((s, v["details"][0]["argument_name"].as_str()), (400, Some("invocation_type")), "{v}");
+    let big = json!({ "pad": "x".repeat(130 * 1024) });
+    let (s, v) = api.call(reqwest::Method::POST, &invoke("event"), Some(big)).await;
+    assert!(s == 400 && v["message"].as_str().unwrap().contains("at most 131072"), "{s} {v}");
+
+    // Its node goes away: the queued event waits (retried with back-off) while the
+    // control plane restarts, and reaches the function on the node that joins after.
+    clean(agent).await;
+    let (s, v) = api.call(reqwest::Method::POST, &invoke("event"), Some(json!({ "n": 2 }))).await;
+    assert_eq!(s, 202, "{v}");
+    let second = v["request_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cp.shutdown().await;
+    let cp = fnrt_controlplane::start(config()).await.unwrap();
+    let api = Api::new(&cp);
+    let agent = joined_agent(&cp, "async-b").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !call_lines(&api, &id, &second).await.iter().any(|l| l.contains(r#"echo: async event: {"n":2}"#)) {
+        assert!(Instant::now() < deadline, "the event queued before the restart did not come in 60 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Without NATS: refused with what to set.
+    cp.shutdown().await;
+    let cp = fnrt_controlplane::start(CpConfig { nats_url: String::new(), ..config() }).await.unwrap();
+    let api = Api::new(&cp);
+    let (s, v) = api.call(reqwest::Method::POST, &invoke("event"), Some(json!({}))).await;
+    assert!(s == 412 && v["message"].as_str().unwrap().contains("nats_url"), "{s} {v}");
+    let (s, _) =
+        api.call(reqwest::Method::DELETE, &format!("/namespaces/{}", ns["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, 200);
+    cp.shutdown().await;
+    clean(agent).await;
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespaces_registry_credentials_pull_its_images_only_and_never_reach_an_agents_disk() {
+    const PASSWORD: &str = "tenant-a-pw-5e1f0c";
+    let proxy = fnrt_tests::proxy::RegistryProxy::start(
+        &real_parts().registry,
+        fnrt_tests::proxy::Fault::Bearer("tenant-a".into(), PASSWORD.into()),
+    )
+    .await;
+    let host = proxy.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = fnrt_controlplane::start(CpConfig {
+        allowed_registries: vec![host.clone()],
+        ..controlplane_config(dir.path(), CLUSTER_TOKEN)
+    })
+    .await
+    .unwrap();
+    let agent = joined_agent_allowing(&cp, "creds-node", std::slice::from_ref(&host)).await;
+    let api = Api::new(&cp);
+    let creds = |password: &str| json!({ "registry": host, "username": "tenant-a", "password": password });
+
+    // Set on a namespace: answered with a hash, never the password.
+    let a =
+        api.post("/namespaces", json!({ "name": "tenant-a", "registry_credentials": creds(PASSWORD) })).await;
+    assert_eq!(a["registry_credentials"]["registry"], host.as_str(), "{a}");
+    assert!(a["registry_credentials"]["hashed_password"].as_str().unwrap().starts_with("$argon2id$"), "{a}");
+    let listed = api.get("/namespaces").await.to_string();
+    assert!(!a.to_string().contains(PASSWORD) && !listed.contains(PASSWORD), "{listed}");
+    // Bad ones are refused with what is allowed.
+    for bad in [
+        json!({ "registry": host, "username": "a:b", "password": "x" }),
+        json!({ "registry": "", "username": "u", "password": "p" }),
+        json!({ "registry": host, "username": "u", "password": "p", "extra": 1 }),
+        json!("text"),
+    ] {
+        let (s, v) = api
+            .call(
+                reqwest::Method::POST,
+                "/namespaces",
+                Some(json!({ "name": "bad", "registry_credentials": bad })),
+            )
+            .await;
+        assert_eq!(
+            (s, v["details"][0]["argument_name"].as_str()),
+            (400, Some("registry_credentials")),
+            "{v}"
+        );
+    }
+
+    // Its function's private image is pulled with them and serves.
+    let image = format!("{host}/fnrt/echo:latest");
+    let deploy = |ns: Value, name: &'static str| {
+        let (api, image) = (&api, image.clone());
+        async move {
+            let f = api
+                .post("/functions", json!({ "namespace_id": ns["id"], "name": name, "min_scale": 1, "memory_limit": 128, "registry_image": image }))
+                .await;
+            let id = f["id"].as_str().unwrap().to_string();
+            api.post(&format!("/functions/{id}/deploy"), json!({})).await;
+            api.wait_ready(&id).await
+        }
+    };
+    let fa = deploy(a.clone(), "fa").await;
+    assert_eq!(fa["status"], "ready", "{fa}");
+    let called = api.post(&format!("/functions/{}/invoke", fa["id"].as_str().unwrap()), json!({})).await;
+    assert_eq!(called["status"], 200, "{called}");
+
+    // Another namespace on the same node gets nothing from that pull: without credentials
+    // or with wrong ones, its deploy of the same (cached) image is refused by the registry.
+    let b = api.post("/namespaces", json!({ "name": "tenant-b" })).await;
+    let fb = deploy(b, "fb").await;
+    assert_eq!(fb["status"], "error", "{fb}");
+    assert!(fb["error_message"].as_str().unwrap().contains("credentials"), "{fb}");
+    let c = api
+        .post("/namespaces", json!({ "name": "tenant-c", "registry_credentials": creds("wrong-pw-c") }))
+        .await;
+    let fc = deploy(c, "fc").await;
+    assert_eq!(fc["status"], "error", "{fc}");
+    assert!(!fc.to_string().contains("wrong-pw-c"), "{fc}");
+
+    // The agent kept them in memory only: nothing under its state has the password.
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                files(&p, out);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&agent.cfg.state_dir, &mut all);
+    assert!(!all.is_empty());
+    for f in &all {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        assert!(
+            !bytes.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),
+            "the password is in {}",
+            f.display()
+        );
+    }
+    // Nor does the agent show them.
+    let listed = agent.client.clone().list_functions(ListFunctionsRequest {}).await.unwrap().into_inner();
+    assert!(!format!("{listed:?}").contains(PASSWORD));
+
+    // Removed from the namespace: its functions are deployed again, and the pull is refused.
+    let (s, v) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/namespaces/{}", a["id"].as_str().unwrap()),
+            Some(json!({ "registry_credentials": null })),
+        )
+        .await;
+    assert_eq!((s, v["registry_credentials"].is_null()), (200, true), "{v}");
+    let after = api.wait_ready(fa["id"].as_str().unwrap()).await;
+    assert_eq!(after["status"], "error", "{after}");
+
+    for ns in ["tenant-a", "tenant-b", "tenant-c"] {
+        let list = api.get(&format!("/namespaces?name={ns}")).await;
+        let id = list["namespaces"][0]["id"].as_str().unwrap().to_string();
+        api.call(reqwest::Method::DELETE, &format!("/namespaces/{id}"), None).await;
+    }
+    cp.shutdown().await;
+    clean(agent).await;
 }

@@ -86,7 +86,8 @@ fn header<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn curl_and_agentctl_drive_the_release_binaries() {
-    let cp = ShippedControlPlane::start(&[]).await;
+    let nats = fnrt_tests::nats::Nats::start().await;
+    let cp = ShippedControlPlane::start(&[format!("nats_url={}", nats.url)]).await;
     let agent = ShippedAgent::start(&cp).await;
 
     // The runtimes check builds the control plane's registry client: the shipped binary
@@ -313,6 +314,27 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     );
     assert_eq!(seen["body"].as_str(), Some(r#"{"k":"v"}"#), "{seen}");
     assert!(!invoked["request_id"].as_str().unwrap_or_default().is_empty(), "{invoked}");
+    // Queued through NATS: 202 and a request id; the call's lines carry that id.
+    let (status, queued) = api(
+        &cp,
+        "POST",
+        &format!("/functions/{ev_id}/invoke?invocation_type=event"),
+        Some(json!({ "q": 1 })),
+    )
+    .await;
+    assert_eq!((status, queued["status"].as_str()), (202, Some("queued")), "{queued}");
+    let rid = queued["request_id"].as_str().unwrap();
+    let url = format!("{}/fnrt/v1/functions/{ev_id}/logs?request_id={rid}", cp.api);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = curl(&["-H", &format!("X-Auth-Token: {}", cp.admin_token), &url]).await;
+        assert_eq!(status, 200, "{text}");
+        if text.contains(r#"echo: async event: {\"q\":1}"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queued call did not come in 20 s: {text}\n{}", cp.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let cmd = settled(&cp, &cmd_id).await;
     assert_eq!(cmd["status"], "ready", "{cmd}\n{}", cp.log());
     let (status, text) = curl(&["-d", "by command", &format!("{}/curl/cmd/", cp.gateway)]).await;
@@ -499,6 +521,71 @@ async fn the_official_python_sdk_drives_the_release_binaries() {
     {
         assert!(Instant::now() < deadline, "deleted functions stayed on the agent");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.stop().await;
+    agent.cleanup().await;
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            found.extend(files_containing(&p, needle));
+        } else if p.is_file() {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespaces_registry_credentials_pull_its_private_image_through_the_release_binaries() {
+    const PASSWORD: &str = "shipped-tenant-pw-81c2";
+    let proxy = fnrt_tests::proxy::RegistryProxy::start(
+        &fnrt_tests::real_parts().registry,
+        fnrt_tests::proxy::Fault::Bearer("tenant".into(), PASSWORD.into()),
+    )
+    .await;
+    let host = proxy.addr.to_string();
+    let cp = ShippedControlPlane::start(&[format!("allowed_registries={host}")]).await;
+    let agent = ShippedAgent::start_with(&cp, |c| proxy.allow(c)).await;
+    let creds = json!({ "registry": host, "username": "tenant", "password": PASSWORD });
+    let ns =
+        ok(&cp, "POST", "/namespaces", Some(json!({ "name": "priv", "registry_credentials": creds }))).await;
+    assert!(!ns.to_string().contains(PASSWORD), "{ns}");
+    assert_eq!(ns["registry_credentials"]["username"], "tenant", "{ns}");
+    let other = ok(&cp, "POST", "/namespaces", Some(json!({ "name": "other" }))).await;
+    let mut ids = Vec::new();
+    for (space, name) in [(&ns, "pf"), (&other, "of")] {
+        let body = json!({ "namespace_id": space["id"], "name": name, "min_scale": 1, "memory_limit": 128,
+                           "registry_image": format!("{host}/fnrt/echo:latest") });
+        let f = ok(&cp, "POST", "/functions", Some(body)).await;
+        let id = f["id"].as_str().unwrap().to_string();
+        ok(&cp, "POST", &format!("/functions/{id}/deploy"), Some(json!({}))).await;
+        // One after the other: the second deploy finds the image in the node cache.
+        let f = settled(&cp, &id).await;
+        ids.push((id, f));
+    }
+    assert_eq!(ids[0].1["status"], "ready", "{}\n{}", ids[0].1, cp.log());
+    let (status, text) = curl(&[&format!("{}/priv/pf/", cp.gateway)]).await;
+    assert_eq!(status, 200, "{text}");
+    // The other namespace has no credentials: the registry refuses its deploy.
+    assert_eq!(ids[1].1["status"], "error", "{}", ids[1].1);
+    assert!(ids[1].1["error_message"].as_str().unwrap().contains("credentials"), "{}", ids[1].1);
+    let (status, _) = curl(&[&format!("{}/other/of/", cp.gateway)]).await;
+    assert_ne!(status, 200);
+    // Neither the agent's files nor the control plane's answers or log show the password.
+    let leaked = files_containing(agent.dir.path(), PASSWORD.as_bytes());
+    assert!(leaked.is_empty(), "the password is in {leaked:?}");
+    let listed = ok(&cp, "GET", "/namespaces", None).await;
+    assert!(!listed.to_string().contains(PASSWORD) && !cp.log().contains(PASSWORD));
+    for space in [&ns, &other] {
+        ok(&cp, "DELETE", &format!("/namespaces/{}", space["id"].as_str().unwrap()), None).await;
     }
     cp.stop().await;
     agent.cleanup().await;

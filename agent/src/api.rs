@@ -147,6 +147,8 @@ impl AgentApi for Api {
             namespace: r.namespace,
             timeout_ms: r.timeout_ms,
             process: fnrt_function::Process { command: r.command, args: r.args },
+            // An instance started on its own pulls with the node's credentials.
+            credentials: None,
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.

@@ -40,6 +40,9 @@ pub enum Error {
     /// The resource is not in a state that allows this (`precondition_failed`).
     #[error("{0}")]
     Precondition(String),
+    /// A service the control plane depends on did not answer; trying again later may work.
+    #[error("{0}")]
+    Unavailable(String),
     /// No or a wrong admin key.
     #[error("{0}")]
     Unauthenticated(String),

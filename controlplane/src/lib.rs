@@ -204,6 +204,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         tokio::spawn(scheduler.clone().run()),
         tokio::spawn(scheduler.clone().run_timer()),
         tokio::spawn(scheduler.clone().run_triggers()),
+        tokio::spawn(scheduler.clone().run_queue()),
     ];
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {

@@ -85,6 +85,53 @@ pub struct Namespace {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Credentials its functions' images are pulled with from one registry (extension).
+    #[serde(default)]
+    pub registry_credentials: Option<RegistryCredentials>,
+}
+
+/// A namespace's credentials for one registry: agents get them with the specs of its
+/// functions whose image is there, for those pulls only. The password is kept in the
+/// store (as secret values are) and never answered; answers carry its argon2id hash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredentials {
+    /// The registry, `host[:port]` as image references name it.
+    pub registry: String,
+    /// The user name.
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+    /// Its argon2id hash, what answers show.
+    pub hashed_password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryCredentials {
+    /// As the agents take them.
+    pub fn for_agents(&self) -> fnrt_function::PullCredentials {
+        fnrt_function::PullCredentials {
+            registry: self.registry.clone(),
+            username: self.username.clone(),
+            password: self.password.clone().into(),
+        }
+    }
+
+    /// The control plane's registry client answering with them for their registry.
+    pub fn client(&self, registry: &fnrt_registry::Registry) -> fnrt_registry::Registry {
+        let creds = fnrt_registry::Credentials {
+            username: self.username.clone(),
+            password: self.password.clone().into(),
+        };
+        registry.with_credentials(&self.registry, &creds)
+    }
 }
 
 /// Where a function stands.

@@ -9,6 +9,8 @@ use crate::error::Error;
 use crate::model::{check_env_key, check_name, merge_secrets, Namespace, SecretVar};
 use crate::state::{Change, State};
 
+pub mod credentials;
+
 /// A secret as Scaleway's API sends it: a value sets it, none removes it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SecretInput {
@@ -53,6 +55,9 @@ pub struct CreateNamespace {
     secret_environment_variables: Option<Vec<SecretInput>>,
     #[serde(default)]
     tags: Option<Vec<String>>,
+    /// Extension: see [`credentials::read`].
+    #[serde(default, deserialize_with = "credentials::given")]
+    registry_credentials: Option<serde_json::Value>,
 }
 
 /// Scaleway's UpdateNamespaceRequest.
@@ -66,6 +71,8 @@ pub struct UpdateNamespace {
     secret_environment_variables: Option<Vec<SecretInput>>,
     #[serde(default)]
     tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "credentials::given")]
+    registry_credentials: Option<serde_json::Value>,
 }
 
 /// Hashes the secrets of a request (argon2id, on a blocking thread): a key with its
@@ -103,6 +110,7 @@ pub async fn create(state: &State, req: CreateNamespace) -> Result<Namespace, Er
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
+    let credentials = credentials::read(req.registry_credentials).await?;
     let now = Utc::now();
     let mut ns = Namespace {
         id: uuid::Uuid::new_v4().to_string(),
@@ -114,7 +122,11 @@ pub async fn create(state: &State, req: CreateNamespace) -> Result<Namespace, Er
         tags: req.tags.unwrap_or_default(),
         created_at: now,
         updated_at: now,
+        registry_credentials: None,
     };
+    if let Some(Some(c)) = credentials {
+        ns.registry_credentials = Some(c);
+    }
     merge_secrets(&mut ns.secrets, hash_secrets(req.secret_environment_variables).await?);
     state
         .write(|d| {
@@ -149,6 +161,7 @@ pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<(Na
         return Err(Error::Invalid(errors));
     }
     let secrets = hash_secrets(req.secret_environment_variables).await?;
+    let credentials = credentials::read(req.registry_credentials).await?;
     state
         .write(|d| {
             let mut ns = d
@@ -167,9 +180,18 @@ pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<(Na
                 ns.tags = tags;
             }
             merge_secrets(&mut ns.secrets, secrets);
+            let credentials_changed = match credentials {
+                Some(c) if !credentials::same(c.as_ref(), ns.registry_credentials.as_ref()) => {
+                    ns.registry_credentials = c;
+                    true
+                }
+                _ => false,
+            };
             let values =
                 |s: &[SecretVar]| s.iter().map(|s| (s.key.clone(), s.value.clone())).collect::<Vec<_>>();
-            let changed = before.0 != ns.environment_variables || values(&before.1) != values(&ns.secrets);
+            let changed = before.0 != ns.environment_variables
+                || values(&before.1) != values(&ns.secrets)
+                || credentials_changed;
             ns.updated_at = Utc::now();
             Ok((vec![Change::Namespace(ns.clone())], (ns, changed)))
         })

@@ -15,4 +15,4 @@ pub mod proto;
 pub mod spec;
 
 pub use policy::{Limits, Policy};
-pub use spec::{FunctionSpec, Kind, Process, RawSpec, SpecError};
+pub use spec::{FunctionSpec, Kind, Process, PullCredentials, RawSpec, SpecError};

@@ -4,7 +4,7 @@
 
 use fnrt_proto::agent::v1 as pb;
 
-use crate::spec::{FunctionSpec, Kind, RawSpec, SpecError};
+use crate::spec::{FunctionSpec, Kind, PullCredentials, RawSpec, SpecError};
 
 impl TryFrom<pb::FunctionSpec> for RawSpec {
     type Error = SpecError;
@@ -42,6 +42,11 @@ impl TryFrom<pb::FunctionSpec> for RawSpec {
             display_name: f.display_name,
             process: crate::spec::Process { command: f.command, args: f.args },
             keep_image: f.keep_image,
+            pull_credentials: f.registry_credentials.map(|c| PullCredentials {
+                registry: c.registry,
+                username: c.username,
+                password: c.password.into(),
+            }),
         })
     }
 }
@@ -76,6 +81,11 @@ impl From<RawSpec> for pb::FunctionSpec {
             command: r.process.command,
             args: r.process.args,
             keep_image: r.keep_image,
+            registry_credentials: r.pull_credentials.map(|c| pb::RegistryCredentials {
+                registry: c.registry,
+                username: c.username,
+                password: c.password.expose().to_string(),
+            }),
         }
     }
 }
@@ -107,6 +117,7 @@ impl FunctionSpec {
             command: self.process.command.clone(),
             args: self.process.args.clone(),
             keep_image: self.keep_image,
+            registry_credentials: None,
         }
     }
 }

@@ -70,6 +70,31 @@ pub struct FunctionSpec {
     /// Image acceleration: the node cache keeps its image while it is deployed.
     #[serde(default)]
     pub keep_image: bool,
+    /// Credentials for its image's registry; in memory only: never serialized, so never
+    /// in the agent's store.
+    #[serde(skip)]
+    pub pull_credentials: Option<PullCredentials>,
+}
+
+/// A namespace's credentials for one registry (`Debug` shows no password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PullCredentials {
+    /// The registry (host[:port]) they are for.
+    pub registry: String,
+    /// The user name.
+    pub username: String,
+    /// The password or token.
+    pub password: fnrt_common::secret::Secret,
+}
+
+impl std::fmt::Debug for PullCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PullCredentials {{ registry: {:?}, username: {:?}, password: <secret> }}",
+            self.registry, self.username
+        )
+    }
 }
 
 /// How an instance's process is started when not as its image says (SCF's Command and
@@ -176,10 +201,38 @@ pub struct RawSpec {
     pub process: Process,
     #[allow(missing_docs)]
     pub keep_image: bool,
+    #[allow(missing_docs)]
+    pub pull_credentials: Option<PullCredentials>,
 }
 
 fn invalid(field: &'static str, reason: String) -> SpecError {
     SpecError { field, reason }
+}
+
+/// Registry credentials: a registry host, a user name and a password, bounded and
+/// printable (they go into an HTTP header).
+fn check_credentials(c: &PullCredentials) -> Result<(), SpecError> {
+    let field = "registry_credentials";
+    let host_ok = !c.registry.is_empty()
+        && c.registry.len() <= 255
+        && c.registry
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !host_ok {
+        return Err(invalid(field, format!("registry {:?} is not a registry host[:port]", c.registry)));
+    }
+    let printable =
+        |v: &str| (1..=4096).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if !printable(&c.username) || c.username.contains(':') {
+        return Err(invalid(
+            field,
+            "the username must be 1 to 4096 printable ASCII characters without ':'".into(),
+        ));
+    }
+    if !printable(c.password.expose()) {
+        return Err(invalid(field, "the password must be 1 to 4096 printable ASCII characters".into()));
+    }
+    Ok(())
 }
 
 impl RawSpec {
@@ -199,6 +252,9 @@ impl RawSpec {
             return Err(invalid("image", "an image reference is required".into()));
         }
         self.process.check()?;
+        if let Some(c) = &self.pull_credentials {
+            check_credentials(c)?;
+        }
         let memory_mb =
             policy.limits(self.memory_mb).map_err(|e| invalid("memory_mb", e.to_string()))?.memory_mb;
         let timeout_ms = if self.timeout_ms == 0 { 3000 } else { self.timeout_ms };
@@ -251,6 +307,7 @@ impl RawSpec {
             display_name: self.display_name,
             process: self.process,
             keep_image: self.keep_image,
+            pull_credentials: self.pull_credentials,
         })
     }
 }

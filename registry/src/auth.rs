@@ -21,6 +21,17 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// A digest that tells these credentials apart (kept in memory only: it is as good
+    /// as the password for a guess checked offline).
+    pub fn identity(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.username.as_bytes());
+        h.update([0]);
+        h.update(self.password.expose().as_bytes());
+        format!("{:x}", h.finalize())
+    }
+
     /// The value of an `Authorization: Basic` header.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password.expose());

@@ -209,8 +209,12 @@ pub struct Registry {
     credentials: Arc<HashMap<String, Credentials>>,
     policy: Arc<Policy>,
     transfer_timeout: Duration,
-    /// The `Authorization` value that worked, per registry and repository.
+    /// The `Authorization` value that worked, per credentials, registry and repository.
     authorized: Arc<Mutex<HashMap<String, String>>>,
+    /// Whose credentials this client answers challenges with: empty for the node's file,
+    /// else a digest of one caller's (see [`Registry::with_credentials`]). Keys the cache
+    /// of authorizations, so one caller's token never serves another's request.
+    identity: String,
 }
 
 impl Registry {
@@ -245,7 +249,17 @@ impl Registry {
             policy,
             transfer_timeout: settings.transfer_timeout,
             authorized: Arc::default(),
+            identity: String::new(),
         })
+    }
+
+    /// This client answering `registry`'s challenges with `credentials` instead of the
+    /// node's (for one tenant's pulls); the authorizations it gets are kept apart from
+    /// those of the node's credentials and of other tenants'.
+    pub fn with_credentials(&self, registry: &str, credentials: &Credentials) -> Registry {
+        let mut map = (*self.credentials).clone();
+        map.insert(registry.to_string(), credentials.clone());
+        Registry { credentials: Arc::new(map), identity: credentials.identity(), ..self.clone() }
     }
 
     pub(crate) fn base_url(&self, image: &ImageRef) -> String {
@@ -346,7 +360,8 @@ impl Registry {
         req: &Req<'_>,
     ) -> Result<reqwest::Response, RegistryError> {
         self.policy.check(image)?;
-        let key = format!("{}/{}/{}", image.registry(), image.repository(), req.action.as_str());
+        let key =
+            format!("{}@{}/{}/{}", self.identity, image.registry(), image.repository(), req.action.as_str());
         let known = self.authorized.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let mut resp = self.send(image, req, known.as_deref()).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
@@ -413,7 +428,7 @@ impl Registry {
         action: Action,
     ) -> Result<String, RegistryError> {
         let creds = self.credentials.get(image.registry());
-        let no_creds = "it asks for credentials and registry_auth_file has none for this registry";
+        let no_creds = "it asks for credentials and there are none for this registry (the namespace's registry_credentials or the node's registry_auth_file)";
         match challenge {
             None => Err(self.unauthorized(image, "it answered 401 without a Basic or Bearer challenge")),
             Some(Challenge::Basic) => {

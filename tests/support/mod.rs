@@ -6,6 +6,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 pub mod fake_registry;
+pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod push;

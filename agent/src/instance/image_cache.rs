@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::Error;
 use crate::image::{CachedImage, ImageError, ImageInfo, ImageRef, ImageStore, Progress, RunnableImage};
 use crate::metrics::Metrics;
+use fnrt_function::PullCredentials;
 
 /// An image of the node cache and the instances that use it.
 #[derive(Clone, Debug)]
@@ -97,10 +98,11 @@ impl ImageCache {
     pub async fn pull(
         &self,
         reference: &str,
+        credentials: Option<&PullCredentials>,
         progress: &Progress,
         used: HashSet<String>,
     ) -> Result<ImageInfo, Error> {
-        let info = self.images.pull(reference, progress).await?;
+        let info = self.images.with_credentials(credentials).pull(reference, progress).await?;
         self.evict(&info.reference, used).await;
         Ok(info)
     }
@@ -132,6 +134,7 @@ impl ImageCache {
     pub async fn for_start(
         &self,
         reference: &str,
+        credentials: Option<&PullCredentials>,
         used: impl FnOnce() -> HashSet<String>,
     ) -> Result<(RunnableImage, Starting<'_>), Error> {
         let name = ImageRef::parse(reference).map_err(ImageError::from)?.name();
@@ -144,7 +147,7 @@ impl ImageCache {
             }
             Err(ImageError::NotPulled { .. }) => {
                 self.metrics.image_cache_misses.inc();
-                self.pull(&name, &Progress::none(), used()).await?;
+                self.pull(&name, credentials, &Progress::none(), used()).await?;
                 self.images.runnable(&name).await?
             }
             Err(e) => return Err(e.into()),

@@ -31,6 +31,7 @@ use crate::network::Network;
 use crate::runtime::Runtime;
 use crate::stats::Usage;
 use fnrt_function::policy::{Limits, Policy};
+use fnrt_function::PullCredentials;
 
 pub use image_cache::{ImageCache, NodeImage};
 pub use start::{validate_function_name, StartRequest};
@@ -126,8 +127,12 @@ pub trait InstanceOps: Send + Sync + 'static {
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<(Instance, Option<String>), Error>>;
     /// Stops an instance; with `why`, it is listed as ended for that reason.
     fn stop<'a>(&'a self, id: &'a str, why: Option<&'a str>) -> BoxFuture<'a, Result<(), Error>>;
-    /// Pulls an image into the node cache.
-    fn pull_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ImageInfo, Error>>;
+    /// Pulls an image into the node cache, with `credentials` for its registry if given.
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        credentials: Option<&'a PullCredentials>,
+    ) -> BoxFuture<'a, Result<ImageInfo, Error>>;
     /// Whether the instance runs.
     fn is_live(&self, id: &str) -> bool;
     /// Why an instance ended, while it is listed.
@@ -235,7 +240,7 @@ impl Instances {
 
     /// Pulls an image into the node cache (evicting what no longer fits).
     pub async fn pull_image(&self, reference: &str, progress: &Progress) -> Result<ImageInfo, Error> {
-        self.parts.images.pull(reference, progress, self.images_in_use()).await
+        self.parts.images.pull(reference, None, progress, self.images_in_use()).await
     }
 
     /// Fills the node cache with an image ahead of use; a pinned one is never evicted.
@@ -324,8 +329,14 @@ impl InstanceOps for Instances {
         Box::pin(Instances::stop(self, id, why))
     }
 
-    fn pull_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ImageInfo, Error>> {
-        Box::pin(async move { Instances::pull_image(self, reference, &Progress::none()).await })
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        credentials: Option<&'a PullCredentials>,
+    ) -> BoxFuture<'a, Result<ImageInfo, Error>> {
+        Box::pin(async move {
+            self.parts.images.pull(reference, credentials, &Progress::none(), self.images_in_use()).await
+        })
     }
 
     fn is_live(&self, id: &str) -> bool {

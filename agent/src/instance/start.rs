@@ -42,6 +42,8 @@ pub struct StartRequest {
     pub timeout_ms: u32,
     /// Its start command when not the image's.
     pub process: fnrt_function::Process,
+    /// Credentials for its image's registry, for a pull on a cache miss.
+    pub credentials: Option<fnrt_function::PullCredentials>,
 }
 
 /// Checks a function name (see [`fnrt_function::naming::check`]).
@@ -93,7 +95,12 @@ impl Instances {
         let timeline = super::phases::Timeline::start();
         let id = format!("{}-{:08x}", req.function, rand::random::<u32>());
         self.parts.ledger.claim(&id, self.claim_of(&checked.limits))?;
-        let image = match self.parts.images.for_start(&req.image, || self.images_in_use()).await {
+        let image = match self
+            .parts
+            .images
+            .for_start(&req.image, req.credentials.as_ref(), || self.images_in_use())
+            .await
+        {
             Ok(image) => image,
             Err(e) => {
                 self.parts.ledger.release(&id);

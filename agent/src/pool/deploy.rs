@@ -43,7 +43,7 @@ impl Pools {
 
     /// Pulls a spec's image and starts its provisioned instances (all or none).
     async fn prepare(&self, spec: &FunctionSpec) -> Result<(Vec<Slot>, Vec<String>), Error> {
-        let info = self.ops.pull_image(&spec.image).await?;
+        let info = self.ops.pull_image(&spec.image, spec.pull_credentials.as_ref()).await?;
         let warnings: Vec<String> = memory_advice(info.size_bytes, spec.memory_mb).into_iter().collect();
         let slots = self.start_n(spec, spec.provisioned).await?;
         Ok((slots, warnings))
@@ -85,7 +85,7 @@ impl Pools {
         let size = if old.image == spec.image {
             self.ops.cached_image_size(&spec.image).await
         } else {
-            Some(self.ops.pull_image(&spec.image).await?.size_bytes)
+            Some(self.ops.pull_image(&spec.image, spec.pull_credentials.as_ref()).await?.size_bytes)
         };
         let warnings: Vec<String> =
             size.and_then(|bytes| memory_advice(bytes, spec.memory_mb)).into_iter().collect();

@@ -20,6 +20,7 @@ pub fn start_request(spec: &FunctionSpec) -> StartRequest {
         memory_mb: spec.memory_mb,
         timeout_ms: u32::try_from(spec.timeout.as_millis()).unwrap_or(MAX_TIMEOUT_MS),
         process: spec.process.clone(),
+        credentials: spec.pull_credentials.clone(),
     }
 }
 

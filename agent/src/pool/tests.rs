@@ -95,7 +95,11 @@ impl InstanceOps for Fake {
         })
     }
 
-    fn pull_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ImageInfo, Error>> {
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        _credentials: Option<&'a fnrt_function::PullCredentials>,
+    ) -> BoxFuture<'a, Result<ImageInfo, Error>> {
         Box::pin(async move {
             Ok(ImageInfo { reference: reference.into(), digest: "sha256:0".into(), size_bytes: 1 << 20 })
         })
@@ -277,6 +281,7 @@ async fn instances_started_on_their_own_share_calls_and_are_replaced_only_when_a
         memory_mb: 0,
         timeout_ms,
         process: Default::default(),
+        credentials: None,
     };
     let (a, _) = pools.start_instance(req(1500)).await.unwrap();
     let (b, _) = pools.start_instance(req(1500)).await.unwrap();

@@ -105,6 +105,7 @@ impl Pools {
                 timeout_ms: inst.call.timeout_ms,
                 // Not recorded: no call starts another of these (see above).
                 process: Default::default(),
+                credentials: None,
             };
             let spec = match self.started_spec(&req) {
                 Ok(s) => Arc::new(s),

@@ -48,6 +48,10 @@ impl IntoResponse for ApiError {
                 StatusCode::PRECONDITION_FAILED,
                 json!({ "type": "precondition_failed", "message": message, "precondition": "resource_not_usable", "help_message": message }),
             ),
+            Error::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "type": "unavailable", "message": message, "help_message": "try again in a few seconds" }),
+            ),
             Error::Unauthenticated(_) => (
                 StatusCode::UNAUTHORIZED,
                 json!({ "type": "denied_authentication", "message": message, "method": "api_key", "reason": "invalid_argument" }),

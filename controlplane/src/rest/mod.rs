@@ -5,6 +5,7 @@
 mod cluster;
 pub mod code;
 mod error;
+mod invoke;
 mod list;
 mod logs;
 mod openapi;

@@ -30,7 +30,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/functions/{id}/deploy", post(deploy_function))
         .route(
             "/functions/{id}/invoke",
-            post(invoke_function)
+            post(super::invoke::invoke)
                 .layer(axum::extract::DefaultBodyLimit::max(ctx.cfg.max_body_bytes as usize)),
         )
         .route("/functions/{id}/upload-url", get(super::code::upload_url))
@@ -229,31 +229,6 @@ async fn deploy_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> 
     let f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
     ctx.scheduler.deploy(&id);
     Ok(Json(function_view(&ctx, &f, None)))
-}
-
-/// `POST .../functions/{id}/invoke` (extension): calls a deployed function once, with the
-/// body as its event (an event function gets `POST /event-invoke`, an HTTP function
-/// `POST /`), and answers what it answered: its status, body (as text), request id, time
-/// and whether it waited for a new instance.
-async fn invoke_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
-    let f = functions::get(&ctx.state, &id)?;
-    if f.deployed.is_none() {
-        let why = format!("function {id} is not deployed (status {}): deploy it first", views::status(&f));
-        return Err(Error::Precondition(why).into());
-    }
-    let r = ctx
-        .scheduler
-        .call(&id, b.to_vec(), "")
-        .await
-        .map_err(|e| Error::Precondition(format!("function {id} could not be called: {e}")))?;
-    Ok(Json(json!({
-        "request_id": r.request_id,
-        "status": r.status,
-        "body": String::from_utf8_lossy(&r.body),
-        "duration_ms": r.duration_ms,
-        "cold_start": r.cold_start,
-        "cold_start_phases": r.cold_start_phases.iter().map(|p| json!({ "name": p.name, "ms": p.ms })).collect::<Vec<_>>(),
-    })))
 }
 
 /// The code runtimes whose base image is in the registry.

@@ -43,6 +43,7 @@ pub fn namespace(n: &Namespace, site: &Site, status: &str) -> Value {
         "created_at": time(&n.created_at),
         "updated_at": time(&n.updated_at),
         "vpc_integration_activated": false,
+        "registry_credentials": crate::namespaces::credentials::view(n.registry_credentials.as_ref()),
     })
 }
 

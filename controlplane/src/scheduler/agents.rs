@@ -201,6 +201,7 @@ impl pb::control_plane_server::ControlPlane for Join {
             }
             agents.insert(r.node.clone(), agent);
         }
+        self.scheduler.forget_applied(&r.node);
         tracing::info!(node = %r.node, endpoint = %r.grpc_endpoint, "agent registered");
         self.scheduler.kick();
         let cfg = &self.scheduler.cfg;

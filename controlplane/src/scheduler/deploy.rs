@@ -96,10 +96,14 @@ impl Scheduler {
     /// The image pinned to its digest, resolved once here so that every agent runs the
     /// same one. A registry the control plane cannot reach or is not let into leaves the
     /// tag to the agents (they may hold credentials the control plane does not).
-    async fn pin(&self, image: &str) -> Result<String, ScheduleError> {
+    async fn pin(&self, image: &str, ns: &crate::model::Namespace) -> Result<String, ScheduleError> {
         use crate::build::image::PushError;
         use fnrt_registry::RegistryError;
-        match crate::build::image::pin(&self.registry, image).await {
+        let registry = match super::credentials_for(ns, image) {
+            Some(c) => c.client(&self.registry),
+            None => self.registry.clone(),
+        };
+        match crate::build::image::pin(&registry, image).await {
             Ok(pinned) => Ok(pinned),
             Err(PushError::Registry(
                 e @ (RegistryError::Unreachable { .. } | RegistryError::Unauthorized { .. }),
@@ -141,7 +145,7 @@ impl Scheduler {
                 .await;
             deployed.image = built?.0;
         } else {
-            deployed.image = self.pin(&deployed.image).await?;
+            deployed.image = self.pin(&deployed.image, &ns).await?;
         }
         let name = f.agent_name();
         // Right after a restart agents are still joining: give them one lost_after_ms.

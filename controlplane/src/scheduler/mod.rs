@@ -14,6 +14,7 @@ pub mod link;
 pub mod logs;
 mod nats;
 pub mod placement;
+pub mod queue;
 pub mod timer;
 
 use std::collections::{HashMap, HashSet};
@@ -48,6 +49,8 @@ pub struct Scheduler {
     cron_errors: Mutex<HashMap<String, String>>,
     /// Code functions whose image is being built.
     building: Mutex<std::collections::HashSet<String>>,
+    /// The JetStream context async invocations are queued on, while connected.
+    queue: Mutex<Option<async_nats::jetstream::Context>>,
     kick: Notify,
 }
 
@@ -73,9 +76,17 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
         display_name: f.name.clone(),
         process: d.process.clone(),
         keep_image: d.accelerated,
+        pull_credentials: credentials_for(ns, &d.image).map(|c| c.for_agents()),
         ..Default::default()
     }
     .into()
+}
+
+/// The namespace's registry credentials when `image` is on their registry (agents get
+/// no credentials they do not need).
+pub fn credentials_for<'a>(ns: &'a Namespace, image: &str) -> Option<&'a crate::model::RegistryCredentials> {
+    let host = fnrt_registry::ImageRef::parse(image).ok()?.registry().to_string();
+    ns.registry_credentials.as_ref().filter(|c| c.registry == host)
 }
 
 /// A call routed by the gateway: the agent's data plane; counts as in flight until dropped.
@@ -112,6 +123,7 @@ impl Scheduler {
             trigger_errors: Mutex::new(HashMap::new()),
             cron_errors: Mutex::new(HashMap::new()),
             building: Mutex::default(),
+            queue: Mutex::default(),
             kick: Notify::new(),
         }
     }
@@ -191,6 +203,13 @@ impl Scheduler {
             lock(&self.applied).insert(key, spec);
         }
         result
+    }
+
+    /// Forgets what was put on `node`, so the next pass puts every spec there again: an
+    /// agent registers when it starts, and a restarted one has only what it saved, not
+    /// what it keeps in memory alone (its functions' registry credentials).
+    pub(crate) fn forget_applied(&self, node: &str) {
+        lock(&self.applied).retain(|(n, _), _| n != node);
     }
 
     /// Takes function `name` off agent `a`.
@@ -326,6 +345,17 @@ impl Scheduler {
         payload: Vec<u8>,
         source: &str,
     ) -> Result<apb::InvokeResponse, ScheduleError> {
+        self.call_as(function_id, payload, source, "").await
+    }
+
+    /// As [`Scheduler::call`], with request id `request_id` (empty: the agent makes one).
+    pub async fn call_as(
+        &self,
+        function_id: &str,
+        payload: Vec<u8>,
+        source: &str,
+        request_id: &str,
+    ) -> Result<apb::InvokeResponse, ScheduleError> {
         let name = fnrt_function::naming::on_agents(function_id);
         let route = self.route(&name).ok_or_else(|| ScheduleError::NotRunning(function_id.to_string()))?;
         let link = self.link_for(&route).ok_or_else(|| ScheduleError::AgentGone(function_id.to_string()))?;
@@ -333,6 +363,7 @@ impl Scheduler {
             function: name,
             payload,
             trigger_source: source.to_string(),
+            request_id: request_id.to_string(),
             ..Default::default()
         };
         link.invoke(req).await.map_err(|s| ScheduleError::Call {

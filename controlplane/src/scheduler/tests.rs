@@ -111,6 +111,7 @@ impl World {
     async fn function(&self, id: &str, memory_mb: u32, min: u32, max: u32) -> String {
         let now = Utc::now();
         let ns = Namespace {
+            registry_credentials: None,
             id: "ns".into(),
             name: "ns".into(),
             description: String::new(),
