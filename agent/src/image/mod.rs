@@ -7,6 +7,7 @@
 //! unpacked by the agent while they download (see `unpack`) onto snapshots named by chain
 //! ID.
 
+mod access;
 mod beneath;
 mod cache;
 mod content;
@@ -155,16 +156,6 @@ impl ImageStore {
     pub fn new(cd: Containerd, snapshotter: &str, registry: Registry, ids: IdMap) -> ImageStore {
         let (snapshotter, limits) = (snapshotter.to_string(), UnpackLimits::default());
         ImageStore { cd, registry, snapshotter, ids, limits, pulling: Default::default() }
-    }
-
-    /// The store pulling with `credentials` for their registry instead of the node's (a
-    /// namespace's, handed over for its functions' pulls). Every pull asks the registry
-    /// for the manifest with them, even of an image the node has: a function whose
-    /// credentials cannot read an image does not get it from another tenant's pull.
-    pub fn with_credentials(&self, credentials: Option<&fnrt_function::PullCredentials>) -> ImageStore {
-        let Some(c) = credentials else { return self.clone() };
-        let creds = fnrt_registry::Credentials { username: c.username.clone(), password: c.password.clone() };
-        ImageStore { registry: self.registry.with_credentials(&c.registry, &creds), ..self.clone() }
     }
 
     /// The store with `limits` on what one image may unpack to.
