@@ -112,7 +112,7 @@ schemas = {
 word = {"type": "string", "maxLength": 4096, "pattern": "^[^\\u0000]*$"}
 fn_fields = dict(environment_variables=envmap, min_scale={"type": "integer", "minimum": 0, "maximum": 100},
    max_scale={"type": "integer", "minimum": 0, "maximum": 100, "description": "0: unchanged or the default (20)."},
-   runtime=zero_enum("unknown_runtime", "python311", "custom"),
+   runtime=zero_enum("unknown_runtime", "python311", "node18", "go119", "custom"),
    memory_limit={"type": "integer", "enum": [0, 128, 256, 512, 1024, 2048, 3072, 4096], "description": "MB; 0: unchanged or the default (256)."},
    timeout={"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?s$", "description": "1s to 900s."}, handler=string,
    privacy=zero_enum("unknown_privacy", "public", "private"), description=string,

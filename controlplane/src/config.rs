@@ -47,7 +47,10 @@ pub struct Config {
     pub webhook_token: Secret,
     /// Base image of the python311 runtime (default `<registry>/fnrt/runtime-python311:latest`).
     pub python311_image: String,
-    /// Base image of the custom runtime (default `<registry>/fnrt/runtime-custom:latest`).
+    /// Base image of the node18 runtime (default `<registry>/fnrt/runtime-node18:latest`).
+    pub node18_image: String,
+    /// Base image of the custom runtime, which go119's compiled code runs on too (default
+    /// `<registry>/fnrt/runtime-custom:latest`).
     pub custom_image: String,
     /// How clients reach the API, for upload and download URLs (default `http://<api_listen>`
     /// as bound).
@@ -208,7 +211,7 @@ impl Config {
     pub fn registries_allowed(&self) -> Vec<String> {
         let mut out = self.allowed_registries.clone();
         out.push(self.registry.clone());
-        for runtime in ["python311", "custom"] {
+        for runtime in crate::runtimes::names() {
             let base = self.runtime_image(runtime).and_then(|i| fnrt_registry::ImageRef::parse(&i).ok());
             out.extend(base.map(|b| b.registry().to_string()));
         }
@@ -217,10 +220,11 @@ impl Config {
 
     /// The base image of a code runtime, if it is one.
     pub fn runtime_image(&self, runtime: &str) -> Option<String> {
-        let (set, name) = match runtime {
-            "python311" => (&self.python311_image, "python311"),
-            "custom" => (&self.custom_image, "custom"),
-            _ => return None,
+        let name = crate::runtimes::find(runtime)?.base;
+        let set = match name {
+            "python311" => &self.python311_image,
+            "node18" => &self.node18_image,
+            _ => &self.custom_image,
         };
         Some(if set.is_empty() {
             format!("{}/fnrt/runtime-{name}:latest", self.registry)

@@ -121,7 +121,7 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
     one_of("privacy", &input.privacy, &["public", "private"], &mut errors);
     one_of("http_option", &input.http_option, &["enabled", "redirected"], &mut errors);
     one_of("sandbox", &input.sandbox, &["v1", "v2"], &mut errors);
-    one_of("runtime", &input.runtime, &["python311", "custom"], &mut errors);
+    one_of("runtime", &input.runtime, &crate::runtimes::names(), &mut errors);
     input.scf_type = enum_value(input.scf_type, "unknown_scf_type");
     one_of("scf_type", &input.scf_type, &["http", "event"], &mut errors);
     if let Some(m) = input.memory_limit {

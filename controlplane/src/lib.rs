@@ -16,6 +16,7 @@ pub mod model;
 pub(crate) mod namespaces;
 pub(crate) mod rest;
 pub(crate) mod route_index;
+pub(crate) mod runtimes;
 pub mod scheduler;
 pub(crate) mod serve;
 pub mod state;

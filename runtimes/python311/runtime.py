@@ -1,5 +1,6 @@
 """fnrt's Python 3.11 runtime: serves 0.0.0.0:9000 and calls handle(event, context) of the
-user's handler module (SCF_HANDLER, "module.function", default "handler.handle") under
+user's handler module (SCF_HANDLER, "module.function" or "dir/module.function", default
+"handler.handle") under
 USER_CODE_ROOT (/var/user/), the way Scaleway's Python runtime does:
 
 - event: {"path", "httpMethod", "headers", "queryStringParameters", "body",
@@ -24,7 +25,8 @@ HANDLER = os.environ.get("SCF_HANDLER", "handler.handle")
 
 sys.path.insert(0, ROOT)
 module_name, _, function_name = HANDLER.rpartition(".")
-handle = getattr(importlib.import_module(module_name or "handler"), function_name)
+# "src/handler.handle" names src/handler.py, as "src.handler.handle" does.
+handle = getattr(importlib.import_module(module_name.replace("/", ".") or "handler"), function_name)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

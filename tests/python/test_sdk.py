@@ -306,6 +306,73 @@ def test_code_functions_python311_and_custom(api):
     api.delete_namespace(namespace_id=ns.id)
 
 
+NODE = """module.exports.handle = async (event, context) => ({
+  statusCode: 200,
+  body: { answer: 'node', path: event.path, q: event.queryStringParameters, rid: context.requestId.length > 0 },
+});
+module.exports.cb = (event, context, callback) => { setTimeout(() => callback(null, { answer: 'callback', body: event.body }), 5); };
+"""
+GO = """package hello
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// Handle answers with the path and the body, as Scaleway's Go runtime calls it.
+func Handle(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"answer":"go","path":%q,"body":%q}`, r.URL.Path, string(b))
+}
+"""
+
+
+def test_code_functions_node18_go119_and_handler_paths(api):
+    runtimes = {r.name: r for r in api.list_function_runtimes().runtimes}
+    assert {"python311", "node18", "go119", "custom"} <= set(runtimes), sorted(runtimes)
+    assert runtimes["node18"].language == "Node" and runtimes["go119"].default_handler == "Handle"
+    ns = api.create_namespace(name="sdk-langs")
+    long_wait = WaitForOptions(timeout=300, min_delay=1, max_delay=2)
+
+    def deploy(name, runtime, handler, files, memory=256):
+        fn = api.create_function(namespace_id=ns.id, name=name, runtime=runtime, handler=handler, min_scale=1, memory_limit=memory)
+        r = upload(api, fn.id, zip_of(files))
+        assert r.status_code == 200, r.text
+        api.deploy_function(function_id=fn.id)
+        return api.wait_for_function(function_id=fn.id, options=long_wait)
+
+    # The src/handler.handle form: a file under a directory.
+    got = deploy("pysrc", "python311", "src/handler.handle", {"src/handler.py": PY_V1})
+    assert got.status == FunctionStatus.READY, got.error_message
+    assert requests.get(f"{GATEWAY}/sdk-langs/pysrc/p?x=2").json() == {"answer": "v1", "path": "/p", "q": {"x": "2"}}
+
+    # Node: an async handler and one that calls back, in src/handler.js.
+    got = deploy("node", "node18", "src/handler.handle", {"src/handler.js": NODE})
+    assert got.status == FunctionStatus.READY, got.error_message
+    r = requests.get(f"{GATEWAY}/sdk-langs/node/n?y=3")
+    assert r.status_code == 200 and r.json() == {"answer": "node", "path": "/n", "q": {"y": "3"}, "rid": True}, r.text
+    got = deploy("nodecb", "node18", "src/handler.cb", {"src/handler.js": NODE})
+    assert got.status == FunctionStatus.READY, got.error_message
+    assert requests.post(f"{GATEWAY}/sdk-langs/nodecb/", data="hey").json() == {"answer": "callback", "body": "hey"}
+    # A handler path leaving the zip's root is refused before any build.
+    bad = api.create_function(namespace_id=ns.id, name="bad", runtime="node18", handler="../x.handle")
+    status, body = error_of(lambda: api.get_function_upload_url(function_id=bad.id, content_length=10))
+    assert status == 400 and body["details"][0]["argument_name"] == "handler", body
+
+    # Go: the user's module compiled at deploy; Handle serves every path.
+    got = deploy("go", "go119", "Handle", {"go.mod": "module example.com/hello\n\ngo 1.19\n", "hello.go": GO}, memory=128)
+    assert got.status == FunctionStatus.READY, got.error_message
+    assert "built " in got.build_message, got.build_message
+    r = requests.post(f"{GATEWAY}/sdk-langs/go/g", data="body")
+    assert r.status_code == 200 and r.json() == {"answer": "go", "path": "/g", "body": "body"}, r.text
+    # Code that does not compile: the deploy fails with the compiler's words.
+    got = deploy("gobad", "go119", "Handle", {"go.mod": "module example.com/bad\n", "bad.go": "package bad\nfunc Handle( {\n"}, memory=128)
+    assert got.status == FunctionStatus.ERROR and "go build failed" in got.error_message, got.error_message
+    api.delete_namespace(namespace_id=ns.id)
+
+
 def test_zero_values_of_enums_mean_not_set(api):
     """Request objects marshalled whole, as the Go SDK (scw, Terraform) sends every request:
     each enum's unknown_* zero value, 0 for unset numbers, empty lists."""

@@ -32,8 +32,35 @@ impl From<String> for BadCode {
 pub enum Entry {
     /// `python311`: the handler's module file, e.g. `handler.py` for `handler.handle`.
     Python(String),
+    /// `node18`: the handler's module file, e.g. `src/handler.js` for `src/handler.handle`.
+    Node(String),
+    /// `go119`: a Go module (`go.mod` at the root) whose package has this exported
+    /// `func(http.ResponseWriter, *http.Request)`.
+    Go(String),
     /// `custom`: an executable `scf_bootstrap`.
     Bootstrap,
+}
+
+/// The file of `handler` (`path/module.function`, the path's '/' or the module's '.'
+/// separating directories) with `extension`; an error names the form.
+fn module_file(handler: &str, extension: &str) -> Result<String, BadCode> {
+    let (module, function) = handler
+        .rsplit_once('.')
+        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
+        .ok_or_else(|| {
+            BadCode(format!(
+                "handler {handler:?} must be module.function (e.g. handler.handle, or src/handler.handle for src/handler{extension})"
+            ))
+        })?;
+    let word =
+        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let parts: Vec<&str> = module.split(['/', '.']).collect();
+    if !parts.iter().all(|p| word(p)) || !function.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(BadCode(format!(
+            "handler {handler:?} must be module.function of letters, digits, '_' and '-', with '/' between directories"
+        )));
+    }
+    Ok(format!("{}{extension}", parts.join("/")))
 }
 
 impl Entry {
@@ -42,28 +69,36 @@ impl Entry {
         match runtime {
             "python311" => {
                 let handler = if handler.is_empty() { "handler.handle" } else { handler };
-                let (module, function) = handler
-                    .rsplit_once('.')
-                    .filter(|(m, f)| !m.is_empty() && !f.is_empty())
-                    .ok_or_else(|| {
-                        BadCode(format!("handler {handler:?} must be module.function, e.g. handler.handle"))
-                    })?;
-                let ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-                if !ok(module) || !ok(function) || module.contains("..") {
+                Ok(Entry::Python(module_file(handler, ".py")?))
+            }
+            "node18" => {
+                let handler = if handler.is_empty() { "handler.handle" } else { handler };
+                Ok(Entry::Node(module_file(handler, ".js")?))
+            }
+            "go119" => {
+                let handler = if handler.is_empty() { "Handle" } else { handler };
+                let exported = handler.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                    && handler.len() <= 128
+                    && handler.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !exported {
                     return Err(BadCode(format!(
-                        "handler {handler:?} must be module.function of letters, digits and '_'"
+                        "handler {handler:?} must be the name of an exported Go function, e.g. Handle"
                     )));
                 }
-                Ok(Entry::Python(format!("{}.py", module.replace('.', "/"))))
+                Ok(Entry::Go(handler.to_string()))
             }
             "custom" => Ok(Entry::Bootstrap),
-            other => Err(BadCode(format!("runtime {other:?} cannot run code here: use python311 or custom"))),
+            other => Err(BadCode(format!(
+                "runtime {other:?} cannot run code here: use one of {:?}",
+                crate::runtimes::names()
+            ))),
         }
     }
 
     fn file(&self) -> &str {
         match self {
-            Entry::Python(f) => f,
+            Entry::Python(f) | Entry::Node(f) => f,
+            Entry::Go(_) => "go.mod",
             Entry::Bootstrap => "scf_bootstrap",
         }
     }
@@ -227,33 +262,79 @@ fn header(mode: u32, size: u64, kind: tar::EntryType) -> tar::Header {
 
 fn make_layer<R: Read + Seek>(zip: R, files: &[ZipFile]) -> Result<Layer, String> {
     let mut archive = zip::ZipArchive::new(zip).map_err(|e| format!("not a zip archive: {e}"))?;
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    write_layer(&names, |tar| {
+        for f in files {
+            let entry = archive.by_index(f.index).map_err(|e| format!("{:?} cannot be read: {e}", f.name))?;
+            let mut h = header(f.mode, entry.size(), tar::EntryType::Regular);
+            tar.append_data(&mut h, format!("var/user/{}", f.name), entry).map_err(layer_io)?;
+        }
+        Ok(())
+    })
+}
+
+type LayerTar = tar::Builder<Hashing<flate2::write::GzEncoder<Vec<u8>>>>;
+
+fn layer_io(e: std::io::Error) -> String {
+    format!("building the code layer: {e}")
+}
+
+/// A layer of the directories of `names` under `var/user/`, then what `add` appends.
+fn write_layer(
+    names: &[&str],
+    add: impl FnOnce(&mut LayerTar) -> Result<(), String>,
+) -> Result<Layer, String> {
     let mut dirs = std::collections::BTreeSet::new();
     dirs.insert("var/".to_string());
     dirs.insert("var/user/".to_string());
-    for f in files {
+    for name in names {
         let mut at = String::from("var/user/");
-        let parts: Vec<&str> = f.name.split('/').collect();
+        let parts: Vec<&str> = name.split('/').collect();
         for p in &parts[..parts.len() - 1] {
             at.push_str(p);
             at.push('/');
             dirs.insert(at.clone());
         }
     }
-    let io = |e: std::io::Error| format!("building the code layer: {e}");
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(Hashing { inner: gz, sha: Sha256::new() });
     for d in &dirs {
-        tar.append_data(&mut header(0o755, 0, tar::EntryType::Directory), d, std::io::empty()).map_err(io)?;
+        tar.append_data(&mut header(0o755, 0, tar::EntryType::Directory), d, std::io::empty())
+            .map_err(layer_io)?;
     }
-    for f in files {
-        let entry = archive.by_index(f.index).map_err(|e| format!("{:?} cannot be read: {e}", f.name))?;
-        let mut h = header(f.mode, entry.size(), tar::EntryType::Regular);
-        tar.append_data(&mut h, format!("var/user/{}", f.name), entry).map_err(io)?;
-    }
-    let hashing = tar.into_inner().map_err(io)?;
+    add(&mut tar)?;
+    let hashing = tar.into_inner().map_err(layer_io)?;
     let diff_id = format!("sha256:{}", hex::encode(hashing.sha.finalize()));
-    let gz = hashing.inner.finish().map_err(io)?;
+    let gz = hashing.inner.finish().map_err(layer_io)?;
     Ok(Layer { diff_id, gz })
+}
+
+/// A layer of one executable, `var/user/<name>`, read from `path`.
+pub fn executable_layer(name: &str, path: &std::path::Path) -> Result<Layer, BadCode> {
+    let file = std::fs::File::open(path).map_err(|e| BadCode(format!("{}: {e}", path.display())))?;
+    let size = file.metadata().map_err(|e| BadCode(format!("{}: {e}", path.display())))?.len();
+    write_layer(&[name], |tar| {
+        let mut h = header(0o755, size, tar::EntryType::Regular);
+        tar.append_data(&mut h, format!("var/user/{name}"), file).map_err(layer_io)
+    })
+    .map_err(BadCode)
+}
+
+/// Writes the checked `files` of `zip` under `dir` (as they are named, beneath it).
+pub fn unpack<R: Read + Seek>(zip: R, files: &[ZipFile], dir: &std::path::Path) -> Result<(), BadCode> {
+    let bad = |e: String| BadCode(e);
+    let mut archive = zip::ZipArchive::new(zip).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    for f in files {
+        let to = dir.join(&f.name);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| bad(format!("unpacking {:?}: {e}", f.name)))?;
+        }
+        let mut entry =
+            archive.by_index(f.index).map_err(|e| bad(format!("{:?} cannot be read: {e}", f.name)))?;
+        let mut out = std::fs::File::create(&to).map_err(|e| bad(format!("unpacking {:?}: {e}", f.name)))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("unpacking {:?}: {e}", f.name)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -262,6 +343,23 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
+
+    #[test]
+    fn handler_paths_name_files_under_directories_and_go_takes_an_exported_name() {
+        assert_eq!(
+            Entry::of("python311", "src/handler.handle").unwrap(),
+            Entry::Python("src/handler.py".into())
+        );
+        assert_eq!(Entry::of("node18", "src/handler.handle").unwrap(), Entry::Node("src/handler.js".into()));
+        assert_eq!(Entry::of("node18", "").unwrap(), Entry::Node("handler.js".into()));
+        for bad in ["../x.handle", "/abs.handle", "a//b.h", "src/.handle", "x.", "a b.h"] {
+            assert!(Entry::of("node18", bad).is_err(), "{bad}");
+            assert!(Entry::of("python311", bad).is_err(), "{bad}");
+        }
+        assert_eq!(Entry::of("go119", "").unwrap(), Entry::Go("Handle".into()));
+        assert!(Entry::of("go119", "handle").is_err());
+        assert!(Entry::of("go119", "Handle()").is_err());
+    }
 
     fn checked(zip: &[u8], entry: &Entry) -> Result<Vec<ZipFile>, BadCode> {
         check(&mut Cursor::new(zip), entry)

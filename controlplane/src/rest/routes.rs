@@ -234,9 +234,12 @@ async fn deploy_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> 
 /// The code runtimes whose base image is in the registry.
 async fn list_runtimes(AxState(ctx): Ax, _r: Region) -> Answer {
     let mut runtimes = Vec::new();
-    for (name, language, version, handler) in
-        [("python311", "Python", "3.11", "handler.handle"), ("custom", "Custom", "", "scf_bootstrap")]
-    {
+    for rt in crate::runtimes::RUNTIMES {
+        let (name, language, version, handler) = (rt.name, rt.language, rt.version, rt.default_handler);
+        // Go code is compiled here at deploy: not offered without a toolchain.
+        if name == "go119" && crate::build::golang::toolchain().is_none() {
+            continue;
+        }
         let Some(image) = ctx.cfg.runtime_image(name) else { continue };
         if crate::build::image::exists(&ctx.scheduler.registry, &image).await {
             runtimes.push(json!({
