@@ -668,8 +668,15 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
     assert!(failures.is_empty(), "calls failed during the switches: {failures:?}");
     assert_eq!(seen, ["1", "2"], "calls saw v1, then v2, and v2 stayed after the failed v3");
 
-    let (s, _) = api.call(reqwest::Method::DELETE, &format!("/functions/{id}"), None).await;
-    assert_eq!(s, 200);
+    let (s, v) = api.call(reqwest::Method::DELETE, &format!("/functions/{id}"), None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("deleting")), "{v}");
+    // Deleting until no agent runs it: changes are refused meanwhile, then it is gone.
+    // (The agent still reports it until its next heartbeat after the removal.)
+    let (s, v) = api.call(reqwest::Method::GET, &format!("/functions/{id}"), None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("deleting")), "{v}");
+    let (s, v) =
+        api.call(reqwest::Method::PATCH, &format!("/functions/{id}"), Some(json!({ "min_scale": 2 }))).await;
+    assert!(s == 404 || (s == 409 && v["type"] == "transient_state"), "{s} {v}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !agent
         .client
@@ -682,6 +689,10 @@ async fn a_push_to_a_tracked_tag_redeploys_without_a_failed_call() {
         .is_empty()
     {
         assert!(Instant::now() < deadline, "the deleted function stayed on the agent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while api.call(reqwest::Method::GET, &format!("/functions/{id}"), None).await.0 != 404 {
+        assert!(Instant::now() < deadline, "the deleted function's record stayed once no agent ran it");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cp.shutdown().await;

@@ -49,7 +49,7 @@ pub async fn create(state: &State, req: CronInput) -> Result<Cron, Error> {
     };
     state
         .write(|d| {
-            if !d.functions.contains_key(&cron.function_id) {
+            if !crate::functions::live_in(d, &cron.function_id) {
                 return Err(Error::NotFound { resource: "function", id: cron.function_id.clone() });
             }
             Ok((vec![Change::Cron(cron.clone())], cron))
@@ -78,7 +78,7 @@ pub async fn update(state: &State, id: &str, req: CronInput) -> Result<Cron, Err
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "cron", id: id.to_string() })?;
             if let Some(f) = req.function_id {
-                if !d.functions.contains_key(&f) {
+                if !crate::functions::live_in(d, &f) {
                     return Err(Error::NotFound { resource: "function", id: f });
                 }
                 c.function_id = f;

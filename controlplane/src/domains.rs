@@ -34,7 +34,7 @@ pub async fn create(state: &State, req: CreateDomain, generated: &str) -> Result
         Domain { id: uuid::Uuid::new_v4().to_string(), hostname, function_id, created_at: Utc::now() };
     state
         .write(|d| {
-            if !d.functions.contains_key(&domain.function_id) {
+            if !crate::functions::live_in(d, &domain.function_id) {
                 return Err(Error::NotFound { resource: "function", id: domain.function_id.clone() });
             }
             if let Some(x) = d.domains.values().find(|x| x.hostname == domain.hostname) {

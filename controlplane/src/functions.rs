@@ -359,6 +359,7 @@ pub async fn update(
                 .get(id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
+            not_deleting(&f)?;
             apply(&mut f, input, secrets)?;
             check_acceleration(d, &f, accelerated_max)?;
             Ok((vec![Change::Function(f.clone())], (f, redeploy)))
@@ -366,16 +367,39 @@ pub async fn update(
         .await
 }
 
-/// Deletes a function with its tokens and crons; the scheduler takes it off the agents.
+/// Refuses a change to `f` while it is being deleted.
+fn not_deleting(f: &Function) -> Result<(), Error> {
+    if f.status == FunctionStatus::Deleting {
+        return Err(Error::TransientState { resource: "function", id: f.id.clone(), state: "deleting" });
+    }
+    Ok(())
+}
+
+/// Whether function `id` exists and is not being deleted (what may refer to it).
+pub fn live_in(d: &crate::state::Data, id: &str) -> bool {
+    d.functions.get(id).is_some_and(|f| f.status != FunctionStatus::Deleting)
+}
+
+/// The function `id`, unless it is being deleted (for what would change or call it).
+pub fn get_live(state: &State, id: &str) -> Result<Function, Error> {
+    let f = get(state, id)?;
+    not_deleting(&f)?;
+    Ok(f)
+}
+
+/// Deletes a function: its tokens, crons, domains and triggers at once; the function is
+/// `deleting` until the scheduler has taken it off every agent, then gone.
 pub async fn delete(state: &State, id: &str) -> Result<Function, Error> {
     state
         .write(|d| {
-            let f = d
+            let mut f = d
                 .functions
                 .get(id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
-            let mut changes = vec![Change::DeleteFunction(id.to_string())];
+            f.status = FunctionStatus::Deleting;
+            f.updated_at = Utc::now();
+            let mut changes = vec![Change::Function(f.clone())];
             changes.extend(
                 d.crons.values().filter(|c| c.function_id == id).map(|c| Change::DeleteCron(c.id.clone())),
             );
@@ -422,6 +446,7 @@ pub async fn start_deploy(
                      or custom and upload its code to the upload-url"
                 )));
             }
+            not_deleting(&f)?;
             if f.status == FunctionStatus::Pending {
                 return Err(Error::TransientState {
                     resource: "function",

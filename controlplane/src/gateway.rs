@@ -74,6 +74,9 @@ fn target(ctx: &Ctx, req: &Request) -> Option<(Arc<Routed>, String)> {
 /// Why a call to `f` cannot go on (it is not deployed, or takes events only), as the
 /// answer; none when it can.
 fn not_callable(f: &crate::route_index::Routed) -> Option<Response> {
+    if f.status == FunctionStatus::Deleting {
+        return Some(answer(StatusCode::NOT_FOUND, format!("function {} is being deleted", f.name)));
+    }
     if !f.deployed {
         let why = match f.status {
             FunctionStatus::Error => {

@@ -146,6 +146,8 @@ pub enum FunctionStatus {
     Ready,
     /// The last deploy failed (error_message says why).
     Error,
+    /// Deleted: kept until no agent runs it, then gone.
+    Deleting,
 }
 
 /// A function: an image and how to run it.

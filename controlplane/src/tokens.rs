@@ -65,7 +65,7 @@ pub async fn create(state: &State, req: CreateToken) -> Result<(Token, String), 
     state
         .write(|d| {
             if let Some(f) = &token.function_id {
-                if !d.functions.contains_key(f) {
+                if !crate::functions::live_in(d, f) {
                     return Err(Error::NotFound { resource: "function", id: f.clone() });
                 }
             }

@@ -84,7 +84,7 @@ pub async fn create(state: &State, req: TriggerInput, nats_on: bool) -> Result<T
     };
     state
         .write(|d| {
-            if !d.functions.contains_key(&t.function_id) {
+            if !crate::functions::live_in(d, &t.function_id) {
                 return Err(Error::NotFound { resource: "function", id: t.function_id.clone() });
             }
             Ok((vec![Change::Trigger(t.clone())], t))

@@ -95,6 +95,7 @@ pub async fn record(state: &State, push: &Push) -> Result<Vec<(String, bool)>, E
             let mut ids = Vec::new();
             let tracking = |f: &&Function| {
                 f.deploys > 0
+                    && f.status != FunctionStatus::Deleting
                     && tracked_tag(&f.registry_image).as_deref() == Some(push.reference.as_str())
                     && f.pushed_digest.as_deref() != Some(push.digest.as_str())
             };

@@ -211,8 +211,18 @@ def test_deploy_call_tokens_and_crons(api):
     assert api.delete_domain(domain_id=dom.id).status == "deleting"
     assert requests.post(f"{GATEWAY}/via-domain", headers=by_host).status_code == 404
 
-    api.delete_function(function_id=fn.id)
+    assert api.delete_function(function_id=fn.id).status == FunctionStatus.DELETING
     assert requests.post(url, headers={"X-Auth-Token": ns_token.token}).status_code == 404
+    # Deleting until no agent runs it, then gone.
+    deadline = time.time() + 30
+    while True:
+        try:
+            assert api.get_function(function_id=fn.id).status == FunctionStatus.DELETING
+        except ScalewayException as e:
+            assert e.status_code == 404
+            break
+        assert time.time() < deadline, "the deleted function stayed"
+        time.sleep(0.2)
     api.delete_namespace(namespace_id=ns.id)
 
 

@@ -96,7 +96,7 @@ pub async fn upload_url(
         }
         length = Some(n);
     }
-    entry_of(&ctx, &functions::get(&ctx.state, &id)?)?;
+    entry_of(&ctx, &functions::get_live(&ctx.state, &id)?)?;
     let url = signed_url(&ctx, "PUT", &id, length);
     Ok(Json(json!({ "url": url, "headers": { "Content-Type": ["application/octet-stream"] } })))
 }
@@ -151,7 +151,7 @@ pub async fn put_code(
             Error::Unauthenticated("this upload URL was used already: ask for a new one".into()).into()
         );
     }
-    let f = functions::get(&ctx.state, &id)?;
+    let f = functions::get_live(&ctx.state, &id)?;
     let entry = entry_of(&ctx, &f)?;
     let limit = s.length.unwrap_or(MAX_ZIP_BYTES).min(MAX_ZIP_BYTES);
     // Streamed to a file of its own beside the current zip, never held whole: a refused or

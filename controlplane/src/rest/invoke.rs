@@ -41,7 +41,7 @@ pub async fn invoke(
             return Err(Error::invalid("invocation_type", why).into());
         }
     };
-    let f = functions::get(&ctx.state, &id)?;
+    let f = functions::get_live(&ctx.state, &id)?;
     if f.deployed.is_none() {
         let why = format!("function {id} is not deployed (status {}): deploy it first", views::status(&f));
         return Err(Error::Precondition(why).into());

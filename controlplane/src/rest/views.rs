@@ -54,6 +54,7 @@ pub fn status(f: &Function) -> &'static str {
         FunctionStatus::Pending => "pending",
         FunctionStatus::Ready => "ready",
         FunctionStatus::Error => "error",
+        FunctionStatus::Deleting => "deleting",
     }
 }
 

@@ -54,6 +54,9 @@ impl Scheduler {
             .state
             .write(|d| {
                 let Some(mut f) = d.functions.get(id).cloned() else { return Ok((vec![], ())) };
+                if f.status == FunctionStatus::Deleting {
+                    return Ok((vec![], ()));
+                }
                 match outcome {
                     Ok((deployed, warnings)) => {
                         f.status = FunctionStatus::Ready;

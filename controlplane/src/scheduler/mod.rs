@@ -24,7 +24,7 @@ use std::time::Duration;
 use fnrt_proto::agent::v1 as apb;
 use tokio::sync::Notify;
 
-use crate::model::{Deployed, Function, Namespace};
+use crate::model::{Deployed, Function, FunctionStatus, Namespace};
 use crate::state::State;
 use crate::Config;
 use agents::Agent;
@@ -234,7 +234,8 @@ impl Scheduler {
             let f = d
                 .functions
                 .values()
-                .filter(|f| f.deployed.is_some() && f.status != crate::model::FunctionStatus::Pending)
+                .filter(|f| f.deployed.is_some())
+                .filter(|f| !matches!(f.status, FunctionStatus::Pending | FunctionStatus::Deleting))
                 .filter_map(|f| Some((f.clone(), d.namespaces.get(&f.namespace_id)?.clone())))
                 .collect();
             let p = d
@@ -281,6 +282,36 @@ impl Scheduler {
                 if ours && !pending.contains(&name) && !wanted.contains(&(a.node.clone(), name.clone())) {
                     self.remove(a, &name).await;
                 }
+            }
+        }
+        self.finish_deletes(&live).await;
+    }
+
+    /// Deletes the records of the functions being deleted that no live agent runs any
+    /// more (a lost agent's are gone with it).
+    async fn finish_deletes(&self, live: &[Agent]) {
+        let deleting: Vec<Function> = self.state.read(|d| {
+            d.functions.values().filter(|f| f.status == FunctionStatus::Deleting).cloned().collect()
+        });
+        for f in deleting {
+            let name = f.agent_name();
+            if live.iter().any(|a| self.hosts(a, &name)) {
+                continue;
+            }
+            let id = f.id.clone();
+            let done = self
+                .state
+                .write(|d| {
+                    let still = d.functions.get(&id).is_some_and(|f| f.status == FunctionStatus::Deleting);
+                    Ok((
+                        if still { vec![crate::state::Change::DeleteFunction(id.clone())] } else { vec![] },
+                        (),
+                    ))
+                })
+                .await;
+            match done {
+                Ok(()) => tracing::info!(function = %id, "function deleted: no agent runs it"),
+                Err(e) => tracing::warn!(function = %id, error = %e, "cannot delete the function's record"),
             }
         }
     }
