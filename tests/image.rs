@@ -164,7 +164,11 @@ async fn the_cache_evicts_least_recently_used_images_but_never_one_in_use_or_pin
     assert!(r.cache_bytes <= r.budget_bytes, "{} > {}", r.cache_bytes, r.budget_bytes);
 
     // A pinned prefetch evicts the other; a later pull never evicts the pinned one.
-    let req = fnrt_proto::agent::v1::PrefetchImageRequest { reference: echo.clone(), pin: true };
+    let req = fnrt_proto::agent::v1::PrefetchImageRequest {
+        reference: echo.clone(),
+        pin: true,
+        registry_credentials: None,
+    };
     let mut stream = agent.client.prefetch_image(req).await.unwrap().into_inner();
     while stream.message().await.unwrap().is_some() {}
     let r = list(&mut agent).await;

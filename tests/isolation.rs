@@ -416,7 +416,7 @@ async fn cluster_links_are_mutual_tls_and_a_node_name_belongs_to_its_certificate
     };
     // The control plane calls the agent back over TLS (it registered https://) and the
     // call goes through: the agent's certificate names the node.
-    joined.link.prefetch(&image("echo")).await.expect("the control plane reaches the agent over TLS");
+    joined.link.prefetch(&image("echo"), None).await.expect("the control plane reaches the agent over TLS");
 
     // Joining: no TLS, no client certificate, another CA's certificate: refused before a call.
     let id = "0123456789abcdef0123456789abcdef";

@@ -108,7 +108,8 @@ impl AgentApi for Api {
         req: Request<pb::PrefetchImageRequest>,
     ) -> Result<Response<Self::PrefetchImageStream>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(self.spawn_pull(r.reference, Some(r.pin))))
+        let credentials = r.registry_credentials.map(fnrt_function::PullCredentials::from);
+        Ok(Response::new(self.spawn_pull(r.reference, Some((r.pin, credentials)))))
     }
 
     async fn list_images(
@@ -147,8 +148,7 @@ impl AgentApi for Api {
             namespace: r.namespace,
             timeout_ms: r.timeout_ms,
             process: fnrt_function::Process { command: r.command, args: r.args },
-            // An instance started on its own pulls with the node's credentials.
-            credentials: None,
+            credentials: None, // started on its own: the node's credentials
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.
@@ -322,7 +322,7 @@ impl Api {
     fn spawn_pull(
         &self,
         reference: String,
-        pin: Option<bool>,
+        prefetch: Option<(bool, Option<fnrt_function::PullCredentials>)>,
     ) -> ReceiverStream<Result<pb::PullProgress, Status>> {
         let (tx, rx) = mpsc::channel(64);
         let node = self.node.clone();
@@ -334,9 +334,9 @@ impl Api {
                     let _ = fwd.send(Ok(progress_message(e))).await;
                 }
             });
-            let result = match pin {
+            let result = match prefetch {
                 None => node.instances.pull_image(&reference, &progress).await,
-                Some(pin) => node.instances.prefetch(&reference, pin, &progress).await,
+                Some((pin, c)) => node.instances.prefetch(&reference, pin, c.as_ref(), &progress).await,
             };
             drop(progress);
             let _ = forwarder.await;

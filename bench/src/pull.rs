@@ -58,7 +58,7 @@ async fn main() {
 
     let (mut warm, mut cold) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let req = PrefetchImageRequest { reference: large.clone(), pin: true };
+        let req = PrefetchImageRequest { reference: large.clone(), pin: true, registry_credentials: None };
         let mut s = agent.client.prefetch_image(req).await.unwrap().into_inner();
         while s.message().await.unwrap().is_some() {}
         warm.push(start_and_call(&mut agent, &large).await);

@@ -214,6 +214,7 @@ fn check_acceleration(d: &crate::state::Data, f: &Function, max: u32) -> Result<
         .functions
         .values()
         .filter(|o| o.namespace_id == f.namespace_id && o.id != f.id && o.image_acceleration)
+        .filter(|o| o.status != FunctionStatus::Deleting)
         .count();
     if others >= max as usize {
         return Err(Error::invalid(

@@ -42,11 +42,7 @@ impl TryFrom<pb::FunctionSpec> for RawSpec {
             display_name: f.display_name,
             process: crate::spec::Process { command: f.command, args: f.args },
             keep_image: f.keep_image,
-            pull_credentials: f.registry_credentials.map(|c| PullCredentials {
-                registry: c.registry,
-                username: c.username,
-                password: c.password.into(),
-            }),
+            pull_credentials: f.registry_credentials.map(PullCredentials::from),
         })
     }
 }
@@ -81,12 +77,24 @@ impl From<RawSpec> for pb::FunctionSpec {
             command: r.process.command,
             args: r.process.args,
             keep_image: r.keep_image,
-            registry_credentials: r.pull_credentials.map(|c| pb::RegistryCredentials {
-                registry: c.registry,
-                username: c.username,
-                password: c.password.expose().to_string(),
-            }),
+            registry_credentials: r.pull_credentials.map(pb::RegistryCredentials::from),
         }
+    }
+}
+
+impl From<PullCredentials> for pb::RegistryCredentials {
+    fn from(c: PullCredentials) -> pb::RegistryCredentials {
+        pb::RegistryCredentials {
+            registry: c.registry,
+            username: c.username,
+            password: c.password.expose().to_string(),
+        }
+    }
+}
+
+impl From<pb::RegistryCredentials> for PullCredentials {
+    fn from(c: pb::RegistryCredentials) -> PullCredentials {
+        PullCredentials { registry: c.registry, username: c.username, password: c.password.into() }
     }
 }
 

@@ -112,10 +112,11 @@ impl ImageCache {
         &self,
         reference: &str,
         pin: bool,
+        credentials: Option<&PullCredentials>,
         progress: &Progress,
         used: HashSet<String>,
     ) -> Result<ImageInfo, Error> {
-        let info = self.images.pull(reference, progress).await?;
+        let info = self.images.with_credentials(credentials).pull(reference, progress).await?;
         self.images.pin(&info.reference, pin).await?;
         self.evict(&info.reference, used).await;
         Ok(info)

@@ -248,9 +248,10 @@ impl Instances {
         &self,
         reference: &str,
         pin: bool,
+        credentials: Option<&PullCredentials>,
         progress: &Progress,
     ) -> Result<ImageInfo, Error> {
-        self.parts.images.prefetch(reference, pin, progress, self.images_in_use()).await
+        self.parts.images.prefetch(reference, pin, credentials, progress, self.images_in_use()).await
     }
 
     /// The node cache: its images with their users, the bytes they take and the budget.

@@ -48,7 +48,10 @@ pub async fn run(agent: &mut AgentClient<Channel>, cmd: ImageCommand, out: Outpu
             show_pull(stream, out).await
         }
         ImageCommand::Prefetch { reference, pin } => {
-            let stream = agent.prefetch_image(PrefetchImageRequest { reference, pin }).await?.into_inner();
+            let stream = agent
+                .prefetch_image(PrefetchImageRequest { reference, pin, registry_credentials: None })
+                .await?
+                .into_inner();
             show_pull(stream, out).await
         }
         ImageCommand::Ls => {

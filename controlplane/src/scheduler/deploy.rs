@@ -87,10 +87,13 @@ impl Scheduler {
         }
     }
 
-    async fn prefetch(&self, image: &str) {
-        let calls = self.live().into_iter().map(|a| async move {
-            if let Err(s) = a.link.prefetch(image).await {
-                tracing::warn!(node = %a.node, image, error = %s.message(), "prefetch failed");
+    async fn prefetch(&self, image: &str, credentials: Option<fnrt_proto::agent::v1::RegistryCredentials>) {
+        let calls = self.live().into_iter().map(|a| {
+            let credentials = credentials.clone();
+            async move {
+                if let Err(s) = a.link.prefetch(image, credentials).await {
+                    tracing::warn!(node = %a.node, image, error = %s.message(), "prefetch failed");
+                }
             }
         });
         join_all(calls).await;
@@ -158,7 +161,8 @@ impl Scheduler {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         if f.image_acceleration {
-            self.prefetch(&deployed.image).await;
+            let credentials = super::credentials_for(&ns, &deployed.image).map(|c| c.for_agents().into());
+            self.prefetch(&deployed.image, credentials).await;
         }
         let live = self.live();
         let shares = super::place(

@@ -39,7 +39,7 @@ pub trait AgentLink: Send + Sync {
     /// Removes a function (`NotFound` when it has not).
     fn remove(&self, name: &str) -> Call<'_, ()>;
     /// Pulls an image into the agent's cache, to the end.
-    fn prefetch(&self, image: &str) -> Call<'_, ()>;
+    fn prefetch(&self, image: &str, credentials: Option<apb::RegistryCredentials>) -> Call<'_, ()>;
     /// Calls a function with an event; its answer.
     fn invoke(&self, req: apb::InvokeRequest) -> Call<'_, apb::InvokeResponse>;
     /// Its instances' log lines (StreamLogs).
@@ -71,9 +71,13 @@ impl AgentLink for Grpc {
         Box::pin(async move { self.0.clone().remove_function(req).await.map(drop) })
     }
 
-    fn prefetch(&self, image: &str) -> Call<'_, ()> {
-        let req =
-            timed(apb::PrefetchImageRequest { reference: image.to_string(), pin: false }, DEPLOY_TIMEOUT);
+    fn prefetch(&self, image: &str, credentials: Option<apb::RegistryCredentials>) -> Call<'_, ()> {
+        let req = apb::PrefetchImageRequest {
+            reference: image.to_string(),
+            pin: false,
+            registry_credentials: credentials,
+        };
+        let req = timed(req, DEPLOY_TIMEOUT);
         Box::pin(async move {
             let mut stream = self.0.clone().prefetch_image(req).await?.into_inner();
             while stream.message().await?.is_some() {}

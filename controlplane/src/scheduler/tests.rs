@@ -54,7 +54,7 @@ impl AgentLink for Fake {
         self.record(format!("remove {name}"));
         Box::pin(async { Ok(()) })
     }
-    fn prefetch(&self, image: &str) -> Call<'_, ()> {
+    fn prefetch(&self, image: &str, _credentials: Option<apb::RegistryCredentials>) -> Call<'_, ()> {
         self.record(format!("prefetch {image}"));
         Box::pin(async { Ok(()) })
     }
