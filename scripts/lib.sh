@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FNRT_STATE=${FNRT_STATE:-/var/lib/fnrt-dev}
 FNRT_REGISTRY=${FNRT_REGISTRY:-127.0.0.1:5000}
 CONTAINERD_SOCK="$FNRT_STATE/containerd/containerd.sock"
-PACKAGES=(containerd runc containernetworking-plugins docker-registry buildah protobuf-compiler iproute2 e2fsprogs curl nats-server nftables golang-go)
+PACKAGES=(containerd runc containernetworking-plugins docker-registry buildah protobuf-compiler iproute2 e2fsprogs curl nats-server nftables golang-go etcd-server libprotobuf-dev)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

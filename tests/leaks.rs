@@ -13,15 +13,23 @@ async fn nothing_of_the_suite_is_left_behind() {
     let namespaces = namespaces_with_prefix(&parts.containerd_socket, TEST_PREFIX).await;
     let mut left: Vec<String> = namespaces.iter().map(|n| format!("containerd namespace {n}")).collect();
     left.extend(node_leftovers(TEST_PREFIX));
-    let shims = std::fs::read_dir("/proc")
+    let commands: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("containerd-shim") && c.contains(TEST_PREFIX))
-        .count();
+        .collect();
+    let shims = commands.iter().filter(|c| c.contains("containerd-shim") && c.contains(TEST_PREFIX)).count();
     if shims > 0 {
         left.push(format!("{shims} containerd-shim processes of test namespaces"));
+    }
+    // The tests' etcd members (tests/support/etcd.rs names their cluster fnrt-test-*).
+    let etcds = commands
+        .iter()
+        .filter(|c| c.starts_with("etcd ") && c.contains("--initial-cluster-token fnrt-test-"))
+        .count();
+    if etcds > 0 {
+        left.push(format!("{etcds} etcd members of test clusters"));
     }
     assert!(left.is_empty(), "the suite left behind: {left:#?}");
 }

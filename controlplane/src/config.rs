@@ -23,9 +23,28 @@ pub struct Config {
     /// The gRPC port agents join on.
     #[default(SocketAddr::from(([127, 0, 0, 1], 8092)))]
     pub grpc_listen: SocketAddr,
-    /// Where the store lives (`<state_dir>/state.redb`).
+    /// Where the state lives (`<state_dir>/state.redb` with the redb store) and the
+    /// control plane's own files (admin token, URL key, code zips).
     #[default(PathBuf::from("/var/lib/fnrt-controlplane"))]
     pub state_dir: PathBuf,
+    /// The store: `redb` (a file in state_dir, one machine) or `etcd`.
+    #[default("redb".into())]
+    pub store: String,
+    /// etcd's client URLs (`http://host:2379`, `https://` with TLS), for store = "etcd".
+    pub etcd_endpoints: Vec<String>,
+    /// The prefix of every key the control plane keeps in etcd (ends with '/').
+    #[default("fnrt/".into())]
+    pub etcd_prefix: String,
+    /// An etcd user (its authentication), with etcd_password.
+    pub etcd_username: String,
+    /// Its password.
+    pub etcd_password: Secret,
+    /// PEM CA etcd's certificates are checked against (TLS).
+    pub etcd_ca_file: Option<PathBuf>,
+    /// A client certificate for etcd (PEM), with etcd_key_file.
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Its key.
+    pub etcd_key_file: Option<PathBuf>,
     /// The region served (`fr-par`, as Scaleway's SDKs default to).
     #[default("fr-par".into())]
     pub region: String,
@@ -153,6 +172,7 @@ impl Config {
             ));
         }
         self.check_links(&mut errors);
+        self.check_store(&mut errors);
         if self.region.is_empty() || self.domain.is_empty() {
             errors.push("region and domain must not be empty".into());
         }
@@ -181,6 +201,40 @@ impl Config {
     /// Whether the join service runs in plain TCP beyond loopback.
     pub fn plain_grpc(&self) -> bool {
         self.tls_files().is_none() && !self.grpc_listen.ip().is_loopback()
+    }
+
+    fn check_store(&self, errors: &mut Vec<String>) {
+        match self.store.as_str() {
+            "redb" => {}
+            "etcd" => {
+                if self.etcd_endpoints.is_empty() {
+                    errors.push("store = \"etcd\" needs etcd_endpoints (e.g. http://127.0.0.1:2379)".into());
+                }
+                if self.etcd_prefix.is_empty() || !self.etcd_prefix.ends_with('/') {
+                    errors.push(format!("etcd_prefix {:?} must end with '/', e.g. fnrt/", self.etcd_prefix));
+                }
+                if self.etcd_username.is_empty() != self.etcd_password.expose().is_empty() {
+                    errors.push("etcd_username and etcd_password go together".into());
+                }
+                if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
+                    errors.push("etcd_cert_file and etcd_key_file go together".into());
+                }
+            }
+            other => errors.push(format!("store {other:?} is not redb or etcd")),
+        }
+    }
+
+    /// How to reach etcd (store = "etcd").
+    pub fn etcd_settings(&self) -> crate::store::EtcdSettings {
+        crate::store::EtcdSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+        }
     }
 
     fn check_links(&self, errors: &mut Vec<String>) {

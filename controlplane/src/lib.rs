@@ -20,7 +20,7 @@ pub(crate) mod runtimes;
 pub mod scheduler;
 pub(crate) mod serve;
 pub mod state;
-pub(crate) mod store;
+pub mod store;
 pub mod tokens;
 pub(crate) mod triggers;
 pub(crate) mod webhook;
@@ -242,14 +242,24 @@ async fn open_state(cfg: &Config) -> Result<Arc<State>, StartError> {
             tracing::warn!(dir = %dir.display(), files = swept, "removed files a crash left half written");
         }
     }
-    let db = cfg.state_dir.join("state.redb");
-    let store = tokio::task::spawn_blocking(move || store::RedbStore::open(&db))
-        .await
-        .map_err(|e| error::Error::Internal(e.to_string()))?
-        .map_err(error::Error::from)?;
-    let state = Arc::new(State::open(Arc::new(store))?);
+    let state = Arc::new(State::open(open_store(cfg).await?).await?);
     namespaces::upgrade_secret_hashes(&state).await?;
     Ok(state)
+}
+
+/// The store the configuration names.
+pub async fn open_store(cfg: &Config) -> Result<Arc<dyn store::Store>, StartError> {
+    let store: Arc<dyn store::Store> = if cfg.store == "etcd" {
+        Arc::new(store::EtcdStore::connect(&cfg.etcd_settings()).await.map_err(error::Error::from)?)
+    } else {
+        let db = cfg.state_dir.join("state.redb");
+        let redb = tokio::task::spawn_blocking(move || store::RedbStore::open(&db))
+            .await
+            .map_err(|e| error::Error::Internal(e.to_string()))?
+            .map_err(error::Error::from)?;
+        Arc::new(redb)
+    };
+    Ok(store)
 }
 
 /// The registry client the configuration asks for.

@@ -9,10 +9,10 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// TOML configuration file.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Set one setting, as KEY=VALUE; repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     set: Vec<String>,
     /// Log as JSON lines.
     #[arg(long)]
@@ -26,6 +26,9 @@ enum Command {
     /// The cluster's certificates (README "Cluster TLS").
     #[command(subcommand)]
     Ca(Ca),
+    /// Copies the redb store in state_dir into the etcd the settings name (store = "etcd"),
+    /// with the control plane stopped.
+    MigrateStore,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -123,6 +126,18 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: --set {kv:?}: {e}");
             return std::process::ExitCode::from(2);
         }
+    }
+    if let Some(Command::MigrateStore) = args.command {
+        return match fnrt_controlplane::store::migrate::redb_to_etcd(&cfg).await {
+            Ok(n) => {
+                println!("copied {n} records into etcd under {}", cfg.etcd_prefix);
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}", fnrt_common::chain(&e));
+                std::process::ExitCode::from(2)
+            }
+        };
     }
     match fnrt_controlplane::run(cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

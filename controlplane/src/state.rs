@@ -124,9 +124,9 @@ pub struct State {
 
 /// Every record under `prefix`; one that cannot be read is logged and skipped (it stays
 /// in the store for the operator), so one damaged record does not stop the control plane.
-fn load<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<BTreeMap<String, T>, Error> {
+async fn load<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<BTreeMap<String, T>, Error> {
     let mut out = BTreeMap::new();
-    for (key, bytes) in store.list(prefix)? {
+    for (key, bytes) in store.list(prefix).await? {
         match serde_json::from_slice(&bytes) {
             Ok(v) => {
                 out.insert(key[prefix.len()..].to_string(), v);
@@ -139,14 +139,14 @@ fn load<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<BTreeMap
 
 impl State {
     /// Loads every record of `store`.
-    pub fn open(store: Arc<dyn Store>) -> Result<State, Error> {
+    pub async fn open(store: Arc<dyn Store>) -> Result<State, Error> {
         let data = Data {
-            namespaces: load(store.as_ref(), NAMESPACES)?,
-            functions: load(store.as_ref(), FUNCTIONS)?,
-            tokens: load(store.as_ref(), TOKENS)?,
-            crons: load(store.as_ref(), CRONS)?,
-            domains: load(store.as_ref(), DOMAINS)?,
-            triggers: load(store.as_ref(), TRIGGERS)?,
+            namespaces: load(store.as_ref(), NAMESPACES).await?,
+            functions: load(store.as_ref(), FUNCTIONS).await?,
+            tokens: load(store.as_ref(), TOKENS).await?,
+            crons: load(store.as_ref(), CRONS).await?,
+            domains: load(store.as_ref(), DOMAINS).await?,
+            triggers: load(store.as_ref(), TRIGGERS).await?,
         };
         let routes = RwLock::new(Arc::new(RouteIndex::of(&data.namespaces, &data.functions, &data.domains)));
         let (changes, _) = tokio::sync::watch::channel(0);
@@ -170,10 +170,7 @@ impl State {
             return Ok(out);
         }
         let ops = changes.iter().map(Change::op).collect::<Result<Vec<_>, _>>()?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.apply(&ops))
-            .await
-            .map_err(|e| Error::Internal(format!("store task failed: {e}")))??;
+        self.store.apply(ops).await?;
         let index = {
             let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
             for c in changes {
@@ -203,12 +200,12 @@ mod tests {
     use super::*;
     use crate::store::{Op, RedbStore};
 
-    #[test]
-    fn a_damaged_record_is_skipped_not_fatal() {
+    #[tokio::test]
+    async fn a_damaged_record_is_skipped_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("state.redb")).unwrap();
-        store.apply(&[Op::Put(format!("{NAMESPACES}bad"), b"{not json".to_vec())]).unwrap();
-        let state = State::open(Arc::new(store)).expect("the control plane starts");
+        store.apply(vec![Op::Put(format!("{NAMESPACES}bad"), b"{not json".to_vec())]).await.unwrap();
+        let state = State::open(Arc::new(store)).await.expect("the control plane starts");
         state.read(|d| assert!(d.namespaces.is_empty()));
     }
 }

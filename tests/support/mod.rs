@@ -5,6 +5,7 @@
 //! them they fail with the command that sets them up.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod etcd;
 pub mod fake_registry;
 pub mod nats;
 pub mod process;

@@ -73,10 +73,10 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-fn world() -> World {
+async fn world() -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = RedbStore::open(&dir.path().join("state.redb")).expect("store");
-    let state = Arc::new(State::open(Arc::new(store)).expect("state"));
+    let state = Arc::new(State::open(Arc::new(store)).await.expect("state"));
     let registry = fnrt_registry::Registry::new(Default::default(), "test").expect("registry client");
     let scheduler = Arc::new(Scheduler::new(Arc::default(), state.clone(), registry));
     World { scheduler, state, _dir: dir }
@@ -169,7 +169,7 @@ const F2: &str = "22222222-2222-4222-8222-222222222222";
 
 #[tokio::test]
 async fn reconcile_puts_a_function_on_the_agent_with_room_once() {
-    let w = world();
+    let w = world().await;
     let (small, big) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
     w.agent("small", 128, &[], small.clone());
     w.agent("big", 4096, &[], big.clone());
@@ -184,7 +184,7 @@ async fn reconcile_puts_a_function_on_the_agent_with_room_once() {
 
 #[tokio::test]
 async fn warm_instances_are_spread_and_a_scale_change_is_an_update() {
-    let w = world();
+    let w = world().await;
     let (a, b) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
     w.agent("a", 4096, &[], a.clone());
     w.agent("b", 4096, &[], b.clone());
@@ -207,7 +207,7 @@ async fn warm_instances_are_spread_and_a_scale_change_is_an_update() {
 
 #[tokio::test]
 async fn what_is_no_longer_wanted_goes_and_operators_functions_stay() {
-    let w = world();
+    let w = world().await;
     let a = Arc::new(Fake::default());
     let stale = fnrt_function::naming::on_agents(F2);
     w.agent("a", 4096, &[stale.as_str(), "operators-own"], a.clone());
@@ -221,7 +221,7 @@ async fn what_is_no_longer_wanted_goes_and_operators_functions_stay() {
 
 #[tokio::test]
 async fn a_deploy_refused_by_one_agent_is_taken_off_the_others() {
-    let w = world();
+    let w = world().await;
     let ok = Arc::new(Fake::default());
     let full = Arc::new(Fake { refuse_deploys: true, ..Fake::default() });
     w.agent("ok", 4096, &[], ok.clone());
@@ -248,7 +248,7 @@ async fn a_deploy_refused_by_one_agent_is_taken_off_the_others() {
 
 #[tokio::test]
 async fn a_trigger_call_goes_to_the_agent_that_runs_the_function() {
-    let w = world();
+    let w = world().await;
     let (a, b) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
     let name = fnrt_function::naming::on_agents(F1);
     w.agent("a", 4096, &[], a.clone());
@@ -262,7 +262,7 @@ async fn a_trigger_call_goes_to_the_agent_that_runs_the_function() {
 
 #[tokio::test]
 async fn a_failing_cron_is_in_error_with_the_reason_until_a_run_succeeds() {
-    let w = world();
+    let w = world().await;
     let cron = crate::model::Cron {
         id: "c1".into(),
         function_id: F1.into(),
@@ -287,7 +287,7 @@ async fn a_failing_cron_is_in_error_with_the_reason_until_a_run_succeeds() {
 
 #[tokio::test]
 async fn a_start_failure_an_agent_reports_is_told_with_its_node() {
-    let w = world();
+    let w = world().await;
     let name = fnrt_function::naming::on_agents(F1);
     w.agent("b", 4096, &[name.as_str()], Arc::new(Fake::default()));
     assert_eq!(w.scheduler.start_failure(&name), None);
@@ -299,7 +299,7 @@ async fn a_start_failure_an_agent_reports_is_told_with_its_node() {
 
 #[tokio::test]
 async fn a_code_function_is_creating_while_its_image_is_built() {
-    let w = world();
+    let w = world().await;
     assert!(!w.scheduler.is_building(F1));
     {
         let _b = super::deploy::Building::new(&w.scheduler, F1);
