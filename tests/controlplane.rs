@@ -820,6 +820,23 @@ async fn nats_messages_call_the_function_and_failed_deliveries_show_on_the_trigg
     drop(nats);
 }
 
+/// A control plane started on the store of one just shut down in this process: the old
+/// one's connection tasks (an agent's open HTTP/2 stream) let go of the redb file a
+/// moment later, which redb reports as DatabaseAlreadyOpen until then. A new process
+/// never meets this.
+async fn start_again(cfg: CpConfig) -> fnrt_controlplane::Handle {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fnrt_controlplane::start(cfg.clone()).await {
+            Ok(cp) => return cp,
+            Err(e) if format!("{e:?}").contains("DatabaseAlreadyOpen") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the control plane did not start again: {e:?}"),
+        }
+    }
+}
+
 /// The lines the control plane gathers for call `request_id` of `id`.
 async fn call_lines(api: &Api, id: &str, request_id: &str) -> Vec<String> {
     let (s, v) = api
@@ -871,7 +888,7 @@ async fn async_invocations_are_queued_on_nats_and_survive_a_control_plane_restar
     let second = v["request_id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cp.shutdown().await;
-    let cp = fnrt_controlplane::start(config()).await.unwrap();
+    let cp = start_again(config()).await;
     let api = Api::new(&cp);
     let agent = joined_agent(&cp, "async-b").await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -882,7 +899,7 @@ async fn async_invocations_are_queued_on_nats_and_survive_a_control_plane_restar
 
     // Without NATS: refused with what to set.
     cp.shutdown().await;
-    let cp = fnrt_controlplane::start(CpConfig { nats_url: String::new(), ..config() }).await.unwrap();
+    let cp = start_again(CpConfig { nats_url: String::new(), ..config() }).await;
     let api = Api::new(&cp);
     let (s, v) = api.call(reqwest::Method::POST, &invoke("event"), Some(json!({}))).await;
     assert!(s == 412 && v["message"].as_str().unwrap().contains("nats_url"), "{s} {v}");

@@ -106,6 +106,7 @@ impl Handle {
             t.abort();
             let _ = t.await;
         }
+        self.ctx.scheduler.stop_calls().await;
     }
 }
 

@@ -8,11 +8,13 @@
 //! changes.
 
 pub mod agents;
+mod breaker;
 mod deploy;
 mod error;
 pub mod link;
 pub mod logs;
 mod nats;
+mod pass;
 pub mod placement;
 pub mod queue;
 pub mod timer;
@@ -49,6 +51,12 @@ pub struct Scheduler {
     cron_errors: Mutex<HashMap<String, String>>,
     /// Code functions whose image is being built.
     building: Mutex<std::collections::HashSet<String>>,
+    /// Each agent's circuit breaker.
+    breakers: breaker::Breakers,
+    /// Agents whose last pass's calls still run (a pass leaves them out).
+    busy: Arc<Mutex<HashSet<String>>>,
+    /// The tasks of those calls, stopped with the control plane.
+    calls: Mutex<Vec<tokio::task::AbortHandle>>,
     /// The JetStream context async invocations are queued on, while connected.
     queue: Mutex<Option<async_nats::jetstream::Context>>,
     kick: Notify,
@@ -124,6 +132,9 @@ impl Scheduler {
             cron_errors: Mutex::new(HashMap::new()),
             building: Mutex::default(),
             queue: Mutex::default(),
+            breakers: breaker::Breakers::default(),
+            busy: Arc::default(),
+            calls: Mutex::default(),
             kick: Notify::new(),
         }
     }
@@ -213,21 +224,22 @@ impl Scheduler {
     }
 
     /// Takes function `name` off agent `a`.
-    async fn remove(&self, a: &Agent, name: &str) {
+    async fn remove(&self, a: &Agent, name: &str) -> Result<(), tonic::Status> {
         match a.link.remove(name).await {
             Ok(_) => tracing::info!(node = %a.node, function = name, "function removed from agent"),
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => {
                 tracing::warn!(node = %a.node, function = name, error = %s.message(), "cannot remove function");
-                return;
+                return Err(s);
             }
         }
         lock(&self.applied).remove(&(a.node.clone(), name.to_string()));
+        Ok(())
     }
 
     /// One reconcile pass: every deployed function on the agents its placement says, with
     /// its share; what is no longer wanted removed.
-    pub async fn reconcile(&self) {
+    pub async fn reconcile(self: &Arc<Self>) {
         agents::mark_lost(&mut self.agents_mut(), Duration::from_millis(u64::from(self.cfg.lost_after_ms)));
         let live = self.live();
         let (functions, pending): (Vec<(Function, Namespace)>, HashSet<String>) = self.state.read(|d| {
@@ -247,6 +259,7 @@ impl Scheduler {
             (f, p)
         });
         let mut wanted: HashSet<(String, String)> = HashSet::new();
+        let mut plan: HashMap<String, Vec<pass::Action>> = HashMap::new();
         for (f, ns) in &functions {
             let Some(d) = &f.deployed else { continue };
             let name = f.agent_name();
@@ -267,10 +280,8 @@ impl Scheduler {
             };
             for share in shares {
                 wanted.insert((share.node.clone(), name.clone()));
-                let Some(a) = live.iter().find(|a| a.node == share.node) else { continue };
-                if let Err(s) = self.apply(a, spec_of(f, ns, d, &share)).await {
-                    tracing::warn!(node = %a.node, function = %f.id, error = %s.message(), "cannot place function on agent");
-                }
+                let spec = spec_of(f, ns, d, &share);
+                plan.entry(share.node.clone()).or_default().push(pass::Action::Apply(Box::new(spec)));
             }
         }
         for a in &live {
@@ -280,10 +291,11 @@ impl Scheduler {
                 // Functions deployed by an operator (not fn-<uuid>) are left alone.
                 let ours = fnrt_function::naming::is_from_control_plane(&name);
                 if ours && !pending.contains(&name) && !wanted.contains(&(a.node.clone(), name.clone())) {
-                    self.remove(a, &name).await;
+                    plan.entry(a.node.clone()).or_default().push(pass::Action::Remove(name));
                 }
             }
         }
+        self.carry_out(&live, plan).await;
         self.finish_deletes(&live).await;
     }
 

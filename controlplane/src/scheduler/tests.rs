@@ -18,11 +18,14 @@ use crate::model::{Deployed, Function, FunctionStatus, Namespace};
 use crate::state::{Change, State};
 use crate::store::RedbStore;
 
-/// A fake agent: records every call; refuses deploys when told to.
+/// A fake agent: records every call; refuses deploys, never answers, or fails as an
+/// unreachable agent does, when told to.
 #[derive(Default)]
 struct Fake {
     calls: Mutex<Vec<String>>,
     refuse_deploys: bool,
+    hangs: bool,
+    unreachable: bool,
 }
 
 impl Fake {
@@ -37,8 +40,14 @@ impl Fake {
 impl AgentLink for Fake {
     fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>> {
         self.record(format!("deploy {} p{} m{}", spec.name, spec.provisioned, spec.max_instances));
-        let refuse = self.refuse_deploys;
+        let (refuse, hangs, unreachable) = (self.refuse_deploys, self.hangs, self.unreachable);
         Box::pin(async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            if unreachable {
+                return Err(Status::unavailable("connection refused"));
+            }
             if refuse {
                 Err(Status::resource_exhausted("full"))
             } else {
@@ -307,4 +316,33 @@ async fn a_code_function_is_creating_while_its_image_is_built() {
         assert!(!w.scheduler.is_building(F2));
     }
     assert!(!w.scheduler.is_building(F1), "a build that ends, however, is no longer creating");
+}
+
+#[tokio::test]
+async fn a_hung_agent_delays_no_other_and_a_failing_one_trips_its_breaker() {
+    let w = world().await;
+    let hung = Arc::new(Fake { hangs: true, ..Fake::default() });
+    let fine = Arc::new(Fake::default());
+    w.agent("hung", 4096, &[], hung.clone());
+    w.agent("fine", 4096, &[], fine.clone());
+    let name = w.function(F1, 256, 2, 4).await;
+    let t0 = Instant::now();
+    w.scheduler.reconcile().await;
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5), "the pass waited {:?}", t0.elapsed());
+    assert_eq!(fine.calls(), vec![format!("deploy {name} p1 m2")]);
+    // The hung agent's call still runs: the next pass leaves it out and ends at once.
+    let t1 = Instant::now();
+    w.scheduler.reconcile().await;
+    assert!(t1.elapsed() < std::time::Duration::from_millis(500), "{:?}", t1.elapsed());
+    assert_eq!(hung.calls().len(), 1, "{:?}", hung.calls());
+
+    // An unreachable agent: after three failed calls its breaker opens and passes call it no more.
+    let w = world().await;
+    let down = Arc::new(Fake { unreachable: true, ..Fake::default() });
+    w.agent("down", 4096, &[], down.clone());
+    w.function(F2, 256, 1, 2).await;
+    for _ in 0..5 {
+        w.scheduler.reconcile().await;
+    }
+    assert_eq!(down.calls().len(), super::breaker::TRIP_AFTER as usize, "{:?}", down.calls());
 }
