@@ -137,3 +137,41 @@ async fn a_control_plane_on_etcd_keeps_its_state_and_migrate_store_copies_a_redb
     assert_eq!(names, ["one", "two"]);
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_release_control_plane_starts_on_etcd_and_a_second_one_finds_its_records() {
+    use fnrt_tests::shipped::ShippedControlPlane;
+    real_parts();
+    let etcd = Etcd::start(3).await;
+    let settings = [
+        "store=etcd".to_string(),
+        format!("etcd_endpoints={}", etcd.endpoints.join(",")),
+        "etcd_prefix=shipped/".to_string(),
+    ];
+    let http = fnrt_tests::http();
+    let cp = ShippedControlPlane::start(&settings).await;
+    let made = http
+        .post(format!("{}/namespaces", cp.region_url()))
+        .header("X-Auth-Token", &cp.admin_token)
+        .header("content-type", "application/json")
+        .body(json!({ "name": "on-etcd" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 200, "{}", made.text().await.unwrap());
+    cp.stop().await;
+    // Another process with a state directory of its own: the records are in etcd.
+    let cp = ShippedControlPlane::start(&settings).await;
+    let listed = http
+        .get(format!("{}/namespaces", cp.region_url()))
+        .header("X-Auth-Token", &cp.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["namespaces"][0]["name"], "on-etcd", "{listed}");
+    cp.stop().await;
+}

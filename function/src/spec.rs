@@ -211,7 +211,7 @@ fn invalid(field: &'static str, reason: String) -> SpecError {
 
 /// Registry credentials: a registry host, a user name and a password, bounded and
 /// printable (they go into an HTTP header).
-fn check_credentials(c: &PullCredentials) -> Result<(), SpecError> {
+pub fn check_credentials(c: &PullCredentials) -> Result<(), SpecError> {
     let field = "registry_credentials";
     let host_ok = !c.registry.is_empty()
         && c.registry.len() <= 255

@@ -34,20 +34,13 @@ pub async fn read(input: Option<Value>) -> Result<Option<Option<RegistryCredenti
     }
     let text = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let (registry, username, password) = (text("registry"), text("username"), text("password"));
-    // The agents check them the same way (fnrt_function::spec).
-    let raw = fnrt_function::RawSpec {
-        name: "check".into(),
-        image: "check".into(),
-        pull_credentials: Some(fnrt_function::PullCredentials {
-            registry: registry.clone(),
-            username: username.clone(),
-            password: password.clone().into(),
-        }),
-        ..Default::default()
+    // The agents check them the same way.
+    let given = fnrt_function::PullCredentials {
+        registry: registry.clone(),
+        username: username.clone(),
+        password: password.clone().into(),
     };
-    if let Err(e) = raw.check(&fnrt_function::Policy::default()) {
-        return Err(Error::invalid(FIELD, e.reason));
-    }
+    fnrt_function::spec::check_credentials(&given).map_err(|e| Error::invalid(FIELD, e.reason))?;
     let hashed = tokio::task::spawn_blocking(move || SecretVar::new(FIELD.into(), password))
         .await
         .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
