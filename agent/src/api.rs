@@ -545,6 +545,7 @@ fn registry_code(e: &RegistryError) -> Code {
         RegistryError::NotFound { .. } => Code::NotFound,
         RegistryError::Unauthorized { .. } => Code::PermissionDenied,
         RegistryError::Status { .. } => Code::Unknown,
+        RegistryError::File { .. } => Code::Internal,
         RegistryError::NotAllowed(_) | RegistryError::Redirect { .. } => Code::PermissionDenied,
         RegistryError::TooLarge { .. } | RegistryError::Digest { .. } => Code::FailedPrecondition,
     }

@@ -130,6 +130,8 @@ pub struct Config {
     #[default(3600)]
     pub log_retention_s: u64,
     /// The control plane to join, `http://host:port` (its grpc_listen); none: standalone.
+    /// Several replicas, comma-separated: the agent joins every one (each serves the
+    /// gateway; the leader places functions).
     pub controlplane_url: Option<String>,
     /// The cluster token presented to the control plane (default: `tcp_token`, which the
     /// control plane presents back when it calls this agent).
@@ -277,12 +279,18 @@ impl Config {
         if !self.dataplane_listen.ip().is_loopback() && !self.dataplane_tls() {
             plain.push(format!("dataplane_listen {}", self.dataplane_listen));
         }
-        if let Some(url) = self.controlplane_url.as_deref().filter(|u| u.starts_with("http://")) {
-            if !fnrt_proto::tls::is_local(url) {
+        for url in self.controlplane_urls().into_iter().filter(|u| u.starts_with("http://")) {
+            if !fnrt_proto::tls::is_local(&url) {
                 plain.push(format!("controlplane_url {url}"));
             }
         }
         plain
+    }
+
+    /// The control-plane replicas to join (`controlplane_url`, comma-separated).
+    pub fn controlplane_urls(&self) -> Vec<String> {
+        let urls = self.controlplane_url.as_deref().unwrap_or_default().split(',');
+        urls.map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect()
     }
 
     /// Checks the cluster links: TLS files all or none, and TLS (or `insecure`) beyond
@@ -291,7 +299,7 @@ impl Config {
         if let Err(e) = self.tls_setting() {
             errors.push(e);
         }
-        let https = self.controlplane_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+        let https = self.controlplane_urls().iter().any(|u| u.starts_with("https://"));
         if https && self.tls_files().is_none() {
             errors.push(
                 "controlplane_url is https:// but tls_ca_file, tls_cert_file and tls_key_file are not set"

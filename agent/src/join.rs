@@ -35,31 +35,36 @@ pub struct Join {
 }
 
 impl Join {
-    /// How to join, when `controlplane_url` is set: the endpoints to advertise (https when
-    /// the API serves TLS) and this node's identity.
+    /// How to join each control plane `controlplane_url` names: the endpoints to advertise
+    /// (https when the API serves TLS) and this node's identity.
     pub fn configured(
         cfg: &crate::Config,
         tls: Option<&fnrt_common::pki::ClusterTls>,
         tcp_address: Option<std::net::SocketAddr>,
         dataplane_address: std::net::SocketAddr,
-    ) -> Result<Option<Join>, crate::StartError> {
-        let Some(url) = cfg.controlplane_url.clone() else {
-            return Ok(None);
-        };
+    ) -> Result<Vec<Join>, crate::StartError> {
+        let urls = cfg.controlplane_urls();
+        if urls.is_empty() {
+            return Ok(vec![]);
+        }
+        let node_id = node_id(&cfg.state_dir)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        Ok(Some(Join {
-            url,
-            token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
-            node: cfg.node_name.clone(),
-            node_id: node_id(&cfg.state_dir)?,
-            tls: tls.cloned(),
-            grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
-                Some(a) => format!("{scheme}://{a}"),
-                None => format!("unix://{}", cfg.socket.display()),
-            }),
-            dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
-            dataplane_tls: cfg.dataplane_tls(),
-        }))
+        Ok(urls
+            .into_iter()
+            .map(|url| Join {
+                url,
+                token: cfg.controlplane_token.clone().or(cfg.tcp_token.clone()).unwrap_or_default(),
+                node: cfg.node_name.clone(),
+                node_id: node_id.clone(),
+                tls: tls.cloned(),
+                grpc_endpoint: cfg.advertise_grpc.clone().unwrap_or_else(|| match tcp_address {
+                    Some(a) => format!("{scheme}://{a}"),
+                    None => format!("unix://{}", cfg.socket.display()),
+                }),
+                dataplane: cfg.advertise_dataplane.clone().unwrap_or_else(|| dataplane_address.to_string()),
+                dataplane_tls: cfg.dataplane_tls(),
+            })
+            .collect())
     }
 }
 

@@ -314,7 +314,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
 
     let tcp_address = tcp_api::serve(&cfg, tls.as_ref(), &node, &rx, &mut tasks).await?;
-    if let Some(join) = join::Join::configured(&cfg, tls.as_ref(), tcp_address, dataplane_address)? {
+    for join in join::Join::configured(&cfg, tls.as_ref(), tcp_address, dataplane_address)? {
         tasks.push(tokio::spawn(join::run(node.clone(), join, rx.clone())));
     }
     tracing::info!(socket = %cfg.socket.display(), dataplane = %dataplane_address, namespace = %cfg.namespace, "agent ready");

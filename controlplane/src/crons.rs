@@ -52,7 +52,7 @@ pub async fn create(state: &State, req: CronInput) -> Result<Cron, Error> {
             if !crate::functions::live_in(d, &cron.function_id) {
                 return Err(Error::NotFound { resource: "function", id: cron.function_id.clone() });
             }
-            Ok((vec![Change::Cron(cron.clone())], cron))
+            Ok((vec![Change::Cron(cron.clone())], cron.clone()))
         })
         .await
 }
@@ -77,15 +77,15 @@ pub async fn update(state: &State, id: &str, req: CronInput) -> Result<Cron, Err
                 .get(id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "cron", id: id.to_string() })?;
-            if let Some(f) = req.function_id {
+            if let Some(f) = req.function_id.clone() {
                 if !crate::functions::live_in(d, &f) {
                     return Err(Error::NotFound { resource: "function", id: f });
                 }
                 c.function_id = f;
             }
-            c.schedule = req.schedule.unwrap_or(c.schedule);
-            c.args = args.unwrap_or(c.args);
-            c.name = req.name.unwrap_or(c.name);
+            c.schedule = req.schedule.clone().unwrap_or(c.schedule);
+            c.args = args.clone().unwrap_or(c.args);
+            c.name = req.name.clone().unwrap_or(c.name);
             Ok((vec![Change::Cron(c.clone())], c))
         })
         .await

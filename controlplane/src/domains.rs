@@ -47,7 +47,7 @@ pub async fn create(state: &State, req: CreateDomain, generated: &str) -> Result
                     ),
                 });
             }
-            Ok((vec![Change::Domain(domain.clone())], domain))
+            Ok((vec![Change::Domain(domain.clone())], domain.clone()))
         })
         .await
 }

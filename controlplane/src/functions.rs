@@ -19,7 +19,7 @@ const DEFAULT_TIMEOUT_S: u32 = 300;
 
 /// The fields of Scaleway's Create/UpdateFunctionRequest, plus `registry_image` and
 /// `image_acceleration` for image functions.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct FunctionInput {
     /// Name (create only; generated when absent).
     #[serde(default)]
@@ -273,6 +273,7 @@ pub async fn create(
         ready_at: None,
         deployed: None,
         pushed_digest: None,
+        code_digest: None,
         build_message: None,
         process: Default::default(),
         runtime_message: None,
@@ -299,7 +300,7 @@ pub async fn create(
             }
             check_host(d, &namespace, &f.name)?;
             check_acceleration(d, &f, accelerated_max)?;
-            Ok((vec![Change::Function(f.clone())], f))
+            Ok((vec![Change::Function(f.clone())], f.clone()))
         })
         .await
 }
@@ -361,7 +362,7 @@ pub async fn update(
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
             not_deleting(&f)?;
-            apply(&mut f, input, secrets)?;
+            apply(&mut f, input.clone(), secrets.clone())?;
             check_acceleration(d, &f, accelerated_max)?;
             Ok((vec![Change::Function(f.clone())], (f, redeploy)))
         })
@@ -459,7 +460,7 @@ pub async fn start_deploy(
             f.error_message = None;
             f.deploys += 1;
             f.updated_at = Utc::now();
-            Ok((vec![Change::Function(f.clone())], f))
+            Ok((vec![Change::Function(f.clone())], f.clone()))
         })
         .await
 }

@@ -1,7 +1,9 @@
 //! The fnrt control plane: the Scaleway Functions v1beta1 API users manage functions
 //! with (`rest`), the gateway their clients call (`gateway`), and the scheduler that
-//! places functions on the agents that joined (`scheduler`). State lives in an embedded
-//! store (`store`, redb) behind an interface an etcd backend can implement later.
+//! places functions on the agents that joined (`scheduler`). State lives in a store
+//! (`store`: redb on one machine, or etcd, which several replicas share); every replica
+//! follows it (`state`), and the one that leads runs the scheduler, crons and triggers
+//! (`leading`).
 
 pub(crate) mod build;
 pub mod ca;
@@ -12,6 +14,7 @@ pub(crate) mod error;
 pub(crate) mod functions;
 pub(crate) mod gateway;
 pub mod json;
+pub mod leading;
 pub mod model;
 pub(crate) mod namespaces;
 pub(crate) mod rest;
@@ -21,6 +24,7 @@ pub mod scheduler;
 pub(crate) mod serve;
 pub mod state;
 pub mod store;
+pub(crate) mod task;
 pub mod tokens;
 pub(crate) mod triggers;
 pub(crate) mod webhook;
@@ -107,6 +111,8 @@ impl Handle {
             let _ = t.await;
         }
         self.ctx.scheduler.stop_calls().await;
+        // The others need not wait for this replica's lease to expire.
+        self.ctx.state.store().resign().await;
     }
 }
 
@@ -122,12 +128,42 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     move |source| StartError::Io { path: path.to_path_buf(), source }
 }
 
-/// The admin token: configured, or kept in `<state_dir>/admin-token` (made at first start).
-fn admin_token(cfg: &Config) -> Result<String, StartError> {
+/// A secret every replica shares: kept in the store under `key` (made by the first
+/// replica to start; the others read it).
+async fn shared_secret(
+    store: &dyn store::Store,
+    key: &str,
+    make: impl FnOnce() -> Vec<u8>,
+) -> Result<Vec<u8>, StartError> {
+    if let Some(v) = store.get(key).await.map_err(error::Error::from)? {
+        return Ok(v);
+    }
+    let v = make();
+    let first = vec![store::Cond::Value(key.to_string(), None)];
+    match store
+        .apply_if(first, vec![store::Op::Put(key.to_string(), v.clone())])
+        .await
+        .map_err(error::Error::from)?
+    {
+        store::Applied::Done(_) => Ok(v),
+        store::Applied::Conflict(_) => Ok(store.get(key).await.map_err(error::Error::from)?.unwrap_or(v)),
+    }
+}
+
+/// The admin token: configured, or kept in `<state_dir>/admin-token` (made at first start;
+/// on etcd, shared by the replicas through the store and copied to that file).
+async fn admin_token(cfg: &Config, store: &dyn store::Store) -> Result<String, StartError> {
     if !cfg.admin_token.is_empty() {
         return Ok(cfg.admin_token.expose().to_string());
     }
     let path = cfg.state_dir.join("admin-token");
+    if cfg.store == "etcd" {
+        let made = || uuid::Uuid::new_v4().to_string().into_bytes();
+        let token =
+            String::from_utf8_lossy(&shared_secret(store, "~secret/admin-token", made).await?).to_string();
+        fnrt_common::durable::write(&path, token.as_bytes(), 0o600).map_err(io(&path))?;
+        return Ok(token);
+    }
     let made = match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         // Empty only if an older version crashed while writing it: no one can hold it.
@@ -141,8 +177,12 @@ fn admin_token(cfg: &Config) -> Result<String, StartError> {
     Ok(token)
 }
 
-/// The key that signs upload and download URLs: `<state_dir>/url-key` (made at first start).
-fn url_key(cfg: &Config) -> Result<Vec<u8>, StartError> {
+/// The key that signs upload and download URLs: `<state_dir>/url-key` (made at first
+/// start; on etcd, shared by the replicas through the store).
+async fn url_key(cfg: &Config, store: &dyn store::Store) -> Result<Vec<u8>, StartError> {
+    if cfg.store == "etcd" {
+        return shared_secret(store, "~secret/url-key", || rand::random::<[u8; 32]>().to_vec()).await;
+    }
     let path = cfg.state_dir.join("url-key");
     match std::fs::read(&path) {
         Ok(k) if k.len() >= 32 => Ok(k),
@@ -163,23 +203,15 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
 pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     cfg.validate()?;
     let state = open_state(&cfg).await?;
-    cfg.admin_token = admin_token(&cfg)?.into();
+    cfg.admin_token = admin_token(&cfg, state.store().as_ref()).await?.into();
     let api = bind(cfg.api_listen).await?;
     if cfg.public_url.is_empty() {
         let addr = api.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
         cfg.public_url = format!("http://{addr}");
     }
-    cfg.url_key = url_key(&cfg)?;
+    cfg.url_key = url_key(&cfg, state.store().as_ref()).await?;
     let cfg = Arc::new(cfg);
     let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone(), registry(&cfg)?));
-    // Deploys a stop cut short start again (their agents' calls are idempotent).
-    let pending: Vec<String> = state.read(|d| {
-        d.functions
-            .values()
-            .filter(|f| f.status == model::FunctionStatus::Pending)
-            .map(|f| f.id.clone())
-            .collect()
-    });
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         state,
@@ -203,9 +235,11 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
             cfg.http_limits(),
             stop.clone(),
         ),
-        tokio::spawn(scheduler.clone().run()),
-        tokio::spawn(scheduler.clone().run_timer()),
-        tokio::spawn(scheduler.clone().run_triggers()),
+        tokio::spawn(leading::supervise(
+            scheduler.clone(),
+            ctx.state.clone(),
+            ctx.state.store().lead(&leading::replica_name(api_address)),
+        )),
         tokio::spawn(scheduler.clone().run_queue()),
     ];
     let mut server = tonic::transport::Server::builder();
@@ -227,9 +261,6 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }));
-    for id in pending {
-        scheduler.deploy(&id);
-    }
     tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, "control plane started");
     Ok(Handle { api_address, gateway_address, grpc_address, ctx, shutdown, tasks })
 }
@@ -243,7 +274,7 @@ async fn open_state(cfg: &Config) -> Result<Arc<State>, StartError> {
             tracing::warn!(dir = %dir.display(), files = swept, "removed files a crash left half written");
         }
     }
-    let state = Arc::new(State::open(open_store(cfg).await?).await?);
+    let state = State::open(open_store(cfg).await?).await?;
     namespaces::upgrade_secret_hashes(&state).await?;
     Ok(state)
 }

@@ -210,6 +210,10 @@ pub struct Function {
     /// pin the image to it.
     #[serde(default)]
     pub pushed_digest: Option<String>,
+    /// The digest of its uploaded zip, when the zip is shared with other replicas through
+    /// the registry (`store = "etcd"`).
+    #[serde(default)]
+    pub code_digest: Option<String>,
     /// What the last build of a code function did (or why it failed).
     #[serde(default)]
     pub build_message: Option<String>,

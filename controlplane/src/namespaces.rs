@@ -140,7 +140,7 @@ pub async fn create(state: &State, req: CreateNamespace) -> Result<Namespace, Er
                     ),
                 });
             }
-            Ok((vec![Change::Namespace(ns.clone())], ns))
+            Ok((vec![Change::Namespace(ns.clone())], ns.clone()))
         })
         .await
 }
@@ -170,17 +170,17 @@ pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<(Na
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "namespace", id: id.to_string() })?;
             let before = (ns.environment_variables.clone(), ns.secrets.clone());
-            if let Some(env) = req.environment_variables {
+            if let Some(env) = req.environment_variables.clone() {
                 ns.environment_variables = env;
             }
-            if let Some(desc) = req.description {
+            if let Some(desc) = req.description.clone() {
                 ns.description = desc;
             }
-            if let Some(tags) = req.tags {
+            if let Some(tags) = req.tags.clone() {
                 ns.tags = tags;
             }
-            merge_secrets(&mut ns.secrets, secrets);
-            let credentials_changed = match credentials {
+            merge_secrets(&mut ns.secrets, secrets.clone());
+            let credentials_changed = match credentials.clone() {
                 Some(c) if !credentials::same(c.as_ref(), ns.registry_credentials.as_ref()) => {
                     ns.registry_credentials = c;
                     true
@@ -269,12 +269,12 @@ pub async fn upgrade_secret_hashes(state: &State) -> Result<usize, Error> {
         .write(|d| {
             // Only records still there and unchanged since they were read.
             let mut changes = Vec::new();
-            for ns in namespaces {
+            for ns in namespaces.iter().cloned() {
                 if d.namespaces.get(&ns.id).is_some_and(|o| o.updated_at == ns.updated_at) {
                     changes.push(Change::Namespace(ns));
                 }
             }
-            for f in functions {
+            for f in functions.iter().cloned() {
                 if d.functions.get(&f.id).is_some_and(|o| o.updated_at == f.updated_at) {
                     changes.push(Change::Function(f));
                 }

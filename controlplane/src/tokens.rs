@@ -74,7 +74,7 @@ pub async fn create(state: &State, req: CreateToken) -> Result<(Token, String), 
                     return Err(Error::NotFound { resource: "namespace", id: n.clone() });
                 }
             }
-            Ok((vec![Change::Token(token.clone())], (token, secret)))
+            Ok((vec![Change::Token(token.clone())], (token.clone(), secret.clone())))
         })
         .await
 }

@@ -87,7 +87,7 @@ pub async fn create(state: &State, req: TriggerInput, nats_on: bool) -> Result<T
             if !crate::functions::live_in(d, &t.function_id) {
                 return Err(Error::NotFound { resource: "function", id: t.function_id.clone() });
             }
-            Ok((vec![Change::Trigger(t.clone())], t))
+            Ok((vec![Change::Trigger(t.clone())], t.clone()))
         })
         .await
 }
@@ -114,8 +114,8 @@ pub async fn update(state: &State, id: &str, req: TriggerInput) -> Result<Trigge
                 .get(id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "trigger", id: id.to_string() })?;
-            t.name = req.name.unwrap_or(t.name);
-            t.description = req.description.unwrap_or(t.description);
+            t.name = req.name.clone().unwrap_or(t.name);
+            t.description = req.description.clone().unwrap_or(t.description);
             Ok((vec![Change::Trigger(t.clone())], t))
         })
         .await

@@ -116,6 +116,15 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    /// A local file to upload could not be read.
+    #[error("reading {path} to upload it: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A manifest or index as the registry sent it.

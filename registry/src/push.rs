@@ -25,6 +25,54 @@ impl Registry {
         Ok(digest)
     }
 
+    /// Makes the file at `path`, whose digest is `digest`, a blob of `image`'s repository,
+    /// sent in chunks of at most `chunk` bytes (never whole in memory); nothing is sent
+    /// when the blob is there.
+    pub async fn upload_file(
+        &self,
+        image: &ImageRef,
+        path: &std::path::Path,
+        digest: &str,
+        chunk: usize,
+    ) -> Result<(), RegistryError> {
+        use tokio::io::AsyncReadExt;
+        if self.has_blob(image, digest).await? {
+            return Ok(());
+        }
+        let read_error = |e: std::io::Error| RegistryError::File { path: path.to_path_buf(), source: e };
+        let mut file = tokio::fs::File::open(path).await.map_err(read_error)?;
+        let start = format!("{}/blobs/uploads/", self.base_url(image));
+        let resp = self.request(image, &push(Method::POST, &start, None, vec![])).await?;
+        let mut location = self.location(image, &resp)?;
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let mut n = 0;
+            while n < chunk {
+                let got = file.read(&mut buf[n..]).await.map_err(read_error)?;
+                if got == 0 {
+                    break;
+                }
+                n += got;
+            }
+            if n == 0 {
+                break;
+            }
+            let headers = vec![
+                ("content-type", "application/octet-stream".to_string()),
+                ("content-range", format!("{offset}-{}", offset + n as u64 - 1)),
+            ];
+            let body = Bytes::copy_from_slice(&buf[..n]);
+            let resp = self.request(image, &push(Method::PATCH, &location, Some(body), headers)).await?;
+            location = self.location(image, &resp)?;
+            offset += n as u64;
+        }
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest={digest}");
+        self.request(image, &push(Method::PUT, &url, None, vec![])).await?;
+        Ok(())
+    }
+
     /// Makes blob `digest` of repository `from` (same registry) a blob of `image`'s
     /// repository: a cross-repository mount where the registry allows it, else a copy.
     pub async fn mount(&self, image: &ImageRef, from: &ImageRef, digest: &str) -> Result<(), RegistryError> {

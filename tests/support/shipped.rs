@@ -107,8 +107,6 @@ impl ShippedControlPlane {
     /// Starts it with the test settings plus `extra` (`key=value`), and waits until it serves.
     pub async fn start(extra: &[String]) -> ShippedControlPlane {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("controlplane.log");
-        let state = dir.path().join("state");
         let cluster_token = format!("cluster-token-{:032x}", rand::random::<u128>());
         // Cluster links over TLS, as README "Cluster TLS" sets them up.
         let ca_dir = dir.path().join("ca");
@@ -126,6 +124,26 @@ impl ShippedControlPlane {
             "127.0.0.1",
         ]);
         let dataplane_key = format!("dataplane-key-{:032x}", rand::random::<u128>());
+        Self::launch(dir, ca_dir, cluster_token, dataplane_key, extra).await
+    }
+
+    /// Another replica of this one's cluster (same CA, tokens and data plane key), with
+    /// `extra` settings and a state directory of its own.
+    pub async fn replica(&self, extra: &[String]) -> ShippedControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, key) = (self.cluster_token.clone(), self.dataplane_key.clone());
+        Self::launch(dir, self.ca.clone(), token, key, extra).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        ca_dir: PathBuf,
+        cluster_token: String,
+        dataplane_key: String,
+        extra: &[String],
+    ) -> ShippedControlPlane {
+        let log = dir.path().join("controlplane.log");
+        let state = dir.path().join("state");
         let mut settings = vec![
             format!("dataplane_key={dataplane_key}"),
             format!("tls_ca_file={}", ca_dir.join("ca.pem").display()),
@@ -185,6 +203,12 @@ impl ShippedControlPlane {
     /// What it logged so far.
     pub fn log(&self) -> String {
         plain(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// Kills it (SIGKILL), as a crash would.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     /// Whether it still runs.

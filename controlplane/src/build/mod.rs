@@ -4,6 +4,7 @@
 pub mod code;
 pub(crate) mod golang;
 pub mod image;
+pub mod shared;
 
 /// Where the zip of function `id` is kept.
 pub fn zip_path(state_dir: &std::path::Path, id: &str) -> std::path::PathBuf {
@@ -25,6 +26,9 @@ pub enum BuildError {
     /// The push failed.
     #[error(transparent)]
     Push(#[from] image::PushError),
+    /// The zip could not be fetched from where the replicas share it.
+    #[error("{0}")]
+    Shared(String),
     /// The build task panicked.
     #[error("build task failed: {0}")]
     Task(String),
@@ -43,6 +47,11 @@ pub async fn build(
     let base = cfg.runtime_image(&f.runtime).ok_or_else(|| BuildError::NoBaseImage(f.runtime.clone()))?;
     let entry = code::Entry::of(&f.runtime, &f.handler)?;
     let path = zip_path(&cfg.state_dir, &f.id);
+    if let Some(digest) = &f.code_digest {
+        shared::fetch(cfg, registry, &f.id, digest, &path)
+            .await
+            .map_err(|e| BuildError::Shared(e.to_string()))?;
+    }
     let (layer, n) = match &entry {
         code::Entry::Go(handler) => compiled(cfg, path, entry.clone(), handler).await?,
         _ => {

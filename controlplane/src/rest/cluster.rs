@@ -1,6 +1,7 @@
 //! The operator's view of the cluster, beside Scaleway's API (admin key too):
 //! `GET /fnrt/v1/agents` (capacity, state, functions of each agent) and
-//! `GET /fnrt/v1/placement` (where each function runs).
+//! `GET /fnrt/v1/placement` (where each function runs), `GET /fnrt/v1/replica` (this
+//! replica: whether it leads).
 
 use std::sync::Arc;
 
@@ -36,6 +37,18 @@ pub async fn agents(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "agents": agents, "total_count": agents.len() }))
+}
+
+/// This replica: whether it leads and in which term, its store, the revision its maps
+/// reflect.
+pub async fn replica(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
+    let fence = *ctx.state.store().lead("").borrow();
+    Json(json!({
+        "leading": fence.is_some(),
+        "term": fence.map(|f| f.rev),
+        "store": if ctx.cfg.store == "etcd" { "etcd" } else { "redb" },
+        "revision": ctx.state.rev(),
+    }))
 }
 
 /// Each function with the agents that run it and their ready instances.

@@ -173,6 +173,16 @@ pub async fn put_code(
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))??;
+    if ctx.cfg.store == "etcd" {
+        let digest = crate::build::shared::publish(&ctx.cfg, &ctx.scheduler.registry, &id, &path).await?;
+        ctx.state
+            .write(|d| {
+                let Some(mut f) = d.functions.get(&id).cloned() else { return Ok((vec![], ())) };
+                f.code_digest = Some(digest.clone());
+                Ok((vec![crate::state::Change::Function(f)], ()))
+            })
+            .await?;
+    }
     tracing::info!(function = %id, bytes = size, "code uploaded");
     Ok(Json(json!({ "function_id": id, "size": size })))
 }
@@ -211,6 +221,15 @@ pub async fn get_code(
 ) -> Response {
     if let Err(e) = verify(&ctx, "GET", &id, &s) {
         return ApiError(e).into_response();
+    }
+    let shared = ctx.state.read(|d| d.functions.get(&id).and_then(|f| f.code_digest.clone()));
+    if let Some(digest) = shared {
+        let path = zip_path(&ctx, &id);
+        if let Err(e) =
+            crate::build::shared::fetch(&ctx.cfg, &ctx.scheduler.registry, &id, &digest, &path).await
+        {
+            return ApiError(e).into_response();
+        }
     }
     let Ok(file) = tokio::fs::File::open(zip_path(&ctx, &id)).await else {
         return ApiError(Error::NotFound { resource: "code", id }).into_response();

@@ -48,6 +48,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .nest("/functions/v1beta1/regions/{region}", r)
         .route("/fnrt/v1/agents", get(super::cluster::agents))
         .route("/fnrt/v1/placement", get(super::cluster::placement))
+        .route("/fnrt/v1/replica", get(super::cluster::replica))
         .route("/fnrt/v1/functions/{id}/logs", get(super::logs::logs))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), super::admin_only));

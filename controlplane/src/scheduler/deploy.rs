@@ -57,11 +57,11 @@ impl Scheduler {
                 if f.status == FunctionStatus::Deleting {
                     return Ok((vec![], ()));
                 }
-                match outcome {
+                match &outcome {
                     Ok((deployed, warnings)) => {
                         f.status = FunctionStatus::Ready;
                         f.ready_at = Some(Utc::now());
-                        f.deployed = Some(deployed);
+                        f.deployed = Some(deployed.clone());
                         f.error_message = None;
                         // E.g. the memory advice for the image's size (SCF's table).
                         f.runtime_message = (!warnings.is_empty()).then(|| warnings.join("; "));
@@ -145,7 +145,7 @@ impl Scheduler {
                 .state
                 .write(|d| {
                     let Some(mut g) = d.functions.get(id).cloned() else { return Ok((vec![], ())) };
-                    g.build_message = Some(message);
+                    g.build_message = Some(message.clone());
                     Ok((vec![Change::Function(g)], ()))
                 })
                 .await;

@@ -159,8 +159,17 @@ impl Scheduler {
         })
     }
 
+    /// The agents not lost: marked by the leader's passes, or (on any replica) silent
+    /// for longer than `lost_after_ms`.
     fn live(&self) -> Vec<Agent> {
-        self.agents().into_iter().filter(|a| !a.lost).collect()
+        let lost_after = Duration::from_millis(u64::from(self.cfg.lost_after_ms));
+        self.agents().into_iter().filter(|a| !a.lost && a.last_seen.elapsed() <= lost_after).collect()
+    }
+
+    /// Forgets what was put on every agent (leadership changed: what another leader put
+    /// there meanwhile is not known here).
+    pub(crate) fn forget_all_applied(&self) {
+        lock(&self.applied).clear();
     }
 
     /// Asks for a reconcile pass now (the agents changed; the state's own changes are

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::task::JoinHandle;
 
 use super::{lock, Scheduler};
 use crate::model::Trigger;
@@ -74,7 +73,8 @@ impl Scheduler {
             return;
         }
         let mut client: Option<async_nats::Client> = None;
-        let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+        // Owned: the subscriptions end with this task (when this replica stops leading).
+        let mut running: HashMap<String, crate::task::Owned> = HashMap::new();
         let mut changes = self.state.subscribe();
         loop {
             let triggers: Vec<Trigger> = self.state.read(|d| d.triggers.values().cloned().collect());
@@ -92,18 +92,12 @@ impl Scheduler {
                 }
             }
             if let Some(c) = &client {
-                running.retain(|id, task| {
-                    let keep = triggers.iter().any(|t| &t.id == id) && !task.is_finished();
-                    if !keep {
-                        task.abort();
-                    }
-                    keep
-                });
+                running.retain(|id, task| triggers.iter().any(|t| &t.id == id) && !task.is_finished());
                 for t in &triggers {
                     if !running.contains_key(&t.id) {
                         running.insert(
                             t.id.clone(),
-                            tokio::spawn(self.clone().subscription(c.clone(), t.clone())),
+                            crate::task::Owned::spawn(self.clone().subscription(c.clone(), t.clone())),
                         );
                     }
                 }

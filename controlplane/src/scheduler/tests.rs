@@ -85,7 +85,7 @@ struct World {
 async fn world() -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = RedbStore::open(&dir.path().join("state.redb")).expect("store");
-    let state = Arc::new(State::open(Arc::new(store)).await.expect("state"));
+    let state = State::open(Arc::new(store)).await.expect("state");
     let registry = fnrt_registry::Registry::new(Default::default(), "test").expect("registry client");
     let scheduler = Arc::new(Scheduler::new(Arc::default(), state.clone(), registry));
     World { scheduler, state, _dir: dir }
@@ -158,6 +158,7 @@ impl World {
             ready_at: Some(now),
             deployed: None,
             pushed_digest: None,
+            code_digest: None,
             build_message: None,
             process: Default::default(),
             runtime_message: None,
@@ -166,7 +167,7 @@ impl World {
         f.deployed = Some(Deployed::of(&f, &ns));
         let name = f.agent_name();
         self.state
-            .write(|_| Ok((vec![Change::Namespace(ns), Change::Function(f)], ())))
+            .write(|_| Ok((vec![Change::Namespace(ns.clone()), Change::Function(f.clone())], ())))
             .await
             .expect("write");
         name
@@ -280,7 +281,7 @@ async fn a_failing_cron_is_in_error_with_the_reason_until_a_run_succeeds() {
         name: "nightly".into(),
         created_at: Utc::now(),
     };
-    w.scheduler.clone().fire(cron.clone()).await;
+    w.scheduler.clone().fire(cron.clone(), Utc::now()).await;
     let why = w.scheduler.cron_error("c1").expect("the failed run is kept");
     assert!(why.contains("runs on no agent"), "{why}");
     let view = crate::rest::views::cron(&cron, "ready", w.scheduler.cron_error("c1"));
@@ -290,7 +291,7 @@ async fn a_failing_cron_is_in_error_with_the_reason_until_a_run_succeeds() {
     );
     let name = fnrt_function::naming::on_agents(F1);
     w.agent("b", 4096, &[name.as_str()], Arc::new(Fake::default()));
-    w.scheduler.clone().fire(cron).await;
+    w.scheduler.clone().fire(cron, Utc::now()).await;
     assert_eq!(w.scheduler.cron_error("c1"), None, "a run that succeeds clears it");
 }
 

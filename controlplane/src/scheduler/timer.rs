@@ -1,7 +1,14 @@
 //! Fires crons: each due schedule calls its function through an agent's Invoke with
 //! `X-Scf-Trigger-Src: Timer`: an event function gets SCF's timer event, an HTTP function
 //! the cron's `args` as its body.
+//!
+//! Only the leader fires, and only after claiming the run in the store: `~cron/<id>`
+//! holds the last claimed run's time, and a claim is a compare-and-swap of it guarded by
+//! the leader's term. So a run is claimed once across replicas, restarts and failovers; a
+//! new leader fires the runs of the last [`GRACE_S`] seconds no one claimed. A replica that
+//! dies between its claim and the call loses that run (at most once, never twice).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +16,15 @@ use chrono::{DateTime, Utc};
 
 use super::Scheduler;
 use crate::model::{parse_schedule, Cron};
+use crate::store::{Applied, Cond, Fence, Op, StoreError};
+
+/// How far back the leader looks for runs not claimed yet (a failover's gap).
+const GRACE_S: i64 = 90;
+
+/// The store key of cron `id`'s last claimed run.
+pub(crate) fn claim_key(id: &str) -> String {
+    format!("~cron/{id}")
+}
 
 /// The trigger source crons call with (`X-Scf-Trigger-Src`), as SCF writes it.
 const TIMER: &str = "Timer";
@@ -30,22 +46,45 @@ pub fn timer_payload(cron: &Cron, event: bool, at: DateTime<Utc>) -> String {
     .to_string()
 }
 
+/// The latest time of `schedule` in (`after`, `until`].
+fn latest_due(schedule: &str, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let cron = parse_schedule(schedule).ok()?;
+    let mut at = None;
+    let mut from = after;
+    while let Ok(next) = cron.find_next_occurrence(&from, false) {
+        if next > until {
+            break;
+        }
+        at = Some(next);
+        from = next;
+    }
+    at
+}
+
 /// Whether `schedule` has a time in (`after`, `until`].
+#[cfg(test)]
 fn due(schedule: &str, after: DateTime<Utc>, until: DateTime<Utc>) -> bool {
-    parse_schedule(schedule)
-        .ok()
-        .and_then(|c| c.find_next_occurrence(&after, false).ok())
-        .is_some_and(|next| next <= until)
+    latest_due(schedule, after, until).is_some()
+}
+
+/// What a claim found.
+enum Claim {
+    /// This leader claimed the run.
+    Mine,
+    /// The run (or a later one) was claimed already, at this time.
+    Taken(i64),
+    /// Someone wrote meanwhile, or this replica no longer leads: read again.
+    Lost,
 }
 
 impl Scheduler {
     /// Runs `cron` once; a failure (no instance to call, or the function answered 5xx)
     /// makes its status `error` with the reason until a run succeeds.
-    pub(super) async fn fire(self: Arc<Self>, cron: Cron) {
+    pub(super) async fn fire(self: Arc<Self>, cron: Cron, at: DateTime<Utc>) {
         let event = self.state.read(|d| {
             d.functions.get(&cron.function_id).and_then(|f| f.deployed.as_ref()).is_some_and(|d| d.event)
         });
-        let payload = timer_payload(&cron, event, Utc::now()).into_bytes();
+        let payload = timer_payload(&cron, event, at).into_bytes();
         let failure = match self.invoke(&cron.function_id, payload, TIMER).await {
             Ok(status) if status < 500 => {
                 tracing::info!(cron = %cron.id, status, "cron fired");
@@ -76,17 +115,48 @@ impl Scheduler {
         super::lock(&self.cron_errors).get(id).cloned()
     }
 
-    /// Checks the crons every second until the process ends.
-    pub async fn run_timer(self: Arc<Self>) {
-        let mut last = Utc::now();
+    /// Checks the crons every second while this replica leads in term `fence`.
+    pub async fn run_timer(self: Arc<Self>, fence: Fence) {
+        // The latest run known claimed, by cron: the store is asked only past it.
+        let mut claimed: HashMap<String, i64> = HashMap::new();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = Utc::now();
             let crons: Vec<Cron> = self.state.read(|d| d.crons.values().cloned().collect());
-            for cron in crons.into_iter().filter(|c| due(&c.schedule, last, now)) {
-                tokio::spawn(self.clone().fire(cron));
+            claimed.retain(|id, _| crons.iter().any(|c| &c.id == id));
+            for cron in crons {
+                // Not before it was made: a new cron does not catch up on earlier times.
+                let after = (now - chrono::Duration::seconds(GRACE_S)).max(cron.created_at);
+                let Some(at) = latest_due(&cron.schedule, after, now) else { continue };
+                if claimed.get(&cron.id).is_some_and(|c| *c >= at.timestamp()) {
+                    continue;
+                }
+                match self.claim(&cron.id, at.timestamp(), fence).await {
+                    Ok(Claim::Mine) => {
+                        claimed.insert(cron.id.clone(), at.timestamp());
+                        tokio::spawn(self.clone().fire(cron, at));
+                    }
+                    Ok(Claim::Taken(t)) => drop(claimed.insert(cron.id.clone(), t)),
+                    Ok(Claim::Lost) => {}
+                    Err(e) => tracing::warn!(cron = %cron.id, error = %e, "cannot claim the cron's run"),
+                }
             }
-            last = now;
+        }
+    }
+
+    /// Claims the run of cron `id` at `at` (unix seconds) in term `fence`.
+    async fn claim(&self, id: &str, at: i64, fence: Fence) -> Result<Claim, StoreError> {
+        let key = claim_key(id);
+        let store = self.state.store();
+        let last = store.get(&key).await?;
+        let last_at = last.as_deref().and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+        if let Some(t) = last_at.filter(|t| *t >= at) {
+            return Ok(Claim::Taken(t));
+        }
+        let conds = vec![Cond::Leader(fence), Cond::Value(key.clone(), last)];
+        match store.apply_if(conds, vec![Op::Put(key, format!("{at:012}").into_bytes())]).await? {
+            Applied::Done(_) => Ok(Claim::Mine),
+            Applied::Conflict(_) => Ok(Claim::Lost),
         }
     }
 }
@@ -130,6 +200,10 @@ mod tests {
         assert!(due("* * * * *", a, b));
         assert!(!due("* * * * *", b, c));
         assert!(!due("*/5 * * * *", a, b));
+        let (Ok(d), Ok(e)) = (t("2026-01-01T00:00:00Z"), t("2026-01-01T00:02:30Z")) else {
+            panic!("times parse")
+        };
+        assert_eq!(latest_due("* * * * *", d, e), t("2026-01-01T00:02:00Z").ok());
     }
 }
 

@@ -37,17 +37,18 @@ pub async fn redb_to_etcd(cfg: &crate::Config) -> Result<usize, MigrateError> {
         .await
         .map_err(|e| StoreError::Io { op: "open task", message: e.to_string() })??;
     let etcd = EtcdStore::connect(&cfg.etcd_settings()).await?;
-    let there = etcd.list("").await?.len();
+    // Records only: keys the store keeps for itself (`~...`) are not copied or compared.
+    let there = etcd.snapshot().await?.0.len();
     if there > 0 {
         return Err(MigrateError::NotEmpty(there));
     }
-    let records = redb.list("").await?;
+    let records = redb.snapshot().await?.0;
     let n = records.len();
     for chunk in records.chunks(BATCH) {
         etcd.apply(chunk.iter().map(|(k, v)| Op::Put(k.clone(), v.clone())).collect()).await?;
     }
     // Read back: the same records, byte for byte.
-    if etcd.list("").await? != records {
+    if etcd.snapshot().await?.0 != records {
         return Err(MigrateError::Store(StoreError::Io {
             op: "migrate",
             message: "etcd does not hold what was copied (was it written to meanwhile?)".into(),

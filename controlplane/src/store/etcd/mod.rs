@@ -1,18 +1,28 @@
 //! The store on etcd (v3 API; Debian's etcd-server 3.4 and later): every record under
 //! one key prefix (`etcd_prefix`, default `fnrt/`), a batch one etcd transaction, a list
-//! read page by page at one revision (a consistent snapshot).
+//! read page by page at one revision (a consistent snapshot), changes followed with a
+//! watch (`watch`), leadership held on a lease (`leader`).
 //!
-//! This is the store only: control-plane replicas sharing it (compare-and-swap writes,
-//! watches, a leader) are not built yet, so one control plane at a time may use a prefix.
+//! Every batch that writes a record also writes `~rev`, so "nothing changed since
+//! revision r" is one comparison of `~rev`'s modification revision.
+
+mod leader;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, TlsOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, TlsOptions, Txn, TxnOp};
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
-use super::{io, Op, Records, Store, StoreError};
+use super::{io, is_control, Applied, Cond, Feed, Fence, Op, Records, Rev, Store, StoreError};
+
+/// The key every data write also writes.
+const REV_KEY: &str = "~rev";
+/// The key the leader holds on its lease.
+const LEADER_KEY: &str = "~leader";
 
 /// Records read per request.
 const PAGE: i64 = 500;
@@ -42,6 +52,7 @@ pub struct EtcdSettings {
 pub struct EtcdStore {
     client: Client,
     prefix: String,
+    leader: leader::Leadership,
 }
 
 fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
@@ -88,12 +99,14 @@ impl EtcdStore {
             .await
             .map_err(|_| fail(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))?
             .map_err(|e| fail(e.to_string()))?;
-        let store = EtcdStore { client, prefix: settings.prefix.clone() };
+        let leader = leader::Leadership::new(client.clone(), format!("{}{LEADER_KEY}", settings.prefix));
+        let store = EtcdStore { client, prefix: settings.prefix.clone(), leader };
         store.list_all("").await.map_err(|e| fail(e.to_string()))?;
         Ok(store)
     }
 
-    async fn list_all(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// Every record under `prefix` and the revision the pages were read at.
+    async fn list_all(&self, prefix: &str) -> Result<(Records, Rev), StoreError> {
         let mut kv = self.client.kv_client();
         let start = format!("{}{prefix}", self.prefix);
         let range_end = prefix_end(start.as_bytes());
@@ -122,12 +135,22 @@ impl EtcdStore {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(out),
+                _ => return Ok((out, revision)),
             }
         }
     }
 
-    async fn apply_all(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+    fn compare(&self, cond: Cond) -> Compare {
+        let p = &self.prefix;
+        match cond {
+            Cond::Unchanged(rev) => Compare::mod_revision(format!("{p}{REV_KEY}"), CompareOp::Less, rev + 1),
+            Cond::Value(k, Some(v)) => Compare::value(format!("{p}{k}"), CompareOp::Equal, v),
+            Cond::Value(k, None) => Compare::version(format!("{p}{k}"), CompareOp::Equal, 0),
+            Cond::Leader(f) => Compare::create_revision(format!("{p}{LEADER_KEY}"), CompareOp::Equal, f.rev),
+        }
+    }
+
+    async fn apply_all(&self, conds: Vec<Cond>, ops: Vec<Op>) -> Result<Applied, StoreError> {
         // etcd refuses a transaction that names one key twice: the last op of a key wins.
         let mut last: BTreeMap<String, Op> = BTreeMap::new();
         for op in ops {
@@ -135,6 +158,9 @@ impl EtcdStore {
                 Op::Put(k, _) | Op::Delete(k) => k.clone(),
             };
             last.insert(key, op);
+        }
+        if last.keys().any(|k| !is_control(k)) {
+            last.insert(REV_KEY.to_string(), Op::Put(REV_KEY.to_string(), vec![]));
         }
         let txn_ops: Vec<TxnOp> = last
             .into_values()
@@ -144,12 +170,25 @@ impl EtcdStore {
             })
             .collect();
         let mut kv = self.client.kv_client();
-        let txn = Txn::new().and_then(txn_ops);
-        tokio::time::timeout(REQUEST_TIMEOUT, kv.txn(txn))
+        let mut txn = Txn::new();
+        if !conds.is_empty() {
+            txn = txn.when(conds.into_iter().map(|c| self.compare(c)).collect::<Vec<_>>());
+        }
+        // On a conflict, the revision of the last data write: what to catch up with.
+        let txn = txn.and_then(txn_ops).or_else(vec![TxnOp::get(format!("{}{REV_KEY}", self.prefix), None)]);
+        let r = tokio::time::timeout(REQUEST_TIMEOUT, kv.txn(txn))
             .await
             .map_err(|_| io("etcd txn")(&"no answer within 10 s"))?
             .map_err(|e| io("etcd txn")(&e))?;
-        Ok(())
+        let rev = r.header().map_or(0, |h| h.revision());
+        if r.succeeded() {
+            return Ok(Applied::Done(rev));
+        }
+        let data_rev = r.op_responses().iter().find_map(|o| match o {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+            _ => None,
+        });
+        Ok(Applied::Conflict(data_rev.unwrap_or(rev)))
     }
 }
 
@@ -167,11 +206,42 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 impl Store for EtcdStore {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Records, StoreError>> {
-        Box::pin(self.list_all(prefix))
+        Box::pin(async move { Ok(self.list_all(prefix).await?.0) })
     }
 
-    fn apply(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.apply_all(ops))
+    fn snapshot(&self) -> BoxFuture<'_, Result<(Records, Rev), StoreError>> {
+        Box::pin(async move {
+            let (mut all, rev) = self.list_all("").await?;
+            all.retain(|(k, _)| !is_control(k));
+            Ok((all, rev))
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let mut kv = self.client.kv_client();
+            let r = tokio::time::timeout(REQUEST_TIMEOUT, kv.get(format!("{}{key}", self.prefix), None))
+                .await
+                .map_err(|_| io("etcd get")(&"no answer within 10 s"))?
+                .map_err(|e| io("etcd get")(&e))?;
+            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        })
+    }
+
+    fn apply_if(&self, conds: Vec<Cond>, ops: Vec<Op>) -> BoxFuture<'_, Result<Applied, StoreError>> {
+        Box::pin(self.apply_all(conds, ops))
+    }
+
+    fn watch(&self, after: Rev) -> BoxStream<'static, Result<Feed, StoreError>> {
+        watch::feed(self.client.clone(), self.prefix.clone(), after)
+    }
+
+    fn lead(&self, me: &str) -> tokio::sync::watch::Receiver<Option<Fence>> {
+        self.leader.campaign(me)
+    }
+
+    fn resign(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.leader.resign())
     }
 }
 
