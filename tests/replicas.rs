@@ -175,6 +175,53 @@ async fn timer_runs(agent: &ShippedAgent, name: &str) -> Vec<String> {
     out
 }
 
+/// A code function made on replica `a`, its zip uploaded there, deployed through `b`
+/// (which builds it from the zip it fetches from the registry), called through `c`'s
+/// gateway, its zip downloaded through `c`.
+async fn code_goes_between_replicas(
+    a: &ShippedControlPlane,
+    b: &ShippedControlPlane,
+    c: &ShippedControlPlane,
+    ns: &str,
+) {
+    use std::io::Write;
+    let f = admin_post(
+        a,
+        "/functions",
+        json!({ "namespace_id": ns, "name": "site", "runtime": "custom", "privacy": "public" }),
+    )
+    .await;
+    let id = f["id"].as_str().unwrap().to_string();
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let files = [
+        ("scf_bootstrap", "#!/bin/sh\nexec busybox httpd -f -p 9000 -h /var/user/www\n", 0o755),
+        ("www/index.html", "served from a zip uploaded to another replica", 0o644),
+    ];
+    for (name, content, mode) in files {
+        zip.start_file(name, zip::write::SimpleFileOptions::default().unix_permissions(mode)).unwrap();
+        zip.write_all(content.as_bytes()).unwrap();
+    }
+    let bytes = zip.finish().unwrap().into_inner();
+    let url = admin_get(a, &format!("/functions/v1beta1/regions/fr-par/functions/{id}/upload-url")).await;
+    let put = fnrt_tests::http().put(url["url"].as_str().unwrap()).body(bytes.clone()).send().await.unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    admin_post(b, &format!("/functions/{id}/deploy"), json!({})).await;
+    let start = Instant::now();
+    loop {
+        let f = admin_get(c, &format!("/functions/v1beta1/regions/fr-par/functions/{id}")).await;
+        if f["status"] == "ready" {
+            break;
+        }
+        assert!(f["status"] != "error" && start.elapsed() < Duration::from_secs(60), "{f}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = fnrt_tests::http().get(format!("{}/replicated/site/", c.gateway)).send().await.unwrap();
+    assert_eq!(got.text().await.unwrap(), "served from a zip uploaded to another replica");
+    let url = admin_get(c, &format!("/functions/v1beta1/regions/fr-par/functions/{id}/download-url")).await;
+    let zip = fnrt_tests::http().get(url["url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(zip.bytes().await.unwrap().to_vec(), bytes, "the zip downloaded from a third replica");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn release_replicas_share_one_cluster_and_a_cron_fires_once_a_minute_across_a_leader_crash() {
     real_parts();
@@ -230,6 +277,7 @@ async fn release_replicas_share_one_cluster_and_a_cron_fires_once_a_minute_acros
         assert!(f["status"] != "error" && start.elapsed() < Duration::from_secs(60), "{f}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    code_goes_between_replicas(a, b, &cps[leader], ns["id"].as_str().unwrap()).await;
     // Every replica calls it (an event function: through the API's invoke).
     for cp in &cps {
         admin_post(cp, &format!("/functions/{id}/invoke"), json!({ "from": cp.api })).await;

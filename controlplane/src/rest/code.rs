@@ -107,8 +107,8 @@ pub async fn download_url(
     _r: super::Region,
     super::Id(id): super::Id,
 ) -> Result<Json<Value>, ApiError> {
-    functions::get(&ctx.state, &id)?;
-    if !zip_path(&ctx, &id).exists() {
+    let f = functions::get(&ctx.state, &id)?;
+    if f.code_digest.is_none() && !zip_path(&ctx, &id).exists() {
         return Err(Error::NotFound { resource: "code", id }.into());
     }
     Ok(Json(json!({ "url": signed_url(&ctx, "GET", &id, None), "headers": {} })))

@@ -76,9 +76,10 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
     super::json_object(if bytes.is_empty() { &b"{}"[..] } else { bytes }, "the JSON this call takes")
 }
 
-/// Whether `f` is a code function with code uploaded.
+/// Whether `f` is a code function with code uploaded (here, or shared by another replica).
 fn has_code(ctx: &Ctx, f: &Function) -> bool {
-    ctx.cfg.runtime_image(&f.runtime).is_some() && super::code::zip_path(ctx, &f.id).exists()
+    ctx.cfg.runtime_image(&f.runtime).is_some()
+        && (f.code_digest.is_some() || super::code::zip_path(ctx, &f.id).exists())
 }
 
 fn function_view(ctx: &Ctx, f: &Function, status: Option<&str>) -> Value {
