@@ -68,7 +68,7 @@ fn target(ctx: &Ctx, req: &Request) -> Option<(Arc<Routed>, String)> {
     let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
     let host = host.split(':').next().unwrap_or_default();
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    ctx.state.routes().target(host, pq, &ctx.cfg.domain)
+    ctx.state.route_target(host, pq, &ctx.cfg.domain)
 }
 
 /// Why a call to `f` cannot go on (it is not deployed, or takes events only), as the

@@ -30,6 +30,8 @@ pub struct Routed {
     pub status: FunctionStatus,
     /// Why its last deploy failed.
     pub error_message: Option<String>,
+    /// Its namespace's name (its key in the by-name index).
+    pub namespace_name: String,
 }
 
 /// The index.
@@ -51,25 +53,47 @@ impl RouteIndex {
     ) -> RouteIndex {
         let mut idx = RouteIndex::default();
         for f in functions.values() {
-            let Some(ns) = namespaces.get(&f.namespace_id) else { continue };
-            idx.by_name.insert((ns.name.clone(), f.name.clone()), f.id.clone());
-            let routed = Routed {
-                id: f.id.clone(),
-                name: f.name.clone(),
-                namespace_id: f.namespace_id.clone(),
-                agent_name: f.agent_name(),
-                private: f.privacy == "private",
-                deployed: f.deployed.is_some(),
-                event: f.deployed.as_ref().is_some_and(|d| d.event),
-                status: f.status,
-                error_message: f.error_message.clone(),
-            };
-            idx.functions.insert(f.id.clone(), Arc::new(routed));
+            idx.put(f, namespaces.get(&f.namespace_id));
         }
-        for x in domains.values() {
-            idx.by_domain.insert(x.hostname.to_ascii_lowercase(), x.function_id.clone());
-        }
+        idx.set_domains(domains);
         idx
+    }
+
+    /// Indexes function `f` of namespace `ns` (again, after a change); without its
+    /// namespace it is not routed.
+    pub fn put(&mut self, f: &Function, ns: Option<&Namespace>) {
+        self.remove(&f.id);
+        let Some(ns) = ns else { return };
+        self.by_name.insert((ns.name.clone(), f.name.clone()), f.id.clone());
+        let routed = Routed {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            namespace_id: f.namespace_id.clone(),
+            agent_name: f.agent_name(),
+            private: f.privacy == "private",
+            deployed: f.deployed.is_some(),
+            event: f.deployed.as_ref().is_some_and(|d| d.event),
+            status: f.status,
+            error_message: f.error_message.clone(),
+            namespace_name: ns.name.clone(),
+        };
+        self.functions.insert(f.id.clone(), Arc::new(routed));
+    }
+
+    /// Forgets function `id`.
+    pub fn remove(&mut self, id: &str) {
+        if let Some(old) = self.functions.remove(id) {
+            let key = (old.namespace_name.clone(), old.name.clone());
+            if self.by_name.get(&key).is_some_and(|x| x == id) {
+                self.by_name.remove(&key);
+            }
+        }
+    }
+
+    /// Indexes `domains` (all of them, instead of the last ones).
+    pub fn set_domains(&mut self, domains: &BTreeMap<String, Domain>) {
+        self.by_domain =
+            domains.values().map(|x| (x.hostname.to_ascii_lowercase(), x.function_id.clone())).collect();
     }
 
     fn named(&self, ns: &str, f: &str) -> Option<Arc<Routed>> {

@@ -167,7 +167,7 @@ pub struct State {
     store: Arc<dyn Store>,
     maps: RwLock<Maps>,
     writer: tokio::sync::Mutex<()>,
-    routes: RwLock<Arc<RouteIndex>>,
+    routes: RwLock<RouteIndex>,
     changes: tokio::sync::watch::Sender<u64>,
     applied: tokio::sync::watch::Sender<Rev>,
     follower: Mutex<Option<tokio::task::AbortHandle>>,
@@ -183,8 +183,8 @@ fn data_of(records: Vec<(String, Vec<u8>)>) -> Data {
     data
 }
 
-fn index_of(d: &Data) -> Arc<RouteIndex> {
-    Arc::new(RouteIndex::of(&d.namespaces, &d.functions, &d.domains))
+fn index_of(d: &Data) -> RouteIndex {
+    RouteIndex::of(&d.namespaces, &d.functions, &d.domains)
 }
 
 impl State {
@@ -275,7 +275,7 @@ impl State {
     /// Applies one batch at revision `rev` (one already applied is skipped: the feed
     /// brings this replica's own writes back).
     fn apply_batch(&self, rev: Rev, changes: Vec<Change>) {
-        let index = {
+        {
             let mut m = self.maps.write().unwrap_or_else(|p| p.into_inner());
             if rev <= m.rev {
                 return;
@@ -286,12 +286,36 @@ impl State {
                 self.applied.send_replace(rev);
                 return;
             }
+            // The gateway's index follows: the functions changed, or all of it when a
+            // namespace (whose name routes its functions) changed.
+            let all = changes.iter().any(|c| matches!(c, Change::Namespace(_) | Change::DeleteNamespace(_)));
+            let domains = changes.iter().any(|c| matches!(c, Change::Domain(_) | Change::DeleteDomain(_)));
+            let touched: Vec<String> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Function(f) => Some(f.id.clone()),
+                    Change::DeleteFunction(id) => Some(id.clone()),
+                    _ => None,
+                })
+                .collect();
             for c in changes {
                 c.apply(&mut m.data);
             }
-            index_of(&m.data)
-        };
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = index;
+            let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+            if all {
+                *routes = index_of(&m.data);
+            } else {
+                for id in touched {
+                    match m.data.functions.get(&id) {
+                        Some(f) => routes.put(f, m.data.namespaces.get(&f.namespace_id)),
+                        None => routes.remove(&id),
+                    }
+                }
+                if domains {
+                    routes.set_domains(&m.data.domains);
+                }
+            }
+        }
         self.applied.send_replace(rev);
         self.changes.send_modify(|n| *n += 1);
     }
@@ -316,9 +340,14 @@ impl State {
         Ok(rev)
     }
 
-    /// The gateway's index, as of the last write.
-    pub fn routes(&self) -> Arc<RouteIndex> {
-        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The function a gateway call goes to (see [`RouteIndex::target`]).
+    pub fn route_target(
+        &self,
+        host: &str,
+        pq: &str,
+        domain: &str,
+    ) -> Option<(Arc<crate::route_index::Routed>, String)> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).target(host, pq, domain)
     }
 
     /// A receiver that sees every change of the maps (as a new count).

@@ -32,7 +32,7 @@ pub fn release_bin(name: &str) -> PathBuf {
 }
 
 /// A log's text without the terminal colour codes tracing writes.
-fn plain(text: &str) -> String {
+pub fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -50,7 +50,7 @@ fn plain(text: &str) -> String {
 }
 
 /// What follows `key=` on `line`, up to the next space.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
     line[at..].split_whitespace().next()
 }

@@ -43,7 +43,10 @@ pub async fn agents(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
 /// reflect.
 pub async fn replica(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
     let fence = *ctx.state.store().lead("").borrow();
+    let (passes, last_pass_us) = ctx.scheduler.passes();
     Json(json!({
+        "reconcile_passes": passes,
+        "last_reconcile_us": last_pass_us,
         "leading": fence.is_some(),
         "term": fence.map(|f| f.rev),
         "store": if ctx.cfg.store == "etcd" { "etcd" } else { "redb" },

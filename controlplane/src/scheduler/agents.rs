@@ -27,6 +27,8 @@ pub struct Agent {
     pub dataplane_tls: bool,
     /// Its last report.
     pub report: pb::Report,
+    /// The functions its last report lists, by name.
+    pub names: Arc<std::collections::HashSet<String>>,
     /// When it last reported.
     pub last_seen: Instant,
     /// Marked lost after missing heartbeats.
@@ -70,7 +72,13 @@ impl Agent {
 
     /// Whether its report lists the function `name`.
     pub fn hosts(&self, name: &str) -> bool {
-        self.report.functions.iter().any(|f| f.name == name)
+        self.names.contains(name)
+    }
+
+    /// Takes `report` as its last.
+    pub fn set_report(&mut self, report: pb::Report) {
+        self.names = Arc::new(report.functions.iter().map(|f| f.name.clone()).collect());
+        self.report = report;
     }
 }
 
@@ -179,16 +187,18 @@ impl pb::control_plane_server::ControlPlane for Join {
         };
         self.check_dataplane(dataplane, r.dataplane_tls)?;
         let link = self.link(&r.node, &r.grpc_endpoint)?;
-        let agent = Agent {
+        let mut agent = Agent {
             node: r.node.clone(),
             node_id: r.node_id,
             dataplane: r.dataplane_address,
             dataplane_tls: r.dataplane_tls,
-            report: r.report.unwrap_or_default(),
+            report: pb::Report::default(),
+            names: Arc::default(),
             last_seen: Instant::now(),
             lost: false,
             link,
         };
+        agent.set_report(r.report.unwrap_or_default());
         {
             let mut agents = self.scheduler.agents_mut();
             if let Some(live) = agents.get(&r.node).filter(|a| !a.lost && a.node_id != agent.node_id) {
@@ -222,7 +232,7 @@ impl pb::control_plane_server::ControlPlane for Join {
         let Some(a) = agents.get_mut(&r.node).filter(|a| !a.lost && a.node_id == r.node_id) else {
             return Err(Status::not_found(format!("node {:?} is not registered: register again", r.node)));
         };
-        a.report = r.report.unwrap_or_default();
+        a.set_report(r.report.unwrap_or_default());
         a.last_seen = Instant::now();
         Ok(Response::new(pb::HeartbeatResponse {}))
     }

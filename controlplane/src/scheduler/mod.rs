@@ -18,6 +18,7 @@ mod pass;
 pub mod placement;
 pub mod queue;
 pub mod timer;
+mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,6 +61,9 @@ pub struct Scheduler {
     /// The JetStream context async invocations are queued on, while connected.
     queue: Mutex<Option<async_nats::jetstream::Context>>,
     kick: Notify,
+    /// Reconcile passes run, and how long the last one took (µs).
+    passes: std::sync::atomic::AtomicU64,
+    last_pass_us: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,8 +97,10 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
 /// The namespace's registry credentials when `image` is on their registry (agents get
 /// no credentials they do not need).
 pub fn credentials_for<'a>(ns: &'a Namespace, image: &str) -> Option<&'a crate::model::RegistryCredentials> {
+    // Parsed only when there are credentials: this runs for every function every pass.
+    let credentials = ns.registry_credentials.as_ref()?;
     let host = fnrt_registry::ImageRef::parse(image).ok()?.registry().to_string();
-    ns.registry_credentials.as_ref().filter(|c| c.registry == host)
+    Some(credentials).filter(|c| c.registry == host)
 }
 
 /// A call routed by the gateway: the agent's data plane; counts as in flight until dropped.
@@ -136,6 +142,8 @@ impl Scheduler {
             busy: Arc::default(),
             calls: Mutex::default(),
             kick: Notify::new(),
+            passes: Default::default(),
+            last_pass_us: Default::default(),
         }
     }
 
@@ -189,19 +197,12 @@ impl Scheduler {
         a.hosts(name) || lock(&self.applied).contains_key(&(a.node.clone(), name.to_string()))
     }
 
+    fn view(&self, live: &[Agent]) -> view::View {
+        view::View::of(live, lock(&self.applied).keys())
+    }
+
     fn candidates(&self, live: &[Agent], name: &str, image: &str, memory_mb: u32) -> Vec<Candidate> {
-        live.iter()
-            .map(|a| Candidate {
-                node: a.node.clone(),
-                free_memory_mb: a.free_memory_mb(),
-                free_cpu_millis: a.free_cpu_millis(),
-                room_instances: a.room_instances(),
-                // An agent refuses memory out of its range: it cannot take the function.
-                cpu_millis_needed: a.policy().limits(memory_mb).map_or(u32::MAX, |l| l.cpu_millis),
-                has_image: a.report.images.iter().any(|i| i == image),
-                hosts: self.hosts(a, name),
-            })
-            .collect()
+        self.view(live).candidates(name, usize::MAX, image, memory_mb)
     }
 
     /// Puts `spec` on agent `a`: a deploy where it is new, else an update when it changed.
@@ -249,15 +250,20 @@ impl Scheduler {
     /// One reconcile pass: every deployed function on the agents its placement says, with
     /// its share; what is no longer wanted removed.
     pub async fn reconcile(self: &Arc<Self>) {
+        let started = std::time::Instant::now();
         agents::mark_lost(&mut self.agents_mut(), Duration::from_millis(u64::from(self.cfg.lost_after_ms)));
         let live = self.live();
-        let (functions, pending): (Vec<(Function, Namespace)>, HashSet<String>) = self.state.read(|d| {
+        type Read = (Vec<(Function, Arc<Namespace>)>, HashSet<String>);
+        let (functions, pending): Read = self.state.read(|d| {
+            // Each namespace copied once, not once per function.
+            let namespaces: HashMap<&str, Arc<Namespace>> =
+                d.namespaces.iter().map(|(id, n)| (id.as_str(), Arc::new(n.clone()))).collect();
             let f = d
                 .functions
                 .values()
                 .filter(|f| f.deployed.is_some())
                 .filter(|f| !matches!(f.status, FunctionStatus::Pending | FunctionStatus::Deleting))
-                .filter_map(|f| Some((f.clone(), d.namespaces.get(&f.namespace_id)?.clone())))
+                .filter_map(|f| Some((f.clone(), namespaces.get(f.namespace_id.as_str())?.clone())))
                 .collect();
             let p = d
                 .functions
@@ -269,33 +275,67 @@ impl Scheduler {
         });
         let mut wanted: HashSet<(String, String)> = HashSet::new();
         let mut plan: HashMap<String, Vec<pass::Action>> = HashMap::new();
+        let mut view = self.view(&live);
         for (f, ns) in &functions {
             let Some(d) = &f.deployed else { continue };
             let name = f.agent_name();
+            let k = f.min_scale.max(1).min(f.max_scale.max(1)) as usize;
             let shares = match place(
                 f.min_scale,
                 f.max_scale,
                 d.memory_mb,
-                &self.candidates(&live, &name, &d.image, d.memory_mb),
+                &view.candidates(&name, k, &d.image, d.memory_mb),
             ) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(function = %f.id, error = %e, "cannot place function");
-                    for a in live.iter().filter(|a| self.hosts(a, &name)) {
-                        wanted.insert((a.node.clone(), name.clone()));
+                    for node in view.hosts(&name) {
+                        wanted.insert((node.to_string(), name.clone()));
                     }
                     continue;
                 }
             };
+            view.reserve(&name, &shares, d.memory_mb);
             for share in shares {
                 wanted.insert((share.node.clone(), name.clone()));
                 let spec = spec_of(f, ns, d, &share);
                 plan.entry(share.node.clone()).or_default().push(pass::Action::Apply(Box::new(spec)));
             }
         }
-        for a in &live {
+        self.plan_removals(&live, &pending, &wanted, &mut plan);
+        let planned = started.elapsed();
+        self.carry_out(&live, plan).await;
+        let carried = started.elapsed();
+        self.finish_deletes(&live).await;
+        if started.elapsed() > Duration::from_secs(1) {
+            tracing::warn!(
+                functions = functions.len(),
+                agents = live.len(),
+                planned_ms = planned.as_millis() as u64,
+                calls_ms = (carried - planned).as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "a reconcile pass took over a second"
+            );
+        }
+    }
+
+    /// Adds to `plan` the removal of every function of ours an agent runs (or was given)
+    /// that is neither `wanted` there nor `pending`.
+    fn plan_removals(
+        &self,
+        live: &[Agent],
+        pending: &HashSet<String>,
+        wanted: &HashSet<(String, String)>,
+        plan: &mut HashMap<String, Vec<pass::Action>>,
+    ) {
+        // What the scheduler put on each node, read once (not once per agent).
+        let mut put: HashMap<String, Vec<String>> = HashMap::new();
+        for (node, name) in lock(&self.applied).keys() {
+            put.entry(node.clone()).or_default().push(name.clone());
+        }
+        for a in live {
             let mut names: HashSet<String> = a.report.functions.iter().map(|f| f.name.clone()).collect();
-            names.extend(lock(&self.applied).keys().filter(|(n, _)| *n == a.node).map(|(_, f)| f.clone()));
+            names.extend(put.remove(&a.node).unwrap_or_default());
             for name in names {
                 // Functions deployed by an operator (not fn-<uuid>) are left alone.
                 let ours = fnrt_function::naming::is_from_control_plane(&name);
@@ -304,8 +344,6 @@ impl Scheduler {
                 }
             }
         }
-        self.carry_out(&live, plan).await;
-        self.finish_deletes(&live).await;
     }
 
     /// Deletes the records of the functions being deleted that no live agent runs any
@@ -343,7 +381,11 @@ impl Scheduler {
         let every = Duration::from_millis(u64::from(self.cfg.heartbeat_interval_ms));
         let mut changes = self.state.subscribe();
         loop {
+            let started = std::time::Instant::now();
             self.reconcile().await;
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.last_pass_us.store(took, std::sync::atomic::Ordering::Relaxed);
+            self.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 _ = changes.changed() => {}
                 () = self.kick.notified() => {}
@@ -352,21 +394,31 @@ impl Scheduler {
         }
     }
 
+    /// Reconcile passes run by this replica, and how long the last one took (µs).
+    pub fn passes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.passes.load(Relaxed), self.last_pass_us.load(Relaxed))
+    }
+
     /// The agent for a call to function `name`: the one with the most ready instances not
     /// busy with the gateway's calls; when none is free, the one with the fewest calls (its
     /// pool starts an instance).
     pub fn route(&self, name: &str) -> Option<Route> {
-        let live = self.live();
+        let lost_after = Duration::from_millis(u64::from(self.cfg.lost_after_ms));
+        // Under the locks, without copying the agents: this runs for every call.
+        let agents = lock(&self.agents);
+        let applied = lock(&self.applied);
         let mut in_flight = lock(&self.in_flight);
-        let best = live
-            .iter()
-            .filter(|a| self.hosts(a, name))
+        let best = agents
+            .values()
+            .filter(|a| !a.lost && a.last_seen.elapsed() <= lost_after)
+            .filter(|a| a.hosts(name) || applied.contains_key(&(a.node.clone(), name.to_string())))
             .map(|a| {
                 let busy = in_flight.get(&(a.node.clone(), name.to_string())).copied().unwrap_or(0);
                 let ready = a.report.functions.iter().find(|f| f.name == name).map_or(0, |f| f.ready);
                 (i64::from(ready) - i64::from(busy), std::cmp::Reverse(busy), a)
             })
-            .max_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)))?
+            .max_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)).then_with(|| x.2.node.cmp(&y.2.node)))?
             .2;
         let key = (best.node.clone(), name.to_string());
         *in_flight.entry(key.clone()).or_insert(0) += 1;

@@ -103,16 +103,18 @@ impl World {
                 .collect(),
             ..Default::default()
         };
-        let agent = Agent {
+        let mut agent = Agent {
             node_id: String::new(),
             node: node.into(),
             dataplane: format!("{node}:8080"),
             dataplane_tls: false,
-            report,
+            report: pb::Report::default(),
+            names: Default::default(),
             last_seen: Instant::now(),
             lost: false,
             link,
         };
+        agent.set_report(report);
         self.scheduler.agents_mut().insert(node.into(), agent);
     }
 
