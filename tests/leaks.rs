@@ -1,6 +1,7 @@
 //! Run by scripts/test after the whole suite: nothing of any test agent is left on the
 //! node or in containerd (containers, tasks, snapshots, leases, network namespaces, CNI
-//! addresses, mounts, cgroups). Ignored in a plain `cargo test`, where other tests may
+//! addresses, mounts, cgroups), nor of the cluster test (network namespaces, links,
+//! node daemons). Ignored in a plain `cargo test`, where other tests may
 //! still be running.
 #![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
@@ -30,6 +31,18 @@ async fn nothing_of_the_suite_is_left_behind() {
         .count();
     if etcds > 0 {
         left.push(format!("{etcds} etcd members of test clusters"));
+    }
+    // The cluster test's nodes: their namespaces and links, containerds and agents.
+    left.extend(fnrt_tests::cluster::leftovers());
+    let node_daemons = commands
+        .iter()
+        .filter(|c| {
+            (c.starts_with("containerd ") && c.contains("containerd.toml"))
+                || (c.contains("fnrt-agent") && c.contains(&format!("namespace={TEST_PREFIX}cl")))
+        })
+        .count();
+    if node_daemons > 0 {
+        left.push(format!("{node_daemons} containerd or agent processes of cluster nodes"));
     }
     assert!(left.is_empty(), "the suite left behind: {left:#?}");
 }

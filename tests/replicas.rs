@@ -298,7 +298,8 @@ async fn release_replicas_share_one_cluster_and_a_cron_fires_once_a_minute_acros
     }
     let crashed_at = Instant::now();
     let mut cps: Vec<Option<ShippedControlPlane>> = cps.into_iter().map(Some).collect();
-    cps[leader].take().unwrap().kill().await;
+    let mut crashed = cps[leader].take().unwrap();
+    crashed.kill().await;
     let survivors: Vec<&ShippedControlPlane> = cps.iter().flatten().collect();
     let mut took_over = None;
     while took_over.is_none() {

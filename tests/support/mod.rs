@@ -5,6 +5,7 @@
 //! them they fail with the command that sets them up.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod fake_registry;
 pub mod nats;
@@ -214,16 +215,8 @@ pub async fn namespaces_with_prefix(socket: &Path, prefix: &str) -> Vec<String> 
 /// What of the node outside containerd carries `prefix` in its name: network namespaces,
 /// CNI address allocations, mounts, cgroups.
 pub fn node_leftovers(prefix: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        out.extend(
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .map(|n| format!("network namespace /run/netns/{n}")),
-        );
-    }
+    let mut out: Vec<String> =
+        named_netns(prefix).into_iter().map(|n| format!("network namespace /run/netns/{n}")).collect();
     let alloc_dir = cni_data_dir().join("fnrt");
     if let Ok(entries) = std::fs::read_dir(&alloc_dir) {
         for e in entries.flatten() {
@@ -253,6 +246,16 @@ pub fn node_leftovers(prefix: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The names under /run/netns that start with `prefix`.
+pub fn named_netns(prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else { return vec![] };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 fn cgroup_roots() -> Vec<PathBuf> {

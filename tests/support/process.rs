@@ -21,6 +21,11 @@ pub fn agent_bin() -> PathBuf {
 /// Runs the agent binary `bin` with `cfg`; its output goes to `log`. It is killed when
 /// the handle is dropped.
 pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Child {
+    spawn_agent_in(None, bin, cfg, log)
+}
+
+/// As [`spawn_agent`], in network namespace `netns` (a name under /run/netns) when given.
+pub fn spawn_agent_in(netns: Option<&str>, bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Child {
     let set = |k: &str, v: String| ["--set".to_string(), format!("{k}={v}")];
     let mut args = Vec::new();
     args.extend(set("containerd_socket", cfg.containerd_socket.display().to_string()));
@@ -58,13 +63,17 @@ pub fn spawn_agent(bin: &Path, cfg: &Config, log: &Path) -> tokio::process::Chil
         args.extend(set("tls_key_file", key.display().to_string()));
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    tokio::process::Command::new(bin)
-        .args(args)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    let mut command = match netns {
+        // The network namespace only (`ip netns exec` would also remount /sys, and with it
+        // the cgroup hierarchy the agent and runc need).
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(bin);
+            c
+        }
+        None => tokio::process::Command::new(bin),
+    };
+    command.args(args).stdout(out.try_clone().unwrap()).stderr(out).kill_on_drop(true).spawn().unwrap()
 }
 
 /// A client once the agent answers, within 20 s.

@@ -56,7 +56,7 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Stops a child with SIGTERM, as systemd or an operator would; SIGKILL after 10 s.
-async fn terminate(child: &mut Child, what: &str, log: &Path) {
+pub async fn terminate(child: &mut Child, what: &str, log: &Path) {
     if let Some(pid) = child.id() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
     }
@@ -106,6 +106,12 @@ pub fn ca(args: &[&str]) {
 impl ShippedControlPlane {
     /// Starts it with the test settings plus `extra` (`key=value`), and waits until it serves.
     pub async fn start(extra: &[String]) -> ShippedControlPlane {
+        Self::start_on(extra, &[]).await
+    }
+
+    /// As [`ShippedControlPlane::start`], its certificate also naming `sans` (addresses
+    /// beyond loopback it is reached at).
+    pub async fn start_on(extra: &[String], sans: &[&str]) -> ShippedControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let cluster_token = format!("cluster-token-{:032x}", rand::random::<u128>());
         // Cluster links over TLS, as README "Cluster TLS" sets them up.
@@ -122,7 +128,10 @@ impl ShippedControlPlane {
             "controlplane",
             "--san",
             "127.0.0.1",
-        ]);
+        ]
+        .into_iter()
+        .chain(sans.iter().flat_map(|s| ["--san", s]))
+        .collect::<Vec<_>>());
         let dataplane_key = format!("dataplane-key-{:032x}", rand::random::<u128>());
         Self::launch(dir, ca_dir, cluster_token, dataplane_key, extra).await
     }
@@ -205,8 +214,20 @@ impl ShippedControlPlane {
         plain(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
-    /// Kills it (SIGKILL), as a crash would.
-    pub async fn kill(mut self) {
+    /// Stops it (SIGTERM) and starts it again on the same addresses with `extra`.
+    pub async fn restart(mut self, extra: &[String]) -> ShippedControlPlane {
+        terminate(&mut self.child, "fnrt-controlplane", &self.log).await;
+        let mut settings = extra.to_vec();
+        settings.push(format!("api_listen={}", self.api.trim_start_matches("http://")));
+        settings.push(format!("gateway_listen={}", self.gateway.trim_start_matches("http://")));
+        settings.push(format!("grpc_listen={}", self.grpc));
+        let ShippedControlPlane { dir, ca, cluster_token, dataplane_key, .. } = self;
+        Self::launch(dir, ca, cluster_token, dataplane_key, &settings).await
+    }
+
+    /// Kills it (SIGKILL), as a crash would; what it made stays (its directory holds the
+    /// CA the others use).
+    pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
