@@ -50,6 +50,8 @@ pub struct Ctx {
     pub scheduler: Arc<Scheduler>,
     /// Upload URLs already used (they serve once).
     pub used_uploads: rest::code::UsedUrls,
+    /// Whether this replica leads, and in which term.
+    pub leading: watch::Receiver<Option<store::Fence>>,
 }
 
 /// Why the control plane could not start.
@@ -212,11 +214,15 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     cfg.url_key = url_key(&cfg, state.store().as_ref()).await?;
     let cfg = Arc::new(cfg);
     let scheduler = Arc::new(Scheduler::new(cfg.clone(), state.clone(), registry(&cfg)?));
+    let api_addr = api.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
+    // Campaigns from here on (the embedded store always leads).
+    let leading = state.store().lead(&leading::replica_name(api_addr));
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         state,
         scheduler: scheduler.clone(),
         used_uploads: Default::default(),
+        leading,
     });
     let (shutdown, stop) = watch::channel(false);
     let tls = cluster_tls(&cfg)?;
@@ -235,11 +241,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
             cfg.http_limits(),
             stop.clone(),
         ),
-        tokio::spawn(leading::supervise(
-            scheduler.clone(),
-            ctx.state.clone(),
-            ctx.state.store().lead(&leading::replica_name(api_address)),
-        )),
+        tokio::spawn(leading::supervise(scheduler.clone(), ctx.state.clone(), ctx.leading.clone())),
         tokio::spawn(scheduler.clone().run_queue()),
     ];
     let mut server = tonic::transport::Server::builder();

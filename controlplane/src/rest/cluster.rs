@@ -42,7 +42,7 @@ pub async fn agents(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
 /// This replica: whether it leads and in which term, its store, the revision its maps
 /// reflect.
 pub async fn replica(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
-    let fence = *ctx.state.store().lead("").borrow();
+    let fence = *ctx.leading.borrow();
     let (passes, last_pass_us) = ctx.scheduler.passes();
     Json(json!({
         "reconcile_passes": passes,

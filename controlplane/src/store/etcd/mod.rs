@@ -101,7 +101,8 @@ impl EtcdStore {
             .map_err(|e| fail(e.to_string()))?;
         let leader = leader::Leadership::new(client.clone(), format!("{}{LEADER_KEY}", settings.prefix));
         let store = EtcdStore { client, prefix: settings.prefix.clone(), leader };
-        store.list_all("").await.map_err(|e| fail(e.to_string()))?;
+        // One small read proves the cluster answers (the records are read once, by the state).
+        store.get(REV_KEY).await.map_err(|e| fail(e.to_string()))?;
         Ok(store)
     }
 
