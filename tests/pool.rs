@@ -87,6 +87,8 @@ async fn http_passthrough_and_event_calls_carry_the_scf_headers() {
     assert_eq!(echoed["method"], "PUT");
     assert_eq!(echoed["path"], "/a/b?x=1&y=two");
     assert_eq!(echoed["body"].as_str().unwrap().len(), big.len(), "the 4 MiB body came through and back");
+    // The data plane reaches the instance on its namespace's loopback, not across the bridge.
+    assert_eq!(echoed["peer"], "127.0.0.1", "the call came from the instance's own loopback");
     let headers: HashMap<String, String> = echoed["headers"]
         .as_array()
         .unwrap()

@@ -36,7 +36,7 @@ use crate::logs::Logs;
 use crate::metrics::{ErrorKind, Outcome};
 use crate::pool::{AcquireError, Kind, Lease, Pool, Pools, Served};
 use crate::request_id::{self, REQUEST_ID};
-use crate::upstream::{Body, Upstream};
+use crate::upstream::{Address, Body, Upstream};
 
 /// The data plane's state: the pools and instances to forward to and this thread's
 /// connections to them.
@@ -286,7 +286,9 @@ impl Dataplane {
         };
         let (id, host) = (lease.id.clone(), lease.host.clone());
         let phases = lease.phases.clone().map(|p| (p, Instant::now()));
-        let to = To { id: &id, address: lease.address, host: &host, cold: lease.cold, arrived, phases };
+        let (address, netns) = (lease.address, lease.netns.clone());
+        let to =
+            To { id: &id, address, netns: netns.as_deref(), host: &host, cold: lease.cold, arrived, phases };
         self.forward(&served, lease, to, req, target, request_id).await
     }
 
@@ -320,7 +322,11 @@ impl Dataplane {
         let in_flight = self.logs.call(to.id, request_id);
         let sent = tokio::time::timeout(
             spec.timeout,
-            self.upstream.send(to.id, to.address, Request::from_parts(parts, body)),
+            self.upstream.send(
+                to.id,
+                Address { at: to.address, netns: to.netns },
+                Request::from_parts(parts, body),
+            ),
         )
         .await;
         let instance = Some(to.id.clone());
@@ -423,6 +429,8 @@ pub struct Invocation {
 struct To<'a> {
     id: &'a Arc<str>,
     address: std::net::SocketAddr,
+    /// Its network namespace, when it has one of its own.
+    netns: Option<&'a std::path::Path>,
     /// Its address as a Host header.
     host: &'a HeaderValue,
     /// Whether it was started for this call.

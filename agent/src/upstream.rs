@@ -8,9 +8,17 @@
 //! dropped the body mid-way) is skipped when next taken. A request that an idle connection
 //! could not send (closed under it before the request was written) is sent once more on a
 //! new connection. Answers come back without hop-by-hop headers (see [`fnrt_hop`]).
+//!
+//! An instance in a network namespace of its own is connected to on that namespace's
+//! loopback (its port on 127.0.0.1), not across the bridge: the socket is made on a short
+//! thread that joined the namespace, and a socket stays in the namespace it was made in.
+//! Loopback skips the veth pair, the bridge and the node's firewall on every packet of a
+//! call. The instance still answers its health check on its bridge address, so a server
+//! that listens on 0.0.0.0 (as a function must) is what is checked.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +61,16 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// Where an instance listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Address<'a> {
+    /// Its address on the bridge (and its port).
+    pub at: SocketAddr,
+    /// Its network namespace, if it has one of its own: then its port on the namespace's
+    /// loopback is connected to.
+    pub netns: Option<&'a Path>,
+}
+
 /// One thread's connections to the instances.
 #[derive(Default)]
 pub struct Upstream {
@@ -89,9 +107,10 @@ impl Upstream {
     pub async fn send(
         self: &Arc<Self>,
         instance: &Arc<str>,
-        address: SocketAddr,
+        to: Address<'_>,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
+        let address = to.at;
         let mut req = req;
         if let Some(mut sender) = self.take_ready(instance, address).await {
             match sender.try_send_request(req).await {
@@ -103,7 +122,7 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = self.connect(address).await?;
+        let mut sender = connect(to).await?;
         let resp = sender.send_request(req).await?;
         Ok((answer(resp), self.checkout(instance, address, sender)))
     }
@@ -150,25 +169,52 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self, address: SocketAddr) -> Result<SendRequest<Body>, UpstreamError> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-            Err(_) => return Err(UpstreamError::ConnectTimeout(address)),
-            Ok(Err(source)) => return Err(UpstreamError::Connect { address, source }),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %address, "instance connection");
-            }
-        });
-        Ok(sender)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Idle>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A new HTTP/1 connection to an instance, on its namespace's loopback when it has one.
+async fn connect(to: Address<'_>) -> Result<SendRequest<Body>, UpstreamError> {
+    let address = to.at;
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, open(to)).await {
+        Err(_) => return Err(UpstreamError::ConnectTimeout(address)),
+        Ok(Err(source)) => return Err(UpstreamError::Connect { address, source }),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %address, "instance connection");
+        }
+    });
+    Ok(sender)
+}
+
+async fn open(to: Address<'_>) -> std::io::Result<TcpStream> {
+    let Some(netns) = to.netns else { return TcpStream::connect(to.at).await };
+    let socket = socket_in(netns).await?;
+    socket.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, to.at.port()))).await
+}
+
+/// A TCP socket made in the network namespace at `netns`. `setns` changes only the calling
+/// thread, so it runs on a thread of its own that ends right after: no thread of the
+/// agent's is ever left in an instance's namespace.
+async fn socket_in(netns: &Path) -> std::io::Result<tokio::net::TcpSocket> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let ns = std::fs::File::open(netns)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("fnrt-netns-socket".into()).spawn(move || {
+        let made = (|| {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            socket(AddressFamily::Inet, SockType::Stream, flags, None)
+        })();
+        let _ = tx.send(made.map_err(std::io::Error::from));
+    })?;
+    let fd = rx.await.map_err(|_| std::io::Error::other("the namespace's socket thread ended"))??;
+    Ok(tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
 }
 
 /// An instance's answer without its connection's headers: hyper ends a connection the

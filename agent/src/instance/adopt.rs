@@ -57,6 +57,7 @@ impl Instances {
                         function: label(labels::FUNCTION),
                         image: label(labels::IMAGE),
                         address,
+                        netns: Some(self.parts.network.netns_path(&rec.id).into()),
                         state: "running".into(),
                         pid: rec.pid,
                         created_at: rec.created_at.unwrap_or(SystemTime::UNIX_EPOCH),

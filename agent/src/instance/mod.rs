@@ -47,6 +47,9 @@ pub struct Instance {
     pub image: String,
     /// Where it listens.
     pub address: SocketAddr,
+    /// Its network namespace (a path under /run/netns): the data plane connects to it on
+    /// the namespace's own loopback, not across the bridge.
+    pub netns: Option<Arc<std::path::Path>>,
     /// Its task state ("running", ...).
     pub state: String,
     /// Its init process on the node.

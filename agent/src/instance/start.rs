@@ -128,6 +128,7 @@ impl Instances {
             function: req.function,
             image: image.info.reference,
             address,
+            netns: Some(self.parts.network.netns_path(&id).into()),
             state: "running".into(),
             pid,
             created_at: SystemTime::now(),

@@ -49,6 +49,7 @@ pub enum Owner {
 pub(super) struct Slot {
     pub id: Arc<str>,
     pub address: SocketAddr,
+    pub netns: Option<Arc<std::path::Path>>,
     /// The address as a Host header.
     pub host: HeaderValue,
     pub key: u64,
@@ -72,6 +73,7 @@ impl Slot {
             host: HeaderValue::try_from(inst.address.to_string())
                 .unwrap_or(HeaderValue::from_static("localhost")),
             address: inst.address,
+            netns: inst.netns,
             key,
             in_flight: 0,
             started: now,
@@ -203,6 +205,7 @@ impl Pool {
             pool: self.clone(),
             id: slot.id.clone(),
             address: slot.address,
+            netns: slot.netns.clone(),
             host: slot.host.clone(),
             cold: slot.started > arrived,
             phases: (slot.started > arrived).then(|| slot.phases.clone()),
@@ -219,6 +222,8 @@ pub struct Lease {
     pub id: Arc<str>,
     /// Its address.
     pub address: SocketAddr,
+    /// Its network namespace, when the node made one.
+    pub netns: Option<Arc<std::path::Path>>,
     /// Its address as a Host header.
     pub host: HeaderValue,
     /// Whether the instance was started for this call (or while it waited).

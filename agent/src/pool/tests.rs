@@ -69,6 +69,7 @@ impl InstanceOps for Fake {
                 function: req.function,
                 image: req.image,
                 address: SocketAddr::from(([10, 0, 0, (n % 250) as u8 + 2], 9000)),
+                netns: None,
                 state: "running".into(),
                 pid: 1,
                 created_at: SystemTime::now(),
