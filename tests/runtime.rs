@@ -69,6 +69,60 @@ async fn memory_cpu_and_pids_limits_are_what_the_instance_sees() {
     agent.cleanup().await;
 }
 
+/// The CFS quota of the first cgroup of this agent's instances found on the node (v1 or
+/// v2 layout), read from the host.
+fn host_cpu_quota(namespace: &str) -> Option<String> {
+    for (dir, file) in [
+        ("/sys/fs/cgroup/cpu/fnrt", "cpu.cfs_quota_us"),
+        ("/sys/fs/cgroup/cpu,cpuacct/fnrt", "cpu.cfs_quota_us"),
+        ("/sys/fs/cgroup/fnrt", "cpu.max"),
+    ] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&format!("{namespace}-")) {
+                return std::fs::read_to_string(e.path().join(file)).ok().map(|t| t.trim().to_string());
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_has_a_whole_vcpu_until_it_is_ready_then_its_share() {
+    // An instance that never listens stays in its start: its quota is the start-up CPU
+    // (1,000 thousandths by default), not its share of 0.1 vCPU.
+    let mut agent = TestAgent::start_with(|c| c.health_timeout_ms = 3_000).await;
+    let namespace = agent.cfg.namespace.clone();
+    let req = StartInstanceRequest {
+        function: "slow".into(),
+        image: fnrt_tests::image("never-listens"),
+        memory_mb: 128,
+        ..Default::default()
+    };
+    let mut client = agent.client.clone();
+    let starting = tokio::spawn(async move { client.start_instance(req).await });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let boosted = loop {
+        match host_cpu_quota(&namespace) {
+            Some(q) => break q,
+            None if Instant::now() > deadline => panic!("no cgroup of the starting instance appeared"),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert!(boosted == "100000" || boosted == "100000 100000", "quota while starting: {boosted}");
+    assert_eq!(starting.await.unwrap().unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    // Ready, it has its share: 128 MB buys 0.1 vCPU (the floor).
+    let (inst, _) = start(&mut agent, "ready", 128).await;
+    assert_eq!(inst.cpu_millis, 100);
+    let cpu =
+        own_cgroup(&agent, "ready", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max").await;
+    assert!(cpu == "10000" || cpu == "10000 100000", "quota once ready: {cpu}");
+    assert_eq!(
+        host_cpu_quota(&namespace).as_deref().map(|q| q.split(' ').next().unwrap_or("")),
+        Some("10000")
+    );
+    agent.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_below_what_the_image_calls_for_is_a_warning_and_bad_memory_an_error() {
     let mut agent = TestAgent::start().await;

@@ -229,6 +229,15 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
     let (status, text) = put(u["url"].as_str().unwrap().to_string()).await;
     assert_eq!(status, 401, "a second use: {text}");
     assert!(text.contains("used already"), "{text}");
+    // Two URLs asked for at once for one length are two URLs, each good once (they were
+    // one and the same URL when made in the same second).
+    let path = format!("/functions/{cid}/upload-url?content_length={len}");
+    let (a, b) = (ok(&cp, "GET", &path, None).await, ok(&cp, "GET", &path, None).await);
+    assert_ne!(a["url"], b["url"]);
+    for u in [a, b] {
+        let (status, text) = put(u["url"].as_str().unwrap().to_string()).await;
+        assert_eq!(status, 200, "{text}");
+    }
     let short =
         ok(&cp, "GET", &format!("/functions/{cid}/upload-url?content_length={}", len - 1), None).await;
     let (status, text) = put(short["url"].as_str().unwrap().to_string()).await;

@@ -494,7 +494,7 @@ pub fn status(e: Error) -> Status {
             RuntimeError::Spec(_) => Code::FailedPrecondition,
             RuntimeError::Containerd(c) => containerd_code(c),
             RuntimeError::Encode { .. } | RuntimeError::Chown { .. } => Code::Internal,
-            RuntimeError::Scratch(_) => Code::Internal,
+            RuntimeError::Scratch(_) | RuntimeError::SettleCpu { .. } => Code::Internal,
         },
         Error::Image(i) => image_code(i),
         Error::Logs(_) | Error::Io { .. } => Code::Internal,

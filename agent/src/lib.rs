@@ -268,6 +268,7 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let scratch_dir = cfg.state_dir.join("scratch");
     let mut runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir, ids, cfg.seccomp);
     runtime.resolv_conf = resolv_conf;
+    runtime.startup_cpu_millis = cfg.startup_cpu_millis;
     let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));
     let metrics = Arc::new(metrics::Metrics::default());
     let instances = Arc::new(Instances::new(instance::Parts {

@@ -47,6 +47,19 @@ pub fn remove(path: &str) -> Result<(), String> {
     Cgroup::load(hierarchy, rel).delete().map_err(|e| e.to_string())
 }
 
+/// Sets the CFS quota of the cgroup at `path` (per its period), as an instance that is
+/// ready drops from its start-up CPU to its share.
+pub fn set_cpu_quota(path: &str, quota_us: i64) -> Result<(), String> {
+    let cg = Cgroup::load(hierarchies::auto(), path.trim_start_matches('/'));
+    let cpu = cg.controller_of::<CpuController>().ok_or("the node mounts no cpu controller")?;
+    cpu.set_cfs_quota(quota_us).map_err(|e| e.to_string())?;
+    match cpu.cfs_quota() {
+        Ok(now) if now == quota_us => Ok(()),
+        Ok(now) => Err(format!("its quota reads {now} µs after setting {quota_us} µs")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// How many times the kernel's OOM killer acted in the cgroup at `path` (0 if it is gone).
 pub fn oom_kills(path: &str) -> u64 {
     let hierarchy = hierarchies::auto();

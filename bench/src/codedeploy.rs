@@ -1,6 +1,9 @@
 //! Code functions: the time from the deploy request to `ready` (build + push + pull +
 //! start + health check) for a python311 function on an agent with an empty cache, and
 //! the same redeploy (new code) on an agent that has the runtime's base layers cached.
+//! Runs alternate between agents with the start-up CPU boost (`startup_cpu_millis`, its
+//! default of a whole vCPU until the instance is ready) and without it (0: its 256 MB
+//! share, 0.14 vCPU, from the start).
 //! Beside them, the baseline a user would otherwise run before an image deploy: `buildah
 //! bud` of the same image (FROM the runtime's base, COPY the code) and `buildah push`.
 //!
@@ -54,7 +57,8 @@ impl Api {
     async fn upload(&self, id: &str, zip: Vec<u8>) {
         let u = self.send(reqwest::Method::GET, &format!("/functions/{id}/upload-url"), json!({})).await;
         let r = self.http.put(u["url"].as_str().unwrap()).body(zip).send().await.unwrap();
-        assert!(r.status().is_success());
+        let status = r.status();
+        assert!(status.is_success(), "upload: {status} {}", r.text().await.unwrap_or_default());
     }
 
     /// Deploy request to `ready`; the build's own message.
@@ -113,10 +117,19 @@ async fn main() {
     let api = Api { base: cp.region_url(), token: cp.admin_token.clone(), http: fnrt_tests::http() };
     let ns = api.send(reqwest::Method::POST, "/namespaces", json!({ "name": "bench" })).await;
     let (mut cold, mut cached, mut builds, mut baseline) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut unboosted_cold, mut unboosted) = (Vec::new(), Vec::new());
     let base = format!("{}/fnrt/runtime-python311:latest", parts.registry);
-    for run in 0..runs {
-        // An agent with an empty cache: the first deploy pulls the base layers too.
-        let agent = ShippedAgent::start(&cp).await;
+    for run in 0..runs * 2 {
+        // An agent with an empty cache: the first deploy pulls the base layers too. Odd
+        // runs: no start-up boost.
+        let boost = run % 2 == 0;
+        let agent = ShippedAgent::start_with(&cp, |c| {
+            if !boost {
+                c.startup_cpu_millis = 0;
+            }
+        })
+        .await;
+        let tag = if boost { "" } else { " (no boost)" };
         let f = api
             .send(
                 reqwest::Method::POST,
@@ -128,16 +141,16 @@ async fn main() {
         let id = f["id"].as_str().unwrap().to_string();
         api.upload(&id, zip_of(&code(1))).await;
         let (t, m) = api.deploy(&id).await;
-        cold.push(ms(t));
-        println!("cold   run {run}: {:8.1} ms  ({m})", ms(t));
+        if boost { &mut cold } else { &mut unboosted_cold }.push(ms(t));
+        println!("cold   run {run}: {:8.1} ms  ({m}){tag}", ms(t));
         // New code, same runtime: only the code layer is new to the node.
         api.upload(&id, zip_of(&code(2))).await;
         let (t, m) = api.deploy(&id).await;
-        cached.push(ms(t));
+        if boost { &mut cached } else { &mut unboosted }.push(ms(t));
         let build_ms: f64 =
             m.rsplit(" in ").next().and_then(|s| s.trim_end_matches(" ms").parse().ok()).unwrap_or(f64::NAN);
         builds.push(build_ms);
-        println!("cached run {run}: {:8.1} ms  ({m})", ms(t));
+        println!("cached run {run}: {:8.1} ms  ({m}){tag}", ms(t));
         api.send(reqwest::Method::DELETE, &format!("/functions/{id}"), json!({})).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let node = agent.cfg.node_name.clone();
@@ -147,6 +160,9 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        if !boost {
+            continue;
+        }
         // Baseline: the user's own build and push of the same image.
         let ctx = tempfile::tempdir().unwrap();
         std::fs::write(ctx.path().join("handler.py"), code(3 + run)).unwrap();
@@ -183,6 +199,12 @@ async fn main() {
         w / c
     );
     println!("  of which the build and push of the code image   {b:8.1} ms");
+    let (uc, uw) = (median(&mut unboosted_cold), median(&mut unboosted));
+    println!("without the start-up CPU boost: empty cache        {uc:8.1} ms");
+    println!(
+        "without the start-up CPU boost: base layers cached {uw:8.1} ms  (boosted/unboosted {:.2}x)",
+        w / uw
+    );
     println!(
         "baseline: buildah bud + push of the same image    {base_ms:8.1} ms  (our build {:.2}x of it)",
         b / base_ms

@@ -45,6 +45,12 @@ impl Limits {
         (u64::from(self.cpu_millis) * CPU_PERIOD_US / 1000) as i64
     }
 
+    /// The CFS quota while the instance starts: `startup_millis` of a vCPU when that is
+    /// more than its share (its weight, [`Limits::cpu_shares`], stays its own).
+    pub fn startup_cpu_quota_us(&self, startup_millis: u32) -> i64 {
+        Limits { cpu_millis: self.cpu_millis.max(startup_millis), ..*self }.cpu_quota_us()
+    }
+
     /// CPU shares (weight against the node's other cgroups), 1,024 per vCPU.
     pub fn cpu_shares(&self) -> u64 {
         (u64::from(self.cpu_millis) * 1024 / 1000).max(2)
@@ -108,6 +114,10 @@ mod tests {
         assert_eq!(POLICY.limits(448).unwrap().cpu_millis, 250);
         assert_eq!(POLICY.limits(3584).unwrap().cpu_millis, 2000);
         assert_eq!(POLICY.limits(128).unwrap().cpu_millis, 100, "the floor");
+        let l = POLICY.limits(256).unwrap();
+        assert_eq!((l.cpu_quota_us(), l.startup_cpu_quota_us(1000)), (14_200, 100_000), "boosted at start");
+        assert_eq!(POLICY.limits(3584).unwrap().startup_cpu_quota_us(1000), 200_000, "never below its share");
+        assert_eq!(l.startup_cpu_quota_us(0), 14_200, "no boost");
         let l = POLICY.limits(0).unwrap();
         assert_eq!((l.memory_mb, l.memory_bytes(), l.pids), (128, 128 << 20, 1024));
         assert_eq!((l.cpu_quota_us(), l.cpu_shares()), (10_000, 102));

@@ -78,6 +78,9 @@ impl Instances {
                         tracing::warn!(instance = %rec.id, error = %e, "its output cannot be read");
                     }
                     self.parts.ledger.force(&inst.id, self.claim_of(&inst.limits));
+                    if let Err(e) = self.parts.runtime.set_cpu_share(&inst.id, &inst.limits).await {
+                        tracing::warn!(instance = %rec.id, error = %e, "its CPU stays as it was");
+                    }
                     tracing::info!(instance = %rec.id, "re-adopted running instance");
                     self.lock().insert(rec.id, inst);
                 }

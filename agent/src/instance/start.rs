@@ -206,6 +206,7 @@ impl Instances {
                 waited = health::wait_listening(address, self.parts.health_timeout) => {
                     let waited = waited?;
                     new.timeline.mark("listen");
+                    self.parts.runtime.settle_cpu(new.id, new.limits).await?;
                     tracing::info!(instance = %new.id, %address, ready_ms = waited.as_millis() as u64, "instance ready");
                     Ok(pid)
                 }

@@ -84,6 +84,14 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A ready instance's CPU could not be dropped from its start-up quota to its share.
+    #[error("instance {id}: setting its CPU quota to its share: {reason}")]
+    SettleCpu {
+        /// The instance.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What is needed to create an instance's container.
@@ -139,6 +147,8 @@ pub struct Runtime {
     scratch: scratch::Scratch,
     /// Mounted read-only on every instance's /etc/resolv.conf (egress "internet").
     pub resolv_conf: Option<PathBuf>,
+    /// CPU an instance may use until it is ready, in thousandths of a vCPU (0: its share).
+    pub startup_cpu_millis: u32,
 }
 
 impl Runtime {
@@ -161,6 +171,7 @@ impl Runtime {
             runtime: runtime.into(),
             scratch,
             resolv_conf: None,
+            startup_cpu_millis: 0,
         }
     }
 
@@ -188,6 +199,23 @@ impl Runtime {
         format!("/fnrt/{}", self.node_name(id))
     }
 
+    /// Drops a ready instance from its start-up CPU to its share (a no-op without a boost).
+    pub async fn settle_cpu(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        if limits.startup_cpu_quota_us(self.startup_cpu_millis) == limits.cpu_quota_us() {
+            return Ok(());
+        }
+        self.set_cpu_share(id, limits).await
+    }
+
+    /// Sets an instance's CPU quota to its share (an adopted instance may have been
+    /// boosted by an agent that stopped before it was ready).
+    pub async fn set_cpu_share(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let (cgroup, quota) = (self.cgroup_path(id), limits.cpu_quota_us());
+        let set = tokio::task::spawn_blocking(move || crate::stats::set_cpu_quota(&cgroup, quota)).await;
+        set.unwrap_or_else(|e| Err(e.to_string()))
+            .map_err(|reason| RuntimeError::SettleCpu { id: id.into(), reason })
+    }
+
     /// Creates and starts the container of a new instance; returns its pid. On failure,
     /// whatever this made is removed again.
     pub async fn start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
@@ -210,6 +238,7 @@ impl Runtime {
             cgroup: &self.cgroup_path(n.id),
             env: n.env,
             limits: n.limits,
+            startup_cpu_millis: self.startup_cpu_millis,
             tmp,
             ids: self.ids,
             seccomp: self.seccomp,

@@ -52,6 +52,8 @@ pub struct InstanceSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Memory, CPU and pids limits.
     pub limits: &'a Limits,
+    /// CPU it may use until it is ready (see [`Limits::startup_cpu_quota_us`]).
+    pub startup_cpu_millis: u32,
     /// The instance's own /tmp filesystem, mounted on the node.
     pub tmp: &'a Path,
     /// The node's user-namespace range (the image was unpacked with it).
@@ -157,7 +159,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
                 LinuxMemoryBuilder::default().limit(l.memory_bytes()).swap(l.memory_bytes()).build()?;
             res.set_memory(Some(memory));
             let cpu = LinuxCpuBuilder::default()
-                .quota(l.cpu_quota_us())
+                .quota(l.startup_cpu_quota_us(s.startup_cpu_millis))
                 .period(CPU_PERIOD_US)
                 .shares(l.cpu_shares())
                 .build()?;
@@ -255,6 +257,7 @@ mod tests {
             cgroup: "/fnrt/fnrt-f-1",
             env: &env,
             limits: &LIMITS,
+            startup_cpu_millis: 0,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
@@ -301,6 +304,10 @@ mod tests {
         assert_eq!((mem.limit(), mem.swap()), (Some(448 << 20), Some(448 << 20)));
         let cpu = res.cpu().as_ref().expect("cpu");
         assert_eq!((cpu.quota(), cpu.period(), cpu.shares()), (Some(25_000), Some(100_000), Some(256)));
+        // Boosted while it starts: the quota (a cap) is raised, the shares (its weight) are not.
+        let boosted = build(&InstanceSpec { startup_cpu_millis: 1000, ..s }).expect("spec");
+        let cpu = boosted.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.cpu().clone());
+        assert_eq!(cpu.map(|c| (c.quota(), c.shares())), Some((Some(100_000), Some(256))));
         assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(1024));
         let user =
             linux.namespaces().as_ref().expect("ns").iter().any(|n| n.typ() == LinuxNamespaceType::User);
@@ -329,6 +336,7 @@ mod tests {
             cgroup: "/x",
             env: &env,
             limits: &LIMITS,
+            startup_cpu_millis: 0,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,
@@ -345,6 +353,7 @@ mod tests {
             cgroup: "/x",
             env: &env,
             limits: &LIMITS,
+            startup_cpu_millis: 0,
             tmp: Path::new("/var/lib/fnrt/scratch/x"),
             ids: IdMap { base: 100_000, size: 65_536 },
             seccomp: true,

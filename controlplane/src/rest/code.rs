@@ -43,19 +43,22 @@ impl UsedUrls {
     }
 }
 
-fn signature(ctx: &Ctx, method: &str, id: &str, expires: i64, length: Option<u64>) -> String {
+fn signature(ctx: &Ctx, method: &str, id: &str, expires: i64, length: Option<u64>, nonce: &str) -> String {
     // HMAC keys of any length are accepted.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&ctx.cfg.url_key).expect("any key length");
     let length = length.map(|n| n.to_string()).unwrap_or_default();
-    mac.update(format!("{method}\n{id}\n{expires}\n{length}").as_bytes());
+    mac.update(format!("{method}\n{id}\n{expires}\n{length}\n{nonce}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
 fn signed_url(ctx: &Ctx, method: &str, id: &str, length: Option<u64>) -> String {
     let expires = chrono::Utc::now().timestamp() + URL_LIFETIME_S;
-    let sig = signature(ctx, method, id, expires, length);
+    // A nonce of its own: two URLs asked for in the same second for the same length are
+    // two URLs, each usable once.
+    let nonce = hex::encode(rand::random::<[u8; 12]>());
+    let sig = signature(ctx, method, id, expires, length, &nonce);
     let length = length.map(|n| format!("&length={n}")).unwrap_or_default();
-    format!("{}/fnrt/v1/code/{id}?expires={expires}{length}&sig={sig}", ctx.cfg.public_url)
+    format!("{}/fnrt/v1/code/{id}?expires={expires}{length}&nonce={nonce}&sig={sig}", ctx.cfg.public_url)
 }
 
 /// The zip of function `id` on disk.
@@ -122,6 +125,8 @@ pub struct Signed {
     #[serde(default)]
     length: Option<u64>,
     #[serde(default)]
+    nonce: String,
+    #[serde(default)]
     sig: String,
 }
 
@@ -129,7 +134,7 @@ fn verify(ctx: &Ctx, method: &str, id: &str, s: &Signed) -> Result<(), Error> {
     if s.expires < chrono::Utc::now().timestamp() {
         return Err(Error::Unauthenticated("this code URL has expired: ask for a new one".into()));
     }
-    let want = signature(ctx, method, id, s.expires, s.length);
+    let want = signature(ctx, method, id, s.expires, s.length, &s.nonce);
     use sha2::Digest;
     if Sha256::digest(want.as_bytes()) != Sha256::digest(s.sig.as_bytes()) {
         return Err(Error::Unauthenticated("this code URL is not signed by this control plane".into()));
