@@ -63,6 +63,9 @@ impl Pools {
         let served = pool.served();
         let spec = &served.spec;
         let key = served.key;
+        if pool.owner == Owner::Deployed {
+            pool.state().learned.arrival(&spec.name, arrived);
+        }
         if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived) {
             served.warm_hits.inc();
             served.queue_wait.observe(0.0);

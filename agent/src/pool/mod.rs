@@ -17,6 +17,7 @@ mod acquire;
 mod deploy;
 #[allow(clippy::module_inception)]
 mod pool;
+mod prewarm;
 mod requests;
 pub mod store;
 mod tend;

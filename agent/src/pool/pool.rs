@@ -106,6 +106,8 @@ pub(super) struct State {
     pub removed: bool,
     /// The deploy is starting the provisioned instances itself.
     pub deploying: bool,
+    /// Its calls' arrivals: a deployed function's keep-alive and prewarm.
+    pub learned: super::prewarm::Learned,
 }
 
 impl State {

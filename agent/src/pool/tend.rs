@@ -61,8 +61,11 @@ impl Pools {
             }
             retire_idle(&mut st, &spec, now);
             let stop = take_done(&mut st);
-            let start =
-                if pool.owner == Owner::Deployed { provisioned_missing(&mut st, &spec, now) } else { 0 };
+            let start = if pool.owner == Owner::Deployed {
+                provisioned_missing(&mut st, &spec, now) + prewarm(&mut st, &spec, now)
+            } else {
+                0
+            };
             Plan { stop, start }
         };
         for _ in 0..plan.start {
@@ -108,7 +111,8 @@ fn retire_idle(st: &mut State, spec: &FunctionSpec, now: Instant) {
     let mut idle: Vec<usize> = (0..st.slots.len())
         .filter(|&i| {
             let s = &st.slots[i];
-            !s.retired && s.in_flight == 0 && now.saturating_duration_since(s.last_used) >= spec.keep_alive
+            let keep = st.learned.keep_alive(spec.keep_alive, s.last_used == s.started);
+            !s.retired && s.in_flight == 0 && now.saturating_duration_since(s.last_used) >= keep
         })
         .collect();
     idle.sort_by_key(|&i| st.slots[i].last_used);
@@ -135,6 +139,20 @@ fn take_done(st: &mut State) -> Vec<(String, bool)> {
         !done
     });
     stop
+}
+
+/// One instance to start ahead of the next call, when the function's learned prewarm
+/// window ends and none runs or starts.
+fn prewarm(st: &mut State, spec: &FunctionSpec, now: Instant) -> u32 {
+    let backing_off = st.crash_loop.as_ref().is_some_and(|c| now < c.retry_at);
+    if !st.learned.prewarm_due(now) || st.removed || st.deploying || backing_off {
+        return 0;
+    }
+    if st.live() + st.starting > 0 || spec.max_instances == 0 {
+        return 0;
+    }
+    st.starting += 1;
+    1
 }
 
 /// How many provisioned instances to start now (counted as starting), unless the pool is

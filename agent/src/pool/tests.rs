@@ -148,10 +148,15 @@ fn spec(name: &str) -> RawSpec {
 
 /// Lets the pools' care run for `d` of (paused) time.
 async fn run_for(pools: &Arc<Pools>, d: Duration) {
+    run_every(pools, d, Duration::from_millis(200)).await;
+}
+
+/// Looks after the pools every `tick` of the paused clock for `d`.
+async fn run_every(pools: &Arc<Pools>, d: Duration, tick: Duration) {
     let end = tokio::time::Instant::now() + d;
     while tokio::time::Instant::now() < end {
         pools.tend_all().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(tick).await;
     }
 }
 
@@ -324,4 +329,28 @@ async fn an_accelerated_function_keeps_its_image_while_deployed() {
     assert_eq!(kept(&fake).len(), 1);
     pools.remove("fast").unwrap();
     assert!(kept(&fake).is_empty(), "a removed function keeps nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_function_called_every_30_minutes_learns_to_be_started_just_before_its_calls() {
+    let (pools, fake, _dir) = pools();
+    pools.deploy(RawSpec { keep_alive_s: 600, ..spec("periodic") }).await.unwrap();
+    let pool = pools.get("periodic").unwrap();
+    let gap = Duration::from_secs(30 * 60 + 10);
+    let mut cold = Vec::new();
+    for _ in 0..14 {
+        let lease = pools.acquire(&pool).await.unwrap();
+        cold.push(lease.cold);
+        drop(lease);
+        run_every(&pools, Duration::from_secs(20 * 60), Duration::from_secs(5)).await;
+        // Learned (10 gaps): nothing is kept between calls; with the fixed 10-minute
+        // keep-alive, nothing either.
+        assert_eq!(fake.live(), 0, "20 minutes after a call");
+        run_every(&pools, gap - Duration::from_secs(20 * 60), Duration::from_secs(5)).await;
+    }
+    // Every call but the first 11 (the fixed keep-alive while 10 gaps are learned) found an
+    // instance started ahead of it (prewarm at 27 minutes).
+    assert!(cold[..11].iter().all(|c| *c), "{cold:?}");
+    assert!(cold[11..].iter().all(|c| !*c), "{cold:?}");
+    assert_eq!(fake.live(), 1, "started ahead of the next call");
 }
