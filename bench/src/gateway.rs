@@ -1,8 +1,10 @@
 //! Warm calls through the gateway, the release control plane and agent as processes (as
 //! tests/shipped.rs starts them): an agent whose data plane listens on loopback (plain
 //! HTTP, calls signed) against one whose data plane listens beyond loopback (TLS with the
-//! node's certificate, calls signed), side by side in one run, rounds alternating. What it
-//! measures is the cost of Cluster TLS on the gateway → data plane hop.
+//! node's certificate, calls signed), side by side in one run, rounds alternating, and
+//! beside them one of the plain agent's instances called directly. What it measures is the
+//! cost of Cluster TLS on the gateway → data plane hop, and what the gateway and the data
+//! plane together add to a call.
 //!
 //! `gateway [seconds per round]`, 3 by default; run it as scripts/bench does (the stack's
 //! containerd and registry, FNRT_RELEASE_DIR naming the release binaries).
@@ -67,19 +69,24 @@ async fn main() {
         ShippedAgent::start_with(&plain_cp, |c| c.dataplane_listen = ([127, 0, 0, 1], 0).into()).await;
     let tls_cp = ShippedControlPlane::start(&[]).await;
     let tls_agent = ShippedAgent::start(&tls_cp).await;
+    let (plain_url, tls_url) = (deploy(&plain_cp).await, deploy(&tls_cp).await);
+    let list = fnrt_proto::agent::v1::ListInstancesRequest::default();
+    let instances = plain_agent.client.clone().list_instances(list).await.unwrap().into_inner().instances;
+    let direct = format!("http://{}/_fixture/sleep?ms=0", instances[0].address);
     let targets = [
-        ("gateway, plain data plane", deploy(&plain_cp).await),
-        ("gateway, TLS data plane", deploy(&tls_cp).await),
+        ("gateway, plain data plane", plain_url),
+        ("gateway, TLS data plane", tls_url),
+        ("direct to an instance", direct),
     ];
     for (_, url) in &targets {
         load(url, 4, Duration::from_millis(500)).await;
     }
     let mut results = Vec::new();
     for clients in [1usize, INSTANCES as usize] {
-        let mut per: Vec<(Vec<Duration>, usize, Duration)> = vec![(Vec::new(), 0, Duration::ZERO); 2];
+        let mut per: Vec<(Vec<Duration>, usize, Duration)> = vec![(Vec::new(), 0, Duration::ZERO); 3];
         for round in 0..ROUNDS {
-            for k in 0..2 {
-                let t = (k + round) % 2;
+            for k in 0..3 {
+                let t = (k + round) % 3;
                 let (lat, elapsed) = load(&targets[t].1, clients, Duration::from_secs(secs)).await;
                 per[t].1 += lat.len();
                 per[t].2 += elapsed;
@@ -100,10 +107,13 @@ async fn main() {
     let get = |name: &str, c: usize| *results.iter().find(|r| r.0 == name && r.1 == c).unwrap();
     for clients in [1, INSTANCES as usize] {
         let (plain, tls) = (get(targets[0].0, clients), get(targets[1].0, clients));
+        let direct = get(targets[2].0, clients);
         println!(
-            "{clients} client(s): TLS/plain req/s {:.2}x, p50 {:+.1} µs with TLS",
+            "{clients} client(s): TLS/plain req/s {:.2}x, p50 {:+.1} µs with TLS; gateway + data plane add {:+.1} µs (plain) to direct's p50, at {:.2}x its req/s",
             tls.2 / plain.2,
-            us(tls.3) - us(plain.3)
+            us(tls.3) - us(plain.3),
+            us(plain.3) - us(direct.3),
+            plain.2 / direct.2
         );
     }
     for cp in [&plain_cp, &tls_cp] {
