@@ -160,11 +160,16 @@ impl Instances {
         image: &RunnableImage,
         timeline: &super::phases::Timeline,
     ) -> Result<(SocketAddr, u32), Error> {
-        let attached = self.parts.network.attach(id).await?;
+        // The network and the /tmp do not need each other: both are made at once, and the
+        // network phase covers both (the scratch phase is what is left after it, if any).
+        let (attached, tmp) =
+            tokio::join!(self.parts.network.attach(id), self.parts.runtime.make_scratch(id));
+        let (attached, tmp) = (attached?, tmp?);
         let address = SocketAddr::new(attached.ip, FUNCTION_PORT);
         let address_text = address.to_string();
         let io = self.parts.logs.attach(id, &req.function).await?;
         timeline.mark("network");
+        timeline.mark("scratch");
         let call = &checked.call;
         let more_labels = [
             (labels::VERSION, call.version.clone()),
@@ -177,6 +182,7 @@ impl Instances {
             function: &req.function,
             image,
             netns: &attached.netns,
+            tmp: &tmp,
             address: &address_text,
             env: &checked.env,
             limits: &checked.limits,

@@ -104,6 +104,8 @@ pub struct NewInstance<'a> {
     pub image: &'a RunnableImage,
     /// Its network namespace.
     pub netns: &'a std::path::Path,
+    /// Its /tmp, made and mounted (see [`Runtime::make_scratch`]).
+    pub tmp: &'a std::path::Path,
     /// Its address, recorded in the labels.
     pub address: &'a str,
     /// Environment added to the image's.
@@ -116,7 +118,7 @@ pub struct NewInstance<'a> {
     pub more_labels: &'a [(&'static str, String)],
     /// Its start command when not the image's.
     pub process: &'a fnrt_function::Process,
-    /// Where the start's time goes (scratch, container, process are marked here).
+    /// Where the start's time goes (container and process are marked here).
     pub timeline: &'a crate::instance::phases::Timeline,
 }
 
@@ -269,11 +271,14 @@ impl Runtime {
         })
     }
 
+    /// Makes and mounts the /tmp of instance `id` (removed with it by [`Runtime::remove`]).
+    pub async fn make_scratch(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        Ok(self.scratch.create(&self.node_name(id)).await?)
+    }
+
     async fn create_and_start(&self, n: &NewInstance<'_>) -> Result<u32, RuntimeError> {
         let cd = &self.cd;
-        let tmp = self.scratch.create(&self.node_name(n.id)).await?;
-        n.timeline.mark("scratch");
-        let spec = self.spec_json(n, &tmp)?;
+        let spec = self.spec_json(n, n.tmp)?;
         let labels: HashMap<String, String> = [
             (labels::FUNCTION, n.function.to_string()),
             (labels::IMAGE, n.image.info.reference.clone()),
