@@ -404,11 +404,7 @@ async fn without_provisioned_concurrency_a_function_scales_to_zero_after_the_kee
     let timing = cold.headers().get("server-timing").map(|v| v.to_str().unwrap().to_string());
     let timing = timing.expect("a cold call has Server-Timing");
     let names: Vec<&str> = timing.split(", ").map(|p| p.split(';').next().unwrap()).collect();
-    assert_eq!(
-        names,
-        ["queue", "image", "network", "scratch", "container", "process", "listen", "answer"],
-        "{timing}"
-    );
+    assert_eq!(names, ["queue", "image", "network", "container", "process", "listen", "answer"], "{timing}");
     assert_eq!(running(&mut agent, "idle").await.len(), 1);
     assert_eq!(metric(&agent, "fnrt_cold_starts_total", "idle").await, 1.0);
     assert!(metric_with(&agent, "fnrt_cold_start_phase_seconds_count", "phase=\"listen\"").await >= 1.0);

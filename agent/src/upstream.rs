@@ -194,7 +194,12 @@ async fn connect(to: Address<'_>) -> Result<SendRequest<Body>, UpstreamError> {
 
 async fn open(to: Address<'_>) -> std::io::Result<TcpStream> {
     let Some(netns) = to.netns else { return TcpStream::connect(to.at).await };
-    let socket = socket_in(netns).await?;
+    let socket = socket_in(netns).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("making a socket in its network namespace {}: {e}", netns.display()),
+        )
+    })?;
     socket.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, to.at.port()))).await
 }
 

@@ -8,15 +8,16 @@
 //! agent and sets the environment); `cycles [n]`, 200 cycles by default.
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fnrt_agent::Containerd;
 use fnrt_proto::agent::v1::{StartInstanceRequest, StopInstanceRequest};
-use fnrt_tests::process::{ready, spawn_agent};
-use fnrt_tests::{
-    assert_nothing_left, image, namespace_contents, node_leftovers, real_parts, remove_namespace, test_config,
-};
+use fnrt_tests::{image, namespace_contents, node_leftovers};
+
+#[path = "release_agent.rs"]
+mod release_agent;
+use release_agent::{containerd_pid, proc_kib, ReleaseAgent};
 
 const WARMUP: usize = 10;
 
@@ -24,21 +25,11 @@ const WARMUP: usize = 10;
 async fn main() {
     let cycles: usize =
         std::env::args().nth(1).map(|a| a.parse().expect("cycles must be a number")).unwrap_or(200);
-    let parts = real_parts();
-    let dir = tempfile_dir();
-    let mut cfg = test_config(&dir);
-    cfg.dataplane_listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/fnrt-agent");
-    assert!(bin.exists(), "{} is missing: scripts/bench builds it", bin.display());
-    let log = dir.join("agent.log");
-    let mut agent = spawn_agent(&bin, &cfg, &log);
-    let agent_pid = agent.id().unwrap();
-    let mut client = ready(&mut agent, &cfg, &log).await;
+    let agent = ReleaseAgent::start("cycles", |_| {}).await;
+    let (agent_pid, containerd_pid) = (agent.pid, containerd_pid());
+    let (cfg, mut client) = (agent.cfg.clone(), agent.client.clone());
     let echo = image("echo");
     fnrt_tests::pull_image(&mut client, &echo).await.unwrap();
-    let containerd_pid: u32 = std::fs::read_to_string(parts.state_dir.join("containerd/pid"))
-        .map(|p| p.trim().parse().unwrap_or(0))
-        .unwrap_or(0);
 
     let http = fnrt_tests::http();
     let url = format!("http://{}/function/cycle/", cfg.dataplane_listen);
@@ -100,18 +91,8 @@ async fn main() {
     println!("left behind after the cycles: {} {left:?}", left.len());
     println!("instance log files kept for log_retention_s: {logs}");
 
-    agent.start_kill().unwrap();
-    agent.wait().await.unwrap();
-    remove_namespace(&cfg.containerd_socket, &cfg.namespace).await;
-    assert_nothing_left(&cfg.namespace).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    agent.stop().await;
     assert!(left.is_empty(), "the cycles left things behind");
-}
-
-fn tempfile_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fnrt-cycles-{:08x}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn ms(d: Duration) -> f64 {
@@ -120,12 +101,7 @@ fn ms(d: Duration) -> f64 {
 
 /// VmRSS of a process in KiB (0 if it cannot be read).
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    proc_kib(pid, "status", "VmRSS:")
 }
 
 fn fds(pid: u32) -> usize {

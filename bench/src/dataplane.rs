@@ -14,12 +14,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fnrt_proto::agent::v1::{DeployFunctionRequest, FunctionSpec, ListInstancesRequest};
-use fnrt_tests::process::{ready, spawn_agent};
-use fnrt_tests::{assert_nothing_left, image, remove_namespace, test_config};
+use fnrt_tests::image;
 
 #[path = "load.rs"]
 mod load;
+#[path = "release_agent.rs"]
+mod release_agent;
 use load::{load, us};
+use release_agent::ReleaseAgent;
 
 const ROUNDS: usize = 3;
 const PATH: &str = "/_fixture/sleep?ms=0";
@@ -28,15 +30,8 @@ const PATH: &str = "/_fixture/sleep?ms=0";
 async fn main() {
     let secs: u64 =
         std::env::args().nth(1).map(|a| a.parse().expect("seconds must be a number")).unwrap_or(3);
-    let dir = std::env::temp_dir().join(format!("fnrt-dp-bench-{:08x}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut cfg = test_config(&dir);
-    cfg.dataplane_listen = free_port();
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/fnrt-agent");
-    assert!(bin.exists(), "{} is missing: scripts/bench builds it", bin.display());
-    let log = dir.join("agent.log");
-    let mut agent = spawn_agent(&bin, &cfg, &log);
-    let mut client = ready(&mut agent, &cfg, &log).await;
+    let agent = ReleaseAgent::start("dp-bench", |_| {}).await;
+    let (cfg, mut client, dir) = (agent.cfg.clone(), agent.client.clone(), agent.dir.clone());
     let spec = FunctionSpec {
         name: "dp".into(),
         image: image("echo"),
@@ -128,11 +123,7 @@ async fn main() {
         assert!(Instant::now() < deadline, "the function's container was not removed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    agent.start_kill().unwrap();
-    agent.wait().await.unwrap();
-    remove_namespace(&cfg.containerd_socket, &cfg.namespace).await;
-    assert_nothing_left(&cfg.namespace).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    agent.stop().await;
 }
 
 /// nginx as a reverse proxy to the instance, with keep-alive to it: its master in the

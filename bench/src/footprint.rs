@@ -7,37 +7,29 @@
 //! agent and sets the environment); `footprint [instances]`, 100 by default.
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
-use std::path::Path;
-
 use fnrt_proto::agent::v1::{StartInstanceRequest, StopInstanceRequest};
-use fnrt_tests::process::{ready, spawn_agent};
-use fnrt_tests::{assert_nothing_left, image, real_parts, remove_namespace, test_config};
+use fnrt_tests::image;
+
+#[path = "release_agent.rs"]
+mod release_agent;
+use release_agent::{containerd_pid, proc_kib, ReleaseAgent};
 
 #[tokio::main]
 async fn main() {
     let n: usize =
         std::env::args().nth(1).map(|a| a.parse().expect("instances must be a number")).unwrap_or(100);
-    let parts = real_parts();
-    let dir = std::env::temp_dir().join(format!("fnrt-footprint-{:08x}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut cfg = test_config(&dir);
-    cfg.dataplane_listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    // Room for every instance's 512 MiB /tmp (sparse: they take little of the disk).
-    cfg.scratch_budget_bytes = (n as u64 + 4) << 29;
-    cfg.log_budget_bytes = (n as u64 + 4) << 25;
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/fnrt-agent");
-    assert!(bin.exists(), "{} is missing: scripts/bench builds it", bin.display());
-    let log = dir.join("agent.log");
-    let mut agent = spawn_agent(&bin, &cfg, &log);
-    let agent_pid = agent.id().unwrap();
-    let mut client = ready(&mut agent, &cfg, &log).await;
+    let mut agent = ReleaseAgent::start("footprint", |cfg| {
+        // Room for every instance's 512 MiB /tmp (sparse: they take little of the disk).
+        cfg.scratch_budget_bytes = (n as u64 + 4) << 29;
+        cfg.log_budget_bytes = (n as u64 + 4) << 25;
+    })
+    .await;
+    let (agent_pid, containerd_pid) = (agent.pid, containerd_pid());
     let echo = image("echo");
-    fnrt_tests::pull_image(&mut client, &echo).await.unwrap();
-    let containerd_pid: u32 = std::fs::read_to_string(parts.state_dir.join("containerd/pid"))
-        .map(|p| p.trim().parse().unwrap_or(0))
-        .unwrap_or(0);
+    fnrt_tests::pull_image(&mut agent.client, &echo).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let idle = (mem(agent_pid), mem(containerd_pid), shims(&cfg.namespace));
+    let namespace = agent.cfg.namespace.clone();
+    let idle = (mem(agent_pid), mem(containerd_pid), shims(&namespace));
 
     let http = fnrt_tests::http();
     let mut ids = Vec::new();
@@ -50,21 +42,25 @@ async fn main() {
             memory_mb: 64,
             ..Default::default()
         };
-        match client.start_instance(req).await {
+        match agent.client.start_instance(req).await {
             Ok(r) => ids.push(r.into_inner().instance.unwrap().id),
             Err(e) => {
                 failed = Some(format!("instance {i}: {e}"));
                 break;
             }
         }
-        let url = format!("http://{}/function/{function}/", cfg.dataplane_listen);
-        assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+        let url = format!("http://{}/function/{function}/", agent.cfg.dataplane_listen);
+        let status = http.get(&url).send().await.map(|r| r.status().as_u16());
+        if status.as_ref().ok() != Some(&200) {
+            failed = Some(format!("instance {i}'s call: {status:?}"));
+            break;
+        }
     }
     if let Some(why) = &failed {
         println!("stopped early: {why}");
     }
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let busy = (mem(agent_pid), mem(containerd_pid), shims(&cfg.namespace));
+    let busy = (mem(agent_pid), mem(containerd_pid), shims(&namespace));
 
     println!("\nfootprint: the release agent idle and with {n} running instances (each called once)");
     println!("{:<34} {:>14} {:>14}", "", "RSS (KiB)", "PSS (KiB)");
@@ -83,29 +79,18 @@ async fn main() {
         per(shim_pss),
         per(shim_pss) as f64 / agent_per.max(1.0)
     );
-    assert_eq!(idle.2 .0, 0, "shims of this namespace before any instance");
 
     for id in ids {
-        client.stop_instance(StopInstanceRequest { id }).await.unwrap();
+        agent.client.stop_instance(StopInstanceRequest { id }).await.unwrap();
     }
-    agent.start_kill().unwrap();
-    agent.wait().await.unwrap();
-    remove_namespace(&cfg.containerd_socket, &cfg.namespace).await;
-    assert_nothing_left(&cfg.namespace).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    agent.stop().await;
     assert!(failed.is_none(), "not every instance started");
+    assert_eq!(idle.2 .0, 0, "shims of this namespace before any instance");
 }
 
 /// (VmRSS, Pss) of a process in KiB (0 if it cannot be read).
 fn mem(pid: u32) -> (u64, u64) {
-    let field = |file: &str, name: &str| -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
+    (proc_kib(pid, "status", "VmRSS:"), proc_kib(pid, "smaps_rollup", "Pss:"))
 }
 
 /// The containerd shims of `namespace`'s containers: how many, their RSS and PSS together.

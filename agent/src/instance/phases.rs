@@ -1,7 +1,7 @@
 //! Where a cold start's time went: each phase of an instance's start, in order (image,
-//! network, scratch, container, process, listen), recorded as the start goes and kept with
-//! the instance for the call that waited for it. The network and the /tmp are made at
-//! once: "network" covers both, and "scratch" is near zero.
+//! network, container, process, listen), recorded as the start goes and kept with the
+//! instance for the call that waited for it. The network and the /tmp are made at once:
+//! "network" covers both.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

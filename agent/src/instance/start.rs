@@ -161,7 +161,7 @@ impl Instances {
         timeline: &super::phases::Timeline,
     ) -> Result<(SocketAddr, u32), Error> {
         // The network and the /tmp do not need each other: both are made at once, and the
-        // network phase covers both (the scratch phase is what is left after it, if any).
+        // network phase covers both.
         let (attached, tmp) =
             tokio::join!(self.parts.network.attach(id), self.parts.runtime.make_scratch(id));
         let (attached, tmp) = (attached?, tmp?);
@@ -169,7 +169,6 @@ impl Instances {
         let address_text = address.to_string();
         let io = self.parts.logs.attach(id, &req.function).await?;
         timeline.mark("network");
-        timeline.mark("scratch");
         let call = &checked.call;
         let more_labels = [
             (labels::VERSION, call.version.clone()),

@@ -63,10 +63,7 @@ impl Pools {
         let served = pool.served();
         let spec = &served.spec;
         let key = served.key;
-        if pool.owner == Owner::Deployed {
-            pool.state().learned.arrival(&spec.name, arrived);
-        }
-        if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived) {
+        if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived, Some(&spec.name)) {
             served.warm_hits.inc();
             served.queue_wait.observe(0.0);
             return Ok(lease);
@@ -78,7 +75,7 @@ impl Pools {
             let notified = pool.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived) {
+            if let Some(lease) = pool.try_lease(key, spec.concurrency, arrived, None) {
                 if lease.cold {
                     served.cold_starts.inc();
                 } else {

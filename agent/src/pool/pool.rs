@@ -185,9 +185,20 @@ impl Pool {
     /// A ready instance with room for a call: of the current spec if there is one, else
     /// of an older one not yet retired (during a rolling change). A deployed function's
     /// busiest first, so the others go idle and can be reaped; a started one's least busy
-    /// first, so the operator's instances share the calls.
-    pub(super) fn try_lease(self: &Arc<Self>, key: u64, concurrency: u32, arrived: Instant) -> Option<Lease> {
+    /// first, so the operator's instances share the calls. `first_try` names the function
+    /// on a call's first try: a deployed function counts the call's arrival then, under
+    /// the same lock (see super::prewarm).
+    pub(super) fn try_lease(
+        self: &Arc<Self>,
+        key: u64,
+        concurrency: u32,
+        arrived: Instant,
+        first_try: Option<&str>,
+    ) -> Option<Lease> {
         let mut st = self.state();
+        if let (Some(function), Owner::Deployed) = (first_try, self.owner) {
+            st.learned.arrival(function, arrived);
+        }
         let spread = matches!(self.owner, Owner::Started { .. });
         let pick = |current: bool| {
             let room = st.slots.iter().enumerate().filter(|(_, s)| {
