@@ -98,8 +98,8 @@ pub struct LogError {
 /// The calls in flight on one instance, and those that just ended.
 #[derive(Debug, Default)]
 struct Calls {
-    in_flight: Vec<String>,
-    ended: VecDeque<(String, Instant)>,
+    in_flight: Vec<Arc<str>>,
+    ended: VecDeque<(Arc<str>, Instant)>,
 }
 
 impl Calls {
@@ -112,8 +112,8 @@ impl Calls {
 
     fn stamp(&mut self) -> Vec<String> {
         self.prune(Instant::now());
-        let mut ids: Vec<String> = self.ended.iter().map(|(id, _)| id.clone()).collect();
-        ids.extend(self.in_flight.iter().cloned());
+        let mut ids: Vec<String> = self.ended.iter().map(|(id, _)| id.to_string()).collect();
+        ids.extend(self.in_flight.iter().map(|id| id.to_string()));
         ids.dedup();
         ids
     }
@@ -147,20 +147,21 @@ pub struct Logs {
 #[derive(Debug)]
 pub struct CallGuard {
     live: Option<Arc<Live>>,
-    request_id: String,
+    /// One allocation per call, shared by the in-flight and ended lists.
+    request_id: Arc<str>,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(live) = &self.live {
             let mut calls = live.calls();
-            if let Some(pos) = calls.in_flight.iter().position(|r| *r == self.request_id) {
+            if let Some(pos) = calls.in_flight.iter().position(|r| Arc::ptr_eq(r, &self.request_id)) {
                 calls.in_flight.remove(pos);
             }
             let now = Instant::now();
             // Pruned here too: an instance that prints nothing never stamps.
             calls.prune(now);
-            calls.ended.push_back((std::mem::take(&mut self.request_id), now));
+            calls.ended.push_back((self.request_id.clone(), now));
         }
     }
 }
@@ -248,10 +249,11 @@ impl Logs {
     /// meanwhile carry `request_id`.
     pub fn call(&self, instance: &str, request_id: &str) -> CallGuard {
         let live = self.live().get(instance).cloned();
+        let request_id: Arc<str> = Arc::from(request_id);
         if let Some(l) = &live {
-            l.calls().in_flight.push(request_id.to_string());
+            l.calls().in_flight.push(request_id.clone());
         }
-        CallGuard { live, request_id: request_id.to_string() }
+        CallGuard { live, request_id }
     }
 
     /// New lines as they are written.
