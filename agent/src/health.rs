@@ -9,9 +9,6 @@ use tokio::net::TcpStream;
 /// The port every function listens on.
 pub const FUNCTION_PORT: u16 = 9000;
 
-/// How long the probe retries every millisecond before it backs off.
-const TIGHT: Duration = Duration::from_secs(2);
-
 /// The instance did not listen in time.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -24,10 +21,8 @@ pub struct NotListening {
 
 /// Waits until `addr` accepts a connection, or `deadline` has passed.
 ///
-/// A refused connection comes back at once on the bridge (a few microseconds of the
-/// node's time), so for its first [`TIGHT`] the probe retries every millisecond, the
-/// timer's finest step: a cold start waits at most that long past the moment its server
-/// listens. A server slower than that costs it less: the pause then doubles up to 10 ms.
+/// A refused connection comes back at once on the bridge, so the probe retries quickly at
+/// first (cold-start latency depends on it) and backs off to 10 ms.
 pub async fn wait_listening(addr: SocketAddr, deadline: Duration) -> Result<Duration, NotListening> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
@@ -40,9 +35,7 @@ pub async fn wait_listening(addr: SocketAddr, deadline: Duration) -> Result<Dura
             return Ok(start.elapsed());
         }
         tokio::time::sleep(pause.min(deadline.saturating_sub(start.elapsed()))).await;
-        if start.elapsed() > TIGHT {
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
 }
 

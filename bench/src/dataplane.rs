@@ -57,13 +57,27 @@ async fn main() {
         load(url, 8, Duration::from_millis(500)).await;
     }
     let mut results = Vec::new();
+    // (target, user ticks, system ticks, calls) of the two proxies, over every round.
+    let mut cpu: Vec<(usize, u64, u64, usize)> = vec![(0, 0, 0, 0), (2, 0, 0, 0)];
     for clients in [1usize, 32] {
         let mut per: Vec<(Vec<Duration>, usize, Duration)> =
             vec![(Vec::new(), 0, Duration::ZERO); targets.len()];
         for round in 0..ROUNDS {
             for k in 0..targets.len() {
                 let t = (k + round) % targets.len();
+                // The proxy's own CPU time over its rounds (fnrt: the agent; nginx: its
+                // workers), as user and system per call.
+                let proxy = match t {
+                    0 => vec![agent.pid],
+                    2 => nginx.workers(),
+                    _ => Vec::new(),
+                };
+                let before = cpu_ticks(&proxy);
                 let (lat, elapsed) = load(&targets[t].1, clients, Duration::from_secs(secs)).await;
+                let after = cpu_ticks(&proxy);
+                if let Some(c) = cpu.iter_mut().find(|c| c.0 == t) {
+                    (c.1, c.2, c.3) = (c.1 + after.0 - before.0, c.2 + after.1 - before.1, c.3 + lat.len());
+                }
                 per[t].1 += lat.len();
                 per[t].2 += elapsed;
                 per[t].0.extend(lat);
@@ -98,6 +112,17 @@ async fn main() {
         "req/s at 1 client: fnrt/direct {:.2}x, fnrt/nginx {:.2}x",
         ours1.2 / direct1.2,
         ours1.2 / nginx1.2
+    );
+
+    let tick_us = 1e6 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64;
+    let per_call = |t: usize| {
+        let c = cpu.iter().find(|c| c.0 == t).unwrap();
+        (c.1 as f64 * tick_us / c.3 as f64, c.2 as f64 * tick_us / c.3 as f64)
+    };
+    let ((fu, fs), (nu, ns)) = (per_call(0), per_call(2));
+    println!(
+        "proxy CPU per call, user + system: fnrt agent {fu:.1} + {fs:.1} µs, nginx workers {nu:.1} + {ns:.1} µs; fnrt/nginx {:.2}x",
+        (fu + fs) / (nu + ns)
     );
 
     nginx.stop();
@@ -165,6 +190,18 @@ impl Nginx {
         panic!("nginx did not listen on {listen}");
     }
 
+    /// Its worker processes: the others of its process group.
+    fn workers(&self) -> Vec<u32> {
+        let master = self.0.id();
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                pid != master && stat_fields(pid).and_then(|f| f.get(2).cloned()) == Some(master.to_string())
+            })
+            .collect()
+    }
+
     fn group(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.0.id() as i32)
     }
@@ -205,4 +242,20 @@ impl Drop for Nginx {
 
 fn free_port() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// The fields of /proc/<pid>/stat after the command name: [0] is the state, [2] the
+/// process group, [11] and [12] user and system time in clock ticks.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// User and system CPU time of `pids` (all their threads), in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> (u64, u64) {
+    pids.iter().filter_map(|&pid| stat_fields(pid)).fold((0, 0), |(u, s), f| {
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        (u + tick(11), s + tick(12))
+    })
 }
