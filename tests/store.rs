@@ -123,7 +123,18 @@ async fn a_control_plane_on_etcd_keeps_its_state_and_migrate_store_copies_a_redb
             .output()
             .unwrap()
     };
-    let out = migrate();
+    // The control plane hosted here let go of its redb file only once the server's
+    // connection tasks (which hold its state) saw their callers' connections close, a
+    // moment after shutdown returned: until then redb's lock refuses a second opener.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let out = migrate();
+        let busy = String::from_utf8_lossy(&out.stderr).contains("Database already open");
+        if !busy || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("copied 2 records into etcd under migrated/"), "{text}");
     let again = migrate();

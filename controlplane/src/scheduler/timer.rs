@@ -47,18 +47,23 @@ pub fn timer_payload(cron: &Cron, event: bool, at: DateTime<Utc>) -> String {
 }
 
 /// The latest time of `schedule` in (`after`, `until`].
+///
+/// Schedules have minutes as their finest field, so the only candidates are the whole
+/// minutes in the window, checked latest first. Nothing is searched beyond the window: a
+/// schedule that fires once a year (or never) costs no more than one that fires every
+/// minute. A search forward to the next run took 0.65 s for `MON */5 ? 2 L` on every tick.
 fn latest_due(schedule: &str, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::DurationRound;
     let cron = parse_schedule(schedule).ok()?;
-    let mut at = None;
-    let mut from = after;
-    while let Ok(next) = cron.find_next_occurrence(&from, false) {
-        if next > until {
-            break;
+    let minute = chrono::TimeDelta::minutes(1);
+    let mut at = until.duration_trunc(minute).ok()?;
+    while at > after {
+        if cron.is_time_matching(&at).unwrap_or(false) {
+            return Some(at);
         }
-        at = Some(next);
-        from = next;
+        at -= minute;
     }
-    at
+    None
 }
 
 /// Whether `schedule` has a time in (`after`, `until`].
@@ -204,6 +209,20 @@ mod tests {
             panic!("times parse")
         };
         assert_eq!(latest_due("* * * * *", d, e), t("2026-01-01T00:02:00Z").ok());
+        assert_eq!(latest_due("*/5 * * * *", d, e), None); // 00:00 is not in (00:00, 00:02:30]
+                                                           // Rare schedules are due on their minute, found without a search beyond the window.
+        let window = |from: &str, to: &str| (t(from).expect("a time"), t(to).expect("a time"));
+        let (y0, y1) = window("2026-12-31T23:59:30Z", "2027-01-01T00:00:30Z");
+        assert_eq!(latest_due("0 0 1 1 *", y0, y1), t("2027-01-01T00:00:00Z").ok());
+        assert!(!due("0 0 1 1 *", y1, y1 + chrono::Duration::seconds(90)));
+        let (m0, m1) = window("2026-01-05T12:29:00Z", "2026-01-05T12:30:00Z"); // a Monday
+        assert!(due("30 12 * * MON", m0, m1) && !due("30 12 * * TUE", m0, m1));
+        let (l0, l1) = window("2028-02-29T08:59:59Z", "2028-02-29T09:00:00Z");
+        assert!(due("0 9 29 2 *", l0, l1) && due("0 */3 L 2 *", l0, l1));
+        // The schedule a fuzzer found taking 0.65 s with a forward search.
+        let started = std::time::Instant::now();
+        assert!(!due("MON */5 ? 2 L", d, e));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50), "{:?}", started.elapsed());
     }
 }
 
