@@ -209,8 +209,9 @@ mod tests {
             panic!("times parse")
         };
         assert_eq!(latest_due("* * * * *", d, e), t("2026-01-01T00:02:00Z").ok());
-        assert_eq!(latest_due("*/5 * * * *", d, e), None); // 00:00 is not in (00:00, 00:02:30]
-                                                           // Rare schedules are due on their minute, found without a search beyond the window.
+        // 00:00 is not in (00:00, 00:02:30].
+        assert_eq!(latest_due("*/5 * * * *", d, e), None);
+        // Rare schedules are due on their minute, found without a search beyond the window.
         let window = |from: &str, to: &str| (t(from).expect("a time"), t(to).expect("a time"));
         let (y0, y1) = window("2026-12-31T23:59:30Z", "2027-01-01T00:00:30Z");
         assert_eq!(latest_due("0 0 1 1 *", y0, y1), t("2027-01-01T00:00:00Z").ok());
