@@ -188,6 +188,39 @@ pub async fn run(node: Arc<Node>, join: Join, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Whether the control plane at `url` answers this node with `token`, for `check-config`,
+/// changing nothing there: a heartbeat for an identity no node has (node ids are 32
+/// characters) is refused as unknown once the connection, its TLS, the token and the
+/// node's certificate were all accepted, and refused otherwise for the reason that failed.
+pub(crate) async fn probe(
+    url: &str,
+    token: &str,
+    node: &str,
+    tls: Option<&fnrt_common::pki::ClusterTls>,
+) -> Result<(), String> {
+    let tls = tls.map(|t| fnrt_proto::tls::client(t, None));
+    let channel = fnrt_proto::connect::lazy(url, tls).map_err(|e| fnrt_common::chain(&e))?;
+    let beat = pb::HeartbeatRequest { node: node.to_string(), report: None, node_id: String::new() };
+    let mut client = ControlPlaneClient::new(channel);
+    match tokio::time::timeout(Duration::from_secs(10), client.heartbeat(request(beat, token))).await {
+        Err(_) => Err("no answer within 10 s".into()),
+        Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+        Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => Err(format!(
+            "the control plane refused the token ({}): controlplane_token (or tcp_token) must be its cluster_token",
+            s.message()
+        )),
+        Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
+            let mut cause: &dyn std::error::Error = &s;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            Err(format!("cannot connect ({}): {cause}", s.message()))
+        }
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Ok(_)) => Err("the control plane took a heartbeat of no node: is this an fnrt control plane?".into()),
+    }
+}
+
 /// This node's identity in the cluster: random, made at the first join and kept in
 /// `<state_dir>/node-id`, so a restarted agent is the same node and another machine
 /// claiming its name while it is live is not.

@@ -10,6 +10,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod api;
+pub mod check;
 pub(crate) mod config;
 pub(crate) mod containerd;
 pub(crate) mod dataplane;
@@ -441,7 +442,7 @@ fn serve_dataplane(
 }
 
 /// The registry client the configuration asks for.
-fn registry(cfg: &Config) -> Result<image::Registry, StartError> {
+pub(crate) fn registry(cfg: &Config) -> Result<image::Registry, StartError> {
     let settings = fnrt_registry::RegistrySettings {
         allowed_registries: cfg.allowed_registries.clone(),
         idle_timeout: std::time::Duration::from_secs(cfg.registry_idle_timeout_s),
@@ -504,10 +505,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|source| {
             StartError::Io { what: "install signal handler", path: "SIGTERM".into(), source }
         })?;
+    // Only now: its sockets are bound, its instances adopted, and SIGTERM is handled.
+    fnrt_common::service::ready(&format!("serving; data plane on {}", handle.dataplane_address));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
+    fnrt_common::service::stopping("draining; instances keep running for the next agent");
     tracing::info!("shutting down; instances keep running and are adopted by the next agent");
     handle.shutdown().await;
     Ok(())

@@ -9,14 +9,23 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// TOML configuration file (keys as in the Config of the agent library).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Set one setting, as KEY=VALUE (e.g. --set containerd_socket=/run/x.sock); repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     set: Vec<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Loads the configuration as a start would, then checks what the agent needs of the
+    /// node, one line each. Exit 0: all passed; 1: a check failed; 2: bad configuration.
+    CheckConfig,
 }
 
 #[tokio::main]
@@ -38,6 +47,15 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::CheckConfig) = args.command {
+        let report = fnrt_agent::check::run(&cfg, args.config.as_deref()).await;
+        print!("{report}");
+        return if report.passed() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     match fnrt_agent::run(cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -16,6 +16,10 @@ use tokio::io::AsyncWriteExt;
 /// Where the namespaces' bind mounts live.
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// The CNI plugins the agent runs from `cni_bin_dir`: `loopback` and `bridge` itself, and
+/// `host-local`, which `bridge` runs for addresses (`check-config` looks for each).
+pub const PLUGINS: [&str; 3] = ["bridge", "host-local", "loopback"];
+
 /// The CNI network's name (host-local keeps its addresses under `<data dir>/<name>`).
 const NETWORK_NAME: &str = "fnrt";
 

@@ -7,11 +7,13 @@
 //! harness installed one).
 
 pub mod bearer;
+pub mod check;
 pub mod config;
 pub mod durable;
 pub mod net;
 pub mod pki;
 pub mod secret;
+pub mod service;
 pub mod signature;
 pub mod tls;
 

@@ -7,6 +7,7 @@
 
 pub(crate) mod build;
 pub mod ca;
+pub mod check;
 pub mod config;
 pub(crate) mod crons;
 pub(crate) mod domains;
@@ -297,7 +298,7 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn store::Store>, StartErro
 }
 
 /// The registry client the configuration asks for.
-fn registry(cfg: &Config) -> Result<fnrt_registry::Registry, StartError> {
+pub(crate) fn registry(cfg: &Config) -> Result<fnrt_registry::Registry, StartError> {
     let settings = fnrt_registry::RegistrySettings {
         allowed_registries: cfg.registries_allowed(),
         ..fnrt_registry::RegistrySettings::load(
@@ -311,7 +312,7 @@ fn registry(cfg: &Config) -> Result<fnrt_registry::Registry, StartError> {
 
 /// The cluster TLS material the configuration names (a warning when the join service
 /// runs in plain beyond loopback, which `insecure = true` allowed).
-fn cluster_tls(cfg: &Config) -> Result<Option<fnrt_common::pki::ClusterTls>, StartError> {
+pub(crate) fn cluster_tls(cfg: &Config) -> Result<Option<fnrt_common::pki::ClusterTls>, StartError> {
     if cfg.plain_grpc() {
         tracing::warn!(grpc = %cfg.grpc_listen, "insecure = true: agents join without TLS; anyone on the path can read and change the cluster's traffic");
     }
@@ -337,10 +338,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let handle = start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| StartError::Io { path: "SIGTERM".into(), source })?;
+    // Only now: its store is open, its listeners bound, and SIGTERM is handled.
+    fnrt_common::service::ready(&format!("serving; API on {}", handle.api_address));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    fnrt_common::service::stopping("stopping");
     tracing::info!("stopping");
     handle.shutdown().await;
     Ok(())

@@ -29,6 +29,9 @@ enum Command {
     /// Copies the redb store in state_dir into the etcd the settings name (store = "etcd"),
     /// with the control plane stopped.
     MigrateStore,
+    /// Validates the configuration as a start would, then checks what the control plane
+    /// needs, one line each. Exit 0: all passed; 1: a check failed; 2: bad configuration.
+    CheckConfig,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -126,6 +129,19 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: --set {kv:?}: {e}");
             return std::process::ExitCode::from(2);
         }
+    }
+    if let Some(Command::CheckConfig) = args.command {
+        if let Err(e) = cfg.validate() {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        let report = fnrt_controlplane::check::run(&cfg, args.config.as_deref()).await;
+        print!("{report}");
+        return if report.passed() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
     }
     if let Some(Command::MigrateStore) = args.command {
         return match fnrt_controlplane::store::migrate::redb_to_etcd(&cfg).await {

@@ -286,6 +286,11 @@ impl Registry {
         self.policy.check(image)
     }
 
+    /// The HTTP client (for requests that are not an image's, e.g. [`Registry::ping`]).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The policy this client keeps to.
     pub(crate) fn policy(&self) -> &Policy {
         &self.policy

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod client;
+mod ping;
 pub mod policy;
 mod push;
 mod reference;
@@ -14,4 +15,5 @@ pub use client::{
     sha256, RawManifest, Registry, RegistryError, RegistrySettings, SettingsError, TlsSetupError, ACCEPT,
     MAX_MANIFEST_BYTES,
 };
+pub use ping::PingError;
 pub use reference::{BadReference, ImageRef};
