@@ -393,6 +393,7 @@ async fn a_crash_between_write_and_rename_leaves_the_old_state_or_none_and_nothi
             ("api_listen", "127.0.0.1:0".to_string()),
             ("gateway_listen", "127.0.0.1:0".to_string()),
             ("grpc_listen", "127.0.0.1:0".to_string()),
+            ("metrics_listen", "127.0.0.1:0".to_string()),
         ] {
             c.arg("--set").arg(format!("{k}={v}"));
         }

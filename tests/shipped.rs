@@ -84,6 +84,28 @@ fn header<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
         .as_str()
 }
 
+/// The value of `series` (name and labels, as exposed) in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Scrapes the control plane's `/metrics` with curl until every `(series, at least)` holds
+/// (10 s at most: a cron's run is counted once its call returns); the exposition.
+async fn metrics_reach(cp: &ShippedControlPlane, wanted: &[(String, f64)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = curl(&[&format!("{}/metrics", cp.metrics)]).await;
+        assert_eq!(status, 200, "{text}");
+        let short: Vec<&(String, f64)> =
+            wanted.iter().filter(|(s, min)| sample(&text, s).is_none_or(|v| v < *min)).collect();
+        if short.is_empty() {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "metrics short of {short:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn curl_and_agentctl_drive_the_release_binaries() {
     let nats = fnrt_tests::nats::Nats::start().await;
@@ -468,6 +490,50 @@ async fn curl_and_agentctl_drive_the_release_binaries() {
         assert!(Instant::now() < deadline, "the failing cron does not say so: {c}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The control plane's metrics moved with all this (README "Running the control plane").
+    let (status, _) = curl(&[&format!("{}/nowhere/nothing/", cp.gateway)]).await;
+    assert_eq!(status, 404);
+    let regional = "/functions/v1beta1/regions/{region}";
+    let api = |route: &str, method: &str, code: u16| {
+        let labels = format!("route=\"{regional}{route}\",method=\"{method}\",code=\"{code}\"");
+        format!("fnrt_controlplane_api_requests_total{{{labels}}}")
+    };
+    let api_4xx = format!(
+        "fnrt_controlplane_api_errors_total{{route=\"{regional}/functions\",method=\"POST\",class=\"4xx\"}}"
+    );
+    let gw = |function: &str, code: u16| {
+        format!("fnrt_controlplane_gateway_calls_total{{function=\"{function}\",code=\"{code}\"}}")
+    };
+    let text = metrics_reach(
+        &cp,
+        &[
+            (api("/functions", "POST", 200), 5.0),
+            (api("/functions", "POST", 409), 1.0),
+            (api("/functions/{id}/deploy", "POST", 200), 4.0),
+            (api_4xx, 2.0),
+            ("fnrt_controlplane_deploys_total{outcome=\"ready\"}".into(), 4.0),
+            (gw("curl/echo", 200), 1.0),
+            (gw("curl/echo", 403), 1.0),
+            (gw("curl/ev", 400), 1.0),
+            (gw("unknown", 404), 1.0),
+            ("fnrt_controlplane_gateway_call_duration_seconds_count{function=\"curl/echo\"}".into(), 2.0),
+            ("fnrt_controlplane_agents{state=\"connected\"}".into(), 1.0),
+            ("fnrt_controlplane_reconcile_duration_seconds_count".into(), 1.0),
+            ("fnrt_controlplane_cron_runs_total{outcome=\"ok\"}".into(), 1.0),
+            ("fnrt_controlplane_cron_runs_total{outcome=\"call_failed\"}".into(), 1.0),
+        ],
+    )
+    .await;
+    assert_eq!(sample(&text, "fnrt_controlplane_agents{state=\"connected\"}"), Some(1.0), "{text}");
+    // (The last -w is curl's: the type, then the status the helper reads.)
+    let (status, kind) =
+        curl(&["-o", "/dev/null", "-w", "%{content_type}\n%{http_code}", &format!("{}/metrics", cp.metrics)])
+            .await;
+    assert_eq!((status, kind.as_str()), (200, "text/plain; version=0.0.4"));
+    // Labels stay bounded: no path or id as asked for, no function the control plane
+    // does not know.
+    assert!(!text.contains(&id) && !text.contains("/nowhere") && !text.contains("fr-par"), "{text}");
 
     ok(&cp, "DELETE", &format!("/namespaces/{ns_id}"), None).await;
     // Its functions gone, the agent keeps the image no more.

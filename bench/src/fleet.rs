@@ -338,6 +338,7 @@ async fn main() {
         .args(["--set", &format!("state_dir={}", dir.path().join("state").display())])
         .args(["--set", "api_listen=127.0.0.1:0", "--set", "gateway_listen=127.0.0.1:0"])
         .args(["--set", "grpc_listen=127.0.0.1:0", "--set", "registry=127.0.0.1:5000"])
+        .args(["--set", "metrics_listen=127.0.0.1:0"])
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
         .env("RUST_LOG", "warn,fnrt_controlplane=info")

@@ -23,6 +23,10 @@ pub struct Config {
     /// The gRPC port agents join on.
     #[default(SocketAddr::from(([127, 0, 0, 1], 8092)))]
     pub grpc_listen: SocketAddr,
+    /// Prometheus metrics at `/metrics`, on a port of their own (neither the API's, which
+    /// takes the admin key, nor the gateway's, which the functions' clients reach).
+    #[default(SocketAddr::from(([127, 0, 0, 1], 8094)))]
+    pub metrics_listen: SocketAddr,
     /// Where the state lives (`<state_dir>/state.redb` with the redb store) and the
     /// control plane's own files (admin token, URL key, code zips).
     #[default(PathBuf::from("/var/lib/fnrt-controlplane"))]

@@ -56,7 +56,25 @@ pub fn router(ctx: Arc<Ctx>, tls: rustls::ClientConfig) -> Router {
         .wrap_connector(http);
     let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let key = Some(ctx.cfg.dataplane_key.expose()).filter(|k| !k.is_empty()).map(Key::new);
-    Router::new().fallback(call).with_state(Arc::new(Gateway { ctx, client, key }))
+    let gw = Arc::new(Gateway { ctx, client, key });
+    Router::new()
+        .fallback(call)
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), measure))
+        .with_state(gw)
+}
+
+/// Counts and times every call (until its answer's headers) by the function it is for,
+/// `<namespace>/<function>` as the control plane knows it: a call that names no function
+/// is `unknown`, so random hosts and paths add no series.
+async fn measure(AxState(gw): AxState<Arc<Gateway>>, req: Request, next: axum::middleware::Next) -> Response {
+    let function = target(&gw.ctx, &req).map_or_else(
+        || crate::metrics::UNKNOWN.to_string(),
+        |(f, _)| format!("{}/{}", f.namespace_name, f.name),
+    );
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    gw.ctx.scheduler.metrics.gateway_call(&function, resp.status(), started.elapsed());
+    resp
 }
 
 fn answer(status: StatusCode, message: String) -> Response {

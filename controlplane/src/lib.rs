@@ -16,12 +16,14 @@ pub(crate) mod functions;
 pub(crate) mod gateway;
 pub mod json;
 pub mod leading;
+pub mod metrics;
 pub mod model;
 pub(crate) mod namespaces;
 pub(crate) mod rest;
 pub(crate) mod route_index;
 pub(crate) mod runtimes;
 pub mod scheduler;
+pub(crate) mod scrape;
 pub(crate) mod serve;
 pub mod state;
 pub mod store;
@@ -99,6 +101,8 @@ pub struct Handle {
     pub gateway_address: SocketAddr,
     /// The gRPC address agents join on.
     pub grpc_address: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_address: SocketAddr,
     /// The shared context.
     pub ctx: Arc<Ctx>,
     shutdown: watch::Sender<bool>,
@@ -229,6 +233,9 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
     let tls = cluster_tls(&cfg)?;
     let gw = bind(cfg.gateway_listen).await?;
     let grpc = bind(cfg.grpc_listen).await?;
+    let metrics = bind(cfg.metrics_listen).await?;
+    let metrics_address =
+        metrics.local_addr().map_err(|source| StartError::Listen { addr: cfg.metrics_listen, source })?;
     let (api_address, gateway_address, grpc_address) = (
         api.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?,
         gw.local_addr().map_err(|source| StartError::Listen { addr: cfg.gateway_listen, source })?,
@@ -244,6 +251,7 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
         ),
         tokio::spawn(leading::supervise(scheduler.clone(), ctx.state.clone(), ctx.leading.clone())),
         tokio::spawn(scheduler.clone().run_queue()),
+        serve::spawn(metrics, scrape::router(scheduler.clone()), cfg.http_limits(), stop.clone()),
     ];
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -264,8 +272,8 @@ pub async fn start(mut cfg: Config) -> Result<Handle, StartError> {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }));
-    tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, "control plane started");
-    Ok(Handle { api_address, gateway_address, grpc_address, ctx, shutdown, tasks })
+    tracing::info!(api = %api_address, gateway = %gateway_address, grpc = %grpc_address, metrics = %metrics_address, "control plane started");
+    Ok(Handle { api_address, gateway_address, grpc_address, metrics_address, ctx, shutdown, tasks })
 }
 
 /// The state directory (what a crash left half written swept away) and the store in it.

@@ -337,6 +337,7 @@ pub fn controlplane_config(dir: &Path, cluster_token: &str) -> fnrt_controlplane
         api_listen: "127.0.0.1:0".parse().unwrap(),
         gateway_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.to_path_buf(),
         cluster_token: cluster_token.into(),
         registry: real_parts().registry,

@@ -82,6 +82,8 @@ pub struct ShippedControlPlane {
     pub gateway: String,
     /// Where agents join.
     pub grpc: SocketAddr,
+    /// `http://<metrics>`, where `/metrics` is served.
+    pub metrics: String,
     /// The admin secret key it made at its first start.
     pub admin_token: String,
     /// The cluster token agents join with.
@@ -163,6 +165,7 @@ impl ShippedControlPlane {
             "api_listen=127.0.0.1:0".into(),
             "gateway_listen=127.0.0.1:0".into(),
             "grpc_listen=127.0.0.1:0".into(),
+            "metrics_listen=127.0.0.1:0".into(),
             format!("registry={}", real_parts().registry),
             "heartbeat_interval_ms=200".into(),
             "lost_after_ms=2000".into(),
@@ -194,6 +197,7 @@ impl ShippedControlPlane {
             api: format!("http://{}", addr("api")),
             gateway: format!("http://{}", addr("gateway")),
             grpc: addr("grpc").parse().unwrap(),
+            metrics: format!("http://{}", addr("metrics")),
             admin_token,
             cluster_token,
             dataplane_key,
@@ -221,6 +225,7 @@ impl ShippedControlPlane {
         settings.push(format!("api_listen={}", self.api.trim_start_matches("http://")));
         settings.push(format!("gateway_listen={}", self.gateway.trim_start_matches("http://")));
         settings.push(format!("grpc_listen={}", self.grpc));
+        settings.push(format!("metrics_listen={}", self.metrics.trim_start_matches("http://")));
         let ShippedControlPlane { dir, ca, cluster_token, dataplane_key, .. } = self;
         Self::launch(dir, ca, cluster_token, dataplane_key, &settings).await
     }

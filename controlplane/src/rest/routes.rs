@@ -60,6 +60,9 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(crate::build::code::MAX_ZIP_BYTES as usize + 1))
         .merge(admin)
         .layer(axum::middleware::map_response(super::error::json_shape))
+        // Outermost of the router's layers: it sees every answer, refusals of the admin
+        // check included, by its route's template.
+        .layer(axum::middleware::from_fn_with_state(ctx.scheduler.metrics.clone(), crate::metrics::track_api))
         .with_state(ctx)
 }
 

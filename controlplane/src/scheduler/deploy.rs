@@ -50,6 +50,8 @@ impl Scheduler {
         if let Err(e) = &outcome {
             tracing::warn!(function = id, error = %e, "deploy failed");
         }
+        use crate::metrics::{DEPLOY_ERROR, DEPLOY_READY};
+        self.metrics.deploy(if outcome.is_ok() { DEPLOY_READY } else { DEPLOY_ERROR });
         let written = self
             .state
             .write(|d| {

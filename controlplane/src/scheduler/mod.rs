@@ -64,6 +64,9 @@ pub struct Scheduler {
     /// Reconcile passes run, and how long the last one took (µs).
     passes: std::sync::atomic::AtomicU64,
     last_pass_us: std::sync::atomic::AtomicU64,
+    /// The control plane's metrics (the API's and the gateway's too: every server holds
+    /// the scheduler).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,6 +147,7 @@ impl Scheduler {
             kick: Notify::new(),
             passes: Default::default(),
             last_pass_us: Default::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -169,7 +173,7 @@ impl Scheduler {
 
     /// The agents not lost: marked by the leader's passes, or (on any replica) silent
     /// for longer than `lost_after_ms`.
-    fn live(&self) -> Vec<Agent> {
+    pub(crate) fn live(&self) -> Vec<Agent> {
         let lost_after = Duration::from_millis(u64::from(self.cfg.lost_after_ms));
         self.agents().into_iter().filter(|a| !a.lost && a.last_seen.elapsed() <= lost_after).collect()
     }
@@ -383,7 +387,9 @@ impl Scheduler {
         loop {
             let started = std::time::Instant::now();
             self.reconcile().await;
-            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let elapsed = started.elapsed();
+            self.metrics.reconcile.observe(elapsed.as_secs_f64());
+            let took = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
             self.last_pass_us.store(took, std::sync::atomic::Ordering::Relaxed);
             self.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {

@@ -90,14 +90,21 @@ impl Scheduler {
             d.functions.get(&cron.function_id).and_then(|f| f.deployed.as_ref()).is_some_and(|d| d.event)
         });
         let payload = timer_payload(&cron, event, at).into_bytes();
-        let failure = match self.invoke(&cron.function_id, payload, TIMER).await {
+        use crate::metrics::{CRON_ANSWERED_5XX, CRON_CALL_FAILED, CRON_OK};
+        let (outcome, failure) = match self.invoke(&cron.function_id, payload, TIMER).await {
             Ok(status) if status < 500 => {
                 tracing::info!(cron = %cron.id, status, "cron fired");
-                None
+                (CRON_OK, None)
             }
-            Ok(status) => Some(format!("the last run at {} was answered {status}", Utc::now().to_rfc3339())),
-            Err(e) => Some(format!("the last run at {} failed: {e}", Utc::now().to_rfc3339())),
+            Ok(status) => (
+                CRON_ANSWERED_5XX,
+                Some(format!("the last run at {} was answered {status}", Utc::now().to_rfc3339())),
+            ),
+            Err(e) => {
+                (CRON_CALL_FAILED, Some(format!("the last run at {} failed: {e}", Utc::now().to_rfc3339())))
+            }
         };
+        self.metrics.cron_run(outcome);
         let mut errors = super::lock(&self.cron_errors);
         match failure {
             Some(why) => {
