@@ -1,8 +1,8 @@
 //! Run by scripts/test after the whole suite: nothing of any test agent is left on the
 //! node or in containerd (containers, tasks, snapshots, leases, network namespaces, CNI
 //! addresses, mounts, cgroups), nor of the cluster test (network namespaces, links,
-//! node daemons). Ignored in a plain `cargo test`, where other tests may
-//! still be running.
+//! node daemons), nor the Debian packages tests/package.rs installs. Ignored in a plain
+//! `cargo test`, where other tests may still be running.
 #![allow(missing_docs, clippy::unwrap_used, clippy::too_many_lines)]
 
 use fnrt_tests::{namespaces_with_prefix, node_leftovers, real_parts, TEST_PREFIX};
@@ -31,6 +31,14 @@ async fn nothing_of_the_suite_is_left_behind() {
         .count();
     if etcds > 0 {
         left.push(format!("{etcds} etcd members of test clusters"));
+    }
+    // tests/package.rs installs the packages and purges them, whatever happens.
+    for package in ["fnrt-agent", "fnrt-controlplane", "agentctl"] {
+        let status =
+            std::process::Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output().unwrap();
+        if String::from_utf8_lossy(&status.stdout).contains("installed") {
+            left.push(format!("Debian package {package} (dpkg --purge {package})"));
+        }
     }
     // The cluster test's nodes: their namespaces and links, containerds and agents.
     left.extend(fnrt_tests::cluster::leftovers());
