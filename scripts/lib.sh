@@ -25,13 +25,24 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Whether the process of pid file $1 runs, and (given $2) runs a program named $2: a pid
+# file left by a process that died may name a pid the system has given to another since.
+pid_alive() {
+  [ -f "$1" ] || return 1
+  local pid
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ -z "${2:-}" ] && return 0
+  local argv0
+  argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1)
+  [ "$(basename "${argv0:-?}")" = "$2" ]
+}
 
 # Starts a containerd of our own: its root, state, sockets and config under $FNRT_STATE.
 start_containerd() {
   local d="$FNRT_STATE/containerd"
   mkdir -p "$d/root" "$d/state" "$d/opt"
-  if pid_alive "$d/pid" && [ -S "$CONTAINERD_SOCK" ]; then return 0; fi
+  if pid_alive "$d/pid" containerd && [ -S "$CONTAINERD_SOCK" ]; then return 0; fi
   cat >"$d/config.toml" <<TOML
 version = 2
 root = "$d/root"
@@ -57,25 +68,27 @@ TOML
   die "containerd did not come up; its log is $d/containerd.log"
 }
 
+# Stops the process of pid file $1 ($2 names it in the log; given $3, only if it runs the
+# program $3): SIGTERM, then SIGKILL after 15 s (an agent drains its calls for up to 10 s).
 stop_pidfile() {
-  local pidfile=$1 name=$2
-  if pid_alive "$pidfile"; then
+  local pidfile=$1 name=$2 prog=${3:-}
+  if pid_alive "$pidfile" "$prog"; then
     log "stopping $name"
     kill "$(cat "$pidfile")" 2>/dev/null || true
-    for _ in $(seq 1 50); do pid_alive "$pidfile" || break; sleep 0.1; done
-    pid_alive "$pidfile" && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    for _ in $(seq 1 150); do pid_alive "$pidfile" "$prog" || break; sleep 0.1; done
+    pid_alive "$pidfile" "$prog" && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
   fi
   rm -f "$pidfile"
 }
 
-stop_containerd() { stop_pidfile "$FNRT_STATE/containerd/pid" containerd; }
+stop_containerd() { stop_pidfile "$FNRT_STATE/containerd/pid" containerd containerd; }
 
 # Starts docker-registry (the OCI distribution registry) on $FNRT_REGISTRY, storage under
 # $FNRT_STATE/registry.
 start_registry() {
   local d="$FNRT_STATE/registry"
   mkdir -p "$d/data"
-  if pid_alive "$d/pid"; then return 0; fi
+  if pid_alive "$d/pid" docker-registry; then return 0; fi
   cat >"$d/config.yml" <<YML
 version: 0.1
 log:
@@ -99,25 +112,43 @@ YML
   die "registry did not come up on $FNRT_REGISTRY; its log is $d/registry.log"
 }
 
-stop_registry() { stop_pidfile "$FNRT_STATE/registry/pid" registry; }
+stop_registry() { stop_pidfile "$FNRT_STATE/registry/pid" registry docker-registry; }
 
-# Builds the fixture program (static x86_64) and packs each image of images/ FROM scratch
-# with buildah, then pushes them to the registry as $FNRT_REGISTRY/fnrt/<name>:latest.
+# Whether the registry holds fnrt/$1:latest built from inputs whose hash is $2 (recorded
+# by image_built beside the registry's data, so `demo down` forgets it with the images).
+image_current() {
+  local f="$FNRT_STATE/registry/built/$1"
+  [ -f "$f" ] && [ "$(cat "$f")" = "$2" ] &&
+    curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+      "http://$FNRT_REGISTRY/v2/fnrt/$1/manifests/latest" 2>/dev/null
+}
+image_built() { mkdir -p "$FNRT_STATE/registry/built" && echo "$2" >"$FNRT_STATE/registry/built/$1"; }
+inputs_hash() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# Builds the fixture program (static x86_64) and packs images of images/ FROM scratch with
+# buildah, then pushes them to the registry as $FNRT_REGISTRY/fnrt/<name>:latest; then the
+# code runtimes' base images. With no argument every image (the tests'); with names
+# (`echo`, `runtime-python311`...) only those. An image whose inputs have not changed since
+# it was pushed is not built again.
 build_images() {
   log "building fixture program"
   (cd "$ROOT/images/fixture" && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --quiet --target x86_64-unknown-linux-gnu)
   local bin="$ROOT/images/fixture/target/x86_64-unknown-linux-gnu/release/fixture"
   local b=(buildah --storage-driver vfs --root "$FNRT_STATE/buildah/root" --runroot "$FNRT_STATE/buildah/run")
+  local wanted=" $* "
   for cf in "$ROOT"/images/*/Containerfile; do
-    local name ctx
+    local name ctx hash
     name=$(basename "$(dirname "$cf")")
+    [ $# -eq 0 ] || [[ "$wanted" == *" $name "* ]] || continue
+    hash=$(inputs_hash "$bin" "$cf")
+    if image_current "$name" "$hash"; then continue; fi
     ctx=$(mktemp -d)
     cp "$bin" "$ctx/fixture"
     log "image $FNRT_REGISTRY/fnrt/$name:latest"
     "${b[@]}" bud --quiet --format oci -f "$cf" -t "fnrt/$name:latest" "$ctx" >/dev/null
     "${b[@]}" push --quiet --tls-verify=false "fnrt/$name:latest" "docker://$FNRT_REGISTRY/fnrt/$name:latest"
-    if [ "$name" = echo ]; then
+    if [ "$name" = echo ] && [ $# -eq 0 ]; then
       # The refusal fixtures: the echo image built for arm64 only, and an index that
       # offers only that arm64 manifest.
       log "image $FNRT_REGISTRY/fnrt/arm64-only:latest and fnrt/index-no-amd64:latest"
@@ -130,9 +161,16 @@ build_images() {
         "docker://$FNRT_REGISTRY/fnrt/index-no-amd64:latest"
     fi
     rm -rf "$ctx"
+    image_built "$name" "$hash"
   done
-  push_too_large
-  build_runtime_images
+  if [ $# -eq 0 ]; then
+    push_too_large
+    build_runtime_images python311 node18 custom
+  else
+    local rts=()
+    for n in "$@"; do case "$n" in runtime-*) rts+=("${n#runtime-}") ;; esac; done
+    [ ${#rts[@]} -eq 0 ] || build_runtime_images "${rts[@]}"
+  fi
 }
 
 # `name=version` of Debian's own build of package `name` (another repository, such as
@@ -144,9 +182,9 @@ debian_version_of() {
   if [ -n "$v" ]; then echo "$1=$v"; else echo "$1"; fi
 }
 
-# The code runtimes' base images (runtimes/*), from Debian's packages: python311 (CPython
-# 3.11 and fnrt's wrapper), node18 (Node.js 18 and fnrt's wrapper) and custom (BusyBox's
-# shell for scf_bootstrap; go119's compiled code runs on it too).
+# The code runtimes' base images named ($@, of runtimes/*), from Debian's packages:
+# python311 (CPython 3.11 and fnrt's wrapper), node18 (Node.js 18 and fnrt's wrapper) and
+# custom (BusyBox's shell for scf_bootstrap; go119's compiled code runs on it too).
 build_runtime_images() {
   local b=(buildah --storage-driver vfs --root "$FNRT_STATE/buildah/root" --runroot "$FNRT_STATE/buildah/run")
   local debs="$ROOT/target/runtime-debs"
@@ -156,14 +194,16 @@ build_runtime_images() {
   local custom=(busybox-static)
   local node=(nodejs libnode108 node-acorn node-cjs-module-lexer node-undici libc6 libgcc-s1 libstdc++6 libuv1
     libicu72 libssl3 zlib1g libbrotli1 libc-ares2 libnghttp2-14)
-  for rt in python311 node18 custom; do
-    local ctx pkgs
-    ctx=$(mktemp -d)
+  for rt in "$@"; do
+    local ctx pkgs hash
     case "$rt" in
       python311) pkgs=("${python[@]}") ;;
       node18) pkgs=("${node[@]}") ;;
       *) pkgs=("${custom[@]}") ;;
     esac
+    hash=$( (echo "${pkgs[*]}"; cat "$ROOT/runtimes/$rt/"*; declare -f build_runtime_images) | sha256sum | cut -d' ' -f1)
+    if image_current "runtime-$rt" "$hash"; then continue; fi
+    ctx=$(mktemp -d)
     (cd "$debs" && for p in "${pkgs[@]}"; do
       ls "$p"_*.deb >/dev/null 2>&1 || apt-get download -qq "$(debian_version_of "$p")" 2>/dev/null || {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get download -qq "$(debian_version_of "$p")"; }
@@ -186,6 +226,7 @@ build_runtime_images() {
     "${b[@]}" bud --quiet --format oci -f "$ctx/Containerfile" -t "fnrt/runtime-$rt:latest" "$ctx" >/dev/null
     "${b[@]}" push --quiet --tls-verify=false "fnrt/runtime-$rt:latest" "docker://$FNRT_REGISTRY/fnrt/runtime-$rt:latest"
     rm -rf "$ctx"
+    image_built "runtime-$rt" "$hash"
   done
 }
 

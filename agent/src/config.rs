@@ -98,6 +98,10 @@ pub struct Config {
     /// closed as they arrive.
     #[default(10_000)]
     pub dataplane_max_connections: u32,
+    /// On SIGTERM, how long the data plane lets the calls in flight finish, in ms, after it
+    /// has stopped taking new ones (its listeners closed); calls still running then are cut.
+    #[default(10_000)]
+    pub drain_timeout_ms: u64,
     /// The largest request body the data plane forwards, in bytes (6 MB, the synchronous
     /// limit of SCF and Scaleway); larger ones get 413.
     #[default(6_000_000)]

@@ -59,6 +59,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Open connections, shared by the node's data plane threads; more are closed.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// On shutdown, how long the calls in flight may take to finish.
+    pub drain: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +69,7 @@ impl Default for Limits {
             header_timeout: std::time::Duration::from_secs(10),
             max_body_bytes: 6_000_000,
             connections: Arc::new(tokio::sync::Semaphore::new(10_000)),
+            drain: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -116,8 +119,12 @@ impl Dataplane {
         Dataplane { limits, ..self }
     }
 
-    /// Serves on `listener` until `shutdown` turns true.
+    /// Serves on `listener` until `shutdown` turns true; then closes it (new callers are
+    /// refused, and the gateway holds their calls for the next agent) and lets the calls in
+    /// flight finish, for `limits.drain` at most. Idle connections are closed at once, and a
+    /// busy one after its answer.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -127,7 +134,7 @@ impl Dataplane {
                         continue;
                     }
                 },
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             };
             let Ok(slot) = self.limits.connections.clone().try_acquire_owned() else {
                 tracing::warn!("a data plane connection over the limit was closed");
@@ -135,10 +142,11 @@ impl Dataplane {
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _slot = slot;
                 let Some(acceptor) = this.tls.clone() else {
-                    return this.serve_connection(TokioIo::new(stream), true).await;
+                    return this.serve_connection(TokioIo::new(stream), true, watcher).await;
                 };
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => tls,
@@ -149,14 +157,29 @@ impl Dataplane {
                 let gateway = caller
                     .and_then(|c| fnrt_common::pki::peer(c).ok())
                     .is_some_and(|p| p.role == fnrt_common::pki::Role::ControlPlane);
-                this.serve_connection(TokioIo::new(tls), gateway).await;
+                this.serve_connection(TokioIo::new(tls), gateway, watcher).await;
             });
+        }
+        drop(listener);
+        let open = graceful.count();
+        if open > 0 {
+            tracing::info!(connections = open, "data plane draining the calls in flight");
+        }
+        if tokio::time::timeout(self.limits.drain, graceful.shutdown()).await.is_err() {
+            tracing::warn!(
+                drain_ms = self.limits.drain.as_millis() as u64,
+                "calls still in flight after the drain time were cut"
+            );
         }
     }
 
     /// Serves one connection; one whose caller may not call (`allowed` false) gets 403.
-    async fn serve_connection<I>(self: Arc<Self>, io: I, allowed: bool)
-    where
+    async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        allowed: bool,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let timeout = self.limits.header_timeout;
@@ -174,7 +197,7 @@ impl Dataplane {
         });
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(timeout);
-        if let Err(e) = http.serve_connection(io, service).await {
+        if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
             tracing::debug!(error = %e, "data plane connection");
         }
     }

@@ -254,6 +254,10 @@ async fn prepare_node(cfg: &Config) -> Result<(idmap::IdMap, Option<PathBuf>), S
 /// serves the gRPC API and the data plane.
 pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     cfg.validate()?;
+    // The socket first: it refuses to start beside a live agent, before the data plane's
+    // port (shared with SO_REUSEPORT) could take any of that agent's callers.
+    let unix = bind_unix(&cfg.socket)?;
+    let dataplane_listeners = bind_dataplanes(&cfg)?;
     let tls = tcp_api::load_tls(&cfg)?;
     let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await.map_err(Error::from)?;
     let log_dir = cfg.state_dir.join("logs");
@@ -299,7 +303,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     tasks.push(tokio::spawn(logs.clone().sweep_loop(rx.clone())));
 
     let dataplane_tls = tls.as_ref().filter(|_| cfg.dataplane_tls());
-    let (dataplane_address, dp) = serve_dataplanes(&cfg, dataplane_tls, &pools, &logs, &rx, &mut tasks)?;
+    let (dataplane_address, dp) =
+        serve_dataplanes(&cfg, dataplane_listeners, dataplane_tls, &pools, &logs, &rx, &mut tasks)?;
     let metrics_address = serve_metrics(&cfg, &pools, &logs, &rx, &mut tasks)?;
     tasks.push(tokio::spawn(pools.clone().maintain(rx.clone())));
 
@@ -311,7 +316,6 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
         dataplane_address,
         policy: cfg.limits_policy(),
     });
-    let unix = bind_unix(&cfg.socket)?;
     let router = Server::builder().add_service(AgentServer::new(api::Api::new(node.clone())));
     tasks.push(spawn_server(router, UnixListenerStream::new(unix), rx.clone(), "Unix socket"));
 
@@ -331,28 +335,41 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     })
 }
 
-/// Binds the data plane (one listener per core on one port) and serves it, each listener
-/// on a thread of its own; returns its address and the data plane the gRPC Invoke uses.
+/// Binds the data plane: one listener per core on one port (SO_REUSEPORT), each data plane
+/// thread accepting its own. Bound first thing at start, so that during a restart callers'
+/// connections wait in the listen queue until the agent serves them, not refused.
+fn bind_dataplanes(cfg: &Config) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let bind_err = |what| {
+        let path = cfg.dataplane_listen.to_string();
+        move |source| StartError::Io { what, path, source }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let first = reuseport_listener(cfg.dataplane_listen).map_err(bind_err("bind data plane"))?;
+    let address = first.local_addr().map_err(bind_err("data plane address"))?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(reuseport_listener(address).map_err(bind_err("bind data plane"))?);
+    }
+    Ok(listeners)
+}
+
+/// Serves the data plane on `listeners`, each on a thread of its own; returns its address
+/// and the data plane the gRPC Invoke uses.
 fn serve_dataplanes(
     cfg: &Config,
+    listeners: Vec<std::net::TcpListener>,
     tls: Option<&fnrt_common::pki::ClusterTls>,
     pools: &Arc<pool::Pools>,
     logs: &Arc<logs::Logs>,
     rx: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(SocketAddr, Arc<dataplane::Dataplane>), StartError> {
-    let bind_err = |what| {
-        let path = cfg.dataplane_listen.to_string();
-        move |source| StartError::Io { what, path, source }
-    };
-    // One listener per core on one port (SO_REUSEPORT): each data plane thread accepts its own.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let first = reuseport_listener(cfg.dataplane_listen).map_err(bind_err("bind data plane"))?;
-    let dataplane_address = first.local_addr().map_err(bind_err("data plane address"))?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(reuseport_listener(dataplane_address).map_err(bind_err("bind data plane"))?);
-    }
+    let dataplane_address =
+        listeners.first().and_then(|l| l.local_addr().ok()).ok_or_else(|| StartError::Io {
+            what: "data plane address",
+            path: cfg.dataplane_listen.to_string(),
+            source: std::io::Error::other("no listener"),
+        })?;
     // Each thread its own client too: a pooled connection to an instance then lives on the
     // thread that uses it. (The gRPC Invoke has one of its own on the main runtime.)
     let key = cfg.dataplane_key.as_ref().map(|k| fnrt_common::signature::Key::new(k.expose()));
@@ -362,6 +379,7 @@ fn serve_dataplanes(
         header_timeout: std::time::Duration::from_millis(cfg.http_header_timeout_ms.max(1)),
         max_body_bytes: cfg.max_body_bytes,
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.dataplane_max_connections.max(1) as usize)),
+        drain: std::time::Duration::from_millis(cfg.drain_timeout_ms),
     };
     for (i, l) in listeners.into_iter().enumerate() {
         let mut dp =

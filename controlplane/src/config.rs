@@ -113,6 +113,11 @@ pub struct Config {
     /// of SCF and Scaleway); larger ones get 413.
     #[default(6_000_000)]
     pub max_body_bytes: u64,
+    /// How long the gateway holds a call, in ms, while no agent can take it: its function's
+    /// agent refuses connections (restarting) or none that runs it is connected. The call is
+    /// retried (a body only up to 1 MiB; a larger one is sent once) until one takes it.
+    #[default(5000)]
+    pub gateway_hold_ms: u64,
     /// The most functions of one namespace with image acceleration (SCF's default limit, 5).
     #[default(5)]
     pub max_accelerated_functions: u32,

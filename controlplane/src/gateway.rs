@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State as AxState};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -26,6 +27,8 @@ struct Gateway {
     ctx: Arc<Ctx>,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     key: Option<Key>,
+    /// The room left for kept bodies, in KiB (see [`Payload`]).
+    kept: Arc<tokio::sync::Semaphore>,
 }
 
 /// The name a data plane's certificate must carry: its node's.
@@ -56,7 +59,8 @@ pub fn router(ctx: Arc<Ctx>, tls: rustls::ClientConfig) -> Router {
         .wrap_connector(http);
     let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let key = Some(ctx.cfg.dataplane_key.expose()).filter(|k| !k.is_empty()).map(Key::new);
-    let gw = Arc::new(Gateway { ctx, client, key });
+    let gw =
+        Arc::new(Gateway { ctx, client, key, kept: Arc::new(tokio::sync::Semaphore::new(KEPT_BODIES_KIB)) });
     Router::new()
         .fallback(call)
         .layer(axum::middleware::from_fn_with_state(gw.clone(), measure))
@@ -157,34 +161,156 @@ async fn call(AxState(gw): AxState<Arc<Gateway>>, req: Request) -> Response {
     if let Some(refused) = not_callable(&f) {
         return refused;
     }
-    let Some(route) = ctx.scheduler.route(&f.agent_name) else {
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("function {} runs on no connected agent", f.name),
-        );
-    };
-    let scheme = if route.tls { "https" } else { "http" };
-    let uri: Uri = match format!("{scheme}://{}/function/{}{}", route.dataplane, route.name, tail).parse() {
-        Ok(u) => u,
-        Err(e) => return answer(StatusCode::BAD_REQUEST, format!("the path cannot be forwarded: {e}")),
-    };
-    *req.uri_mut() = uri;
     fnrt_hop::strip(req.headers_mut());
+    let (parts, body) = req.into_parts();
+    match Payload::new(&parts.headers, body, &gw.kept).await {
+        Ok(payload) => forward(&gw, &f, &parts, &tail, payload).await,
+        Err(refused) => refused,
+    }
+}
+
+/// How often a held call is tried again.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Sends a call to an agent that runs `f`. While none can take it (its agent restarts and
+/// refuses connections, or no agent running it is connected), holds it for
+/// `gateway_hold_ms`, trying again every [`RETRY_EVERY`]: a call is tried again only when
+/// no agent can have seen it (no route, or the connection was refused).
+async fn forward(gw: &Gateway, f: &Routed, parts: &Parts, tail: &str, mut payload: Payload) -> Response {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(gw.ctx.cfg.gateway_hold_ms);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let again = |payload: &Payload| payload.again() && std::time::Instant::now() + RETRY_EVERY < until;
+        let Some(route) = gw.ctx.scheduler.route(&f.agent_name) else {
+            if again(&payload) {
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
+            }
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "function {} runs on no connected agent (the call waited {} ms for one)",
+                    f.name, gw.ctx.cfg.gateway_hold_ms
+                ),
+            );
+        };
+        let req = match request_to(gw, parts, tail, &route, payload.take()) {
+            Ok(req) => req,
+            Err(why) => return answer(StatusCode::BAD_REQUEST, why),
+        };
+        match gw.client.request(req).await {
+            Ok(resp) => {
+                if tries > 1 {
+                    tracing::debug!(function = %f.name, tries, "a held call was taken");
+                }
+                // The route counts the call as in flight until the answer's body is done.
+                let (mut parts, body) = resp.into_parts();
+                fnrt_hop::strip(&mut parts.headers);
+                let body = Body::new(GuardedBody { inner: body, _route: route });
+                return Response::from_parts(parts, body);
+            }
+            Err(e) if e.is_connect() && again(&payload) => {
+                drop(route);
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            Err(e) => {
+                return answer(
+                    StatusCode::BAD_GATEWAY,
+                    format!("agent {} did not answer: {e}", route.dataplane),
+                )
+            }
+        }
+    }
+}
+
+/// The request for `route`'s data plane: `parts` with the data plane's URI, host and
+/// signature.
+fn request_to(
+    gw: &Gateway,
+    parts: &Parts,
+    tail: &str,
+    route: &crate::scheduler::Route,
+    body: Body,
+) -> Result<Request, String> {
+    let scheme = if route.tls { "https" } else { "http" };
+    let uri: Uri = format!("{scheme}://{}/function/{}{}", route.dataplane, route.name, tail)
+        .parse()
+        .map_err(|e| format!("the path cannot be forwarded: {e}"))?;
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
     if let Some(key) = &gw.key {
         sign(key, &mut req);
     }
     if let Ok(v) = HeaderValue::from_str(&route.dataplane) {
         req.headers_mut().insert("host", v);
     }
-    match gw.client.request(req).await {
-        Ok(resp) => {
-            // The route counts the call as in flight until the answer's body is done.
-            let (mut parts, body) = resp.into_parts();
-            fnrt_hop::strip(&mut parts.headers);
-            let body = Body::new(GuardedBody { inner: body, _route: route });
-            Response::from_parts(parts, body)
+    Ok(req)
+}
+
+/// The most of a request body kept to send the call again while it is held.
+const KEPT_BODY_MAX: u64 = 1 << 20;
+
+/// What all the calls' kept bodies may take together, in KiB (64 MiB): past it a body is
+/// streamed, so many slow callers cannot make the gateway hold their bodies in memory.
+const KEPT_BODIES_KIB: usize = 64 * 1024;
+
+/// A call's body: kept whole when small (it can be sent again), else streamed once.
+enum Payload {
+    /// The body, and its share of [`KEPT_BODIES_KIB`] (given back when the call ends).
+    Kept {
+        body: bytes::Bytes,
+        _share: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
+    Streamed(Option<Body>),
+}
+
+impl Payload {
+    /// Keeps a body announced up to [`KEPT_BODY_MAX`] (or none) while `kept` has room for
+    /// it; streams a larger or chunked one.
+    async fn new(
+        headers: &axum::http::HeaderMap,
+        body: Body,
+        kept: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<Payload, Response> {
+        let chunked = headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+        let length = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if chunked || length.is_some_and(|n| n > KEPT_BODY_MAX) {
+            return Ok(Payload::Streamed(Some(body)));
         }
-        Err(e) => answer(StatusCode::BAD_GATEWAY, format!("agent {} did not answer: {e}", route.dataplane)),
+        let kib = length.unwrap_or(0).div_ceil(1024) as u32;
+        let share = match kib {
+            0 => None,
+            _ => match kept.clone().try_acquire_many_owned(kib) {
+                Ok(p) => Some(p),
+                Err(_) => return Ok(Payload::Streamed(Some(body))),
+            },
+        };
+        match http_body_util::BodyExt::collect(body).await {
+            Ok(whole) => Ok(Payload::Kept { body: whole.to_bytes(), _share: share }),
+            Err(e) => {
+                Err(answer(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")))
+            }
+        }
+    }
+
+    /// Whether the call can be sent (again).
+    fn again(&self) -> bool {
+        matches!(self, Payload::Kept { .. } | Payload::Streamed(Some(_)))
+    }
+
+    /// The body to send; a streamed one only once (then empty).
+    fn take(&mut self) -> Body {
+        match self {
+            Payload::Kept { body, .. } => Body::from(body.clone()),
+            Payload::Streamed(b) => b.take().unwrap_or_else(Body::empty),
+        }
     }
 }
 

@@ -324,6 +324,26 @@ impl ShippedAgent {
         plain(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
+    /// Kills it (SIGKILL), as a crash would; its instances keep running.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Stops it with SIGTERM, as systemd would, and waits until it exits (it drains its
+    /// calls first); fails if it takes over 10 s.
+    pub async fn stop_gracefully(&mut self) {
+        terminate(&mut self.child, "fnrt-agent", &self.log).await;
+    }
+
+    /// Starts it again with the same settings (its log goes on), as a restart would, and
+    /// waits until it answers on its socket.
+    pub async fn start_again(&mut self) {
+        let mut child = spawn_agent(&release_bin("fnrt-agent"), &self.cfg, &self.log);
+        self.client = ready(&mut child, &self.cfg, &self.log).await;
+        self.child = child;
+    }
+
     /// `agentctl` (the release binary) on this agent's socket, with `args`; its exit code,
     /// stdout and stderr.
     pub async fn agentctl(&self, args: &[&str]) -> (i32, String, String) {
