@@ -98,6 +98,7 @@ fn controlplane_check_config_passes_a_good_node_and_names_what_is_wrong() {
         "api_listen=127.0.0.1:0".into(),
         "gateway_listen=127.0.0.1:0".into(),
         "grpc_listen=127.0.0.1:0".into(),
+        "metrics_listen=127.0.0.1:0".into(),
     ];
     let run_with = |extra: &[&str]| {
         let sets = base.iter().map(String::as_str).chain(extra.iter().copied());

@@ -34,6 +34,7 @@ pub async fn run(cfg: &Config, file: Option<&Path>) -> Report {
         ("api_listen", cfg.api_listen),
         ("gateway_listen", cfg.gateway_listen),
         ("grpc_listen", cfg.grpc_listen),
+        ("metrics_listen", cfg.metrics_listen),
     ] {
         r.push(format!("{key} {addr}"), check::listen(addr, held));
     }
