@@ -3,7 +3,8 @@
 //! SIGKILL and started again 100 ms later (systemd's `RestartSec` default), and while it is
 //! stopped with SIGTERM and started again (a restart or package upgrade). The gateway holds
 //! the calls no agent can take (`gateway_hold_ms`) and the agent binds its data plane first
-//! thing at start, so only a call the killed agent was answering may fail; a graceful stop
+//! thing at start, so only a non-idempotent call the killed agent was answering may fail
+//! (the stream's are GETs, which the gateway sends again); a graceful stop
 //! drains its calls in flight (a 1.5 s call sent before SIGTERM is answered) and none fails.
 //! The figures (failed calls, restart-to-serving time) are printed; RELIABILITY.md records
 //! them.
@@ -174,7 +175,7 @@ async fn calls_survive_agent_restarts_kill_and_graceful() {
         "calls failed across a graceful restart: {term_failed:?}\n{}",
         agent.log()
     );
-    // Only a call the killed agent was answering may fail (about 2 ms of 25 are in flight).
+    // Only a POST the killed agent was answering may fail (these are GETs, sent again).
     assert!(
         kill_failed.len() <= 1,
         "calls failed across SIGKILL + restart: {kill_failed:?}\n{}",

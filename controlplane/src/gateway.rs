@@ -210,7 +210,7 @@ async fn forward(gw: &Gateway, f: &Routed, parts: &Parts, tail: &str, mut payloa
                 let body = Body::new(GuardedBody { inner: body, _route: route });
                 return Response::from_parts(parts, body);
             }
-            Err(e) if e.is_connect() && again(&payload) => {
+            Err(e) if unseen(&e, &parts.method) && again(&payload) => {
                 drop(route);
                 tokio::time::sleep(RETRY_EVERY).await;
             }
@@ -222,6 +222,21 @@ async fn forward(gw: &Gateway, f: &Routed, parts: &Parts, tail: &str, mut payloa
             }
         }
     }
+}
+
+/// Whether a call that failed with `e` may be sent again: its connection was refused (no
+/// agent saw it), or, for an idempotent method (RFC 9110 §9.2.2), the connection closed
+/// before any answer: a draining agent closes its idle connections, and a call the gateway
+/// sent on one at that instant was never read. (A killed agent may have passed such a call
+/// on; an idempotent method allows it to be sent twice, others are never sent again.)
+fn unseen(e: &hyper_util::client::legacy::Error, method: &axum::http::Method) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let closed = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(|h| h.is_incomplete_message() || h.is_canceled());
+    closed && method.is_idempotent()
 }
 
 /// The request for `route`'s data plane: `parts` with the data plane's URI, host and
