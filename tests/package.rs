@@ -4,7 +4,8 @@
 //! installed daemons run exactly as their unit's `ExecStart` says with `NOTIFY_SOCKET`
 //! on a datagram socket of the test's (the settings file the package installed, with the
 //! test's settings on top as `FNRT_AGENT_*`/`FNRT_CP_*` variables, which the loader
-//! reads after the file), then purged, leaving nothing behind.
+//! reads after the file; the echo function is started, called and stopped on the agent
+//! with the installed agentctl), then purged, leaving nothing behind.
 //!
 //! PID 1 here is not systemd (a firecracker VM's init), so the units also run under a
 //! systemd of the test's own: systemd 252 (the machine's) as PID 1 of a PID and mount
@@ -315,11 +316,39 @@ async fn agent_as_its_unit_says(dir: &Path) {
     let mut client = connect(&cfg.socket).await;
     let status = client.node_status(NodeStatusRequest {}).await.unwrap().into_inner();
     assert_eq!(status.namespace, cfg.namespace);
+    a_function_runs_through_the_installed_agent(&cfg.socket);
     sigterm(&child);
     let stopping = notification(&notify, 10).await.unwrap();
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
     exits_cleanly(&mut child, "the agent", &log).await;
     remove_namespace(&real_parts().containerd_socket, &cfg.namespace).await;
+}
+
+/// The installed agentctl on the installed agent's `socket`: the echo image's instance
+/// started, called and stopped, as an operator would.
+fn a_function_runs_through_the_installed_agent(socket: &Path) {
+    let agentctl = |args: &[&str]| {
+        let out = Command::new("/usr/bin/agentctl").arg("--socket").arg(socket).args(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(out.status.success(), "agentctl {args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    agentctl(&["instance", "start", "echo", &fnrt_tests::image("echo")]);
+    let answer = agentctl(&["invoke", "echo", "--path", "/from-the-package", "-d", "hi"]);
+    assert!(answer.contains("/from-the-package") && answer.contains("\"body\":\"hi\""), "{answer}");
+    let list: serde_json::Value =
+        serde_json::from_str(&agentctl(&["instance", "ls", "--function", "echo", "-o", "json"])).unwrap();
+    let ids: Vec<String> = list
+        .as_array()
+        .or_else(|| list["instances"].as_array())
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{list}");
+    for id in ids {
+        agentctl(&["instance", "stop", &id]);
+    }
 }
 
 async fn controlplane_as_its_unit_says(dir: &Path) {
