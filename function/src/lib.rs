@@ -8,6 +8,7 @@
 //!   on the agents (`fn-<id>`);
 //! - [`policy`]: how memory becomes an instance's CPU and pids limits (agents report their
 //!   policy so that placement reserves what they will);
+//! - [`sandbox`]: the sandbox classes an agent offers and a function runs in;
 //! - [`spec`]: a function as deployed on a node, checked, with its defaults;
 //! - [`proto`]: the conversions to and from `fnrt.agent.v1.FunctionSpec`.
 
@@ -15,7 +16,9 @@ pub mod keepalive;
 pub mod naming;
 pub mod policy;
 pub mod proto;
+pub mod sandbox;
 pub mod spec;
 
 pub use policy::{Limits, Policy};
+pub use sandbox::SandboxClass;
 pub use spec::{FunctionSpec, Kind, Process, PullCredentials, RawSpec, SpecError};

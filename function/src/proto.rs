@@ -43,6 +43,7 @@ impl TryFrom<pb::FunctionSpec> for RawSpec {
             process: crate::spec::Process { command: f.command, args: f.args },
             keep_image: f.keep_image,
             pull_credentials: f.registry_credentials.map(PullCredentials::from),
+            sandbox_class: f.sandbox_class,
         })
     }
 }
@@ -78,6 +79,7 @@ impl From<RawSpec> for pb::FunctionSpec {
             args: r.process.args,
             keep_image: r.keep_image,
             registry_credentials: r.pull_credentials.map(pb::RegistryCredentials::from),
+            sandbox_class: r.sandbox_class,
         }
     }
 }
@@ -126,6 +128,7 @@ impl FunctionSpec {
             args: self.process.args.clone(),
             keep_image: self.keep_image,
             registry_credentials: None,
+            sandbox_class: self.sandbox_class.as_str().into(),
         }
     }
 }
@@ -144,6 +147,7 @@ mod tests {
             memory_mb: 256,
             secrets: [("K".to_string(), "v".to_string())].into(),
             process: crate::spec::Process { command: vec!["/bin/app".into()], args: vec!["-v".into()] },
+            sandbox_class: "gvisor".into(),
             ..Default::default()
         };
         let back = RawSpec::try_from(pb::FunctionSpec::from(raw.clone())).unwrap();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use fnrt_common::secret::Secrets;
 
 use crate::policy::Policy;
+use crate::sandbox::SandboxClass;
 
 /// A spec that cannot be deployed: the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +75,9 @@ pub struct FunctionSpec {
     /// in the agent's store.
     #[serde(skip)]
     pub pull_credentials: Option<PullCredentials>,
+    /// The sandbox its instances run in.
+    #[serde(default, skip_serializing_if = "SandboxClass::is_default")]
+    pub sandbox_class: SandboxClass,
 }
 
 /// A namespace's credentials for one registry (`Debug` shows no password).
@@ -203,6 +207,8 @@ pub struct RawSpec {
     pub keep_image: bool,
     #[allow(missing_docs)]
     pub pull_credentials: Option<PullCredentials>,
+    /// A sandbox class name; empty: `runc`.
+    pub sandbox_class: String,
 }
 
 fn invalid(field: &'static str, reason: String) -> SpecError {
@@ -252,6 +258,8 @@ impl RawSpec {
             return Err(invalid("image", "an image reference is required".into()));
         }
         self.process.check()?;
+        let sandbox_class = SandboxClass::from_wire(&self.sandbox_class)
+            .map_err(|e| invalid("sandbox_class", e.to_string()))?;
         if let Some(c) = &self.pull_credentials {
             check_credentials(c)?;
         }
@@ -308,6 +316,7 @@ impl RawSpec {
             process: self.process,
             keep_image: self.keep_image,
             pull_credentials: self.pull_credentials,
+            sandbox_class,
         })
     }
 }
@@ -325,6 +334,9 @@ impl FunctionSpec {
         }
         if !self.process.is_empty() {
             self.process.hash(&mut h);
+        }
+        if !self.sandbox_class.is_default() {
+            self.sandbox_class.hash(&mut h);
         }
         h.finish()
     }
@@ -371,6 +383,7 @@ mod tests {
             (RawSpec { display_name: "é".into(), ..base.clone() }, "display_name"),
             (RawSpec { display_name: "n".repeat(129), ..base.clone() }, "display_name"),
             (RawSpec { max_instances: 1001, ..base.clone() }, "max_instances"),
+            (RawSpec { sandbox_class: "kata".into(), ..base.clone() }, "sandbox_class"),
         ] {
             let e = raw.check(&policy()).unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
@@ -386,5 +399,8 @@ mod tests {
         assert_eq!(a.instance_key(), b.instance_key());
         b.env.insert("A".into(), "1".into());
         assert_ne!(a.instance_key(), b.instance_key());
+        let mut c = a.clone();
+        c.sandbox_class = SandboxClass::Gvisor;
+        assert_ne!(a.instance_key(), c.instance_key(), "a new class replaces the instances");
     }
 }
