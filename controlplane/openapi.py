@@ -19,6 +19,9 @@ envmap = {"type": "object", "propertyNames": envkey, "additionalProperties": {"t
 rname = {"type": "string", "pattern": "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", "description": "1 to 63 of a-z, 0-9 and '-', starting with a letter, not ending with '-'."}
 def zero_enum(zero, *values): return {"type": "string", "enum": ["", zero, *values], "description": f"'' and {zero} (the Go SDK's zero value) mean: unchanged or the default."}
 tags = {"type": "array", "items": string}
+sclass = {"type": "string", "enum": ["runc", "gvisor"]}
+def sclass_input(unset): return {"type": ["string", "null"], "enum": ["", "runc", "gvisor", None],
+   "description": f"Extension: the sandbox class, runc or gvisor, refused (400) when no live node offers it; null or '': {unset}."}
 def ref(n): return {"$ref": f"#/components/schemas/{n}"}
 def obj(props, required=None, nullable=False, desc=None):
     o = {"type": ["object", "null"] if nullable else "object", "properties": props}
@@ -48,7 +51,8 @@ schemas = {
    "description": string, "secret_environment_variables": {"type": "array", "items": ref("SecretHashed")},
    "region": string, "tags": tags, "created_at": time, "updated_at": time, "vpc_integration_activated": boolean,
    "registry_credentials": {"oneOf": [{"type": "null"}, obj({"registry": string, "username": string, "hashed_password": string})],
-                            "description": "Extension: the registry its functions' images are pulled from with its credentials (the password never answered)."}}),
+                            "description": "Extension: the registry its functions' images are pulled from with its credentials (the password never answered)."},
+   "sandbox_class": dict(sclass, description="Extension: the sandbox class of its functions that name none.")}),
  "Function": obj({
    "id": string, "name": string, "namespace_id": string,
    "status": {"type": "string", "enum": ["unknown", "ready", "deleting", "error", "locked", "creating", "pending", "created"]},
@@ -64,7 +68,8 @@ schemas = {
    "image_acceleration": {"type": "boolean", "description": "Extension: prefetch the image onto the nodes at deploy."},
    "scf_type": {"type": "string", "enum": ["http", "event"], "description": "Extension: SCF's function type; an event function gets every call as POST /event-invoke and no HTTP calls."},
    "command": {"type": "array", "items": string, "description": "Extension: the start command, replacing the image's Entrypoint and Cmd (SCF's Command); empty: the image's."},
-   "args": {"type": "array", "items": string, "description": "Extension: its arguments, replacing the image's Cmd (SCF's Args); empty: the image's."}}),
+   "args": {"type": "array", "items": string, "description": "Extension: its arguments, replacing the image's Cmd (SCF's Args); empty: the image's."},
+   "sandbox_class": dict(sclass, description="Extension: the sandbox class it runs in (its own, else its namespace's); not Scaleway's sandbox.")}),
  "Token": obj({"id": string, "token": nstring, "function_id": nstring, "namespace_id": nstring, "public_key": nstring,
    "status": {"type": "string", "enum": ["unknown", "ready", "deleting", "error", "creating"]},
    "description": string, "expires_at": ntime, "created_at": time}),
@@ -95,14 +100,17 @@ schemas = {
  "Agent": obj({"node": string, "dataplane": string, "state": {"type": "string", "enum": ["ready", "lost"]},
    "last_seen_ms_ago": integer, "architecture": string, "cpus": integer, "memory_mb": integer,
    "memory_reserved_mb": integer, "cpu_reserved_millis": integer, "images": integer,
+   "sandbox_classes": {"type": "array", "items": string, "description": "The sandbox classes the node offers."},
    "functions": {"type": "array", "items": obj({"name": string, "ready": integer, "starting": integer, "in_flight": integer, "queued": integer})}}),
  "Placed": obj({"id": string, "namespace": string, "name": string, "status": string, "min_scale": integer, "max_scale": integer,
-   "agents": {"type": "array", "items": obj({"node": string, "ready": integer, "in_flight": integer})}}),
+   "agents": {"type": "array", "items": obj({"node": string, "ready": integer, "in_flight": integer})}, "sandbox_class": sclass}),
  # Requests: what the handlers read; unknown fields are ignored, as Scaleway's API does.
  "CreateNamespaceRequest": nobj(name=rname, environment_variables=envmap, project_id=string, description=string,
-   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags, registry_credentials=ref("RegistryCredentialsInput")),
+   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags, registry_credentials=ref("RegistryCredentialsInput"),
+   sandbox_class=sclass_input("runc")),
  "UpdateNamespaceRequest": nobj(environment_variables=envmap, description=string,
-   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags, registry_credentials=ref("RegistryCredentialsInput")),
+   secret_environment_variables={"type": "array", "items": ref("SecretInput")}, tags=tags, registry_credentials=ref("RegistryCredentialsInput"),
+   sandbox_class=sclass_input("unchanged")),
  "RegistryCredentialsInput": {"oneOf": [
      {"type": "null"}, {"type": "object", "maxProperties": 0},
      {"type": "object", "additionalProperties": False, "required": ["registry", "username", "password"], "properties": {
@@ -124,6 +132,7 @@ fn_fields = dict(environment_variables=envmap, min_scale={"type": "integer", "mi
    image_acceleration=boolean, sandbox=zero_enum("unknown_sandbox", "v1", "v2"),
    private_network_id={"type": ["string", "null"], "maxLength": 0, "description": "Private networks are not offered."},
    scf_type=zero_enum("unknown_scf_type", "http", "event"),
+   sandbox_class=sclass_input("its namespace's on create, unchanged on update"),
    command={"type": "array", "maxItems": 64, "prefixItems": [{"type": "string", "minLength": 1}], "items": word,
             "description": "Extension: the start command (SCF's Command), replacing the image's Entrypoint and Cmd; [] resets to the image's."},
    args={"type": "array", "maxItems": 64, "items": word,

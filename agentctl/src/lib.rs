@@ -144,3 +144,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cluster(_) => Err(CliError::Usage("cluster commands do not use the agent".into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn a_sandbox_class_is_checked_before_anything_is_sent() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["agentctl"], args].concat());
+        let e = parse(&["instance", "start", "f", "img", "--sandbox-class", "kata"]).expect_err("kata");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("\"kata\" is not a sandbox class: use runc or gvisor"), "{e}");
+        // clap shows the value given once; the class's own error keeps 64 characters of it.
+        let huge = "x".repeat(10_000);
+        let e = parse(&["function", "deploy", "f", "img", "--sandbox-class", &huge]).expect_err("huge");
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.to_string().matches(&huge).count(), 1, "{}", e.to_string().len());
+        let cli = parse(&["function", "deploy", "f", "img", "--sandbox-class", "gvisor"]).expect("parses");
+        let Command::Function { command: super::commands::function::FunctionCommand::Deploy(spec) } =
+            cli.command
+        else {
+            panic!("not a deploy: {:?}", cli.command)
+        };
+        assert_eq!(spec.sandbox_class, Some(fnrt_function::SandboxClass::Gvisor));
+    }
+}

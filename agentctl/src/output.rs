@@ -26,6 +26,25 @@ pub fn json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// A sandbox class as the agent names it; empty (an agent older than classes): `runc`.
+pub fn sandbox_class(name: &str) -> &str {
+    if name.is_empty() {
+        fnrt_function::SandboxClass::Runc.as_str()
+    } else {
+        name
+    }
+}
+
+/// The classes a node offers as it names them; none (an agent older than classes): `runc`.
+/// Names this agentctl does not know are shown as they are.
+pub fn sandbox_classes(names: &[String]) -> Vec<String> {
+    if names.is_empty() {
+        vec![fnrt_function::SandboxClass::Runc.as_str().to_string()]
+    } else {
+        names.to_vec()
+    }
+}
+
 /// An instance as JSON.
 pub fn instance_json(i: &pb::Instance) -> Value {
     json!({
@@ -33,6 +52,7 @@ pub fn instance_json(i: &pb::Instance) -> Value {
         "state": i.state, "pid": i.pid, "created_at": i.created_at,
         "memory_mb": i.memory_mb, "cpu_millis": i.cpu_millis, "pids_limit": i.pids_limit,
         "memory_used_bytes": i.memory_used_bytes, "cpu_used_ns": i.cpu_used_ns,
+        "sandbox_class": sandbox_class(&i.sandbox_class),
     })
 }
 
@@ -42,6 +62,7 @@ pub fn instance_row(i: &pb::Instance) -> Vec<String> {
         i.id.clone(),
         i.function.clone(),
         i.state.clone(),
+        sandbox_class(&i.sandbox_class).to_string(),
         i.address.clone(),
         format!("{:.1}/{} MB", i.memory_used_bytes as f64 / f64::from(1 << 20), i.memory_mb),
         format!("{:.2}", f64::from(i.cpu_millis) / 1000.0),
@@ -53,7 +74,7 @@ pub fn instance_row(i: &pb::Instance) -> Vec<String> {
 
 /// Header of instance tables.
 pub const INSTANCE_HEADER: &[&str] =
-    &["ID", "FUNCTION", "STATE", "ADDRESS", "MEMORY", "VCPU", "CPU TIME", "IMAGE", "CREATED"];
+    &["ID", "FUNCTION", "STATE", "SANDBOX", "ADDRESS", "MEMORY", "VCPU", "CPU TIME", "IMAGE", "CREATED"];
 
 /// An image as JSON.
 pub fn image_json(i: &pb::Image) -> Value {

@@ -7,9 +7,10 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::model::{
-    check_memory, check_name, check_scale, merge_secrets, parse_timeout, Function, FunctionStatus,
+    check_memory, check_name, check_scale, merge_secrets, parse_timeout, Function, FunctionStatus, Namespace,
 };
 use crate::namespaces::{check_vars, hash_secrets, SecretInput};
+use crate::sandbox::Offered;
 use crate::state::{Change, State};
 
 /// Defaults of Scaleway: 0 to 20 instances, 256 MB, 300 s, public.
@@ -68,6 +69,10 @@ pub struct FunctionInput {
     scf_type: Option<String>,
     #[serde(default)]
     private_network_id: Option<String>,
+    /// Extension: the sandbox class, `"runc"` or `"gvisor"`; absent, null or `""`: its
+    /// namespace's (on update: unchanged).
+    #[serde(default)]
+    sandbox_class: Option<String>,
     /// Update only: deploy after the change.
     #[serde(default)]
     pub redeploy: Option<bool>,
@@ -142,8 +147,15 @@ fn apply(f: &mut Function, mut input: FunctionInput, secrets: Secrets) -> Result
         errors.push((if min > max { "min_scale" } else { "max_scale" }.into(), e));
     }
     let process = check_image_and_process(f, &mut input, &mut errors);
+    let class = crate::sandbox::parse(input.sandbox_class.as_deref()).unwrap_or_else(|e| {
+        errors.push(("sandbox_class".into(), e));
+        None
+    });
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
+    }
+    if class.is_some() {
+        f.sandbox_class = class;
     }
     f.process = process;
     if let Some(kind) = &input.scf_type {
@@ -229,12 +241,28 @@ fn check_acceleration(d: &crate::state::Data, f: &Function, max: u32) -> Result<
     Ok(())
 }
 
+/// Refuses the sandbox class `f` runs in as a function of `ns` when no live agent offers
+/// it (`offered`).
+fn check_class(f: &Function, ns: &Namespace, offered: &Offered) -> Result<(), Error> {
+    offered.check(f.sandbox_class_in(ns)).map_err(|mut m| {
+        if f.sandbox_class.is_none() {
+            m.push_str(&format!(
+                " (the default of namespace {}: give the function a sandbox_class, or change the namespace's)",
+                ns.name
+            ));
+        }
+        Error::invalid("sandbox_class", m)
+    })
+}
+
 /// Creates a function (status `created`; nothing runs until it is deployed); at most
-/// `accelerated_max` of a namespace's functions have image acceleration.
+/// `accelerated_max` of a namespace's functions have image acceleration; its sandbox
+/// class must be one a live agent offers (`offered`).
 pub async fn create(
     state: &State,
     mut input: FunctionInput,
     accelerated_max: u32,
+    offered: &Offered,
 ) -> Result<Function, Error> {
     let namespace_id = input
         .namespace_id
@@ -278,6 +306,7 @@ pub async fn create(
         process: Default::default(),
         runtime_message: None,
         event: false,
+        sandbox_class: None,
     };
     let secrets = hash_secrets(input.secret_environment_variables.clone()).await?;
     apply(&mut f, input, secrets)?;
@@ -287,6 +316,7 @@ pub async fn create(
                 return Err(Error::NotFound { resource: "namespace", id: f.namespace_id.clone() });
             };
             let namespace = ns.name.clone();
+            check_class(&f, ns, offered)?;
             if let Some(o) = d.functions.values().find(|o| o.namespace_id == f.namespace_id && o.name == f.name)
             {
                 return Err(Error::AlreadyExists {
@@ -342,12 +372,14 @@ pub fn get(state: &State, id: &str) -> Result<Function, Error> {
 }
 
 /// Changes a function. Scales apply at once to a deployed function; the image,
-/// variables, memory and timeout at the next deploy (`redeploy: true` starts it).
+/// variables, memory, timeout and sandbox class at the next deploy (`redeploy: true`
+/// starts it). A change of sandbox class must be to one a live agent offers (`offered`).
 pub async fn update(
     state: &State,
     id: &str,
     input: FunctionInput,
     accelerated_max: u32,
+    offered: &Offered,
 ) -> Result<(Function, bool), Error> {
     let redeploy = input.redeploy.unwrap_or(false);
     if input.name.is_some() || input.namespace_id.is_some() {
@@ -362,7 +394,15 @@ pub async fn update(
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "function", id: id.to_string() })?;
             not_deleting(&f)?;
+            let before = f.sandbox_class;
             apply(&mut f, input.clone(), secrets.clone())?;
+            if let Some(ns) = d.namespaces.get(&f.namespace_id) {
+                // Only a change is checked: a client sending its whole object back is not
+                // refused for a class it runs in already.
+                if crate::sandbox::effective(before, Some(ns.sandbox_class)) != f.sandbox_class_in(ns) {
+                    check_class(&f, ns, offered)?;
+                }
+            }
             check_acceleration(d, &f, accelerated_max)?;
             Ok((vec![Change::Function(f.clone())], (f, redeploy)))
         })

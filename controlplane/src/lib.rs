@@ -22,6 +22,7 @@ pub(crate) mod namespaces;
 pub(crate) mod rest;
 pub(crate) mod route_index;
 pub(crate) mod runtimes;
+pub(crate) mod sandbox;
 pub mod scheduler;
 pub(crate) mod scrape;
 pub(crate) mod serve;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use fnrt_function::SandboxClass;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -88,6 +89,10 @@ pub struct Namespace {
     /// Credentials its functions' images are pulled with from one registry (extension).
     #[serde(default)]
     pub registry_credentials: Option<RegistryCredentials>,
+    /// The sandbox class of its functions that name none (extension; records from before
+    /// classes: `runc`).
+    #[serde(default)]
+    pub sandbox_class: SandboxClass,
 }
 
 /// A namespace's credentials for one registry: agents get them with the specs of its
@@ -229,6 +234,10 @@ pub struct Function {
     /// takes no HTTP calls for it.
     #[serde(default)]
     pub event: bool,
+    /// The sandbox class it asked for (extension field `sandbox_class`); none: its
+    /// namespace's. Not Scaleway's `sandbox`, which is kept apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_class: Option<SandboxClass>,
 }
 
 fn default_sandbox() -> String {
@@ -259,6 +268,9 @@ pub struct Deployed {
     /// Image acceleration: agents keep the image while they run the function.
     #[serde(default)]
     pub accelerated: bool,
+    /// The sandbox class its instances run in (deploys from before classes: `runc`).
+    #[serde(default)]
+    pub sandbox_class: SandboxClass,
 }
 
 impl std::fmt::Debug for Deployed {
@@ -273,6 +285,7 @@ impl std::fmt::Debug for Deployed {
             .field("process", &self.process)
             .field("event", &self.event)
             .field("accelerated", &self.accelerated)
+            .field("sandbox_class", &self.sandbox_class)
             .finish()
     }
 }
@@ -299,6 +312,7 @@ impl Deployed {
             process: f.process.clone(),
             event: f.event,
             accelerated: f.image_acceleration,
+            sandbox_class: f.sandbox_class_in(ns),
         }
     }
 }
@@ -307,6 +321,12 @@ impl Function {
     /// The function's name on agents: unique in the cluster, valid as an agent name.
     pub fn agent_name(&self) -> String {
         fnrt_function::naming::on_agents(&self.id)
+    }
+
+    /// The sandbox class it runs in as a function of namespace `ns`: its own, else the
+    /// namespace's.
+    pub fn sandbox_class_in(&self, ns: &Namespace) -> SandboxClass {
+        crate::sandbox::effective(self.sandbox_class, Some(ns.sandbox_class))
     }
 
     /// The milli-vCPUs its memory buys by the agents' default policy (1 vCPU per 1792 MB,

@@ -7,7 +7,9 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::model::{check_env_key, check_name, merge_secrets, Namespace, SecretVar};
+use crate::sandbox::Offered;
 use crate::state::{Change, State};
+use fnrt_function::SandboxClass;
 
 pub mod credentials;
 
@@ -58,6 +60,10 @@ pub struct CreateNamespace {
     /// Extension: see [`credentials::read`].
     #[serde(default, deserialize_with = "credentials::given")]
     registry_credentials: Option<serde_json::Value>,
+    /// Extension: the sandbox class of its functions that name none; absent, null or
+    /// `""`: `runc`.
+    #[serde(default)]
+    sandbox_class: Option<String>,
 }
 
 /// Scaleway's UpdateNamespaceRequest.
@@ -73,6 +79,9 @@ pub struct UpdateNamespace {
     tags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "credentials::given")]
     registry_credentials: Option<serde_json::Value>,
+    /// Extension: a new default sandbox class; absent, null or `""`: unchanged.
+    #[serde(default)]
+    sandbox_class: Option<String>,
 }
 
 /// Hashes the secrets of a request (argon2id, on a blocking thread): a key with its
@@ -98,8 +107,30 @@ pub async fn hash_secrets(
     .map_err(Error::Internal)
 }
 
-/// Creates a namespace.
-pub async fn create(state: &State, req: CreateNamespace) -> Result<Namespace, Error> {
+/// The sandbox class a request names, refused when unknown or when no live agent offers
+/// it (`offered`); `current` is let through as it is (a client sending its whole object
+/// back is not refused for the class its functions run in already).
+fn sandbox_class(
+    value: Option<&str>,
+    current: Option<SandboxClass>,
+    offered: &Offered,
+    errors: &mut Vec<(String, String)>,
+) -> Option<SandboxClass> {
+    let class = crate::sandbox::parse(value).unwrap_or_else(|e| {
+        errors.push(("sandbox_class".into(), e));
+        None
+    })?;
+    if Some(class) != current {
+        if let Err(e) = offered.check(class) {
+            errors.push(("sandbox_class".into(), e));
+        }
+    }
+    Some(class)
+}
+
+/// Creates a namespace; its default sandbox class must be one a live agent offers
+/// (`offered`).
+pub async fn create(state: &State, req: CreateNamespace, offered: &Offered) -> Result<Namespace, Error> {
     let name =
         req.name.clone().unwrap_or_else(|| format!("ns-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
     let mut errors = Vec::new();
@@ -107,6 +138,7 @@ pub async fn create(state: &State, req: CreateNamespace) -> Result<Namespace, Er
         errors.push(("name".into(), m));
     }
     check_vars(req.environment_variables.as_ref(), req.secret_environment_variables.as_deref(), &mut errors);
+    let class = sandbox_class(req.sandbox_class.as_deref(), None, offered, &mut errors);
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
@@ -123,6 +155,7 @@ pub async fn create(state: &State, req: CreateNamespace) -> Result<Namespace, Er
         created_at: now,
         updated_at: now,
         registry_credentials: None,
+        sandbox_class: class.unwrap_or_default(),
     };
     if let Some(Some(c)) = credentials {
         ns.registry_credentials = Some(c);
@@ -152,11 +185,23 @@ pub fn get(state: &State, id: &str) -> Result<Namespace, Error> {
         .ok_or_else(|| Error::NotFound { resource: "namespace", id: id.to_string() })
 }
 
-/// Changes a namespace; the second value says whether its variables or secrets changed
-/// (its deployed functions are then deployed again to get them).
-pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<(Namespace, bool), Error> {
+/// Changes a namespace; the second value says whether its variables, secrets,
+/// credentials or default sandbox class changed (its deployed functions are then deployed
+/// again to get them). A new default sandbox class must be one a live agent offers
+/// (`offered`).
+pub async fn update(
+    state: &State,
+    id: &str,
+    req: UpdateNamespace,
+    offered: &Offered,
+) -> Result<(Namespace, bool), Error> {
     let mut errors = Vec::new();
     check_vars(req.environment_variables.as_ref(), req.secret_environment_variables.as_deref(), &mut errors);
+    // Unknown names are refused before anything is read or hashed; whether the class is
+    // offered needs the namespace's current one, below.
+    if let Err(e) = crate::sandbox::parse(req.sandbox_class.as_deref()) {
+        errors.push(("sandbox_class".into(), e));
+    }
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
     }
@@ -170,6 +215,14 @@ pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<(Na
                 .cloned()
                 .ok_or_else(|| Error::NotFound { resource: "namespace", id: id.to_string() })?;
             let before = (ns.environment_variables.clone(), ns.secrets.clone());
+            let mut errors = Vec::new();
+            let class =
+                sandbox_class(req.sandbox_class.as_deref(), Some(ns.sandbox_class), offered, &mut errors);
+            if !errors.is_empty() {
+                return Err(Error::Invalid(errors));
+            }
+            let class_changed = class.is_some_and(|c| c != ns.sandbox_class);
+            ns.sandbox_class = class.unwrap_or(ns.sandbox_class);
             if let Some(env) = req.environment_variables.clone() {
                 ns.environment_variables = env;
             }
@@ -191,7 +244,8 @@ pub async fn update(state: &State, id: &str, req: UpdateNamespace) -> Result<(Na
                 |s: &[SecretVar]| s.iter().map(|s| (s.key.clone(), s.value.clone())).collect::<Vec<_>>();
             let changed = before.0 != ns.environment_variables
                 || values(&before.1) != values(&ns.secrets)
-                || credentials_changed;
+                || credentials_changed
+                || class_changed;
             ns.updated_at = Utc::now();
             Ok((vec![Change::Namespace(ns.clone())], (ns, changed)))
         })

@@ -433,6 +433,7 @@ mod tests {
         let (a, b) = (State::open(store.clone()).await.unwrap(), State::open(store).await.unwrap());
         let ns = |id: &str, n: u32| Namespace {
             registry_credentials: None,
+            sandbox_class: Default::default(),
             id: id.into(),
             name: id.into(),
             description: n.to_string(),

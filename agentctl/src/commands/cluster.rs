@@ -51,6 +51,16 @@ async fn get(args: &ClusterArgs, path: &str) -> Result<Value, CliError> {
     Ok(v)
 }
 
+/// A JSON array of strings as `a, b`; `-` for none (a control plane older than the field).
+fn strings(v: &Value) -> String {
+    let items: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
 /// Runs a cluster command.
 pub async fn run(args: ClusterArgs, out: Output) -> Result<(), CliError> {
     match args.command {
@@ -73,12 +83,23 @@ pub async fn run(args: ClusterArgs, out: Output) -> Result<(), CliError> {
                         a["cpus"].to_string(),
                         a["functions"].as_array().map_or(0, Vec::len).to_string(),
                         a["images"].to_string(),
+                        strings(&a["sandbox_classes"]),
                         format!("{} ms", a["last_seen_ms_ago"]),
                     ]
                 })
                 .collect();
             output::table(
-                &["NODE", "STATE", "DATA PLANE", "MEMORY MB", "CPUS", "FUNCTIONS", "IMAGES", "SEEN"],
+                &[
+                    "NODE",
+                    "STATE",
+                    "DATA PLANE",
+                    "MEMORY MB",
+                    "CPUS",
+                    "FUNCTIONS",
+                    "IMAGES",
+                    "SANDBOXES",
+                    "SEEN",
+                ],
                 &rows,
             );
         }
@@ -106,12 +127,13 @@ pub async fn run(args: ClusterArgs, out: Output) -> Result<(), CliError> {
                             f["name"].as_str().unwrap_or_default()
                         ),
                         f["status"].as_str().unwrap_or_default().to_string(),
+                        f["sandbox_class"].as_str().unwrap_or("-").to_string(),
                         format!("{}..{}", f["min_scale"], f["max_scale"]),
                         if on.is_empty() { "-".into() } else { on.join(", ") },
                     ]
                 })
                 .collect();
-            output::table(&["FUNCTION", "STATUS", "SCALE", "AGENTS"], &rows);
+            output::table(&["FUNCTION", "STATUS", "SANDBOX", "SCALE", "AGENTS"], &rows);
         }
     }
     Ok(())

@@ -70,6 +70,10 @@ pub struct SpecArgs {
     /// Namespace (SCF_NAMESPACE; default "default").
     #[arg(long, default_value = "")]
     pub namespace: String,
+    /// The sandbox class its instances run in, runc or gvisor (one the node offers: `node
+    /// status` lists them); runc if unset.
+    #[arg(long, value_name = "CLASS")]
+    pub sandbox_class: Option<fnrt_function::SandboxClass>,
 }
 
 impl SpecArgs {
@@ -88,6 +92,7 @@ impl SpecArgs {
             max_instances: self.max_instances,
             concurrency: self.concurrency,
             keep_alive_s: self.keep_alive,
+            sandbox_class: self.sandbox_class.map(|c| c.as_str().to_string()).unwrap_or_default(),
             ..Default::default()
         })
     }
@@ -128,6 +133,7 @@ pub async fn run(
             &[
                 "NAME",
                 "TYPE",
+                "SANDBOX",
                 "IMAGE",
                 "MEMORY",
                 "TIMEOUT",
@@ -162,6 +168,7 @@ fn function_json(f: &Function) -> Value {
         "concurrency": s.concurrency, "keep_alive_s": s.keep_alive_s, "queue_max": s.queue_max,
         "queue_timeout_ms": s.queue_timeout_ms, "ready": f.ready, "starting": f.starting,
         "in_flight": f.in_flight, "queued": f.queued, "instances": f.instances, "last_error": f.last_error,
+        "sandbox_class": output::sandbox_class(&s.sandbox_class),
     })
 }
 
@@ -170,6 +177,7 @@ fn function_row(f: &Function) -> Vec<String> {
     vec![
         s.name.clone(),
         kind(&s).into(),
+        output::sandbox_class(&s.sandbox_class).to_string(),
         s.image.clone(),
         format!("{} MB", s.memory_mb),
         format!("{} ms", s.timeout_ms),

@@ -38,6 +38,10 @@ pub enum InstanceCommand {
         /// An argument replacing the image's Cmd; repeatable.
         #[arg(long = "arg", value_name = "WORD")]
         args: Vec<String>,
+        /// The sandbox class to run it in, runc or gvisor (one the node offers: `node
+        /// status` lists them); runc if unset.
+        #[arg(long, value_name = "CLASS")]
+        sandbox_class: Option<fnrt_function::SandboxClass>,
     },
     /// Stop an instance and remove all it owned.
     Stop {
@@ -59,7 +63,17 @@ pub async fn run(
     out: Output,
 ) -> Result<(), CliError> {
     match cmd {
-        InstanceCommand::Start { function, image, env, memory, secret, timeout_ms, command, args } => {
+        InstanceCommand::Start {
+            function,
+            image,
+            env,
+            memory,
+            secret,
+            timeout_ms,
+            command,
+            args,
+            sandbox_class,
+        } => {
             let env = key_values("--env", env, true)?;
             let secrets = key_values("--secret", secret, false)?;
             let req = StartInstanceRequest {
@@ -71,6 +85,7 @@ pub async fn run(
                 timeout_ms,
                 command,
                 args,
+                sandbox_class: sandbox_class.map(|c| c.as_str().to_string()).unwrap_or_default(),
                 ..Default::default()
             };
             let started = agent.start_instance(req).await?.into_inner();

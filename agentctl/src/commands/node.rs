@@ -13,7 +13,8 @@ use crate::{CliError, Output};
 /// Node commands.
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
-    /// Versions, architecture, data plane address, instances and images.
+    /// Versions, architecture, data plane address, sandbox classes offered, instances and
+    /// images.
     Status,
 }
 
@@ -29,6 +30,7 @@ pub async fn run(agent: &mut AgentClient<Channel>, cmd: NodeCommand, out: Output
                     "architecture": s.architecture,
                     "namespace": s.namespace,
                     "dataplane_address": s.dataplane_address,
+                    "sandbox_classes": output::sandbox_classes(&s.sandbox_classes),
                     "instances": s.instances.iter().map(instance_json).collect::<Vec<_>>(),
                     "images": s.images.iter().map(image_json).collect::<Vec<_>>(),
                 })),
@@ -38,6 +40,7 @@ pub async fn run(agent: &mut AgentClient<Channel>, cmd: NodeCommand, out: Output
                     println!("arch:        {}", s.architecture);
                     println!("namespace:   {}", s.namespace);
                     println!("data plane:  http://{}/function/<name>/", s.dataplane_address);
+                    println!("sandboxes:   {}", output::sandbox_classes(&s.sandbox_classes).join(", "));
                     println!("\ninstances ({}):", s.instances.len());
                     output::table(INSTANCE_HEADER, &s.instances.iter().map(instance_row).collect::<Vec<_>>());
                     println!("\nimages ({}):", s.images.len());

@@ -29,6 +29,7 @@ pub async fn agents(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
                 "memory_reserved_mb": a.report.memory_reserved_mb,
                 "cpu_reserved_millis": a.report.cpu_reserved_millis,
                 "images": a.report.images.len(),
+                "sandbox_classes": a.classes(),
                 "functions": a.report.functions.iter().map(|f| json!({
                     "name": f.name, "ready": f.ready, "starting": f.starting,
                     "in_flight": f.in_flight, "queued": f.queued,
@@ -72,6 +73,10 @@ pub async fn placement(AxState(ctx): AxState<Arc<Ctx>>) -> Json<Value> {
                 json!({
                     "id": f.id, "namespace": ns, "name": f.name, "status": crate::rest::views::status(f),
                     "min_scale": f.min_scale, "max_scale": f.max_scale, "agents": on,
+                    "sandbox_class": d.namespaces.get(&f.namespace_id).map_or_else(
+                        || crate::sandbox::effective(f.sandbox_class, None),
+                        |n| f.sandbox_class_in(n),
+                    ),
                 })
             })
             .collect()

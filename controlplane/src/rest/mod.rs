@@ -10,6 +10,8 @@ mod list;
 mod logs;
 mod openapi;
 mod routes;
+#[cfg(test)]
+mod tests;
 pub mod views;
 mod webhook;
 

@@ -86,8 +86,10 @@ fn has_code(ctx: &Ctx, f: &Function) -> bool {
 }
 
 fn function_view(ctx: &Ctx, f: &Function, status: Option<&str>) -> Value {
-    let ns =
-        ctx.state.read(|d| d.namespaces.get(&f.namespace_id).map(|n| n.name.clone())).unwrap_or_default();
+    let (ns, class) = ctx
+        .state
+        .read(|d| d.namespaces.get(&f.namespace_id).map(|n| (n.name.clone(), f.sandbox_class_in(n))))
+        .unwrap_or_else(|| (String::new(), crate::sandbox::effective(f.sandbox_class, None)));
     // The last start failure first (it is why calls fail now), then the deploy's advice.
     let mut shown = f.clone();
     if let Some(failure) = ctx.scheduler.start_failure(&f.agent_name()) {
@@ -96,7 +98,7 @@ fn function_view(ctx: &Ctx, f: &Function, status: Option<&str>) -> Value {
     }
     // A code function whose image is being built is `creating`, then `pending`.
     let status = status.or_else(|| ctx.scheduler.is_building(&f.id).then_some("creating"));
-    views::function(&shown, &ns, &site(ctx), status)
+    views::function(&shown, &ns, class, &site(ctx), status)
 }
 
 /// Sorts by creation time or name, as `order_by` says.
@@ -133,7 +135,7 @@ async fn list_namespaces(AxState(ctx): Ax, _r: Region, RawQuery(q): RawQuery) ->
 }
 
 async fn create_namespace(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
-    let ns = namespaces::create(&ctx.state, body(&b)?).await?;
+    let ns = namespaces::create(&ctx.state, body(&b)?, &ctx.scheduler.offered()).await?;
     Ok(Json(views::namespace(&ns, &site(&ctx), "ready")))
 }
 
@@ -142,7 +144,7 @@ async fn get_namespace(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
 }
 
 async fn update_namespace(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
-    let (ns, changed) = namespaces::update(&ctx.state, &id, body(&b)?).await?;
+    let (ns, changed) = namespaces::update(&ctx.state, &id, body(&b)?, &ctx.scheduler.offered()).await?;
     if changed {
         // Its deployed functions get the new variables and secrets now, as on Scaleway.
         let deployed: Vec<String> = ctx.state.read(|d| {
@@ -203,7 +205,8 @@ async fn list_namespace_functions(AxState(ctx): Ax, _r: Region, Id(id): Id, RawQ
 async fn create_function(AxState(ctx): Ax, _r: Region, b: Bytes) -> Answer {
     let input = body(&b)?;
     functions::check_image(&ctx.scheduler.registry, &input)?;
-    let f = functions::create(&ctx.state, input, ctx.cfg.max_accelerated_functions).await?;
+    let offered = ctx.scheduler.offered();
+    let f = functions::create(&ctx.state, input, ctx.cfg.max_accelerated_functions, &offered).await?;
     Ok(Json(function_view(&ctx, &f, None)))
 }
 
@@ -214,8 +217,9 @@ async fn get_function(AxState(ctx): Ax, _r: Region, Id(id): Id) -> Answer {
 async fn update_function(AxState(ctx): Ax, _r: Region, Id(id): Id, b: Bytes) -> Answer {
     let input = body(&b)?;
     functions::check_image(&ctx.scheduler.registry, &input)?;
+    let offered = ctx.scheduler.offered();
     let (mut f, redeploy) =
-        functions::update(&ctx.state, &id, input, ctx.cfg.max_accelerated_functions).await?;
+        functions::update(&ctx.state, &id, input, ctx.cfg.max_accelerated_functions, &offered).await?;
     if redeploy {
         f = functions::start_deploy(&ctx.state, &id, |f| has_code(&ctx, f)).await?;
         ctx.scheduler.deploy(&id);

@@ -44,6 +44,7 @@ pub fn namespace(n: &Namespace, site: &Site, status: &str) -> Value {
         "updated_at": time(&n.updated_at),
         "vpc_integration_activated": false,
         "registry_credentials": crate::namespaces::credentials::view(n.registry_credentials.as_ref()),
+        "sandbox_class": n.sandbox_class,
     })
 }
 
@@ -58,8 +59,15 @@ pub fn status(f: &Function) -> &'static str {
     }
 }
 
-/// A function; `namespace_name` makes its domain name.
-pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<&str>) -> Value {
+/// A function; `namespace_name` makes its domain name, `class` is the sandbox class it
+/// runs in (its own, or its namespace's default).
+pub fn function(
+    f: &Function,
+    namespace_name: &str,
+    class: fnrt_function::SandboxClass,
+    site: &Site,
+    status: Option<&str>,
+) -> Value {
     let status = status.unwrap_or(self::status(f));
     json!({
         "id": f.id,
@@ -94,6 +102,7 @@ pub fn function(f: &Function, namespace_name: &str, site: &Site, status: Option<
         "scf_type": if f.event { "event" } else { "http" },
         "command": f.process.command,
         "args": f.process.args,
+        "sandbox_class": class,
     })
 }
 

@@ -70,6 +70,11 @@ impl Agent {
         }
     }
 
+    /// The sandbox classes it offers (an agent older than classes: `runc`).
+    pub fn classes(&self) -> Vec<fnrt_function::SandboxClass> {
+        fnrt_function::sandbox::offered(&self.report.sandbox_classes)
+    }
+
     /// Whether its report lists the function `name`.
     pub fn hosts(&self, name: &str) -> bool {
         self.names.contains(name)

@@ -171,7 +171,8 @@ impl Scheduler {
             f.min_scale,
             f.max_scale,
             deployed.memory_mb,
-            &self.candidates(&live, &name, &deployed.image, deployed.memory_mb),
+            deployed.sandbox_class,
+            &self.candidates(&live, &name, &deployed),
         )?;
         let calls = shares.iter().filter_map(|share| {
             let a = live.iter().find(|a| a.node == share.node)?;

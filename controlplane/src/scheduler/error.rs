@@ -17,6 +17,16 @@ pub enum ScheduleError {
         /// Agents connected.
         agents: usize,
     },
+    /// No connected agent offers the function's sandbox class.
+    #[error("no agent offers sandbox class {class} ({agents} agents connected, offering {offered})")]
+    NoClass {
+        /// The function's class.
+        class: fnrt_function::SandboxClass,
+        /// What the connected agents offer, e.g. `runc`.
+        offered: String,
+        /// Agents connected.
+        agents: usize,
+    },
     /// The function was deleted while it was being deployed.
     #[error("function {0} was deleted during its deploy")]
     Deleted(String),

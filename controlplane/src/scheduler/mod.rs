@@ -92,6 +92,7 @@ pub fn spec_of(f: &Function, ns: &Namespace, d: &Deployed, share: &Share) -> apb
         process: d.process.clone(),
         keep_image: d.accelerated,
         pull_credentials: credentials_for(ns, &d.image).map(|c| c.for_agents()),
+        sandbox_class: d.sandbox_class.as_str().to_string(),
         ..Default::default()
     }
     .into()
@@ -205,8 +206,13 @@ impl Scheduler {
         view::View::of(live, lock(&self.applied).keys())
     }
 
-    fn candidates(&self, live: &[Agent], name: &str, image: &str, memory_mb: u32) -> Vec<Candidate> {
-        self.view(live).candidates(name, usize::MAX, image, memory_mb)
+    fn candidates(&self, live: &[Agent], name: &str, d: &Deployed) -> Vec<Candidate> {
+        self.view(live).candidates(name, usize::MAX, &d.image, d.memory_mb, d.sandbox_class)
+    }
+
+    /// The sandbox classes the live agents offer (what a function or namespace may ask for).
+    pub(crate) fn offered(&self) -> crate::sandbox::Offered {
+        crate::sandbox::Offered::of(self.live().iter().map(Agent::classes))
     }
 
     /// Puts `spec` on agent `a`: a deploy where it is new, else an update when it changed.
@@ -288,7 +294,8 @@ impl Scheduler {
                 f.min_scale,
                 f.max_scale,
                 d.memory_mb,
-                &view.candidates(&name, k, &d.image, d.memory_mb),
+                d.sandbox_class,
+                &view.candidates(&name, k, &d.image, d.memory_mb, d.sandbox_class),
             ) {
                 Ok(s) => s,
                 Err(e) => {

@@ -1,6 +1,7 @@
 //! Reconcile and deploy against fake agents (the [`AgentLink`] seam): placement on the
 //! agents with room, spreading warm instances, removal of what is no longer wanted,
-//! operators' own functions left alone, a failed deploy leaving nothing behind.
+//! operators' own functions left alone, a failed deploy leaving nothing behind, a
+//! function only on agents that offer its sandbox class.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,8 @@ use crate::store::RedbStore;
 #[derive(Default)]
 struct Fake {
     calls: Mutex<Vec<String>>,
+    /// The sandbox class of each spec deployed or updated.
+    classes: Mutex<Vec<String>>,
     refuse_deploys: bool,
     hangs: bool,
     unreachable: bool,
@@ -35,11 +38,15 @@ impl Fake {
     fn record(&self, call: String) {
         self.calls.lock().expect("calls").push(call);
     }
+    fn classes(&self) -> Vec<String> {
+        self.classes.lock().expect("classes").clone()
+    }
 }
 
 impl AgentLink for Fake {
     fn deploy(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>> {
         self.record(format!("deploy {} p{} m{}", spec.name, spec.provisioned, spec.max_instances));
+        self.classes.lock().expect("classes").push(spec.sandbox_class.clone());
         let (refuse, hangs, unreachable) = (self.refuse_deploys, self.hangs, self.unreachable);
         Box::pin(async move {
             if hangs {
@@ -57,6 +64,7 @@ impl AgentLink for Fake {
     }
     fn update(&self, spec: apb::FunctionSpec) -> Call<'_, Vec<String>> {
         self.record(format!("update {} p{} m{}", spec.name, spec.provisioned, spec.max_instances));
+        self.classes.lock().expect("classes").push(spec.sandbox_class.clone());
         Box::pin(async { Ok(vec![]) })
     }
     fn remove(&self, name: &str) -> Call<'_, ()> {
@@ -118,11 +126,34 @@ impl World {
         self.scheduler.agents_mut().insert(node.into(), agent);
     }
 
+    /// Agent `node` offers `classes` from its next report on.
+    fn offers(&self, node: &str, classes: &[&str]) {
+        let mut agents = self.scheduler.agents_mut();
+        let a = agents.get_mut(node).expect("agent");
+        a.report.sandbox_classes = classes.iter().map(|c| c.to_string()).collect();
+    }
+
+    /// Function `id` asks for sandbox `class`, in its record and in what it deployed.
+    async fn set_class(&self, id: &str, class: fnrt_function::SandboxClass) {
+        self.state
+            .write(|d| {
+                let mut f = d.functions.get(id).cloned().expect("function");
+                f.sandbox_class = Some(class);
+                if let Some(deployed) = f.deployed.as_mut() {
+                    deployed.sandbox_class = class;
+                }
+                Ok((vec![Change::Function(f)], ()))
+            })
+            .await
+            .expect("write");
+    }
+
     /// A deployed function of `memory_mb` with `min`..`max` instances; its agent name.
     async fn function(&self, id: &str, memory_mb: u32, min: u32, max: u32) -> String {
         let now = Utc::now();
         let ns = Namespace {
             registry_credentials: None,
+            sandbox_class: Default::default(),
             id: "ns".into(),
             name: "ns".into(),
             description: String::new(),
@@ -165,6 +196,7 @@ impl World {
             process: Default::default(),
             runtime_message: None,
             event: false,
+            sandbox_class: None,
         };
         f.deployed = Some(Deployed::of(&f, &ns));
         let name = f.agent_name();
@@ -348,4 +380,72 @@ async fn a_hung_agent_delays_no_other_and_a_failing_one_trips_its_breaker() {
         w.scheduler.reconcile().await;
     }
     assert_eq!(down.calls().len(), super::breaker::TRIP_AFTER as usize, "{:?}", down.calls());
+}
+
+#[tokio::test]
+async fn a_gvisor_function_goes_only_to_agents_offering_gvisor_and_its_spec_says_so() {
+    use fnrt_function::SandboxClass;
+    let w = world().await;
+    let (runc, gvisor) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
+    // The runc node has far more room: placement would prefer it but for the class.
+    w.agent("runc", 16384, &[], runc.clone());
+    w.agent("gvisor", 1024, &[], gvisor.clone());
+    w.offers("gvisor", &["runc", "gvisor"]);
+    let name = w.function(F1, 256, 2, 2).await;
+    w.set_class(F1, SandboxClass::Gvisor).await;
+    w.scheduler.reconcile().await;
+    assert_eq!(gvisor.calls(), vec![format!("deploy {name} p2 m2")]);
+    assert_eq!(gvisor.classes(), vec!["gvisor".to_string()]);
+    assert!(runc.calls().is_empty(), "{:?}", runc.calls());
+
+    // A runc function goes to the roomier node, and its spec names runc.
+    let other = w.function(F2, 256, 1, 1).await;
+    w.scheduler.reconcile().await;
+    assert_eq!(runc.calls(), vec![format!("deploy {other} p1 m1")]);
+    assert_eq!(runc.classes(), vec!["runc".to_string()]);
+}
+
+#[tokio::test]
+async fn a_function_whose_class_changes_moves_to_a_node_that_offers_it() {
+    use fnrt_function::SandboxClass;
+    let w = world().await;
+    let (runc, gvisor) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
+    let name = fnrt_function::naming::on_agents(F1);
+    w.agent("runc", 16384, &[name.as_str()], runc.clone());
+    w.agent("gvisor", 1024, &[], gvisor.clone());
+    w.offers("gvisor", &["gvisor"]);
+    w.function(F1, 256, 1, 1).await;
+    w.set_class(F1, SandboxClass::Gvisor).await;
+    w.scheduler.reconcile().await;
+    assert_eq!(gvisor.calls(), vec![format!("deploy {name} p1 m1")]);
+    assert_eq!(runc.calls(), vec![format!("remove {name}")]);
+}
+
+#[tokio::test]
+async fn a_deploy_no_agent_can_take_for_its_class_fails_saying_what_agents_offer() {
+    use fnrt_function::SandboxClass;
+    let w = world().await;
+    let runc = Arc::new(Fake::default());
+    // An agent older than classes reports none: it offers runc.
+    w.agent("old", 4096, &[], runc.clone());
+    w.function(F1, 256, 1, 1).await;
+    w.set_class(F1, SandboxClass::Gvisor).await;
+    w.state
+        .write(|d| {
+            let mut f = d.functions.get(F1).cloned().expect("function");
+            f.pushed_digest = Some(format!("sha256:{}", "a".repeat(64)));
+            f.status = FunctionStatus::Pending;
+            Ok((vec![Change::Function(f)], ()))
+        })
+        .await
+        .expect("write");
+    w.scheduler.run_deploy(F1).await;
+    let f = w.state.read(|d| d.functions.get(F1).cloned()).expect("function");
+    assert_eq!(f.status, FunctionStatus::Error);
+    assert_eq!(
+        f.error_message.as_deref(),
+        Some("no agent offers sandbox class gvisor (1 agents connected, offering runc)")
+    );
+    assert!(runc.calls().is_empty(), "{:?}", runc.calls());
+    assert_eq!(w.scheduler.offered().classes.into_iter().collect::<Vec<_>>(), vec![SandboxClass::Runc]);
 }

@@ -17,6 +17,7 @@ struct Room {
     room_instances: u32,
     policy: fnrt_function::Policy,
     images: HashSet<String>,
+    classes: Vec<fnrt_function::SandboxClass>,
 }
 
 /// The pass's view.
@@ -56,6 +57,7 @@ impl View {
                 room_instances: a.room_instances(),
                 policy: a.policy(),
                 images: a.report.images.iter().cloned().collect(),
+                classes: a.classes(),
             })
             .collect();
         let index = live.iter().enumerate().map(|(i, a)| (a.node.clone(), i)).collect();
@@ -78,14 +80,23 @@ impl View {
             cpu_millis_needed: r.policy.limits(memory_mb).map_or(u32::MAX, |l| l.cpu_millis),
             has_image: r.images.contains(image),
             hosts,
+            classes: r.classes.clone(),
         }
     }
 
-    /// The candidates for function `name` that wants `k` agents: its hosts when they are
-    /// enough (placement prefers them anyway), else every agent.
-    pub(super) fn candidates(&self, name: &str, k: usize, image: &str, memory_mb: u32) -> Vec<Candidate> {
+    /// The candidates for function `name` of sandbox `class` that wants `k` agents: its
+    /// hosts that offer the class when they are enough (placement prefers them anyway),
+    /// else every agent.
+    pub(super) fn candidates(
+        &self,
+        name: &str,
+        k: usize,
+        image: &str,
+        memory_mb: u32,
+        class: fnrt_function::SandboxClass,
+    ) -> Vec<Candidate> {
         let on = self.hosted.get(name).map_or(&[][..], Vec::as_slice);
-        if on.len() >= k.max(1) {
+        if on.iter().filter(|i| self.rooms[**i].classes.contains(&class)).count() >= k.max(1) {
             return on.iter().map(|i| self.candidate(*i, true, image, memory_mb)).collect();
         }
         (0..self.rooms.len()).map(|i| self.candidate(i, on.contains(&i), image, memory_mb)).collect()
