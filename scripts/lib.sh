@@ -25,6 +25,37 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# gVisor's runsc, for the agent's gvisor sandbox class. Debian 12's own runsc (2022)
+# cannot start a sandbox in a user namespace with the node's network (the agent's
+# instances have both), so on bookworm the backports one (2024) is installed, with
+# bookworm-backports added to apt's sources if it is not there.
+RUNSC_MIN_VERSION=0.0~20240729
+ensure_runsc() {
+  if dpkg -s runsc >/dev/null 2>&1 &&
+    dpkg --compare-versions "$(dpkg-query -W -f='${Version}' runsc)" ge "$RUNSC_MIN_VERSION"; then
+    return 0
+  fi
+  [ "$(id -u)" = 0 ] || die "installing gVisor needs root (install runsc >= $RUNSC_MIN_VERSION)"
+  local codename target=()
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [ "$codename" = bookworm ]; then
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      log "adding Debian's bookworm-backports to apt's sources (for gVisor's runsc)"
+      cat >/etc/apt/sources.list.d/fnrt-bookworm-backports.sources <<'APT'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+APT
+    fi
+    target=(-t bookworm-backports)
+  fi
+  log "installing gVisor (runsc ${target[*]})"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${target[@]}" runsc >/dev/null
+}
+
 # Whether the process of pid file $1 runs, and (given $2) runs a program named $2: a pid
 # file left by a process that died may name a pid the system has given to another since.
 pid_alive() {

@@ -16,9 +16,23 @@ use fnrt_proto::agent::v1::{Instance, StartInstanceRequest};
 use fnrt_tests::testhost::TestHost;
 use fnrt_tests::{image, TestAgent};
 
-async fn start(agent: &mut TestAgent, function: &str) -> Instance {
+/// The system calls kernel exploits need (the fixture's `syscall?name=` actions).
+const EXPLOIT_CALLS: [&str; 9] = [
+    "unshare_user",
+    "clone_user",
+    "io_uring_setup",
+    "keyctl",
+    "add_key",
+    "mount",
+    "userfaultfd",
+    "bpf",
+    "perf_event_open",
+];
+
+async fn start(agent: &mut TestAgent, class: &str, function: &str) -> Instance {
     let req = StartInstanceRequest {
         function: function.into(),
+        sandbox_class: class.into(),
         image: image("echo"),
         env: HashMap::new(),
         memory_mb: 128,
@@ -42,7 +56,7 @@ async fn connects(agent: &TestAgent, function: &str, to: SocketAddr) -> serde_js
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() {
     let mut agent = TestAgent::start().await;
-    let inst = start(&mut agent, "sandbox").await;
+    let inst = start(&mut agent, "runc", "sandbox").await;
 
     let map = act(&agent, "sandbox", "read?path=/proc/self/uid_map").await;
     let fields: Vec<u64> =
@@ -51,17 +65,7 @@ async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() 
 
     // A control first: an ordinary call goes through the filter.
     assert!(act(&agent, "sandbox", "syscall?name=getpid").await["ok"].as_i64().is_some());
-    for call in [
-        "unshare_user",
-        "clone_user",
-        "io_uring_setup",
-        "keyctl",
-        "add_key",
-        "mount",
-        "userfaultfd",
-        "bpf",
-        "perf_event_open",
-    ] {
+    for call in EXPLOIT_CALLS {
         let r = act(&agent, "sandbox", &format!("syscall?name={call}")).await;
         assert_eq!(r["errno"], "EPERM", "{call}: {r}");
     }
@@ -89,11 +93,60 @@ async fn an_instance_is_not_host_root_and_the_calls_exploits_need_are_refused() 
     agent.cleanup().await;
 }
 
+/// The host processes of an instance: those of its cgroup (pids controller, v1 or v2).
+fn cgroup_processes(namespace: &str, id: &str) -> Vec<u32> {
+    for dir in [
+        format!("/sys/fs/cgroup/pids/fnrt/{namespace}-{id}"),
+        format!("/sys/fs/cgroup/fnrt/{namespace}-{id}"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(format!("{dir}/cgroup.procs")) {
+            return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        }
+    }
+    panic!("no cgroup of instance {id}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn instances_reach_neither_each_other_nor_the_node_nor_the_metadata_address() {
-    let mut agent = TestAgent::start().await;
-    let a = start(&mut agent, "tenant-a").await;
-    let b = start(&mut agent, "tenant-b").await;
+async fn a_gvisor_instance_talks_to_gvisors_kernel_and_its_host_processes_are_not_root() {
+    let mut agent = TestAgent::start_class("gvisor", |_| {}).await;
+    let inst = start(&mut agent, "gvisor", "walled").await;
+    assert_eq!(inst.sandbox_class, "gvisor");
+    let version = act(&agent, "walled", "read?path=/proc/version").await;
+    assert!(
+        version["text"].as_str().unwrap().starts_with("Linux version 4.4.0"),
+        "gVisor's kernel: {version}"
+    );
+    // The calls exploits need: gVisor's kernel does not offer them, or the instance's own
+    // filter (loaded inside gVisor) refuses them.
+    assert!(act(&agent, "walled", "syscall?name=getpid").await["ok"].as_i64().is_some());
+    for call in EXPLOIT_CALLS {
+        let r = act(&agent, "walled", &format!("syscall?name={call}")).await;
+        let errno = r["errno"].as_str().unwrap_or_default();
+        assert!(matches!(errno, "EPERM" | "ENOSYS"), "{call}: {r}");
+    }
+    let w = act(&agent, "walled", "write?path=/root-file&mb=0").await;
+    assert_eq!(w["error"], "EROFS", "{w}");
+    let net = act(&agent, "walled", "read?path=/sys/class/net/eth0/address").await;
+    assert!(net["error"].is_string(), "the host's sysfs is visible: {net}");
+    // On the node, every process of the sandbox (gVisor's kernel and its file server) runs
+    // as the instance range's first id, under a seccomp filter, without new privileges.
+    let procs = cgroup_processes(&agent.cfg.namespace, &inst.id);
+    assert!(!procs.is_empty());
+    for pid in procs {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let line = |key: &str| status.lines().find(|l| l.starts_with(key)).unwrap_or_default().to_string();
+        let uid = line("Uid:");
+        assert!(uid.split_whitespace().skip(1).all(|u| u == "100000"), "pid {pid}: {uid}");
+        assert!(line("Seccomp:").ends_with('2'), "pid {pid}: {}", line("Seccomp:"));
+        assert!(line("NoNewPrivs:").ends_with('1'), "pid {pid}: {}", line("NoNewPrivs:"));
+    }
+    agent.cleanup().await;
+}
+
+async fn instances_reach_neither_each_other_nor_the_node_nor_the_metadata_address(class: &'static str) {
+    let mut agent = TestAgent::start_class(class, |_| {}).await;
+    let a = start(&mut agent, class, "tenant-a").await;
+    let b = start(&mut agent, class, "tenant-b").await;
     let b_addr: SocketAddr =
         b.address.parse().unwrap_or_else(|_| format!("{}:9000", b.address).parse().unwrap());
     assert_eq!(b_addr.port(), 9000, "{}", b.address);
@@ -142,7 +195,7 @@ async fn with_egress_internet_instances_reach_the_outside_masqueraded_and_resolv
         c.dns_servers = vec!["192.168.254.53".parse().unwrap()];
     })
     .await;
-    let instance = start(&mut agent, "outbound").await;
+    let instance = start(&mut agent, "runc", "outbound").await;
     let r = connects(&agent, "outbound", outside.target()).await;
     assert_eq!(r["connected"], true, "egress = internet, yet the outside was not reached: {r}");
     outside.listener.set_nonblocking(true).unwrap();
@@ -186,7 +239,7 @@ async fn a_data_plane_beyond_loopback_takes_only_calls_the_gateway_signed() {
         c.insecure = true;
     })
     .await;
-    start(&mut agent, "signed").await;
+    start(&mut agent, "runc", "signed").await;
     let port = agent.handle.dataplane_address.port();
     let path = "/function/signed/_fixture/sleep?ms=0";
     let url = format!("http://127.0.0.1:{port}{path}");
@@ -533,3 +586,5 @@ async fn cluster_links_are_mutual_tls_and_a_node_name_belongs_to_its_certificate
     cp.shutdown().await;
     agent.cleanup().await;
 }
+
+fnrt_tests::each_class!(instances_reach_neither_each_other_nor_the_node_nor_the_metadata_address);

@@ -95,10 +95,14 @@ async fn snapshot_keys(cd: &Containerd) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_call_fails_after() {
+async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_call_fails_after(
+    class: &'static str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
+    if class == "gvisor" {
+        cfg.sandbox_classes = vec![fnrt_function::SandboxClass::Runc, fnrt_function::SandboxClass::Gvisor];
+    }
     cfg.dataplane_listen = free_port();
     let log = dir.path().join("agent.log");
     let mut agent = spawn_agent(&agent_bin(), &cfg, &log);
@@ -106,14 +110,23 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
 
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let req =
-            StartInstanceRequest { function: "steady".into(), image: image("echo"), ..Default::default() };
+        let req = StartInstanceRequest {
+            function: "steady".into(),
+            image: image("echo"),
+            sandbox_class: class.into(),
+            ..Default::default()
+        };
         ids.push(client.start_instance(req).await.unwrap().into_inner().instance.unwrap().id);
     }
     ids.sort();
     // A deployed function too: its pool must come back with its instance.
-    let kept =
-        FunctionSpec { name: "kept".into(), image: image("echo"), provisioned: 1, ..Default::default() };
+    let kept = FunctionSpec {
+        name: "kept".into(),
+        image: image("echo"),
+        provisioned: 1,
+        sandbox_class: class.into(),
+        ..Default::default()
+    };
     let deployed = client.deploy_function(DeployFunctionRequest { function: Some(kept) }).await.unwrap();
     let kept_instances = deployed.into_inner().function.unwrap().instances;
     assert_eq!(kept_instances.len(), 1);
@@ -273,3 +286,7 @@ async fn a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_c
     remove_namespace(&cfg.containerd_socket, &cfg.namespace).await;
     assert_nothing_left(&cfg.namespace).await;
 }
+
+fnrt_tests::each_class!(
+    a_sigkilled_agent_readopts_its_instances_cleans_half_made_ones_and_no_call_fails_after
+);

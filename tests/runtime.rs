@@ -10,9 +10,15 @@ use fnrt_agent::Containerd;
 use fnrt_proto::agent::v1::{Instance, ListInstancesRequest, StartInstanceRequest};
 use fnrt_tests::{image, namespace_contents, node_leftovers, TestAgent};
 
-async fn start(agent: &mut TestAgent, function: &str, memory_mb: u32) -> (Instance, Vec<String>) {
+async fn start(
+    agent: &mut TestAgent,
+    class: &str,
+    function: &str,
+    memory_mb: u32,
+) -> (Instance, Vec<String>) {
     let req = StartInstanceRequest {
         function: function.into(),
+        sandbox_class: class.into(),
         image: image("echo"),
         env: HashMap::new(),
         memory_mb,
@@ -47,12 +53,40 @@ async fn instance(agent: &mut TestAgent, id: &str) -> Instance {
     list.instances.into_iter().find(|i| i.id == id).unwrap_or_else(|| panic!("{id} is not listed"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn memory_cpu_and_pids_limits_are_what_the_instance_sees() {
-    let mut agent = TestAgent::start().await;
-    let (inst, warnings) = start(&mut agent, "limits", 448).await;
+async fn memory_cpu_and_pids_limits_are_what_the_instance_sees(class: &'static str) {
+    let mut agent = TestAgent::start_class(class, |_| {}).await;
+    let (inst, warnings) = start(&mut agent, class, "limits", 448).await;
     assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(inst.sandbox_class, class);
+    // Which kernel answers the function's system calls, as the function sees it.
+    let version =
+        act(&agent, "limits", "read?path=/proc/version").await["text"].as_str().unwrap().to_string();
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    match class {
+        "gvisor" => assert!(version != host && version.starts_with("Linux version 4.4.0"), "{version}"),
+        _ => assert_eq!(version, host),
+    }
     assert_eq!((inst.memory_mb, inst.cpu_millis, inst.pids_limit), (448, 250, 1024));
+    if class == "gvisor" {
+        // gVisor's kernel shows its own cgroups, not the node's: it sizes its memory to the
+        // limit (MemTotal), and the node's cgroup of the sandbox enforces the limits.
+        let meminfo = act(&agent, "limits", "read?path=/proc/meminfo").await;
+        let total = meminfo["text"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .unwrap()
+            .to_string();
+        assert_eq!(total.split_whitespace().nth(1), Some((448u64 * 1024).to_string().as_str()), "{total}");
+        let node = |v1: &str, v2: &str| host_cgroup(&agent.cfg.namespace, &inst.id, v1, v2);
+        assert_eq!(node("memory/memory.limit_in_bytes", "memory.max"), (448u64 << 20).to_string());
+        let cpu = node("cpu/cpu.cfs_quota_us", "cpu.max");
+        assert!(cpu == "25000" || cpu == "25000 100000", "cpu quota {cpu}");
+        assert_eq!(node("pids/pids.max", "pids.max"), "1024");
+        agent.cleanup().await;
+        return;
+    }
     let mem = own_cgroup(
         &agent,
         "limits",
@@ -67,6 +101,21 @@ async fn memory_cpu_and_pids_limits_are_what_the_instance_sees() {
     let pids = own_cgroup(&agent, "limits", "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max").await;
     assert_eq!(pids, "1024");
     agent.cleanup().await;
+}
+
+/// A cgroup file of an instance as the node has it: `v1` under the controller's
+/// hierarchy (`memory/memory.limit_in_bytes`), or `v2` in the unified one.
+fn host_cgroup(namespace: &str, id: &str, v1: &str, v2: &str) -> String {
+    let (controller, file) = v1.split_once('/').unwrap();
+    for path in [
+        format!("/sys/fs/cgroup/{controller}/fnrt/{namespace}-{id}/{file}"),
+        format!("/sys/fs/cgroup/fnrt/{namespace}-{id}/{v2}"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return text.trim().to_string();
+        }
+    }
+    panic!("no cgroup file {v1} or {v2} of instance {id}");
 }
 
 /// The CFS quota of the first cgroup of this agent's instances found on the node (v1 or
@@ -112,7 +161,7 @@ async fn an_instance_has_a_whole_vcpu_until_it_is_ready_then_its_share() {
     assert!(boosted == "100000" || boosted == "100000 100000", "quota while starting: {boosted}");
     assert_eq!(starting.await.unwrap().unwrap_err().code(), tonic::Code::DeadlineExceeded);
     // Ready, it has its share: 128 MB buys 0.1 vCPU (the floor).
-    let (inst, _) = start(&mut agent, "ready", 128).await;
+    let (inst, _) = start(&mut agent, "runc", "ready", 128).await;
     assert_eq!(inst.cpu_millis, 100);
     let cpu =
         own_cgroup(&agent, "ready", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max").await;
@@ -127,7 +176,7 @@ async fn an_instance_has_a_whole_vcpu_until_it_is_ready_then_its_share() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_below_what_the_image_calls_for_is_a_warning_and_bad_memory_an_error() {
     let mut agent = TestAgent::start().await;
-    let (_, warnings) = start(&mut agent, "small", 128).await;
+    let (_, warnings) = start(&mut agent, "runc", "small", 128).await;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("memory 128 MB is below what an image of 1 MB calls for (256 to 512 MB)"));
     let req = StartInstanceRequest {
@@ -143,10 +192,9 @@ async fn memory_below_what_the_image_calls_for_is_a_warning_and_bad_memory_an_er
     agent.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_busy_loop_with_a_quarter_vcpu_uses_about_a_quarter_of_a_core() {
-    let mut agent = TestAgent::start().await;
-    let (inst, _) = start(&mut agent, "spin", 448).await;
+async fn a_busy_loop_with_a_quarter_vcpu_uses_about_a_quarter_of_a_core(class: &'static str) {
+    let mut agent = TestAgent::start_class(class, |_| {}).await;
+    let (inst, _) = start(&mut agent, class, "spin", 448).await;
     let before = instance(&mut agent, &inst.id).await.cpu_used_ns;
     let t0 = Instant::now();
     act(&agent, "spin", "spin?ms=3000").await;
@@ -158,15 +206,29 @@ async fn a_busy_loop_with_a_quarter_vcpu_uses_about_a_quarter_of_a_core() {
     agent.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fork_bomb_stops_at_the_pids_limit_and_the_neighbours_keep_working() {
-    let mut agent = TestAgent::start_with(|c| c.pids_limit = 64).await;
-    start(&mut agent, "bomb", 128).await;
-    let (neighbour, _) = start(&mut agent, "calm", 128).await;
-    let r = act(&agent, "bomb", "fork?n=500").await;
-    let started = r["started"].as_u64().unwrap();
-    assert!(started < 64, "started {started} children with a pids limit of 64");
-    assert!(r["error"].as_str().unwrap().contains("Resource temporarily unavailable"), "{r}");
+async fn a_fork_bomb_stops_at_the_pids_limit_and_the_neighbours_keep_working(class: &'static str) {
+    let mut agent = TestAgent::start_class(class, |c| c.pids_limit = 64).await;
+    let (bomb, _) = start(&mut agent, class, "bomb", 128).await;
+    let (neighbour, _) = start(&mut agent, class, "calm", 128).await;
+    if class == "gvisor" {
+        // gVisor's processes are its kernel's, not the node's: the pids limit counts the
+        // sandbox's threads on the node, and a sandbox that needs one more than it allows
+        // ends, as one past its memory does.
+        let (status, body) = agent.call("bomb", "/_fixture/fork?n=500", "").await;
+        if status == 200 {
+            let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(r["started"].as_u64().unwrap() < 500, "{r}");
+        } else {
+            assert_eq!(status, 502, "{body}");
+            let ended = wait_for_state(&mut agent, &bomb.id, "crashed").await;
+            assert!(!ended.reason.is_empty());
+        }
+    } else {
+        let r = act(&agent, "bomb", "fork?n=500").await;
+        let started = r["started"].as_u64().unwrap();
+        assert!(started < 64, "started {started} children with a pids limit of 64");
+        assert!(r["error"].as_str().unwrap().contains("Resource temporarily unavailable"), "{r}");
+    }
     let (status, _) = agent.call("calm", "/still-there", "").await;
     assert_eq!(status, 200);
     assert_eq!(instance(&mut agent, &neighbour.id).await.state, "running");
@@ -204,11 +266,12 @@ async fn wait_removed(agent: &TestAgent, id: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_instance_past_its_memory_is_oom_killed_reported_and_removed_and_neighbours_stay() {
-    let mut agent = TestAgent::start().await;
-    let (victim, _) = start(&mut agent, "hungry", 128).await;
-    let (neighbour, _) = start(&mut agent, "calm", 128).await;
+async fn an_instance_past_its_memory_is_oom_killed_reported_and_removed_and_neighbours_stay(
+    class: &'static str,
+) {
+    let mut agent = TestAgent::start_class(class, |_| {}).await;
+    let (victim, _) = start(&mut agent, class, "hungry", 128).await;
+    let (neighbour, _) = start(&mut agent, class, "calm", 128).await;
     let (status, body) = agent.call("hungry", "/_fixture/alloc?mb=300", "").await;
     assert_eq!(status, 502, "{body}");
     let ended = wait_for_state(&mut agent, &victim.id, "oom-killed").await;
@@ -230,10 +293,9 @@ async fn an_instance_past_its_memory_is_oom_killed_reported_and_removed_and_neig
     agent.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_instance_that_crashes_is_reported_with_its_exit_status_and_removed() {
-    let mut agent = TestAgent::start().await;
-    let (inst, _) = start(&mut agent, "crash", 128).await;
+async fn an_instance_that_crashes_is_reported_with_its_exit_status_and_removed(class: &'static str) {
+    let mut agent = TestAgent::start_class(class, |_| {}).await;
+    let (inst, _) = start(&mut agent, class, "crash", 128).await;
     let (status, _) = agent.call("crash", "/_fixture/exit?code=3", "").await;
     assert_eq!(status, 502);
     let ended = wait_for_state(&mut agent, &inst.id, "crashed").await;
@@ -350,10 +412,9 @@ async fn the_function_sees_every_variable_and_a_secret_appears_nowhere_else() {
     assert!(!text.contains(&secret), "the agent's logs carry the secret");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tmp_takes_500_mb_from_a_128_mb_function_stops_at_512_and_the_rest_is_read_only() {
-    let mut agent = TestAgent::start().await;
-    let (first, _) = start(&mut agent, "disk", 128).await;
+async fn tmp_takes_500_mb_from_a_128_mb_function_stops_at_512_and_the_rest_is_read_only(class: &'static str) {
+    let mut agent = TestAgent::start_class(class, |_| {}).await;
+    let (first, _) = start(&mut agent, class, "disk", 128).await;
     let r = act(&agent, "disk", "write?path=/tmp/big&mb=500").await;
     assert_eq!((r["written_mb"].as_u64(), r["error"].as_str()), (Some(500), Some("")), "{r}");
     let r = act(&agent, "disk", "write?path=/tmp/more&mb=100").await;
@@ -364,17 +425,17 @@ async fn tmp_takes_500_mb_from_a_128_mb_function_stops_at_512_and_the_rest_is_re
     assert_eq!(r["error"].as_str(), Some("EROFS"), "{r}");
     assert_eq!(instance(&mut agent, &first.id).await.state, "running", "the writes did not kill it");
     agent.client.stop_instance(fnrt_proto::agent::v1::StopInstanceRequest { id: first.id }).await.unwrap();
-    start(&mut agent, "disk", 128).await;
+    start(&mut agent, class, "disk", 128).await;
     let r = act(&agent, "disk", "read?path=/tmp/big").await;
     assert!(r["text"].is_null(), "a new instance sees an empty /tmp: {r}");
     agent.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_function_that_crashes_at_start_fails_its_start_at_once_with_its_output() {
-    let mut agent = TestAgent::start_with(|c| c.health_timeout_ms = 30_000).await;
+async fn a_function_that_crashes_at_start_fails_its_start_at_once_with_its_output(class: &'static str) {
+    let mut agent = TestAgent::start_class(class, |c| c.health_timeout_ms = 30_000).await;
     let t0 = Instant::now();
     let req = StartInstanceRequest {
+        sandbox_class: class.into(),
         function: "crashy".into(),
         image: image("crashes"),
         // A secret the function happens to print: the answer must not carry it.
@@ -395,3 +456,13 @@ async fn a_function_that_crashes_at_start_fails_its_start_at_once_with_its_outpu
     assert!(list.instances.is_empty(), "{:?}", list.instances);
     agent.cleanup().await;
 }
+
+fnrt_tests::each_class!(
+    memory_cpu_and_pids_limits_are_what_the_instance_sees,
+    a_busy_loop_with_a_quarter_vcpu_uses_about_a_quarter_of_a_core,
+    a_fork_bomb_stops_at_the_pids_limit_and_the_neighbours_keep_working,
+    an_instance_past_its_memory_is_oom_killed_reported_and_removed_and_neighbours_stay,
+    an_instance_that_crashes_is_reported_with_its_exit_status_and_removed,
+    tmp_takes_500_mb_from_a_128_mb_function_stops_at_512_and_the_rest_is_read_only,
+    a_function_that_crashes_at_start_fails_its_start_at_once_with_its_output,
+);

@@ -26,6 +26,7 @@ pub async fn run(cfg: &Config, file: Option<&Path>) -> Report {
     r.push(format!("containerd_socket {}", cfg.containerd_socket.display()), containerd(cfg).await);
     r.push(format!("cni_bin_dir {}", cfg.cni_bin_dir.display()), cni_plugins(&cfg.cni_bin_dir));
     r.push("tools", tools(cfg.firewall));
+    r.push("sandbox_classes", sandbox_classes(cfg).await);
     r.push(format!("state_dir {}", cfg.state_dir.display()), check::directory(&cfg.state_dir));
     let live = live_agent(&cfg.socket);
     r.push(format!("socket {}", cfg.socket.display()), socket(&cfg.socket, live));
@@ -74,6 +75,33 @@ async fn containerd(cfg: &Config) -> Outcome {
             "containerd did not answer within {} s on this socket",
             CONTAINERD_TIMEOUT.as_secs()
         )),
+    }
+}
+
+/// The classes offered; for gvisor, runsc answers its version.
+async fn sandbox_classes(cfg: &Config) -> Outcome {
+    let gvisor = cfg.gvisor();
+    let classes = match crate::runtime::Classes::resolve(cfg.listed_classes(), &gvisor) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let names = classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ");
+    if !classes.contains(&fnrt_function::SandboxClass::Gvisor) {
+        return Outcome::Ok(format!("{names} (gvisor: no executable {})", gvisor.runsc.display()));
+    }
+    if gvisor.platform == "kvm" && !Path::new("/dev/kvm").exists() {
+        return Outcome::Error("gvisor_platform kvm needs /dev/kvm, which this node does not have".into());
+    }
+    let version = tokio::process::Command::new(&gvisor.runsc).arg("--version").kill_on_drop(true).output();
+    match tokio::time::timeout(CONTAINERD_TIMEOUT, version).await {
+        Ok(Ok(out)) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let first = text.lines().next().unwrap_or_default().trim().to_string();
+            Outcome::Ok(format!("{names} (gvisor: {first}, network {})", gvisor.network))
+        }
+        Ok(Ok(out)) => Outcome::Error(format!("{} --version failed: {}", gvisor.runsc.display(), out.status)),
+        Ok(Err(e)) => Outcome::Error(format!("{} --version: {e}", gvisor.runsc.display())),
+        Err(_) => Outcome::Error(format!("{} --version did not answer in 5 s", gvisor.runsc.display())),
     }
 }
 

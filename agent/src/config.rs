@@ -56,9 +56,29 @@ pub struct Config {
     /// containerd snapshotter for image layers and instance root filesystems.
     #[default("overlayfs".into())]
     pub snapshotter: String,
-    /// containerd runtime (shim) for instances.
+    /// containerd runtime (shim) for instances: runc's v2 shim, which runs both sandbox
+    /// classes (gvisor through runsc as its OCI runtime).
     #[default("io.containerd.runc.v2".into())]
     pub runtime: String,
+    /// The sandbox classes this node offers (`runc`, `gvisor`); empty: runc, and gvisor
+    /// when `gvisor_runsc` is an executable file. A class listed here that cannot be
+    /// offered (gvisor without runsc) stops the agent at start.
+    pub sandbox_classes: Vec<fnrt_function::SandboxClass>,
+    /// gVisor's runsc, for the gvisor class.
+    #[default(PathBuf::from("/usr/bin/runsc"))]
+    pub gvisor_runsc: PathBuf,
+    /// gVisor's platform: `systrap` (runsc's default since 2023), `ptrace` (before), or
+    /// `kvm` (needs /dev/kvm and hardware virtualization); empty: runsc's default.
+    pub gvisor_platform: String,
+    /// gVisor's network: `host` (default: the instance's own network namespace, through
+    /// the node's kernel, so the node's firewall rules for instances apply as for runc) or
+    /// `sandbox` (gVisor's own network stack over that namespace's interfaces; runsc
+    /// releases before about August 2024 refuse every network namespace on Linux 6.x with
+    /// "cannot run with network enabled in root network namespace").
+    #[default("host".into())]
+    pub gvisor_network: String,
+    /// More runsc flags (each `--name=value`), e.g. `--debug-log=/var/log/runsc/`.
+    pub gvisor_flags: Vec<String>,
     /// How long an instance has to accept connections on :9000, in milliseconds.
     #[default(DEFAULT_HEALTH_TIMEOUT.as_millis() as u64)]
     pub health_timeout_ms: u64,
@@ -423,6 +443,31 @@ impl Config {
     /// Who the node runs functions for, as the built-in environment tells them.
     pub fn identity(&self) -> crate::env::Identity {
         crate::env::Identity { region: self.region.clone(), appid: self.appid.clone(), uin: self.uin.clone() }
+    }
+
+    /// How the gvisor class runs.
+    pub fn gvisor(&self) -> crate::runtime::GvisorSettings {
+        crate::runtime::GvisorSettings {
+            runsc: self.gvisor_runsc.clone(),
+            platform: self.gvisor_platform.clone(),
+            network: self.gvisor_network.clone(),
+            flags: self.gvisor_flags.clone(),
+        }
+    }
+
+    /// The sandbox classes, checked (gvisor's wrapper written under the state directory).
+    pub fn sandbox_classes(&self) -> Result<crate::runtime::Classes, crate::runtime::ClassError> {
+        crate::runtime::Classes::new(
+            &self.runtime,
+            self.listed_classes(),
+            &self.gvisor(),
+            &self.state_dir.join("sandbox"),
+        )
+    }
+
+    /// `sandbox_classes` when set.
+    pub fn listed_classes(&self) -> Option<&[fnrt_function::SandboxClass]> {
+        (!self.sandbox_classes.is_empty()).then_some(self.sandbox_classes.as_slice())
     }
 
     /// Size cap, rotation and retention of instance logs.

@@ -106,6 +106,7 @@ async fn report(node: &Node) -> pb::Report {
             .filter(|i| i.image.ready)
             .map(|i| i.image.info.reference.clone())
             .collect(),
+        sandbox_classes: status.sandbox_classes.iter().map(|c| c.to_string()).collect(),
         mb_per_vcpu: node.policy.mb_per_vcpu,
         min_cpu_millis: node.policy.min_cpu_millis,
         pids_limit: node.policy.pids,

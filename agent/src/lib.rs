@@ -96,6 +96,8 @@ pub struct NodeStatus {
     pub cpus: u32,
     /// Memory of the node, in bytes.
     pub memory_bytes: u64,
+    /// The sandbox classes it offers.
+    pub sandbox_classes: Vec<fnrt_function::SandboxClass>,
 }
 
 impl Node {
@@ -111,6 +113,7 @@ impl Node {
             images: self.instances.cached_images().await?.0,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_bytes: node_memory_bytes(),
+            sandbox_classes: self.instances.sandbox_classes(),
         })
     }
 }
@@ -150,6 +153,9 @@ pub enum StartError {
     /// The user namespace range does not fit the image cache.
     #[error(transparent)]
     IdRange(#[from] idmap::RangeError),
+    /// A sandbox class cannot be offered.
+    #[error(transparent)]
+    Sandbox(#[from] runtime::ClassError),
     /// The cluster TLS files cannot be used.
     #[error("cluster TLS: {0}")]
     ClusterTls(String),
@@ -271,7 +277,8 @@ pub async fn start(cfg: Config) -> Result<AgentHandle, StartError> {
     let network =
         Network::new(&cfg.cni_bin_dir, &cfg.cni_data_dir(), &cfg.bridge, &cfg.subnet, &cfg.namespace);
     let scratch_dir = cfg.state_dir.join("scratch");
-    let mut runtime = Runtime::new(cd.clone(), &cfg.snapshotter, &cfg.runtime, scratch_dir, ids, cfg.seccomp);
+    let classes = cfg.sandbox_classes()?;
+    let mut runtime = Runtime::new(cd.clone(), &cfg.snapshotter, classes, scratch_dir, ids, cfg.seccomp);
     runtime.resolv_conf = resolv_conf;
     runtime.startup_cpu_millis = cfg.startup_cpu_millis;
     let logs = Arc::new(logs::Logs::new(log_dir, cfg.state_dir.join("io"), cfg.log_settings()));

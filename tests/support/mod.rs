@@ -125,6 +125,24 @@ impl TestAgent {
         TestAgent { handle, client, cfg, dir }
     }
 
+    /// Starts an agent that offers sandbox class `class` ("runc" or "gvisor"), with the
+    /// test configuration changed by `tweak`. For gvisor, the agent is told to offer it, so
+    /// a node without runsc fails here with the command that installs it.
+    pub async fn start_class(class: &str, tweak: impl FnOnce(&mut Config)) -> TestAgent {
+        let class: fnrt_function::SandboxClass = class.parse().expect("a sandbox class");
+        Self::start_with(|c| {
+            if class == fnrt_function::SandboxClass::Gvisor {
+                c.sandbox_classes = vec![fnrt_function::SandboxClass::Runc, class];
+                // FNRT_DEBUG_RUNSC=<dir>: runsc's debug logs of the test's sandboxes go there.
+                if let Ok(dir) = std::env::var("FNRT_DEBUG_RUNSC") {
+                    c.gvisor_flags = vec!["--debug".into(), format!("--debug-log={dir}/")];
+                }
+            }
+            tweak(c);
+        })
+        .await
+    }
+
     /// Starts an agent with the test configuration.
     pub async fn start() -> TestAgent {
         Self::start_with(|_| {}).await
@@ -160,6 +178,28 @@ impl TestAgent {
     }
 }
 
+/// Where runsc keeps its state, one directory per containerd namespace (the agent's
+/// `containerd.runc.v1.Options.root` for the gvisor class).
+pub const RUNSC_ROOT: &str = "/run/containerd/runsc";
+
+/// Runs an async test `fn name(class: &'static str)` once per sandbox class, as the tests
+/// `name::runc` and `name::gvisor`.
+#[macro_export]
+macro_rules! each_class {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn runc() {
+                super::$name("runc").await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn gvisor() {
+                super::$name("gvisor").await
+            }
+        }
+    )* };
+}
+
 /// A gRPC client on an agent's Unix socket.
 pub async fn connect(socket: &Path) -> AgentClient<Channel> {
     AgentClient::new(fnrt_proto::connect::unix(socket).await.expect("connect to the agent's socket"))
@@ -186,6 +226,8 @@ pub async fn remove_namespace(socket: &Path, namespace: &str) {
         Err(e) if e.code() == tonic::Code::NotFound => {}
         Err(e) => panic!("delete namespace {namespace}: {}", e.message()),
     }
+    // runsc's directory of the namespace (empty once its containers are deleted).
+    let _ = std::fs::remove_dir(Path::new(RUNSC_ROOT).join(namespace));
 }
 
 /// What a namespace still holds: containers, tasks, snapshots, leases.
@@ -227,6 +269,18 @@ pub fn node_leftovers(prefix: &str) -> Vec<String> {
                     e.file_name().to_string_lossy(),
                     owner.lines().next().unwrap_or("")
                 ));
+            }
+        }
+    }
+    // gVisor's state (containerd's runc shim with runsc keeps it under its own root).
+    if let Ok(namespaces) = std::fs::read_dir(RUNSC_ROOT) {
+        for ns in namespaces.flatten() {
+            for e in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let name =
+                    format!("{}-{}", ns.file_name().to_string_lossy(), e.file_name().to_string_lossy());
+                if name.starts_with(prefix) {
+                    out.push(format!("runsc state {}", e.path().display()));
+                }
             }
         }
     }

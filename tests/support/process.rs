@@ -44,6 +44,10 @@ pub fn spawn_agent_in(netns: Option<&str>, bin: &Path, cfg: &Config, log: &Path)
     args.extend(set("log_budget_bytes", cfg.log_budget_bytes.to_string()));
     args.extend(set("memory_budget_mb", cfg.memory_budget_mb.to_string()));
     args.extend(set("startup_cpu_millis", cfg.startup_cpu_millis.to_string()));
+    if !cfg.sandbox_classes.is_empty() {
+        let classes: Vec<&str> = cfg.sandbox_classes.iter().map(|c| c.as_str()).collect();
+        args.extend(set("sandbox_classes", classes.join(",")));
+    }
     if let Some(url) = &cfg.controlplane_url {
         args.extend(set("controlplane_url", url.clone()));
         args.extend(set("node_name", cfg.node_name.clone()));

@@ -67,6 +67,8 @@ impl Instances {
                         id: rec.id.clone(),
                         alive: super::Alive::new(),
                         phases: Default::default(),
+                        class: fnrt_function::SandboxClass::from_wire(&label(labels::SANDBOX_CLASS))
+                            .unwrap_or_default(),
                         call: CallSettings {
                             version: label(labels::VERSION),
                             namespace: label(labels::NAMESPACE),

@@ -69,6 +69,8 @@ pub struct Instance {
     pub alive: Alive,
     /// Where its start's time went (empty for an instance adopted after a restart).
     pub phases: phases::StartPhases,
+    /// Its sandbox class.
+    pub class: fnrt_function::SandboxClass,
 }
 
 /// Whether an instance still runs, shared by the instance table and the pools.
@@ -148,6 +150,8 @@ pub trait InstanceOps: Send + Sync + 'static {
     fn keep_image(&self, function: &str, image: Option<&str>);
     /// The size of an image the node cache has, without asking its registry.
     fn cached_image_size<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Option<u64>>;
+    /// Whether the node offers sandbox class `class` (refused before anything starts).
+    fn check_class(&self, class: fnrt_function::SandboxClass) -> Result<(), Error>;
 }
 
 /// The parts an [`Instances`] drives.
@@ -366,5 +370,9 @@ impl InstanceOps for Instances {
 
     fn identity(&self) -> &Identity {
         &self.parts.identity
+    }
+
+    fn check_class(&self, class: fnrt_function::SandboxClass) -> Result<(), Error> {
+        Instances::check_class(self, class)
     }
 }

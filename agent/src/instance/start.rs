@@ -44,6 +44,8 @@ pub struct StartRequest {
     pub process: fnrt_function::Process,
     /// Credentials for its image's registry, for a pull on a cache miss.
     pub credentials: Option<fnrt_function::PullCredentials>,
+    /// Its sandbox class.
+    pub class: fnrt_function::SandboxClass,
 }
 
 /// Checks a function name (see [`fnrt_function::naming::check`]).
@@ -63,6 +65,7 @@ impl Instances {
     fn check(&self, req: &StartRequest) -> Result<Checked, Error> {
         validate_function_name(&req.function)?;
         req.process.check().map_err(|e| Error::InvalidArgument { field: e.field, reason: e.reason })?;
+        self.check_class(req.class)?;
         let limits = self
             .parts
             .policy
@@ -85,6 +88,20 @@ impl Instances {
         )
         .map_err(|e| Error::InvalidArgument { field: "env", reason: e.to_string() })?;
         Ok(Checked { limits, env, call })
+    }
+
+    /// The sandbox classes this node offers.
+    pub fn sandbox_classes(&self) -> Vec<fnrt_function::SandboxClass> {
+        self.parts.runtime.classes().offered().to_vec()
+    }
+
+    /// Whether this node offers `class` (a refusal names the field and what is offered).
+    pub fn check_class(&self, class: fnrt_function::SandboxClass) -> Result<(), Error> {
+        self.parts
+            .runtime
+            .classes()
+            .check(class)
+            .map_err(|e| Error::InvalidArgument { field: "sandbox_class", reason: e.to_string() })
     }
 
     /// Starts an instance and returns once it accepts connections on :9000, with a warning
@@ -138,6 +155,7 @@ impl Instances {
             call: checked.call,
             alive: super::Alive::new(),
             phases: timeline.phases(),
+            class: req.class,
         };
         for (phase, took) in &inst.phases.0 {
             self.parts.images.metrics().cold_start_phase(phase, *took);
@@ -189,6 +207,7 @@ impl Instances {
             more_labels: &more_labels,
             process: &req.process,
             timeline,
+            class: req.class,
         };
         let secret_values: Vec<&str> = req.secrets.0.values().map(String::as_str).collect();
         let pid = self.launch(&new, address, &secret_values).await?;

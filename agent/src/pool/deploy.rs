@@ -12,6 +12,7 @@ impl Pools {
     /// failure nothing of it is left.
     pub async fn deploy(self: &Arc<Self>, raw: RawSpec) -> Result<(FunctionView, Vec<String>), Error> {
         let spec = Arc::new(raw.check(&self.policy)?);
+        self.ops.check_class(spec.sandbox_class)?;
         let state = State { deploying: true, ..State::default() };
         let pool = Arc::new(Pool::new(Owner::Deployed, self.served(spec.clone()), state));
         {
@@ -78,6 +79,7 @@ impl Pools {
     /// instances); if they fail, the old spec stays and keeps serving.
     pub async fn update(self: &Arc<Self>, raw: RawSpec) -> Result<(FunctionView, Vec<String>), Error> {
         let spec = Arc::new(raw.check(&self.policy)?);
+        self.ops.check_class(spec.sandbox_class)?;
         let pool = self.deployed(&spec.name).ok_or_else(|| Error::FunctionNotFound(spec.name.clone()))?;
         let old = pool.spec();
         // A new image is pulled; the same one is in the node cache: its registry is not

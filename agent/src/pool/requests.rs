@@ -21,6 +21,7 @@ pub fn start_request(spec: &FunctionSpec) -> StartRequest {
         timeout_ms: u32::try_from(spec.timeout.as_millis()).unwrap_or(MAX_TIMEOUT_MS),
         process: spec.process.clone(),
         credentials: spec.pull_credentials.clone(),
+        class: spec.sandbox_class,
     }
 }
 
@@ -39,6 +40,7 @@ pub fn spec_of_started(req: &StartRequest, policy: &Policy) -> Result<FunctionSp
         secrets: req.secrets.0.clone(),
         display_name: req.display_name.clone(),
         process: req.process.clone(),
+        sandbox_class: req.class.as_str().into(),
         ..RawSpec::default()
     };
     Ok(raw.check(policy)?)

@@ -53,6 +53,17 @@ impl Fake {
 const START_DELAY: Duration = Duration::from_millis(100);
 
 impl InstanceOps for Fake {
+    /// The fake node offers runc only.
+    fn check_class(&self, class: fnrt_function::SandboxClass) -> Result<(), Error> {
+        match class {
+            fnrt_function::SandboxClass::Runc => Ok(()),
+            other => Err(Error::InvalidArgument {
+                field: "sandbox_class",
+                reason: format!("{other} is not offered"),
+            }),
+        }
+    }
+
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<(Instance, Option<String>), Error>> {
         Box::pin(async move {
             tokio::time::sleep(START_DELAY).await;
@@ -79,6 +90,7 @@ impl InstanceOps for Fake {
                 call: CallSettings::default(),
                 alive,
                 phases: Default::default(),
+                class: req.class,
             };
             Ok((inst, None))
         })
@@ -288,6 +300,7 @@ async fn instances_started_on_their_own_share_calls_and_are_replaced_only_when_a
         timeout_ms,
         process: Default::default(),
         credentials: None,
+        class: Default::default(),
     };
     let (a, _) = pools.start_instance(req(1500)).await.unwrap();
     let (b, _) = pools.start_instance(req(1500)).await.unwrap();
@@ -313,6 +326,19 @@ async fn instances_started_on_their_own_share_calls_and_are_replaced_only_when_a
         pools.start_instance(StartRequest { function: "dep".into(), ..req(0) }).await,
         Err(Error::FunctionDeployed(_))
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_the_node_does_not_offer_is_refused_before_anything_starts() {
+    let (pools, fake, _dir) = pools();
+    let gvisor = RawSpec { provisioned: 2, sandbox_class: "gvisor".into(), ..spec("gv") };
+    let e = pools.deploy(gvisor.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("sandbox_class") && e.contains("gvisor"), "{e}");
+    assert_eq!((fake.starts_of("gv"), pools.list().len()), (0, 0), "nothing started, nothing kept");
+    pools.deploy(RawSpec { provisioned: 1, ..spec("gv") }).await.unwrap();
+    let e = pools.update(gvisor).await.unwrap_err().to_string();
+    assert!(e.contains("sandbox_class"), "{e}");
+    assert_eq!(fake.starts_of("gv"), 1, "the runc instance keeps serving, no other started");
 }
 
 #[tokio::test(start_paused = true)]

@@ -106,6 +106,7 @@ impl Pools {
                 // Not recorded: no call starts another of these (see above).
                 process: Default::default(),
                 credentials: None,
+                class: inst.class,
             };
             let spec = match self.started_spec(&req) {
                 Ok(s) => Arc::new(s),

@@ -2,6 +2,7 @@
 //! and remove with everything they own. containerd's labels hold the agent's record of
 //! each instance, so a restarted agent can find them again.
 
+mod class;
 mod scratch;
 mod seccomp;
 mod spec;
@@ -9,16 +10,16 @@ mod spec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use containerd_client::services::v1::container::Runtime as CdRuntime;
 use containerd_client::services::v1::snapshots::{
     Kind as SnapshotKind, ListSnapshotsRequest, PrepareSnapshotRequest,
 };
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
-    KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
+    GetRequest, KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 
+pub use class::{ClassError, Classes, GvisorSettings};
 pub use scratch::{ScratchError, SCRATCH_BYTES};
 pub use spec::SpecError;
 
@@ -26,6 +27,7 @@ use crate::containerd::{call_err, Containerd, ContainerdError};
 use crate::idmap::IdMap;
 use crate::image::{remove_snapshot, RunnableImage};
 use fnrt_function::policy::Limits;
+use fnrt_function::SandboxClass;
 
 /// Label keys of the agent's containers.
 pub mod labels {
@@ -50,6 +52,8 @@ pub mod labels {
     pub const DISPLAY_NAME: &str = "fnrt.display-name";
     /// See [`VERSION`].
     pub const TIMEOUT_MS: &str = "fnrt.timeout-ms";
+    /// Its sandbox class (`runc` when absent: instances from before classes).
+    pub const SANDBOX_CLASS: &str = "fnrt.sandbox-class";
 }
 
 /// A failure to create, run or remove an instance's container.
@@ -120,6 +124,8 @@ pub struct NewInstance<'a> {
     pub process: &'a fnrt_function::Process,
     /// Where the start's time goes (container and process are marked here).
     pub timeline: &'a crate::instance::phases::Timeline,
+    /// Its sandbox class (one the node offers: see [`Classes::check`]).
+    pub class: SandboxClass,
 }
 
 /// One container of the agent as containerd has it.
@@ -145,7 +151,7 @@ pub struct Runtime {
     ids: IdMap,
     seccomp: bool,
     snapshotter: String,
-    runtime: String,
+    classes: Classes,
     scratch: scratch::Scratch,
     /// Mounted read-only on every instance's /etc/resolv.conf (egress "internet").
     pub resolv_conf: Option<PathBuf>,
@@ -154,12 +160,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime over `cd`, with `runtime` as the shim and the instances' /tmp
+    /// A runtime over `cd`, running the sandbox `classes`, with the instances' /tmp
     /// filesystems under `scratch_dir`.
     pub fn new(
         cd: Containerd,
         snapshotter: &str,
-        runtime: &str,
+        classes: Classes,
         scratch_dir: PathBuf,
         ids: IdMap,
         seccomp: bool,
@@ -170,11 +176,16 @@ impl Runtime {
             ids,
             seccomp,
             snapshotter: snapshotter.into(),
-            runtime: runtime.into(),
+            classes,
             scratch,
             resolv_conf: None,
             startup_cpu_millis: 0,
         }
+    }
+
+    /// The sandbox classes this node offers.
+    pub fn classes(&self) -> &Classes {
+        &self.classes
     }
 
     /// The node-unique name of an instance's cgroup and /tmp: `<namespace>-<id>`.
@@ -246,6 +257,7 @@ impl Runtime {
             seccomp: self.seccomp,
             resolv_conf: self.resolv_conf.as_deref(),
             process: n.process,
+            class: n.class,
         })?;
         serde_json::to_vec(&spec).map_err(|source| RuntimeError::Encode { id: n.id.into(), source })
     }
@@ -286,6 +298,7 @@ impl Runtime {
             (labels::MEMORY_MB, n.limits.memory_mb.to_string()),
             (labels::CPU_MILLIS, n.limits.cpu_millis.to_string()),
             (labels::PIDS, n.limits.pids.to_string()),
+            (labels::SANDBOX_CLASS, n.class.to_string()),
         ]
         .into_iter()
         .chain(n.more_labels.iter().cloned())
@@ -295,7 +308,7 @@ impl Runtime {
             id: n.id.into(),
             labels,
             image: n.image.info.reference.clone(),
-            runtime: Some(CdRuntime { name: self.runtime.clone(), options: None }),
+            runtime: Some(self.classes.containerd_runtime(n.class)),
             spec: Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
                 value: spec,
@@ -334,6 +347,8 @@ impl Runtime {
             rootfs: mounts,
             stdout: n.io.stdout.display().to_string(),
             stderr: n.io.stderr.display().to_string(),
+            // As the container's: containerd 1.6 gives the shim these when set.
+            options: self.classes.containerd_runtime(n.class).options,
             ..Default::default()
         };
         let pid = cd
@@ -361,13 +376,13 @@ impl Runtime {
                 let wait = WaitRequest { container_id: id.into(), exec_id: String::new() };
                 ignore_not_found(cd.tasks().wait(cd.req(wait)).await, format!("wait for task {id}"))?;
             }
-            Err(s) => ignore_not_found(Err::<(), _>(s), format!("kill task {id}")).or_else(|e| {
-                if e.code() == tonic::Code::FailedPrecondition {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?,
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => {}
+            // runsc answers a kill of a sandbox that has ended with an error containerd's
+            // shim does not recognise ("sandbox is not running"): the task's own state says.
+            Err(s) if self.task_stopped(id).await => {
+                tracing::debug!(instance = id, error = %s.message(), "kill of an ended task");
+            }
+            Err(s) => return Err(call_err(format!("kill task {id}"))(s).into()),
         }
         ignore_not_found(
             cd.tasks().delete(cd.req(DeleteTaskRequest { container_id: id.into() })).await,
@@ -385,6 +400,15 @@ impl Runtime {
             tracing::warn!(instance = id, error = %e, "removing the instance's cgroup");
         }
         Ok(())
+    }
+
+    /// Whether the task of `id` has ended (or is gone).
+    async fn task_stopped(&self, id: &str) -> bool {
+        let cd = &self.cd;
+        match cd.tasks().get(cd.req(GetRequest { container_id: id.into(), exec_id: String::new() })).await {
+            Ok(r) => r.into_inner().process.is_some_and(|p| p.status == TaskStatus::Stopped as i32),
+            Err(s) => s.code() == tonic::Code::NotFound,
+        }
     }
 
     /// Removes the root filesystems (active snapshots) no container owns: left by an

@@ -8,7 +8,14 @@
 //! namespace either), and `clone3`, whose flags a filter cannot read, answers ENOSYS so
 //! that libc falls back to `clone`. Only x86_64 calls are allowed (images are amd64 only).
 //! Names the host's libseccomp does not know are skipped by runc.
+//!
+//! Under gVisor (`runsc --oci-seccomp`) the same filter is applied by gVisor's kernel, to
+//! the calls the function makes to it. There every refusal is EPERM whatever errno the
+//! filter names, so `clone3` would fail where libc and Rust's std only fall back to
+//! `clone` on ENOSYS: for gVisor it is allowed (its namespaces are gVisor's own, never
+//! the node's).
 
+use fnrt_function::SandboxClass;
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
     LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
@@ -312,8 +319,8 @@ const ALLOWED: &[&str] = &[
     "uname",
 ];
 
-/// The filter of every instance.
-pub fn profile() -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
+/// The filter of every instance of `class`.
+pub fn profile(class: SandboxClass) -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
     let allow = |names: &[&str]| {
         LinuxSyscallBuilder::default()
             .names(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -333,11 +340,14 @@ pub fn profile() -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
             .action(LinuxSeccompAction::ScmpActAllow)
             .args(vec![without_new_namespaces])
             .build()?,
-        LinuxSyscallBuilder::default()
-            .names(vec!["clone3".to_string()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(ENOSYS)
-            .build()?,
+        match class {
+            SandboxClass::Runc => LinuxSyscallBuilder::default()
+                .names(vec!["clone3".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(ENOSYS)
+                .build()?,
+            SandboxClass::Gvisor => allow(&["clone3"])?,
+        },
     ];
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
@@ -353,7 +363,25 @@ mod tests {
 
     #[test]
     fn refuses_what_the_exploit_chains_need_and_allows_servers() {
-        let p = profile().expect("profile");
+        for class in fnrt_function::sandbox::ALL {
+            refuses_and_allows(class);
+        }
+        // clone3: ENOSYS under runc (libc falls back to clone, whose flags are checked);
+        // allowed under gVisor, whose filter would turn ENOSYS into EPERM.
+        let clone3 = |class| {
+            let p = profile(class).expect("profile");
+            p.syscalls()
+                .iter()
+                .flatten()
+                .find(|s| s.names().contains(&"clone3".to_string()))
+                .map(|s| s.action())
+        };
+        assert_eq!(clone3(SandboxClass::Runc), Some(LinuxSeccompAction::ScmpActErrno));
+        assert_eq!(clone3(SandboxClass::Gvisor), Some(LinuxSeccompAction::ScmpActAllow));
+    }
+
+    fn refuses_and_allows(class: SandboxClass) {
+        let p = profile(class).expect("profile");
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert_eq!(p.default_errno_ret(), Some(EPERM));
         let listed: Vec<&str> =

@@ -10,6 +10,7 @@ use oci_spec::runtime::{
 };
 
 use fnrt_function::policy::{Limits, CPU_PERIOD_US};
+use fnrt_function::SandboxClass;
 
 use super::seccomp;
 use crate::idmap::IdMap;
@@ -64,6 +65,8 @@ pub struct InstanceSpec<'a> {
     pub resolv_conf: Option<&'a Path>,
     /// The function's start command when not the image's.
     pub process: &'a fnrt_function::Process,
+    /// Its sandbox class (the seccomp filter differs a little: see [`seccomp`]).
+    pub class: SandboxClass,
 }
 
 /// The runtime's default mounts, with the instance's own /tmp and (egress "internet") the
@@ -134,7 +137,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
         p.set_user(UserBuilder::default().uid(uid).gid(gid).build()?);
     }
     spec.set_mounts(Some(mounts(spec.mounts().clone().unwrap_or_default(), s)?));
-    sandbox(&mut spec, s.ids, s.seccomp)?;
+    sandbox(&mut spec, s.ids, s.seccomp, s.class)?;
     if let Some(linux) = spec.linux_mut() {
         let namespaces = linux.namespaces().clone().unwrap_or_default().into_iter().map(|ns| {
             if ns.typ() == LinuxNamespaceType::Network {
@@ -172,7 +175,7 @@ pub fn build(s: &InstanceSpec) -> Result<Spec, SpecError> {
 
 /// The sandbox of every instance: the seccomp filter, no new privileges, and (with a
 /// range) its own user namespace over the node's range, without /sys.
-fn sandbox(spec: &mut Spec, ids: IdMap, seccomp: bool) -> Result<(), SpecError> {
+fn sandbox(spec: &mut Spec, ids: IdMap, seccomp: bool, class: SandboxClass) -> Result<(), SpecError> {
     if ids.remapped() {
         // sysfs cannot be mounted from a user namespace over a network namespace it does
         // not own, and a bind of the host's /sys would show the host: /sys is an empty
@@ -198,7 +201,7 @@ fn sandbox(spec: &mut Spec, ids: IdMap, seccomp: bool) -> Result<(), SpecError> 
     }
     let Some(linux) = spec.linux_mut() else { return Ok(()) };
     if seccomp {
-        linux.set_seccomp(Some(seccomp::profile()?));
+        linux.set_seccomp(Some(seccomp::profile(class)?));
     }
     if ids.remapped() {
         let mut user = LinuxNamespace::default();
@@ -263,6 +266,7 @@ mod tests {
             seccomp: true,
             resolv_conf: Some(Path::new("/var/lib/fnrt/resolv.conf")),
             process: &Default::default(),
+            class: SandboxClass::Runc,
         };
         // SCF's Command and Args: the command replaces Entrypoint and Cmd, args the Cmd.
         let cmd = |command: &[&str], args: &[&str]| {
@@ -342,6 +346,7 @@ mod tests {
             seccomp: true,
             resolv_conf: None,
             process: &Default::default(),
+            class: SandboxClass::Runc,
         };
         assert!(matches!(build(&s), Err(SpecError::NoCommand { .. })));
         let ic = image(&["/x"], &[], "nobody");
@@ -359,6 +364,7 @@ mod tests {
             seccomp: true,
             resolv_conf: None,
             process: &Default::default(),
+            class: SandboxClass::Runc,
         };
         assert!(matches!(build(&s), Err(SpecError::User { .. })));
     }

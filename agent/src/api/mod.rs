@@ -12,13 +12,14 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::containerd::ContainerdError;
 use crate::error::Error;
-use crate::image::{
-    ContentError, ExtractError, ImageError, ImageInfo, Progress, PullEvent, RegistryError, UnpackError,
-};
-use crate::instance::{Instance, NodeImage, StartRequest};
+use crate::image::{ContentError, ExtractError, ImageError, Progress, PullEvent, RegistryError, UnpackError};
+use crate::instance::{Instance, StartRequest};
 use crate::network::NetworkError;
 use crate::runtime::RuntimeError;
 use crate::Node;
+use views::{function, instance, log_filter, log_line, node_image, progress_message, raw_spec};
+
+mod views;
 
 /// The largest answer an Invoke returns: 6 MB, the synchronous limit of SCF and Scaleway.
 const MAX_INVOKE_ANSWER: usize = 6_000_000;
@@ -88,6 +89,7 @@ impl AgentApi for Api {
             dataplane_address: s.dataplane_address,
             instances: s.instances.into_iter().map(instance).collect(),
             images: s.images.into_iter().map(node_image).collect(),
+            sandbox_classes: s.sandbox_classes.iter().map(|c| c.to_string()).collect(),
         }))
     }
 
@@ -149,6 +151,9 @@ impl AgentApi for Api {
             timeout_ms: r.timeout_ms,
             process: fnrt_function::Process { command: r.command, args: r.args },
             credentials: None, // started on its own: the node's credentials
+            class: fnrt_function::SandboxClass::from_wire(&r.sandbox_class).map_err(|e| {
+                status(Error::InvalidArgument { field: "sandbox_class", reason: e.to_string() })
+            })?,
         };
         // On a task of its own: a caller that goes away must not cut a start half-way and
         // leave a namespace or container behind.
@@ -346,132 +351,6 @@ impl Api {
         });
         ReceiverStream::new(rx)
     }
-}
-
-fn progress_message(e: PullEvent) -> pb::PullProgress {
-    let layer = |digest, bytes, total| pb::Layer { digest, bytes, total };
-    match e {
-        PullEvent::Resolved { layers } => pb::PullProgress {
-            phase: "resolved".into(),
-            layers: layers.into_iter().map(|(d, t)| layer(d, 0, t)).collect(),
-            ..Default::default()
-        },
-        PullEvent::Layer { digest, bytes, total } => pb::PullProgress {
-            phase: "downloading".into(),
-            layer: Some(layer(digest, bytes, total)),
-            ..Default::default()
-        },
-        PullEvent::Unpacking => pb::PullProgress { phase: "unpacking".into(), ..Default::default() },
-        PullEvent::Done(info) => pb::PullProgress {
-            phase: "done".into(),
-            image: Some(pb::Image { ready: true, ..image(info) }),
-            ..Default::default()
-        },
-    }
-}
-
-fn node_image(n: NodeImage) -> pb::Image {
-    let c = n.image;
-    pb::Image {
-        last_used: c.last_used.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
-        pinned: c.pinned,
-        ready: c.ready,
-        used_by: n.used_by,
-        ..image(c.info)
-    }
-}
-
-fn instance(i: Instance) -> pb::Instance {
-    pb::Instance {
-        id: i.id,
-        function: i.function,
-        image: i.image,
-        address: i.address.to_string(),
-        state: i.state,
-        pid: i.pid,
-        created_at: humantime::format_rfc3339_seconds(i.created_at).to_string(),
-        memory_mb: i.limits.memory_mb,
-        cpu_millis: i.limits.cpu_millis,
-        pids_limit: i.limits.pids,
-        memory_used_bytes: i.usage.memory_bytes,
-        cpu_used_ns: i.usage.cpu_ns,
-        reason: i.reason,
-        start_phases: i
-            .phases
-            .0
-            .iter()
-            .map(|(name, d)| pb::Phase { name: (*name).into(), ms: d.as_secs_f64() * 1000.0 })
-            .collect(),
-    }
-}
-
-/// A function spec from the API, not yet checked.
-fn raw_spec(f: Option<pb::FunctionSpec>) -> Result<crate::pool::RawSpec, Status> {
-    let f = f.ok_or_else(|| {
-        status(Error::InvalidArgument { field: "function", reason: "the function spec is missing".into() })
-    })?;
-    crate::pool::RawSpec::try_from(f).map_err(|e| status(e.into()))
-}
-
-/// A pool as the API shows it: no secret values.
-fn function(v: crate::pool::FunctionView) -> pb::Function {
-    let s = &v.spec;
-    pb::Function {
-        spec: Some(s.to_proto_redacted()),
-        secret_names: s.secrets.0.keys().cloned().collect(),
-        ready: v.ready,
-        starting: v.starting,
-        in_flight: v.in_flight,
-        queued: v.queued,
-        instances: v.instances,
-        last_error: v.last_error,
-    }
-}
-
-/// The filter a StreamLogs request asks for, checked.
-fn log_filter(r: &pb::StreamLogsRequest) -> Result<crate::logs::Filter, Error> {
-    let name_ok = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !r.function.is_empty() {
-        crate::instance::validate_function_name(&r.function)?;
-    }
-    if !name_ok(&r.instance) {
-        return Err(Error::InvalidArgument {
-            field: "instance",
-            reason: format!("{:?} is not an instance id (<function>-<8 hex digits>)", r.instance),
-        });
-    }
-    let since_ns = if r.since.is_empty() {
-        0
-    } else {
-        let t = humantime::parse_rfc3339_weak(&r.since).map_err(|e| Error::InvalidArgument {
-            field: "since",
-            reason: format!("{:?} is not an RFC 3339 time (e.g. 2026-01-02T03:04:05Z): {e}", r.since),
-        })?;
-        t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-    };
-    let some = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
-    Ok(crate::logs::Filter {
-        function: some(&r.function),
-        instance: some(&r.instance),
-        request_id: some(&r.request_id),
-        since_ns,
-    })
-}
-
-fn log_line(l: &crate::logs::LogLine) -> pb::LogLine {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(l.time_ns);
-    pb::LogLine {
-        time: humantime::format_rfc3339_nanos(t).to_string(),
-        stream: l.stream.clone(),
-        instance: l.instance.clone(),
-        function: l.function.clone(),
-        request_ids: l.request_ids.clone(),
-        line: l.line.clone(),
-    }
-}
-
-fn image(i: ImageInfo) -> pb::Image {
-    pb::Image { reference: i.reference, digest: i.digest, size_bytes: i.size_bytes, ..Default::default() }
 }
 
 /// The one mapping from the core's errors to gRPC statuses; the message keeps the whole
