@@ -85,6 +85,28 @@ fn agent_check_config_passes_a_good_node_and_names_what_is_wrong() {
     let l = line(&stdout, "cni_bin_dir /nonexistent/cni: error: no such directory");
     assert!(l.contains("bridge, host-local, loopback") && l.contains("containernetworking-plugins"), "{l}");
     assert!(line(&stdout, "containerd_socket").contains(": ok"), "the other checks still run: {stdout}");
+
+    // Sandbox classes: gvisor offered with its runsc's version (scripts/test installs
+    // runsc); asked for without runsc, the line names the path and how to install it.
+    let out = run("fnrt-agent", &["--config", file]);
+    let (stdout, _) = text(&out);
+    let l = line(&stdout, "sandbox_classes");
+    assert!(l.contains("ok (runc, gvisor (gvisor: runsc version"), "{l}");
+    let out = run(
+        "fnrt-agent",
+        &["--config", file, "--set", "sandbox_classes=gvisor", "--set", "gvisor_runsc=/nonexistent/runsc"],
+    );
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let l = line(&stdout, "sandbox_classes: error:");
+    assert!(
+        l.contains("/nonexistent/runsc is not an executable file") && l.contains("bookworm-backports"),
+        "{l}"
+    );
+    let out = run("fnrt-agent", &["--config", file, "--set", "sandbox_classes=kata"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "an unknown class is a bad configuration: {stdout}{stderr}");
+    assert!(stderr.contains("kata"), "{stderr}");
 }
 
 #[test]

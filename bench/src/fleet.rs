@@ -218,6 +218,7 @@ async fn seed(store: &EtcdStore, n: usize) {
         tags: vec![],
         created_at: now,
         updated_at: now,
+        sandbox_class: fnrt_function::SandboxClass::Runc,
     };
     let mut ops = vec![Op::Put(format!("namespaces/{}", ns.id), serde_json::to_vec(&ns).unwrap())];
     for i in 0..n {
@@ -238,6 +239,7 @@ async fn seed(store: &EtcdStore, n: usize) {
             privacy: "public".into(),
             http_option: "enabled".into(),
             runtime: String::new(),
+            sandbox_class: None,
             sandbox: "v2".into(),
             handler: String::new(),
             tags: vec![],
