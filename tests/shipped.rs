@@ -666,6 +666,61 @@ async fn a_namespaces_registry_credentials_pull_its_private_image_through_the_re
     agent.cleanup().await;
 }
 
+/// Sandbox classes as a user sets them: a namespace whose default is gvisor, on a release
+/// agent offering runc and gvisor, runs its function under gVisor (its /proc/version is
+/// gVisor's kernel) beside a function of the same namespace that asks for runc; unknown
+/// classes are refused at create with 400, and agentctl shows each instance's class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_defaulting_to_gvisor_runs_its_functions_under_gvisor_through_the_release_binaries() {
+    let cp = ShippedControlPlane::start(&[]).await;
+    let agent = ShippedAgent::start_with(&cp, |c| {
+        c.sandbox_classes = vec![fnrt_function::SandboxClass::Runc, fnrt_function::SandboxClass::Gvisor];
+    })
+    .await;
+    let (status, refused) =
+        api(&cp, "POST", "/namespaces", Some(json!({ "name": "walled", "sandbox_class": "kata" }))).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("is not a sandbox class: use runc or gvisor"), "{refused}");
+    let ns =
+        ok(&cp, "POST", "/namespaces", Some(json!({ "name": "walled", "sandbox_class": "gvisor" }))).await;
+    assert_eq!(ns["sandbox_class"], "gvisor", "{ns}");
+    let mut ids = Vec::new();
+    for (name, class) in [("inner", Value::Null), ("plain", json!("runc"))] {
+        let body = json!({ "namespace_id": ns["id"], "name": name, "min_scale": 1, "memory_limit": 256,
+                           "registry_image": image("echo"), "sandbox_class": class });
+        let f = ok(&cp, "POST", "/functions", Some(body)).await;
+        let id = f["id"].as_str().unwrap().to_string();
+        ok(&cp, "POST", &format!("/functions/{id}/deploy"), Some(json!({}))).await;
+        ids.push(id);
+    }
+    for (id, class) in ids.iter().zip(["gvisor", "runc"]) {
+        let f = settled(&cp, id).await;
+        assert_eq!(
+            (f["status"].as_str(), f["sandbox_class"].as_str()),
+            (Some("ready"), Some(class)),
+            "{f}\n{}",
+            cp.log()
+        );
+    }
+    let version = |name: &str| format!("{}/walled/{name}/_fixture/read?path=/proc/version", cp.gateway);
+    let (status, inner) = curl(&[&version("inner")]).await;
+    assert_eq!(status, 200, "{inner}");
+    assert!(inner.contains("Linux version 4.4.0"), "not gVisor's kernel: {inner}");
+    let (status, plain) = curl(&[&version("plain")]).await;
+    assert_eq!(status, 200, "{plain}");
+    assert!(!plain.contains("Linux version 4.4.0"), "runc under gVisor's kernel: {plain}");
+    let (code, out, err) = agent.agentctl(&["-o", "json", "instance", "ls"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut classes: Vec<&str> =
+        listed.as_array().unwrap().iter().filter_map(|i| i["sandbox_class"].as_str()).collect();
+    classes.sort_unstable();
+    assert_eq!(classes, ["gvisor", "runc"], "{out}");
+    ok(&cp, "DELETE", &format!("/namespaces/{}", ns["id"].as_str().unwrap()), None).await;
+    cp.stop().await;
+    agent.cleanup().await;
+}
+
 /// The Serverless Framework and Scaleway's plugin, installed by scripts/test.
 fn serverless_dir() -> PathBuf {
     let dir = std::env::var_os("FNRT_SERVERLESS_DIR").map(PathBuf::from).unwrap_or_else(|| {
