@@ -352,7 +352,7 @@ scrub_state() {
     if [ -d "$cg" ]; then cg_dirs+=("$cg"); fi
   done
   for cg in "${cg_dirs[@]}"; do
-    xargs -r kill -9 < "$cg/cgroup.procs" 2>/dev/null || true
+    { xargs -r kill -9 <"$cg/cgroup.procs"; } 2>/dev/null || true
   done
   for cg in "${cg_dirs[@]}"; do
     for _ in 1 2 3 4 5 6 7 8 9 10; do
@@ -363,6 +363,9 @@ scrub_state() {
   for root in /sys/fs/cgroup /sys/fs/cgroup/*; do
     rmdir "$root/fnrt" 2>/dev/null || true
   done
+  # runsc's state of gVisor instances (their sandbox and file server were killed with
+  # their cgroups above); agent/src/runtime/class.rs names this root.
+  rm -rf /run/containerd/runsc/"$ns_prefix"*
   # Each bridge given and the agents' network policy for it (agent/src/firewall.rs names it).
   local b
   for b in "${@:2}"; do
