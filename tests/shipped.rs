@@ -718,6 +718,29 @@ async fn a_namespace_defaulting_to_gvisor_runs_its_functions_under_gvisor_throug
     assert_eq!(classes, ["gvisor", "runc"], "{out}");
     ok(&cp, "DELETE", &format!("/namespaces/{}", ns["id"].as_str().unwrap()), None).await;
     cp.stop().await;
+
+    // The operator's way, on the agent alone: agentctl names the node's classes, refuses an
+    // unknown one before sending anything, and starts and deploys in gvisor.
+    let (code, out, err) = agent.agentctl(&["node", "status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sandboxes:   runc, gvisor"), "{out}");
+    let echo = image("echo");
+    let (code, _, err) =
+        agent.agentctl(&["instance", "start", "solo-k", &echo, "--sandbox-class", "kata"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("\"kata\" is not a sandbox class: use runc or gvisor"), "{err}");
+    let (code, out, err) =
+        agent.agentctl(&["instance", "start", "solo-g", &echo, "--sandbox-class", "gvisor"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) =
+        agent.agentctl(&["function", "deploy", "pool-g", &echo, "--sandbox-class", "gvisor"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["solo-g", "pool-g"] {
+        let (code, out, err) =
+            agent.agentctl(&["invoke", name, "--path", "/_fixture/read?path=/proc/version"]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("Linux version 4.4.0"), "{name} is not under gVisor: {out}");
+    }
     agent.cleanup().await;
 }
 

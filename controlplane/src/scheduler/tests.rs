@@ -133,6 +133,19 @@ impl World {
         a.report.sandbox_classes = classes.iter().map(|c| c.to_string()).collect();
     }
 
+    /// Pins function `id` to a digest (its deploy asks no registry) and makes it pending.
+    async fn pin_pending(&self, id: &str) {
+        self.state
+            .write(|d| {
+                let mut f = d.functions.get(id).cloned().expect("function");
+                f.pushed_digest = Some(format!("sha256:{}", "a".repeat(64)));
+                f.status = FunctionStatus::Pending;
+                Ok((vec![Change::Function(f)], ()))
+            })
+            .await
+            .expect("write");
+    }
+
     /// Function `id` asks for sandbox `class`, in its record and in what it deployed.
     async fn set_class(&self, id: &str, class: fnrt_function::SandboxClass) {
         self.state
@@ -272,15 +285,7 @@ async fn a_deploy_refused_by_one_agent_is_taken_off_the_others() {
     w.agent("full", 4096, &[], full.clone());
     // A digest-pinned image: the deploy asks no registry.
     w.function(F1, 256, 2, 2).await;
-    w.state
-        .write(|d| {
-            let mut f = d.functions.get(F1).cloned().expect("function");
-            f.pushed_digest = Some(format!("sha256:{}", "a".repeat(64)));
-            f.status = FunctionStatus::Pending;
-            Ok((vec![Change::Function(f)], ()))
-        })
-        .await
-        .expect("write");
+    w.pin_pending(F1).await;
     w.scheduler.run_deploy(F1).await;
     let f = w.state.read(|d| d.functions.get(F1).cloned()).expect("function");
     assert_eq!(f.status, FunctionStatus::Error);
@@ -430,15 +435,7 @@ async fn a_deploy_no_agent_can_take_for_its_class_fails_saying_what_agents_offer
     w.agent("old", 4096, &[], runc.clone());
     w.function(F1, 256, 1, 1).await;
     w.set_class(F1, SandboxClass::Gvisor).await;
-    w.state
-        .write(|d| {
-            let mut f = d.functions.get(F1).cloned().expect("function");
-            f.pushed_digest = Some(format!("sha256:{}", "a".repeat(64)));
-            f.status = FunctionStatus::Pending;
-            Ok((vec![Change::Function(f)], ()))
-        })
-        .await
-        .expect("write");
+    w.pin_pending(F1).await;
     w.scheduler.run_deploy(F1).await;
     let f = w.state.read(|d| d.functions.get(F1).cloned()).expect("function");
     assert_eq!(f.status, FunctionStatus::Error);
